@@ -1,0 +1,126 @@
+"""Where a store's objects live: a narrow key/value interface with atomic writes.
+
+Keys are ``/``-separated relative paths such as ``packs/ab/ab12….pack``. Every
+write is atomic: a reader sees the whole object or nothing. Object storage
+backends implement the same few methods.
+"""
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from .errors import NotFound, StoreError
+
+
+class Backend(Protocol):
+    def read(self, key: str) -> bytes: ...
+    def read_range(self, key: str, offset: int, length: int) -> bytes: ...
+    def write(self, key: str, data: bytes) -> None: ...
+    def open_writer(self) -> "ObjectWriter": ...
+    def exists(self, key: str) -> bool: ...
+    def size(self, key: str) -> int: ...
+    def list(self, prefix: str) -> Iterator[str]: ...
+    def delete(self, key: str) -> None: ...
+
+
+class ObjectWriter(Protocol):
+    """A new object written in pieces, published under a key known only at the end."""
+
+    def write(self, data) -> None: ...
+    def publish(self, key: str) -> None: ...
+    def discard(self) -> None: ...
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalWriter:
+    """A temporary file in the store's tmp/ that becomes an object by rename."""
+
+    def __init__(self, backend: "LocalBackend"):
+        self._backend = backend
+        fd, name = tempfile.mkstemp(dir=backend.root / "tmp", prefix="w-")
+        self._file: BinaryIO = os.fdopen(fd, "wb", buffering=0)
+        self._path = Path(name)
+
+    def write(self, data) -> None:
+        self._file.write(data)
+
+    def publish(self, key: str) -> None:
+        os.fsync(self._file.fileno())
+        self._file.close()
+        target = self._backend.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self._path, target)
+        _fsync_dir(target.parent)
+
+    def discard(self) -> None:
+        self._file.close()
+        self._path.unlink(missing_ok=True)
+
+
+class LocalBackend:
+    """Objects as files under a directory; atomic by temp file, fsync and rename."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def read(self, key: str) -> bytes:
+        try:
+            return self.path(key).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"object {key} is missing from the store at {self.root}") from None
+        except OSError as exc:
+            raise StoreError(f"cannot read {self.path(key)}: {exc.strerror}") from None
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        try:
+            with open(self.path(key), "rb", buffering=0) as f:
+                return os.pread(f.fileno(), length, offset)
+        except FileNotFoundError:
+            raise NotFound(f"object {key} is missing from the store at {self.root}") from None
+
+    def open_writer(self) -> LocalWriter:
+        return LocalWriter(self)
+
+    def write(self, key: str, data: bytes) -> None:
+        writer = self.open_writer()
+        try:
+            writer.write(data)
+            writer.publish(key)
+        except BaseException:
+            writer.discard()
+            raise
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def size(self, key: str) -> int:
+        try:
+            return self.path(key).stat().st_size
+        except FileNotFoundError:
+            raise NotFound(f"object {key} is missing from the store at {self.root}") from None
+
+    def list(self, prefix: str) -> Iterator[str]:
+        """Keys under a directory prefix, recursively, in sorted order."""
+        base = self.path(prefix)
+        if not base.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for name in sorted(filenames):
+                yield f"{rel}/{name}"
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)

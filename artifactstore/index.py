@@ -1,0 +1,114 @@
+"""Index files and the in-memory chunk index built from them.
+
+Layout (docs/format.md): ``"ARTIDX01" P:u32`` then per pack ``pack-digest:32
+N:u32`` and N records ``chunk-digest:32 offset:u64 length:u32``. An index file
+is named by the BLAKE3 of its bytes.
+"""
+
+import struct
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from .backend import Backend
+from .errors import CorruptObject
+from .ids import DIGEST_SIZE, digest
+from .pack import PackEntry
+
+MAGIC = b"ARTIDX01"
+HEADER = struct.Struct("<8sI")
+PACK_HEADER = struct.Struct("<32sI")
+RECORD = struct.Struct("<32sQI")
+
+
+class Location(NamedTuple):
+    pack: bytes
+    offset: int
+    length: int
+
+
+def index_key(index_id: bytes) -> str:
+    return f"index/{index_id.hex()}.idx"
+
+
+def encode_index(packs: Iterable[tuple[bytes, list[PackEntry]]]) -> bytes:
+    packs = list(packs)
+    parts = [HEADER.pack(MAGIC, len(packs))]
+    for pack_id, entries in packs:
+        parts.append(PACK_HEADER.pack(pack_id, len(entries)))
+        parts.extend(RECORD.pack(e.chunk, e.offset, e.length) for e in entries)
+    return b"".join(parts)
+
+
+def decode_index(data: bytes, where: str) -> list[tuple[bytes, list[PackEntry]]]:
+    try:
+        magic, pack_count = HEADER.unpack_from(data, 0)
+        if magic != MAGIC:
+            raise CorruptObject(f"{where}: bad index magic")
+        pos, packs = HEADER.size, []
+        for _ in range(pack_count):
+            pack_id, count = PACK_HEADER.unpack_from(data, pos)
+            pos += PACK_HEADER.size
+            end = pos + count * RECORD.size
+            if end > len(data):
+                raise CorruptObject(f"{where}: truncated index")
+            entries = [PackEntry(c, o, n) for c, o, n in RECORD.iter_unpack(data[pos:end])]
+            packs.append((pack_id, entries))
+            pos = end
+    except struct.error:
+        raise CorruptObject(f"{where}: truncated index") from None
+    if pos != len(data):
+        raise CorruptObject(f"{where}: trailing bytes after the last pack")
+    return packs
+
+
+def index_id_from_key(key: str) -> bytes | None:
+    name = key.rsplit("/", 1)[-1]
+    try:
+        index_id = bytes.fromhex(name.removesuffix(".idx"))
+    except ValueError:
+        return None
+    return index_id if len(index_id) == DIGEST_SIZE and key == index_key(index_id) else None
+
+
+class ChunkIndex:
+    """Where every stored chunk lies: the union of all index files."""
+
+    def __init__(self) -> None:
+        self.locations: dict[bytes, Location] = {}
+        self.packs: set[bytes] = set()
+
+    def add_pack(self, pack_id: bytes, entries: Iterable[PackEntry]) -> None:
+        self.packs.add(pack_id)
+        for e in entries:
+            self.locations.setdefault(e.chunk, Location(pack_id, e.offset, e.length))
+
+    def __contains__(self, chunk: bytes) -> bool:
+        return chunk in self.locations
+
+    def __getitem__(self, chunk: bytes) -> Location:
+        return self.locations[chunk]
+
+    @classmethod
+    def load(cls, backend: Backend) -> "ChunkIndex":
+        """The union of every sound index file. A damaged one is skipped (``verify`` names it):
+        its packs then count as unindexed, and the next put indexes them again from their trailers."""
+        index = cls()
+        for key in backend.list("index"):
+            data = backend.read(key)
+            if index_id_from_key(key) != digest(data):
+                continue
+            try:
+                listed = decode_index(data, key)
+            except CorruptObject:
+                continue
+            for pack_id, entries in listed:
+                index.add_pack(pack_id, entries)
+        return index
+
+
+def write_index(backend: Backend, packs: list[tuple[bytes, list[PackEntry]]]) -> bytes:
+    data = encode_index(packs)
+    index_id = digest(data)
+    if not backend.exists(index_key(index_id)):
+        backend.write(index_key(index_id), data)
+    return index_id

@@ -1,0 +1,394 @@
+"""The content-addressed store: put files and trees in, get them back, verify, count."""
+
+import json
+import mmap
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import blake3
+
+from . import chunking
+from .backend import Backend, LocalBackend
+from .errors import CorruptObject, InvalidInput, NotFound, StoreError
+from .ids import digest, format_id, parse_id, tree_digest
+from .index import ChunkIndex, index_id_from_key, write_index
+from .manifest import (FileManifest, TreeEntry, TreeManifest, check_relative_path, decode_manifest,
+                       manifest_key)
+from .verify import verify_store
+from .pack import TARGET_SIZE, PackWriter, pack_id_from_key, pack_key, read_trailer
+
+CONFIG_KEY = "artifactstore.json"
+FORMAT_VERSION = 1
+READ_SEGMENT = 16 << 20
+
+Progress = Callable[[int], None]
+
+
+def _no_progress(_: int) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class PutResult:
+    id: str
+    logical_bytes: int
+    new_bytes: int
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    logical_bytes: int
+    stored_bytes: int
+    chunk_bytes: int
+    chunks: int
+    packs: int
+    files: int
+    trees: int
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    ok: bool
+    problems: list[str]
+
+
+@dataclass(frozen=True)
+class _InputFile:
+    path: str
+    source: Path
+    size: int
+
+
+def _collect_inputs(root: Path) -> list[_InputFile]:
+    """Every regular file under ``root``, checked readable; refuses anything else."""
+    try:
+        st = os.lstat(root)
+    except FileNotFoundError:
+        raise NotFound(f"no such file or directory: {root}") from None
+    if stat.S_ISDIR(st.st_mode):
+        found = []
+        for dirpath, dirnames, filenames in os.walk(root, onerror=_raise_walk_error):
+            dirnames.sort()
+            for name in sorted(dirnames + filenames):
+                full = Path(dirpath, name)
+                st = os.lstat(full)
+                if stat.S_ISDIR(st.st_mode):
+                    continue
+                _check_regular(full, st)
+                found.append(_InputFile(_tree_path(full.relative_to(root)), full, st.st_size))
+        return sorted(found, key=lambda f: f.path)
+    _check_regular(root, st)
+    return [_InputFile(root.name, root, st.st_size)]
+
+
+def _raise_walk_error(exc: OSError) -> None:
+    raise InvalidInput(f"cannot read directory {exc.filename}: {exc.strerror}")
+
+
+def _check_regular(path: Path, st: os.stat_result) -> None:
+    if stat.S_ISLNK(st.st_mode):
+        raise InvalidInput(f"symlinks are not stored: {path}")
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidInput(f"not a regular file (device, fifo or socket): {path}")
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _tree_path(relative: Path) -> str:
+    text = relative.as_posix()
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"file name is not valid UTF-8: {relative}") from None
+    check_relative_path(text)
+    return text
+
+
+class _PutSession:
+    """The packs one put writes: dedup against the index, roll packs at the target size."""
+
+    def __init__(self, backend: Backend, index: ChunkIndex):
+        self._backend = backend
+        self._index = index
+        self._writer: PackWriter | None = None
+        self._in_open_pack: set[bytes] = set()
+        self.finished: list = []
+        self.new_bytes = 0
+
+    def add(self, chunk: bytes, data) -> None:
+        if chunk in self._index or chunk in self._in_open_pack:
+            return
+        if self._writer is None:
+            self._writer = PackWriter(self._backend)
+        self._writer.add(chunk, data)
+        self._in_open_pack.add(chunk)
+        self.new_bytes += len(data)
+        if self._writer.size >= TARGET_SIZE:
+            self._close_pack()
+
+    def _close_pack(self) -> None:
+        pack_id, entries = self._writer.finish()
+        self._writer = None
+        self._index.add_pack(pack_id, entries)
+        self._in_open_pack.clear()
+        self.finished.append((pack_id, entries))
+
+    def commit(self) -> None:
+        if self._writer is not None:
+            self._close_pack()
+        if self.finished:
+            write_index(self._backend, self.finished)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.discard()
+
+
+class Store:
+    """A store on a local directory. Open an existing one with ``Store(path)``."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.backend = LocalBackend(self.path)
+        try:
+            config = json.loads(self.backend.read(CONFIG_KEY))
+        except NotFound:
+            raise StoreError(f"{self.path} is not an artifactstore store (run `artifactstore init`)") from None
+        except ValueError:
+            raise StoreError(f"{self.path / CONFIG_KEY} is not valid JSON") from None
+        if config.get("format") != "artifactstore" or config.get("version") != FORMAT_VERSION:
+            raise StoreError(f"{self.path} has an unsupported store format: {config.get('version')!r}")
+        self.chunker = chunking.ChunkerParams(**config["chunker"])
+        self._index: ChunkIndex | None = None
+
+    @classmethod
+    def init(cls, path: str | os.PathLike,
+             chunker: chunking.ChunkerParams = chunking.DEFAULT_PARAMS) -> "Store":
+        root = Path(path)
+        if (root / CONFIG_KEY).exists():
+            raise StoreError(f"{root} is already a store")
+        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            raise StoreError(f"{root} exists and is not an empty directory")
+        for sub in ("tmp", "packs", "index", "manifests"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        config = {"format": "artifactstore", "version": FORMAT_VERSION, "chunker": asdict(chunker)}
+        LocalBackend(root).write(CONFIG_KEY, json.dumps(config, sort_keys=True, indent=1).encode())
+        return cls(root)
+
+    @property
+    def index(self) -> ChunkIndex:
+        if self._index is None:
+            self._index = ChunkIndex.load(self.backend)
+        return self._index
+
+    # -- put ---------------------------------------------------------------------------------
+
+    def put(self, path: str | os.PathLike, *, progress: Progress = _no_progress) -> PutResult:
+        """Store a file or a directory tree; returns its id and how many bytes were new."""
+        root = Path(path)
+        inputs = _collect_inputs(root)
+        self._index_orphan_packs()
+        session = _PutSession(self.backend, self.index)
+        try:
+            with ThreadPoolExecutor(2) as pool:
+                files = [(f, *self._ingest_file(f.source, session, pool, progress)) for f in inputs]
+            session.commit()
+        except BaseException:
+            session.abort()
+            raise
+        for _, file_id, manifest in files:
+            self._publish_manifest(file_id, manifest.encode())
+        logical = sum(f.size for f in inputs)
+        if os.path.isdir(root):
+            tree = TreeManifest([TreeEntry(f.path, m.size, file_id) for f, file_id, m in files])
+            encoded = tree.encode()
+            object_id = tree_digest(encoded)
+            self._publish_manifest(object_id, encoded)
+        else:
+            object_id = files[0][1]
+        return PutResult(format_id(object_id), logical, session.new_bytes)
+
+    def _ingest_file(self, source: Path, session: _PutSession, pool: ThreadPoolExecutor,
+                     progress: Progress) -> tuple[bytes, FileManifest]:
+        with open(source, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                return digest(b""), FileManifest(0, [])
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                data = memoryview(mapped)
+                try:
+                    return self._ingest_buffer(data, session, pool, progress)
+                finally:
+                    data.release()
+
+    def _ingest_buffer(self, data: memoryview, session: _PutSession, pool: ThreadPoolExecutor,
+                       progress: Progress) -> tuple[bytes, FileManifest]:
+        file_digest = pool.submit(lambda: blake3.blake3(data).digest())
+        lengths = chunking.cut(data, **self.chunker.as_kwargs())
+        offsets = [0]
+        for n in lengths:
+            offsets.append(offsets[-1] + n)
+        half = len(lengths) // 2
+        first = pool.submit(_hash_chunks, data, offsets, 0, half)
+        chunk_ids = _hash_chunks(data, offsets, half, len(lengths))
+        chunk_ids = first.result() + chunk_ids
+        for chunk, start, n in zip(chunk_ids, offsets, lengths):
+            session.add(chunk, data[start:start + n])
+            progress(n)
+        return file_digest.result(), FileManifest(len(data), list(zip(chunk_ids, lengths)))
+
+    def _publish_manifest(self, object_id: bytes, encoded: bytes) -> None:
+        key = manifest_key(object_id)
+        if not self.backend.exists(key):
+            self.backend.write(key, encoded)
+
+    def _index_orphan_packs(self) -> None:
+        """Index packs a crashed put published but never indexed, so that a retry reuses them."""
+        orphans = []
+        for key in self.backend.list("packs"):
+            pack_id = pack_id_from_key(key)
+            if pack_id is None or pack_id in self.index.packs:
+                continue
+            try:
+                trailer_id, entries = read_trailer(self.backend, key)
+            except (CorruptObject, NotFound):
+                continue  # verify reports it; never index a damaged pack
+            if trailer_id == pack_id:
+                orphans.append((pack_id, entries))
+                self.index.add_pack(pack_id, entries)
+        if orphans:
+            write_index(self.backend, orphans)
+
+    # -- get ---------------------------------------------------------------------------------
+
+    def read_manifest(self, object_id: str) -> FileManifest | TreeManifest:
+        key = manifest_key(parse_id(object_id))
+        if not self.backend.exists(key):
+            raise NotFound(f"no object {object_id} in the store at {self.path}")
+        return decode_manifest(self.backend.read(key), key)
+
+    def get(self, object_id: str, dest: str | os.PathLike, *, progress: Progress = _no_progress) -> None:
+        """Write the file or tree ``object_id`` to ``dest``, which must not exist yet.
+
+        Everything is written beside ``dest`` first and renamed into place once every file
+        checked out against its id, so a failed get leaves nothing behind.
+        """
+        manifest = self.read_manifest(object_id)
+        target = Path(dest)
+        if target.exists() or target.is_symlink():
+            raise InvalidInput(f"destination already exists: {target}")
+        if not target.parent.is_dir():
+            raise NotFound(f"destination directory does not exist: {target.parent}")
+        if isinstance(manifest, FileManifest):
+            self._get_file(parse_id(object_id), manifest, target, progress)
+            return
+        files = [(e, self.read_manifest(format_id(e.file))) for e in manifest.entries]
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
+        try:
+            for entry, file_manifest in files:
+                if not isinstance(file_manifest, FileManifest):
+                    raise CorruptObject(f"tree {object_id} lists {format_id(entry.file)}, which is not a file")
+                out = staging.joinpath(*entry.path.split("/"))
+                out.parent.mkdir(parents=True, exist_ok=True)
+                self._get_file(entry.file, file_manifest, out, progress)
+            os.rename(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def _get_file(self, file_id: bytes, manifest: FileManifest, out: Path, progress: Progress) -> None:
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        partial = out.with_name(f".{out.name}.partial")
+        try:
+            with open(partial, "xb") as f:
+                for segment in self.read_segments(manifest):
+                    hasher.update(segment)
+                    f.write(segment)
+                    progress(len(segment))
+                f.flush()
+                os.fsync(f.fileno())
+            if hasher.digest() != file_id:
+                raise CorruptObject(self._describe_damage(file_id, manifest))
+            os.rename(partial, out)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+
+    def read_segments(self, manifest: FileManifest) -> Iterator[bytes]:
+        """The file's bytes, reading runs of chunks that lie back to back in one pack at once."""
+        run_pack, run_start, run_length = None, 0, 0
+        for chunk, length in manifest.chunks:
+            location = self._locate(chunk, length)
+            contiguous = location.pack == run_pack and location.offset == run_start + run_length
+            if contiguous and run_length + length <= READ_SEGMENT:
+                run_length += length
+                continue
+            if run_pack is not None:
+                yield self._read_pack(run_pack, run_start, run_length)
+            run_pack, run_start, run_length = location.pack, location.offset, length
+        if run_pack is not None:
+            yield self._read_pack(run_pack, run_start, run_length)
+
+    def _locate(self, chunk: bytes, length: int):
+        if chunk not in self.index:
+            raise CorruptObject(f"chunk {format_id(chunk)} is missing from the store")
+        location = self.index[chunk]
+        if location.length != length:
+            raise CorruptObject(f"chunk {format_id(chunk)}: index length {location.length}, manifest {length}")
+        return location
+
+    def _read_pack(self, pack_id: bytes, offset: int, length: int) -> bytes:
+        data = self.backend.read_range(pack_key(pack_id), offset, length)
+        if len(data) != length:
+            raise CorruptObject(f"pack {pack_key(pack_id)} is truncated")
+        return data
+
+    def _describe_damage(self, file_id: bytes, manifest: FileManifest) -> str:
+        for chunk, length in manifest.chunks:
+            location = self._locate(chunk, length)
+            if digest(self._read_pack(location.pack, location.offset, length)) != chunk:
+                return (f"chunk {format_id(chunk)} in {pack_key(location.pack)} is damaged "
+                        f"(content of {format_id(file_id)} does not match its id)")
+        return f"manifest of {format_id(file_id)} is damaged: its chunks do not hash to its id"
+
+    def verify(self, *, progress: Progress = _no_progress) -> VerifyReport:
+        """Re-hash every chunk and check every index file and manifest; name what is damaged."""
+        problems = verify_store(self, progress)
+        return VerifyReport(not problems, problems)
+
+    # -- stats -------------------------------------------------------------------------------
+
+    def manifests(self) -> Iterator[tuple[bytes, FileManifest | TreeManifest]]:
+        for key in self.backend.list("manifests"):
+            name = key.rsplit("/", 1)[-1].removesuffix(".json")
+            yield bytes.fromhex(name), decode_manifest(self.backend.read(key), key)
+
+    def stats(self) -> StoreStats:
+        files, trees = {}, {}
+        for object_id, manifest in self.manifests():
+            (files if isinstance(manifest, FileManifest) else trees)[object_id] = manifest
+        in_trees = {e.file for t in trees.values() for e in t.entries}
+        logical = sum(t.size for t in trees.values()) + sum(
+            m.size for object_id, m in files.items() if object_id not in in_trees)
+        stored = sum(self.backend.size(k) for prefix in ("packs", "index", "manifests")
+                     for k in self.backend.list(prefix))
+        return StoreStats(
+            logical_bytes=logical,
+            stored_bytes=stored,
+            chunk_bytes=sum(loc.length for loc in self.index.locations.values()),
+            chunks=len(self.index.locations),
+            packs=len(self.index.packs),
+            files=len(files),
+            trees=len(trees),
+        )
+
+
+def _hash_chunks(data: memoryview, offsets: list[int], first: int, last: int) -> list[bytes]:
+    return [blake3.blake3(data[offsets[i]:offsets[i + 1]]).digest() for i in range(first, last)]

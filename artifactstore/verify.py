@@ -1,0 +1,124 @@
+"""Full integrity check of a store: every pack, index file and manifest (docs/format.md)."""
+
+from collections.abc import Callable
+
+import blake3
+
+from .errors import CorruptObject, NotFound
+from .ids import digest, format_id, tree_digest
+from .index import decode_index, index_id_from_key
+from .manifest import FileManifest, TreeManifest, decode_manifest, manifest_key
+from .pack import PackEntry, decode_trailer, pack_id_from_key
+
+Progress = Callable[[int], None]
+
+
+def verify_store(store, progress: Progress) -> list[str]:
+    """Names of every damaged or inconsistent object; an empty list means the store is sound."""
+    problems: list[str] = []
+    packs, damaged_chunks = _verify_packs(store.backend, problems, progress)
+    _verify_indexes(store.backend, packs, problems)
+    _verify_manifests(store, damaged_chunks, problems, progress)
+    return problems
+
+
+def _verify_packs(backend, problems, progress) -> tuple[dict[bytes, dict[bytes, PackEntry]], set[bytes]]:
+    packs, damaged = {}, set()
+    for key in backend.list("packs"):
+        pack_id = pack_id_from_key(key)
+        if pack_id is None:
+            problems.append(f"{key}: not a pack name")
+            continue
+        data = backend.read(key)
+        try:
+            trailer_id, entries = decode_trailer(data, len(data), key)
+        except CorruptObject as exc:
+            problems.append(str(exc))
+            continue
+        if trailer_id != pack_id:
+            problems.append(f"{key}: trailer does not hash to the pack's name")
+        view = memoryview(data)
+        for e in entries:
+            if blake3.blake3(view[e.offset:e.offset + e.length]).digest() != e.chunk:
+                problems.append(f"{key}: chunk {format_id(e.chunk)} at offset {e.offset} is damaged")
+                damaged.add(e.chunk)
+        packs[pack_id] = {e.chunk: e for e in entries}
+        progress(len(data))
+    return packs, damaged
+
+
+def _verify_indexes(backend, packs, problems) -> None:
+    for key in backend.list("index"):
+        index_id = index_id_from_key(key)
+        data = backend.read(key)
+        if index_id is None or digest(data) != index_id:
+            problems.append(f"{key}: content does not hash to its name")
+            continue
+        try:
+            listed = decode_index(data, key)
+        except CorruptObject as exc:
+            problems.append(str(exc))
+            continue
+        for pack_id, entries in listed:
+            in_pack = packs.get(pack_id)
+            if in_pack is None:
+                problems.append(f"{key}: lists pack {pack_id.hex()}, which is missing or unreadable")
+                continue
+            if any(in_pack.get(e.chunk) != e for e in entries):
+                problems.append(f"{key}: disagrees with the trailer of pack {pack_id.hex()}")
+
+
+def _verify_manifests(store, damaged_chunks, problems, progress) -> None:
+    index = store.index
+    for key in store.backend.list("manifests"):
+        name = key.rsplit("/", 1)[-1].removesuffix(".json")
+        try:
+            object_id = bytes.fromhex(name)
+            if manifest_key(object_id) != key:
+                raise ValueError
+        except ValueError:
+            problems.append(f"{key}: not a manifest name")
+            continue
+        data = store.backend.read(key)
+        try:
+            manifest = decode_manifest(data, key)
+        except CorruptObject as exc:
+            problems.append(str(exc))
+            continue
+        if isinstance(manifest, TreeManifest):
+            _verify_tree(store, key, object_id, data, manifest, problems)
+        else:
+            _verify_file(store, index, key, object_id, manifest, damaged_chunks, problems, progress)
+
+
+def _verify_tree(store, key, tree_id, data, manifest: TreeManifest, problems) -> None:
+    if tree_digest(data) != tree_id:
+        problems.append(f"{key}: tree manifest does not hash to its name")
+    for entry in manifest.entries:
+        try:
+            listed = store.read_manifest(format_id(entry.file))
+        except (NotFound, CorruptObject):
+            problems.append(f"{key}: {entry.path} names {format_id(entry.file)}, which is missing or damaged")
+            continue
+        if not isinstance(listed, FileManifest) or listed.size != entry.size:
+            problems.append(f"{key}: {entry.path} does not match the manifest of {format_id(entry.file)}")
+
+
+def _verify_file(store, index, key, file_id, manifest: FileManifest, damaged_chunks, problems, progress):
+    for chunk, length in manifest.chunks:
+        if chunk not in index or index[chunk].length != length:
+            problems.append(f"{key}: chunk {format_id(chunk)} is not in the index with length {length}")
+            return
+        if chunk in damaged_chunks:
+            problems.append(f"{key}: file {format_id(file_id)} uses damaged chunk {format_id(chunk)}")
+            return
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    try:
+        for segment in store.read_segments(manifest):
+            hasher.update(segment)
+            progress(len(segment))
+    except (NotFound, CorruptObject) as exc:
+        problems.append(f"{key}: cannot read file {format_id(file_id)}: {exc}")
+        return
+    if hasher.digest() != file_id:
+        problems.append(f"{key}: content does not hash to the file's id")

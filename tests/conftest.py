@@ -1,0 +1,37 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from artifactstore import Store
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return Store.init(tmp_path / "store")
+
+
+def random_bytes(size: int, seed: int = 0) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
+
+
+def make_tree(root: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under a store except tmp/, with its content: equal snapshots mean no change."""
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.relative_to(root).parts[0] != "tmp"}
+
+
+def run_cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "artifactstore", *map(str, args)],
+                          capture_output=True, text=True, env={**os.environ, **(env or {})}, **kwargs)

@@ -1,0 +1,201 @@
+import json
+import os
+import stat
+
+import blake3
+import pytest
+from conftest import make_tree, random_bytes, snapshot
+
+from artifactstore import CorruptObject, InvalidInput, InvalidParameter, NotFound, Store, StoreError
+from artifactstore.ids import format_id, tree_digest
+from artifactstore.manifest import canonical_json, manifest_key
+from artifactstore.pack import TARGET_SIZE
+
+
+def test_file_round_trip_and_id_is_the_blake3_of_the_content(store, tmp_path):
+    data = random_bytes(3 << 20)
+    (tmp_path / "w.bin").write_bytes(data)
+    result = store.put(tmp_path / "w.bin")
+    assert result.id == "b3:" + blake3.blake3(data).hexdigest()
+    assert result.logical_bytes == result.new_bytes == len(data)
+    store.get(result.id, tmp_path / "out.bin")
+    assert (tmp_path / "out.bin").read_bytes() == data
+
+
+def test_tree_round_trip_keeps_paths_and_bytes(store, tmp_path):
+    files = {"adapter_weights/adapter_model.safetensors": random_bytes(1 << 20, 1),
+             "adapter_weights/adapter_config.json": b"{}", "empty": b"", "a/b/c/deep.txt": b"deep"}
+    result = store.put(make_tree(tmp_path / "bundle", files))
+    assert result.logical_bytes == sum(map(len, files.values()))
+    store.get(result.id, tmp_path / "out")
+    got = {p.relative_to(tmp_path / "out").as_posix(): p.read_bytes()
+           for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert got == files
+    assert store.verify().ok
+
+
+def test_same_content_twice_stores_nothing_new(store, tmp_path):
+    bundle = make_tree(tmp_path / "b", {"w": random_bytes(2 << 20, 2), "c.json": b"{}"})
+    first = store.put(bundle)
+    before = snapshot(store.path)
+    again = store.put(bundle)
+    assert again.id == first.id and again.new_bytes == 0
+    assert snapshot(store.path) == before
+
+
+def test_shared_content_is_stored_once(store, tmp_path):
+    common = random_bytes(4 << 20, 3)
+    store.put(make_tree(tmp_path / "a", {"w": common + random_bytes(1 << 20, 4)}))
+    second = store.put(make_tree(tmp_path / "b", {"w": random_bytes(100, 5) + common}))
+    assert second.new_bytes < 600 << 10
+    stats = store.stats()
+    assert stats.trees == 2 and stats.files == 2
+    assert stats.logical_bytes == (5 << 20) + (4 << 20) + 100
+    assert stats.chunk_bytes < (5 << 20) + (600 << 10)
+
+
+def test_large_file_spans_several_packs(store, tmp_path):
+    data = random_bytes(TARGET_SIZE + (8 << 20), 6)
+    (tmp_path / "big").write_bytes(data)
+    result = store.put(tmp_path / "big")
+    assert store.stats().packs == 2
+    store.get(result.id, tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == data
+
+
+def test_empty_file_and_empty_directory(store, tmp_path):
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "dir").mkdir()
+    file_id = store.put(tmp_path / "empty").id
+    tree_id = store.put(tmp_path / "dir").id
+    store.get(file_id, tmp_path / "e2")
+    store.get(tree_id, tmp_path / "d2")
+    assert (tmp_path / "e2").read_bytes() == b"" and list((tmp_path / "d2").iterdir()) == []
+
+
+@pytest.mark.parametrize("make_bad", ["missing", "symlink", "symlink_inside", "dir_symlink_inside",
+                                      "fifo_inside", "device", "backslash_name"])
+def test_bad_input_changes_nothing(store, tmp_path, make_bad):
+    bundle = make_tree(tmp_path / "bundle", {"ok.bin": random_bytes(300_000, 7)})
+    if make_bad == "missing":
+        target, error = tmp_path / "nope", NotFound
+    elif make_bad == "symlink":
+        target, error = tmp_path / "link", InvalidInput
+        target.symlink_to(bundle / "ok.bin")
+    elif make_bad == "symlink_inside":
+        (bundle / "link").symlink_to(bundle / "ok.bin")
+        target, error = bundle, InvalidInput
+    elif make_bad == "dir_symlink_inside":
+        (bundle / "linkdir").symlink_to(tmp_path)
+        target, error = bundle, InvalidInput
+    elif make_bad == "fifo_inside":
+        os.mkfifo(bundle / "pipe")
+        target, error = bundle, InvalidInput
+    elif make_bad == "device":
+        target, error = "/dev/null", InvalidInput
+    else:
+        (bundle / "a\\b").write_bytes(b"x")
+        target, error = bundle, InvalidInput
+    before = snapshot(store.path)
+    with pytest.raises(error):
+        store.put(target)
+    assert snapshot(store.path) == before
+
+
+def test_get_refuses_existing_destination_and_unknown_ids(store, tmp_path):
+    (tmp_path / "f").write_bytes(b"hello")
+    file_id = store.put(tmp_path / "f").id
+    (tmp_path / "exists").write_bytes(b"keep")
+    with pytest.raises(InvalidInput):
+        store.get(file_id, tmp_path / "exists")
+    assert (tmp_path / "exists").read_bytes() == b"keep"
+    with pytest.raises(NotFound):
+        store.get("b3:" + "0" * 64, tmp_path / "x")
+    for bad in ("sha256:00", "b3:xyz", "b3:" + "A" * 64, ""):
+        with pytest.raises(InvalidParameter):
+            store.get(bad, tmp_path / "x")
+
+
+def _plant_tree(store, entries) -> str:
+    encoded = canonical_json({"kind": "tree", "entries": entries})
+    tree_id = tree_digest(encoded)
+    path = store.path / manifest_key(tree_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encoded)
+    return format_id(tree_id)
+
+
+@pytest.mark.parametrize("evil", ["../escape", "/etc/passwd", "a/../../escape", "a//b", "./a"])
+def test_get_refuses_a_tree_whose_paths_escape(store, tmp_path, evil):
+    (tmp_path / "f").write_bytes(b"payload")
+    file_id = store.put(tmp_path / "f").id
+    tree_id = _plant_tree(store, [{"path": evil, "size": 7, "file": file_id}])
+    with pytest.raises(CorruptObject, match="unsafe path"):
+        store.get(tree_id, tmp_path / "out" / "dest")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "escape").exists()
+    assert not store.verify().ok
+
+
+def _first_pack(store):
+    return next((store.path / "packs").rglob("*.pack"))
+
+
+def test_damaged_pack_is_detected_by_get_and_verify(store, tmp_path):
+    data = random_bytes(1 << 20, 8)
+    (tmp_path / "f").write_bytes(data)
+    file_id = store.put(tmp_path / "f").id
+    pack = _first_pack(store)
+    os.chmod(pack, stat.S_IRUSR | stat.S_IWUSR)
+    with open(pack, "r+b") as f:
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(CorruptObject, match="damaged"):
+        store.get(file_id, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".out*"))
+    report = Store(store.path).verify()
+    assert not report.ok
+    assert any("at offset 0 is damaged" in p for p in report.problems)
+    assert any(file_id in p for p in report.problems)
+
+
+@pytest.mark.parametrize("damage", ["manifest", "index", "missing_pack", "trailer"])
+def test_verify_names_each_damaged_object(store, tmp_path, damage):
+    (tmp_path / "f").write_bytes(random_bytes(500_000, 9))
+    file_id = store.put(tmp_path / "f").id
+    if damage == "manifest":
+        key = store.path / manifest_key(bytes.fromhex(file_id[3:]))
+        manifest = json.loads(key.read_bytes())
+        manifest["chunks"].reverse()
+        key.write_bytes(canonical_json(manifest))
+        expected = "does not hash to the file's id"
+    elif damage == "index":
+        index_file = next((store.path / "index").iterdir())
+        index_file.write_bytes(index_file.read_bytes()[:-3])
+        expected = index_file.name
+    elif damage == "missing_pack":
+        _first_pack(store).unlink()
+        expected = "missing"
+    else:
+        pack = _first_pack(store)
+        data = bytearray(pack.read_bytes())
+        data[-20] ^= 0xFF
+        pack.write_bytes(bytes(data))
+        expected = pack.name
+    report = Store(store.path).verify()
+    assert not report.ok
+    assert any(expected in p for p in report.problems), report.problems
+
+
+def test_open_refuses_what_is_not_a_store(tmp_path):
+    with pytest.raises(StoreError, match="not an artifactstore store"):
+        Store(tmp_path)
+    Store.init(tmp_path / "s")
+    with pytest.raises(StoreError, match="already a store"):
+        Store.init(tmp_path / "s")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(StoreError, match="not an empty directory"):
+        Store.init(tmp_path / "full")
