@@ -1,0 +1,74 @@
+import json
+
+from conftest import make_tree, random_bytes, run_cli, snapshot
+
+
+def test_init_put_get_stats_verify(tmp_path):
+    store = tmp_path / "store"
+    assert run_cli("init", store).returncode == 0
+    bundle = make_tree(tmp_path / "bundle", {"w.bin": random_bytes(1 << 20, 20), "c.json": b"{}"})
+    put = run_cli("put", bundle, "--store", store, "--json")
+    assert put.returncode == 0, put.stderr
+    result = json.loads(put.stdout)
+    assert set(result) == {"id", "logical_bytes", "new_bytes"} and result["id"].startswith("b3:")
+    assert result["logical_bytes"] == (1 << 20) + 2 and put.stderr == ""
+
+    plain = run_cli("put", bundle, env={"ARTIFACTSTORE_STORE": str(store)})
+    assert plain.stdout.strip() == result["id"]
+    assert "0 B new" in plain.stderr
+
+    got = run_cli("get", result["id"], tmp_path / "out", "--store", store)
+    assert got.returncode == 0, got.stderr
+    assert snapshot(tmp_path / "out") == snapshot(bundle)
+
+    stats = json.loads(run_cli("stats", "--store", store, "--json").stdout)
+    assert {"logical_bytes", "stored_bytes", "chunks", "packs"} <= set(stats)
+    assert stats["logical_bytes"] == (1 << 20) + 2 and stats["packs"] == 1
+    assert "dedup" in run_cli("stats", "--store", store).stdout
+
+    verify = run_cli("verify", "--store", store, "--json")
+    assert verify.returncode == 0 and json.loads(verify.stdout) == {"ok": True, "problems": []}
+
+
+def test_verify_exits_non_zero_naming_the_damage(tmp_path):
+    store = tmp_path / "store"
+    run_cli("init", store)
+    (tmp_path / "f").write_bytes(random_bytes(200_000, 21))
+    run_cli("put", tmp_path / "f", "--store", store)
+    pack = next((store / "packs").rglob("*.pack"))
+    data = bytearray(pack.read_bytes())
+    data[10] ^= 1
+    pack.write_bytes(bytes(data))
+    result = run_cli("verify", "--store", store, "--json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["ok"] is False and any(pack.name in p for p in report["problems"])
+    human = run_cli("verify", "--store", store)
+    assert human.returncode == 1 and pack.name in human.stdout
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path):
+    store = tmp_path / "store"
+    run_cli("init", store)
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "f")
+    cases = [
+        (("put", tmp_path / "missing", "--store", store), "no such file or directory"),
+        (("put", tmp_path / "link", "--store", store), "symlinks are not stored"),
+        (("put", "/dev/null", "--store", store), "not a regular file"),
+        (("get", "b3:zz", tmp_path / "o", "--store", store), "not a content id"),
+        (("get", "b3:" + "0" * 64, tmp_path / "o", "--store", store), "no object"),
+        (("stats", "--store", tmp_path), "not an artifactstore store"),
+        (("init", store), "already a store"),
+    ]
+    for args, message in cases:
+        result = run_cli(*args)
+        assert result.returncode == 1, args
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, result.stderr)
+        assert "Traceback" not in result.stderr
+
+
+def test_missing_store_option_is_a_usage_error(tmp_path):
+    result = run_cli("stats", env={"ARTIFACTSTORE_STORE": ""})
+    assert result.returncode == 2 and "--store" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,99 @@
+"""Crash, concurrency and permission safety of put, through real processes."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import make_tree, random_bytes, snapshot
+
+from artifactstore import Store
+from artifactstore.cli import main
+
+
+def start_put(source, store_path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "artifactstore", "put", str(source), "--store", str(store_path),
+                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.fixture(scope="module")
+def big_bundle(tmp_path_factory):
+    """About 96 MiB in three files: a put writes several packs."""
+    root = tmp_path_factory.mktemp("big")
+    return make_tree(root, {f"part{i}.safetensors": random_bytes(32 << 20, 100 + i) for i in range(3)})
+
+
+def test_kill_after_first_pack_then_retry_reuses_it(tmp_path, big_bundle):
+    store = Store.init(tmp_path / "store")
+    proc = start_put(big_bundle, store.path)
+    deadline = time.monotonic() + 60
+    while not list((store.path / "packs").rglob("*.pack")):
+        assert proc.poll() is None, "put finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert Store(store.path).verify().ok
+    assert Store(store.path).stats().trees == 0, "a killed put must not publish its tree"
+    retry = Store(store.path).put(big_bundle)
+    assert retry.new_bytes <= retry.logical_bytes - (32 << 20), "the retry should reuse the published pack"
+    assert Store(store.path).verify().ok
+    Store(store.path).get(retry.id, tmp_path / "out")
+    assert snapshot(tmp_path / "out") == snapshot(big_bundle)
+
+
+def test_kill_at_random_moments_leaves_a_verifiable_store(tmp_path, big_bundle):
+    store = Store.init(tmp_path / "store")
+    rng = random.Random(7)
+    for _ in range(4):
+        proc = start_put(big_bundle, store.path)
+        time.sleep(rng.uniform(0.05, 0.6))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        report = Store(store.path).verify()
+        assert report.ok, report.problems
+    final = Store(store.path).put(big_bundle)
+    assert Store(store.path).verify().ok
+    assert final.logical_bytes == 96 << 20
+
+
+def test_concurrent_puts_into_one_store(tmp_path):
+    shared = random_bytes(20 << 20, 11)
+    a = make_tree(tmp_path / "a", {"w": shared + random_bytes(5 << 20, 12), "x": random_bytes(1 << 20, 13)})
+    b = make_tree(tmp_path / "b", {"w": random_bytes(4 << 20, 14) + shared})
+    store = Store.init(tmp_path / "store")
+    procs = [start_put(src, store.path) for src in (a, b, a, b)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
+    reopened = Store(store.path)
+    assert reopened.verify().ok
+    for src, (out, _) in zip((a, b), outputs):
+        object_id = __import__("json").loads(out)["id"]
+        reopened.get(object_id, tmp_path / f"out-{src.name}")
+        assert snapshot(tmp_path / f"out-{src.name}") == snapshot(src)
+
+
+def test_unreadable_file_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    bundle = make_tree(tmp_path / "bundle", {"ok": random_bytes(100_000, 15), "secret": b"s"})
+    secret = bundle / "secret"
+    os.chmod(secret, 0)
+    if os.geteuid() == 0:  # root reads anything: make the kernel's refusal for mode 000 explicit
+        real_open = os.open
+
+        def refuse_unreadable(path, flags, *args, **kwargs):
+            if os.fspath(path) == os.fspath(secret):
+                raise PermissionError(13, "Permission denied", os.fspath(path))
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", refuse_unreadable)
+    store = Store.init(tmp_path / "store")
+    before = snapshot(store.path)
+    monkeypatch.setattr(sys, "argv", ["artifactstore", "put", str(bundle), "--store", str(store.path)])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 1
+    assert capsys.readouterr().err.splitlines() == [f"error: cannot read {secret}: Permission denied"]
+    assert snapshot(store.path) == before
