@@ -34,15 +34,15 @@ LINEAR_SHAPES = {  # module -> (in_features, out_features)
 Tensors = dict[str, np.ndarray]
 
 
-def lora_tensors(layers: range, seed: int, scale: int = 1) -> Tensors:
+def lora_tensors(layers: range, seed: int, scale: int = 1, rank: int = RANK) -> Tensors:
     """LoRA A/B matrices for ``layers``; ``scale`` divides every dimension (for --small)."""
     rng = np.random.default_rng(seed)
     tensors = {}
     for layer in layers:
         for module, (fan_in, fan_out) in LINEAR_SHAPES.items():
             prefix = f"base_model.model.model.layers.{layer}.{module}"
-            a = rng.standard_normal((RANK, fan_in // scale), dtype=np.float32) / np.sqrt(fan_in)
-            b = rng.standard_normal((fan_out // scale, RANK), dtype=np.float32) * 0.01
+            a = rng.standard_normal((rank, fan_in // scale), dtype=np.float32) / np.sqrt(fan_in)
+            b = rng.standard_normal((fan_out // scale, rank), dtype=np.float32) * 0.01
             tensors[f"{prefix}.lora_A.weight"] = a.astype(ml_dtypes.bfloat16)
             tensors[f"{prefix}.lora_B.weight"] = b.astype(ml_dtypes.bfloat16)
     return tensors
