@@ -3,15 +3,22 @@
 Keys are ``/``-separated relative paths such as ``packs/ab/ab12….pack``. Every
 write is atomic: a reader sees the whole object or nothing. Object storage
 backends implement the same few methods.
+
+Refs are the only mutable objects. ``read_ref`` returns a ref's bytes and a
+token (an ETag on object storage; here the BLAKE3 of the bytes); ``swap_ref``
+replaces the ref only if its token is still ``expected`` (``None``: the ref
+must not exist yet), which S3 expresses as ``If-Match`` / ``If-None-Match: *``.
 """
 
+import fcntl
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from .errors import NotFound, StoreError
+from .errors import Conflict, NotFound, StoreError
+from .ids import digest
 
 
 class Backend(Protocol):
@@ -23,6 +30,8 @@ class Backend(Protocol):
     def size(self, key: str) -> int: ...
     def list(self, prefix: str) -> Iterator[str]: ...
     def delete(self, key: str) -> None: ...
+    def read_ref(self, key: str) -> tuple[bytes | None, str | None]: ...
+    def swap_ref(self, key: str, data: bytes, expected: str | None) -> str: ...
 
 
 class ObjectWriter(Protocol):
@@ -124,3 +133,22 @@ class LocalBackend:
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
+
+    def read_ref(self, key: str) -> tuple[bytes | None, str | None]:
+        try:
+            data = self.path(key).read_bytes()
+        except FileNotFoundError:
+            return None, None
+        return data, digest(data).hex()
+
+    def swap_ref(self, key: str, data: bytes, expected: str | None) -> str:
+        """Compare-and-swap under an exclusive lock on ``<key>.lock``; the write itself is atomic."""
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target.with_name(target.name + ".lock"), "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            _, current = self.read_ref(key)
+            if current != expected:
+                raise Conflict(f"{key} changed concurrently")
+            self.write(key, data)
+        return digest(data).hex()

@@ -30,3 +30,7 @@ class StoreError(ArtifactStoreError):
 
 class CorruptObject(ArtifactStoreError):
     """Stored bytes do not match their id."""
+
+
+class Conflict(ArtifactStoreError):
+    """A compare-and-swap lost: someone else changed the pointer or version first."""

@@ -21,6 +21,8 @@ from .index import ChunkIndex, index_id_from_key, write_index
 from .manifest import (FileManifest, TreeEntry, TreeManifest, check_relative_path, decode_manifest,
                        manifest_key)
 from .verify import verify_store
+from .registry import RegistryOperations
+from .reports import RegistryQueries
 from .pack import TARGET_SIZE, PackWriter, pack_id_from_key, pack_key, read_trailer
 
 CONFIG_KEY = "artifactstore.json"
@@ -152,8 +154,11 @@ class _PutSession:
             self._writer.discard()
 
 
-class Store:
-    """A store on a local directory. Open an existing one with ``Store(path)``."""
+class Store(RegistryOperations, RegistryQueries):
+    """A store on a local directory: content-addressed data plus the version registry.
+
+    Open an existing one with ``Store(path)``, create one with ``Store.init(path)``.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -206,15 +211,19 @@ class Store:
             raise
         for _, file_id, manifest in files:
             self._publish_manifest(file_id, manifest.encode())
-        logical = sum(f.size for f in inputs)
-        if os.path.isdir(root):
-            tree = TreeManifest([TreeEntry(f.path, m.size, file_id) for f, file_id, m in files])
-            encoded = tree.encode()
-            object_id = tree_digest(encoded)
-            self._publish_manifest(object_id, encoded)
-        else:
-            object_id = files[0][1]
-        return PutResult(format_id(object_id), logical, session.new_bytes)
+        object_id, tree = _root_object(root, [(f, file_id) for f, file_id, _ in files])
+        if tree is not None:
+            self._publish_manifest(object_id, tree)
+        return PutResult(format_id(object_id), sum(f.size for f in inputs), session.new_bytes)
+
+    def identify(self, path: str | os.PathLike) -> str:
+        """The id ``put`` would return for ``path``, computed without writing anything."""
+        root = Path(path)
+        files = []
+        for f in _collect_inputs(root):
+            with open(f.source, "rb") as handle:
+                files.append((f, blake3.blake3(handle.read(), max_threads=blake3.blake3.AUTO).digest()))
+        return format_id(_root_object(root, files)[0])
 
     def _ingest_file(self, source: Path, session: _PutSession, pool: ThreadPoolExecutor,
                      progress: Progress) -> tuple[bytes, FileManifest]:
@@ -388,6 +397,14 @@ class Store:
             files=len(files),
             trees=len(trees),
         )
+
+
+def _root_object(root: Path, files: list[tuple[_InputFile, bytes]]) -> tuple[bytes, bytes | None]:
+    """The id of what was put (a file, or a tree of files) and the tree manifest if it is a tree."""
+    if not root.is_dir():
+        return files[0][1], None
+    encoded = TreeManifest([TreeEntry(f.path, f.size, file_id) for f, file_id in files]).encode()
+    return tree_digest(encoded), encoded
 
 
 def _hash_chunks(data: memoryview, offsets: list[int], first: int, last: int) -> list[bytes]:

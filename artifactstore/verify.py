@@ -19,6 +19,7 @@ def verify_store(store, progress: Progress) -> list[str]:
     packs, damaged_chunks = _verify_packs(store.backend, problems, progress)
     _verify_indexes(store.backend, packs, problems)
     _verify_manifests(store, damaged_chunks, problems, progress)
+    _verify_registry(store, problems)
     return problems
 
 
@@ -122,3 +123,35 @@ def _verify_file(store, index, key, file_id, manifest: FileManifest, damaged_chu
         return
     if hasher.digest() != file_id:
         problems.append(f"{key}: content does not hash to the file's id")
+
+
+def _verify_registry(store, problems) -> None:
+    """Every model's audit chain is intact and every pointer names an existing version."""
+    for model in store.models():
+        try:
+            current = store.state(model)
+            chain = list(store.states(model))
+        except (CorruptObject, NotFound) as exc:
+            problems.append(f"registry {model}: {exc}")
+            continue
+        expected_seq = current.seq
+        for state_id, state in chain:
+            for entry in reversed(state.entries):
+                if entry.seq != expected_seq:
+                    problems.append(f"registry {model}: audit entry {entry.seq} found where {expected_seq} belongs "
+                                    f"(state {state_id})")
+                expected_seq = entry.seq - 1
+        if expected_seq != 0:
+            problems.append(f"registry {model}: audit log ends at entry {expected_seq + 1}, not 1")
+        named = [*current.pointers.values(), *current.pins] + ([current.canary["version"]] if current.canary else [])
+        for version in named:
+            if version not in current.versions:
+                problems.append(f"registry {model}: a pointer names {version}, which does not exist")
+        for version, record_id in current.versions.items():
+            try:
+                record = store.version_record(f"{model}@{version}")
+                if record["version"] != version:
+                    raise CorruptObject(f"record {record_id} is for {record['version']}")
+                store.read_manifest(record["bundle"])
+            except (CorruptObject, NotFound, ValueError, KeyError) as exc:
+                problems.append(f"registry {model}@{version}: {exc}")

@@ -1,0 +1,104 @@
+"""Names, semantic versions and refs: ``client/model@vX.Y.Z``, ``client/model@production``, ``b3:<hex>``."""
+
+import re
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from .errors import InvalidParameter
+from .ids import PREFIX, parse_id
+
+NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+VERSION = re.compile(r"v(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)")
+POINTERS = ("production", "staging", "canary", "rollback_target")
+LATEST = "latest"
+
+
+class SemVer(NamedTuple):
+    major: int
+    minor: int
+    patch: int
+
+    def __str__(self) -> str:
+        return f"v{self.major}.{self.minor}.{self.patch}"
+
+    def bump(self, kind: str) -> "SemVer":
+        if kind == "major":
+            return SemVer(self.major + 1, 0, 0)
+        if kind == "minor":
+            return SemVer(self.major, self.minor + 1, 0)
+        return SemVer(self.major, self.minor, self.patch + 1)
+
+    def kind_of_bump_from(self, previous: "SemVer") -> str | None:
+        """'major', 'minor' or 'patch' if this is a well-formed bump over ``previous``, else None."""
+        if self.major > previous.major and self.minor == 0 and self.patch == 0:
+            return "major"
+        if self.major == previous.major and self.minor > previous.minor and self.patch == 0:
+            return "minor"
+        if self[:2] == previous[:2] and self.patch > previous.patch:
+            return "patch"
+        return None
+
+
+def parse_version(text: str) -> SemVer:
+    match = VERSION.fullmatch(text)
+    if match is None:
+        raise InvalidParameter(f"not a version: {text!r} (expected vMAJOR.MINOR.PATCH, e.g. v1.2.0)")
+    return SemVer(*map(int, match.groups()))
+
+
+def check_name(kind: str, text: str) -> str:
+    if NAME.fullmatch(text) is None:
+        raise InvalidParameter(
+            f"invalid {kind} name {text!r}: use 1-63 lowercase letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit")
+    return text
+
+
+@dataclass(frozen=True)
+class ModelName:
+    client: str
+    model: str
+
+    def __str__(self) -> str:
+        return f"{self.client}/{self.model}"
+
+    @classmethod
+    def parse(cls, text: str) -> "ModelName":
+        client, slash, model = text.partition("/")
+        if not slash:
+            raise InvalidParameter(f"not a model name: {text!r} (expected client/model)")
+        return cls(check_name("client", client), check_name("model", model))
+
+
+@dataclass(frozen=True)
+class Ref:
+    """What a ref names: a model and a version or pointer, or a content id."""
+
+    model: ModelName | None = None
+    target: str | None = None  # a version string, a pointer name or "latest"
+    object_id: str | None = None
+
+    @property
+    def is_version(self) -> bool:
+        return self.target is not None and VERSION.fullmatch(self.target) is not None
+
+    def __str__(self) -> str:
+        return self.object_id or f"{self.model}@{self.target}"
+
+    @classmethod
+    def parse(cls, text: str) -> "Ref":
+        if text.startswith(PREFIX):
+            parse_id(text)
+            return cls(object_id=text)
+        name, at, target = text.partition("@")
+        if not at or not target:
+            raise InvalidParameter(
+                f"not a ref: {text!r} (expected client/model@vX.Y.Z, client/model@POINTER or b3:<hex>)")
+        model = ModelName.parse(name)
+        if target.startswith("v"):
+            parse_version(target)
+        elif target not in (*POINTERS, LATEST):
+            raise InvalidParameter(
+                f"unknown pointer {target!r} in {text!r}: expected a version or one of "
+                f"{', '.join((*POINTERS, LATEST))}")
+        return cls(model=model, target=target)

@@ -1,0 +1,370 @@
+"""Strict reader for safetensors file headers.
+
+Layout: an 8-byte little-endian header length N, N bytes of UTF-8 JSON, then
+the data buffer. The reader accepts exactly what the reference implementation
+(the `safetensors` Rust crate, 0.8) accepts, including the quirks that come
+from its serde/serde_json deserialisation; those are called out where handled.
+It never depends on the `safetensors` package.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidInput
+
+__all__ = [
+    "DTYPE_BITS",
+    "MAX_HEADER_SIZE",
+    "SafetensorsHeader",
+    "TensorInfo",
+    "header_size",
+    "parse_header",
+    "read_header",
+    "read_header_from_path",
+]
+
+MAX_HEADER_SIZE = 100_000_000
+_LENGTH_PREFIX = 8
+_U64_MAX = 2**64 - 1
+_I64_MIN = -(2**63)
+# serde_json's recursion limit admits 127 nested arrays/objects, the header object included.
+_MAX_JSON_DEPTH = 127
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_MAX_SHOWN_TEXT = 80
+
+# Bits per element of every dtype of the format (crate `Dtype::bitsize`). Sub-byte
+# dtypes are packed; a tensor must fill a whole number of bytes.
+DTYPE_BITS: dict[str, int] = {
+    "BOOL": 8,
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
+    "U8": 8,
+    "I8": 8,
+    "F8_E5M2": 8,
+    "F8_E4M3": 8,
+    "F8_E8M0": 8,
+    "F8_E4M3FNUZ": 8,
+    "F8_E5M2FNUZ": 8,
+    "I16": 16,
+    "U16": 16,
+    "F16": 16,
+    "BF16": 16,
+    "I32": 32,
+    "U32": 32,
+    "F32": 32,
+    "C64": 64,
+    "F64": 64,
+    "I64": 64,
+    "U64": 64,
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor; `begin`/`end` are absolute byte offsets within the file."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """A validated header. `tensors` is in data-buffer order (ties keep header order)."""
+
+    header_size: int
+    data_start: int
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str] | None
+    file_size: int
+
+
+def header_size(first8: bytes, file_size: int) -> int:
+    """The header length N from the file's first bytes (at least 8), checked against the file size."""
+    if file_size < _LENGTH_PREFIX:
+        raise InvalidInput(f"safetensors: file of {file_size} bytes is too small for the 8-byte header length")
+    if len(first8) < _LENGTH_PREFIX:
+        raise InvalidInput(f"safetensors: got {len(first8)} of the 8 header length bytes")
+    size = int.from_bytes(first8[:_LENGTH_PREFIX], "little")
+    _check_header_size(size, file_size)
+    return size
+
+
+def parse_header(header_bytes: bytes, file_size: int) -> SafetensorsHeader:
+    """Validate the N header bytes (those after the length prefix) of a file of `file_size` bytes."""
+    size = len(header_bytes)
+    _check_header_size(size, file_size)
+    try:
+        text = header_bytes.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidInput(f"safetensors: header is not valid UTF-8 ({error.reason} at byte {error.start})") from None
+    entries, metadata = _split_header(_decode_json(text))
+    data_start = _LENGTH_PREFIX + size
+    tensors = _validate_layout(entries, data_start, file_size - data_start)
+    return SafetensorsHeader(size, data_start, tensors, metadata, file_size)
+
+
+def read_header(read_range: Callable[[int, int], bytes], file_size: int) -> SafetensorsHeader:
+    """Read and validate the header through `read_range(offset, length)`."""
+    first8 = read_range(0, _LENGTH_PREFIX) if file_size >= _LENGTH_PREFIX else b""
+    size = header_size(first8, file_size)
+    header_bytes = read_range(_LENGTH_PREFIX, size)
+    if len(header_bytes) != size:
+        raise InvalidInput(f"safetensors: read {len(header_bytes)} of the {size} header bytes; file truncated?")
+    return parse_header(header_bytes, file_size)
+
+
+def read_header_from_path(path: str | os.PathLike[str]) -> SafetensorsHeader:
+    """Read and validate the header of the file at `path` (OSError propagates)."""
+    with open(path, "rb") as file:
+        file_size = os.fstat(file.fileno()).st_size
+
+        def read_range(offset: int, length: int) -> bytes:
+            file.seek(offset)
+            return file.read(length)
+
+        return read_header(read_range, file_size)
+
+
+def _check_header_size(size: int, file_size: int) -> None:
+    if size > MAX_HEADER_SIZE:
+        raise InvalidInput(f"safetensors: header length {size} exceeds the {MAX_HEADER_SIZE}-byte limit")
+    if _LENGTH_PREFIX + size > file_size:
+        raise InvalidInput(f"safetensors: header length {size} runs past the end of the {file_size}-byte file")
+
+
+# A tensor's header entry: dtype, shape, and begin/end relative to the data buffer.
+_Entry = tuple[str, tuple[int, ...], int, int]
+
+
+class _JsonObject(list[tuple[str, Any]]):
+    """A JSON object's (key, value) pairs in order, duplicates kept: the crate
+    rejects some duplicate keys and lets the last win for others."""
+
+
+def _decode_json(text: str) -> Any:
+    try:
+        value = json.loads(
+            text,
+            object_pairs_hook=_JsonObject,
+            parse_int=_parse_json_int,
+            parse_float=_parse_json_float,
+            parse_constant=_reject_json_constant,
+        )
+    except RecursionError:
+        raise InvalidInput("safetensors: header JSON nests too deeply") from None
+    except ValueError as error:  # JSONDecodeError, or raised by a hook
+        raise InvalidInput(f"safetensors: header is not valid JSON: {error}") from None
+    _check_serde_json_limits(value)
+    return value
+
+
+def _parse_json_int(literal: str) -> int | float:
+    # serde_json reads integers outside the i64/u64 range, and "-0", as floats,
+    # which no integer field accepts; the length test keeps int() off huge literals.
+    if len(literal) <= 20:
+        value = int(literal)
+        if _I64_MIN <= value <= _U64_MAX and literal != "-0":
+            return value
+    return _parse_json_float(literal)
+
+
+def _parse_json_float(literal: str) -> float:
+    value = float(literal)
+    if math.isinf(value):
+        raise ValueError(f"number out of range: {_show(literal)}")
+    return value
+
+
+def _reject_json_constant(literal: str) -> None:
+    raise ValueError(f"{literal} is not JSON")
+
+
+def _check_serde_json_limits(root: Any) -> None:
+    """Reject what Python's json accepts but serde_json refuses anywhere in the
+    document, even in values the crate then ignores: unpaired UTF-16 surrogate
+    escapes and nesting deeper than its recursion limit."""
+    pending = [(root, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, str):
+            if _LONE_SURROGATE.search(value):
+                raise InvalidInput("safetensors: header is not valid JSON: unpaired surrogate escape in a string")
+        elif isinstance(value, list):
+            if depth > _MAX_JSON_DEPTH:
+                raise InvalidInput(f"safetensors: header JSON nests deeper than {_MAX_JSON_DEPTH} levels")
+            children = [item for pair in value for item in pair] if isinstance(value, _JsonObject) else value
+            pending.extend((child, depth + 1) for child in children)
+
+
+def _split_header(root: Any) -> tuple[dict[str, _Entry], dict[str, str] | None]:
+    """The tensor entries by name, and the metadata."""
+    if not isinstance(root, _JsonObject):
+        raise InvalidInput(f"safetensors: header is a JSON {_json_kind(root)}, not an object")
+    entries: dict[str, _Entry] = {}
+    metadata: dict[str, str] | None = None
+    seen_metadata = False
+    for key, value in root:
+        if key == "__metadata__":
+            if seen_metadata:
+                raise InvalidInput("safetensors: duplicate __metadata__ in header")
+            seen_metadata = True
+            metadata = _parse_metadata(value)
+        elif key in entries:
+            # The crate lets the last entry win; a reader keeping the first would see other weights.
+            raise InvalidInput(f"safetensors: duplicate tensor name {key!r} in header")
+        else:
+            entries[key] = _parse_tensor_entry(key, value)
+    return entries, metadata
+
+
+def _parse_metadata(value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, _JsonObject):
+        raise InvalidInput(f"safetensors: __metadata__ is a JSON {_json_kind(value)}, not an object")
+    for key, item in value:
+        if not isinstance(item, str):
+            raise InvalidInput(f"safetensors: __metadata__ {_show(key)} is a JSON {_json_kind(item)}, not a string")
+    return dict(value)
+
+
+def _parse_tensor_entry(name: str, value: Any) -> _Entry:
+    where = f"safetensors: tensor {_show(name)}"
+    fields = ("dtype", "shape", "data_offsets")
+    if isinstance(value, _JsonObject):
+        found: dict[str, Any] = {}
+        for key, item in value:
+            if key in fields:  # serde ignores unknown fields but refuses repeated ones
+                if key in found:
+                    raise InvalidInput(f"{where}: duplicate field {key!r}")
+                found[key] = item
+        missing = [field for field in fields if field not in found]
+        if missing:
+            raise InvalidInput(f"{where}: missing field {missing[0]!r}")
+        dtype, shape, offsets = (found[field] for field in fields)
+    elif isinstance(value, list) and len(value) == len(fields):
+        # serde derives a sequence form for structs: [dtype, shape, data_offsets]
+        dtype, shape, offsets = value
+    else:
+        raise InvalidInput(f"{where}: entry is a JSON {_json_kind(value)}, not an object with {', '.join(fields)}")
+    begin, end = _parse_offsets(where, offsets)
+    return _parse_dtype(where, dtype), _parse_shape(where, shape), begin, end
+
+
+def _parse_dtype(where: str, value: Any) -> str:
+    # serde also reads an enum's unit variant written as a one-key object: {"F32": null}
+    if isinstance(value, _JsonObject):
+        if len(value) != 1 or value[0][1] is not None:
+            raise InvalidInput(f"{where}: dtype object must be a single dtype name mapped to null")
+        value = value[0][0]
+    if not isinstance(value, str):
+        raise InvalidInput(f"{where}: dtype is a JSON {_json_kind(value)}, not a string")
+    if value not in DTYPE_BITS:
+        raise InvalidInput(f"{where}: unknown dtype {_show(value)}")
+    return value
+
+
+def _parse_shape(where: str, value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or isinstance(value, _JsonObject):
+        raise InvalidInput(f"{where}: shape is a JSON {_json_kind(value)}, not an array")
+    if not all(_is_u64(dim) for dim in value):
+        raise InvalidInput(f"{where}: shape {_show_json(value)} has a dimension that is not an integer in [0, 2**64)")
+    return tuple(value)
+
+
+def _parse_offsets(where: str, value: Any) -> tuple[int, int]:
+    if not isinstance(value, list) or isinstance(value, _JsonObject) or len(value) != 2:
+        raise InvalidInput(f"{where}: data_offsets {_show_json(value)} is not a [begin, end] pair")
+    begin, end = value
+    if not (_is_u64(begin) and _is_u64(end)):
+        raise InvalidInput(f"{where}: data_offsets {_show_json(value)} are not integers in [0, 2**64)")
+    return begin, end
+
+
+def _is_u64(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= _U64_MAX  # type(): bool is an int subclass
+
+
+def _validate_layout(entries: dict[str, _Entry], data_start: int, data_size: int) -> dict[str, TensorInfo]:
+    """The crate's `Metadata::validate`: in offset order, tensors tile the data
+    buffer from 0 without holes or overlaps, each exactly as long as its shape
+    and dtype need, and the last one ends where the file ends."""
+    ordered = sorted(entries.items(), key=lambda entry: (entry[1][2], entry[1][3]))
+    tensors: dict[str, TensorInfo] = {}
+    covered = 0
+    for name, (dtype, shape, begin, end) in ordered:
+        where = f"safetensors: tensor {_show(name)}"
+        if begin != covered or end < begin:
+            raise InvalidInput(f"{where}: data_offsets [{begin}, {end}] {_offset_problem(begin, end, covered)}")
+        covered = end
+        nbytes = _tensor_nbytes(where, dtype, shape)
+        if end - begin != nbytes:
+            raise InvalidInput(
+                f"{where}: data_offsets [{begin}, {end}] do not match shape {list(shape)} of {dtype} ({nbytes} bytes)"
+            )
+        tensors[name] = TensorInfo(name, dtype, shape, data_start + begin, data_start + end)
+    if covered != data_size:
+        raise InvalidInput(f"safetensors: tensors cover {covered} bytes but the data buffer holds {data_size}")
+    return tensors
+
+
+def _offset_problem(begin: int, end: int, covered: int) -> str:
+    if end < begin:
+        return "end before they begin"
+    if begin > covered:
+        return f"leave a gap after byte {covered} of the data buffer"
+    return f"overlap the bytes before {covered} of the data buffer"
+
+
+def _tensor_nbytes(where: str, dtype: str, shape: tuple[int, ...]) -> int:
+    # The crate multiplies with overflow checks in u64, one dimension at a time,
+    # so [2**32, 2**32, 0] overflows before the 0 is reached.
+    count = 1
+    for dim in shape:
+        count *= dim
+        if count > _U64_MAX:
+            raise InvalidInput(f"{where}: element count of shape {list(shape)} overflows 64 bits")
+    nbits = count * DTYPE_BITS[dtype]
+    if nbits > _U64_MAX:
+        raise InvalidInput(f"{where}: bit size of shape {list(shape)} of {dtype} overflows 64 bits")
+    if nbits % 8:
+        raise InvalidInput(f"{where}: shape {list(shape)} of {dtype} is {nbits} bits, not a whole number of bytes")
+    return nbits // 8
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, _JsonObject):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    return "number"
+
+
+def _show(text: str) -> str:
+    """`text` quoted on one line, shortened if long."""
+    if len(text) > _MAX_SHOWN_TEXT:
+        text = text[:_MAX_SHOWN_TEXT] + "..."
+    return repr(text)
+
+
+def _show_json(value: Any) -> str:
+    """A parsed JSON value on one line, shortened if long."""
+    text = "{...}" if isinstance(value, _JsonObject) else repr(value)
+    return text if len(text) <= _MAX_SHOWN_TEXT else text[:_MAX_SHOWN_TEXT] + "..."

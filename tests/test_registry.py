@@ -1,0 +1,213 @@
+import json
+from dataclasses import replace
+
+import pytest
+import yaml
+from conftest import snapshot
+
+from artifactstore import Conflict, CorruptObject, InvalidInput, InvalidParameter, NotFound
+from artifactstore.demo import adapter_history, write_bundle
+from artifactstore.refs import Ref
+
+HISTORY = adapter_history(layers=2, scale=16)  # v1.0.0 … v1.2.1, tiny tensors
+BY_NAME = {v.name: v for v in HISTORY}
+
+
+@pytest.fixture
+def bundles(tmp_path):
+    return {v.name: write_bundle(v, tmp_path / "bundles" / v.name) for v in HISTORY}
+
+
+@pytest.fixture
+def pushed(store, bundles):
+    """acme/support with v1.0.0, v1.1.0 and v1.1.1 pushed."""
+    for name in ("v1.0.0", "v1.1.0", "v1.1.1"):
+        store.push(bundles[name], f"acme/support@{name}", actor="ci@agency")
+    return store
+
+
+def test_push_records_every_field_and_resolves_everywhere(pushed, bundles, tmp_path):
+    info = pushed.show("acme/support@v1.1.0")
+    assert info["version"] == "v1.1.0" and info["change"] == "minor" and info["previous"] == "v1.0.0"
+    assert info["created_by"] == "ci@agency" and info["created_at"].endswith("Z")
+    assert info["base_model"] == "meta-llama/Meta-Llama-3-8B-Instruct"
+    assert info["training_data_hash"].startswith("b3:") and info["eval_scores"]["accuracy"] == 0.942
+    assert info["inference_config"]["temperature"] == 0.3 and info["training_config"]["rank"] == 16
+    weights = bundles["v1.1.0"] / "adapter_weights" / "adapter_model.safetensors"
+    assert info["adapter_hash"] == "b3:" + __import__("blake3").blake3(weights.read_bytes()).hexdigest()
+    assert pushed.resolve("acme/support@v1.1.0") == info["bundle"]
+    assert pushed.resolve("acme/support@latest") == pushed.resolve("acme/support@v1.1.1")
+    pushed.get(pushed.resolve("acme/support@v1.1.0"), tmp_path / "out")
+    assert snapshot(tmp_path / "out") == snapshot(bundles["v1.1.0"])
+    assert pushed.verify().ok
+
+
+def test_bump_auto_follows_the_versioning_rules(store, bundles):
+    got = [store.push(bundles[v.name], "acme/support", bump="auto").version for v in HISTORY]
+    # a re-save with new safetensors metadata leaves every tensor identical: a patch
+    assert got == ["v1.0.0", "v1.1.0", "v1.1.1", "v1.2.0", "v1.2.1"]
+    assert [store.show(f"acme/support@{v}")["change"] for v in got] == ["initial", "minor", "patch", "minor", "patch"]
+
+
+@pytest.mark.parametrize("bundle, label, message", [
+    ("v1.2.0", "v1.1.2", "the adapter weights changed (14 of 28 tensors differ): push it as v1.2.0"),
+    ("v1.1.1", "v1.2.0", "the weights and inference config are identical: push it as v1.1.2"),
+    ("v1.2.0", "v2.0.0", "push it as v1.2.0"),
+    ("v1.2.0", "v1.3.1", "not a valid bump over v1.1.1"),
+])
+def test_mislabelled_versions_are_refused_and_change_nothing(pushed, bundles, bundle, label, message):
+    before = snapshot(pushed.path)
+    with pytest.raises(InvalidParameter, match=message.replace("(", r"\(").replace(")", r"\)")):
+        pushed.push(bundles[bundle], f"acme/support@{label}")
+    assert snapshot(pushed.path) == before
+
+
+def test_base_model_change_needs_a_major_version(pushed, bundles, tmp_path):
+    version = replace(BY_NAME["v1.1.1"], name="v2.0.0", base_model="meta-llama/Llama-3.1-8B-Instruct")
+    bundle = write_bundle(version, tmp_path / "new-base")
+    with pytest.raises(InvalidParameter, match="the base model changed: push it as v2.0.0"):
+        pushed.push(bundle, "acme/support@v1.1.2")
+    assert pushed.push(bundle, "acme/support@v2.0.0").change == "major"
+
+
+def test_versions_are_immutable(pushed, bundles):
+    again = pushed.push(bundles["v1.1.0"], "acme/support@v1.1.0")
+    assert not again.created and again.new_bytes == 0
+    before = snapshot(pushed.path)
+    with pytest.raises(Conflict, match="already exists with different content"):
+        pushed.push(bundles["v1.2.0"], "acme/support@v1.1.0")
+    assert snapshot(pushed.path) == before
+
+
+def test_bad_bundles_are_named_field_by_field(store, bundles):
+    bundle = bundles["v1.0.0"]
+    (bundle / "metadata.yaml").write_text(yaml.safe_dump({"adapter_hash": "sha256:00", "change_description": ""}))
+    (bundle / "eval_results.json").write_text('{"accuracy": "high"}')
+    (bundle / "training_data.hash").write_text("md5:abc")
+    (bundle / "changelog.md").unlink()
+    before = snapshot(store.path)
+    with pytest.raises(InvalidInput) as error:
+        store.push(bundle, "acme/support@v1.0.0")
+    message = str(error.value)
+    for expected in ("metadata.yaml: adapter_hash: computed by the store", "metadata.yaml: base_model: Field required",
+                     "metadata.yaml: change_description: String should have at least 1 character",
+                     "eval_results.json: accuracy", "training_data.hash: expected", "changelog.md: missing"):
+        assert expected in message
+    assert "\n" not in message
+    assert snapshot(store.path) == before
+
+
+def test_malformed_weights_are_refused(store, bundles):
+    (bundles["v1.0.0"] / "adapter_weights" / "adapter_model.safetensors").write_bytes(b"\x05\x00\x00")
+    with pytest.raises(InvalidInput, match="adapter_model.safetensors"):
+        store.push(bundles["v1.0.0"], "acme/support@v1.0.0")
+
+
+@pytest.mark.parametrize("ref", ["acme/support@v1.2", "acme/support@1.2.3", "acme/support@v01.2.3",
+                                 "Acme/support@v1.0.0", "acme@v1.0.0", "acme/sup/port@v1.0.0",
+                                 "acme/support@prod", "acme/support", "b3:1234", "../x/y@v1.0.0"])
+def test_bad_refs_are_refused(ref):
+    with pytest.raises(InvalidParameter):
+        Ref.parse(ref)
+
+
+def test_promote_rollback_and_the_audit_log(pushed):
+    pushed.promote("acme/support@v1.0.0", actor="jane", reason="first release")
+    state = pushed.promote("acme/support@v1.1.0", actor="jane", reason="monthly retrain")
+    assert state.pointers == {"production": "v1.1.0", "rollback_target": "v1.0.0"}
+    assert pushed.resolve("acme/support@production") == pushed.resolve("acme/support@v1.1.0")
+    state = pushed.rollback("acme/support", actor="oncall", reason="garbage outputs at 3am")
+    assert state.pointers == {"production": "v1.0.0"}
+    with pytest.raises(InvalidParameter, match="no rollback target"):
+        pushed.rollback("acme/support")
+    pushed.rollback("acme/support", to="v1.1.1", reason="skip the bad one")
+    log = pushed.log("acme/support")
+    assert [e.seq for e in log] == list(range(1, len(log) + 1))
+    moves = [(e.action, e.pointer, e.from_, e.to) for e in log if e.action != "push"]
+    assert moves == [
+        ("promote", "production", None, "v1.0.0"),
+        ("promote", "production", "v1.0.0", "v1.1.0"),
+        ("promote", "rollback_target", None, "v1.0.0"),
+        ("rollback", "production", "v1.1.0", "v1.0.0"),
+        ("rollback", "rollback_target", "v1.0.0", None),
+        ("rollback", "production", "v1.0.0", "v1.1.1"),
+    ]
+    assert log[-3].actor == "oncall" and log[-3].reason == "garbage outputs at 3am"
+    assert pushed.show("acme/support@v1.0.0")["deployed_by"] == "oncall"
+    assert pushed.verify().ok
+
+
+def test_stage_canary_pins_and_guards(pushed):
+    pushed.stage("acme/support@v1.1.1")
+    pushed.promote("acme/support@v1.1.0")
+    state = pushed.set_canary("acme/support@staging", 10)
+    assert state.canary == {"version": "v1.1.1", "percent": 10}
+    assert pushed.resolve("acme/support@canary") == pushed.resolve("acme/support@v1.1.1")
+    state = pushed.promote("acme/support@canary", expect="v1.1.0")
+    assert state.canary is None and state.pointers["production"] == "v1.1.1"
+    before = snapshot(pushed.path)
+    with pytest.raises(Conflict, match="production is v1.1.1, not v1.0.0 as expected"):
+        pushed.rollback("acme/support", expect="v1.0.0")
+    with pytest.raises(InvalidParameter, match="already v1.1.1"):
+        pushed.promote("acme/support@v1.1.1")
+    with pytest.raises(NotFound, match="no version v9.0.0"):
+        pushed.promote("acme/support@v9.0.0")
+    with pytest.raises(NotFound, match="no model acme/other"):
+        pushed.promote("acme/other@v1.0.0")
+    with pytest.raises(InvalidParameter, match="between 0 and 100"):
+        pushed.set_canary("acme/support@v1.0.0", 101)
+    assert snapshot(pushed.path) == before
+    assert pushed.pin("acme/support@v1.0.0").pins == ("v1.0.0",)
+    with pytest.raises(InvalidParameter, match="already pinned"):
+        pushed.pin("acme/support@v1.0.0")
+    assert pushed.unpin("acme/support@v1.0.0").pins == ()
+
+
+def test_tampering_with_the_audit_log_is_detected(pushed):
+    pushed.promote("acme/support@v1.0.0", reason="ok")
+    pushed.promote("acme/support@v1.1.0", reason="ok")
+    state = pushed.state("acme/support")
+    oldest_parent = list(pushed.states("acme/support"))[-2][0]
+    path = pushed.path / "registry" / "objects" / oldest_parent[3:5] / f"{oldest_parent[3:]}.json"
+    obj = json.loads(path.read_bytes())
+    obj["entries"][0]["actor"] = "mallory"
+    path.write_text(json.dumps(obj, sort_keys=True, separators=(",", ":")))
+    with pytest.raises(CorruptObject, match="does not match its id"):
+        pushed.log("acme/support")
+    report = pushed.verify()
+    assert not report.ok and any("acme/support" in p for p in report.problems)
+    assert state.seq == 6
+
+
+def test_export_lineage_diff_and_changelog(pushed, bundles):
+    pushed.push(bundles["v1.2.0"], "acme/support@v1.2.0")
+    pushed.push(bundles["v1.0.0"], "baker/legal-review@v1.0.0")
+    pushed.promote("acme/support@v1.1.1")
+    pushed.promote("acme/support@v1.2.0")
+    pushed.stage("baker/legal-review@v1.0.0")
+    exported = yaml.safe_load(pushed.export_registry())
+    assert exported["clients"]["acme"]["models"]["support"] == {
+        "production": "v1.2.0", "staging": None,
+        "available_versions": ["v1.2.0", "v1.1.1", "v1.1.0", "v1.0.0"], "rollback_target": "v1.1.1"}
+    assert exported["clients"]["baker"]["models"]["legal-review"]["staging"] == "v1.0.0"
+
+    data_hash = pushed.show("acme/support@v1.0.0")["training_data_hash"]
+    assert [e["ref"] for e in pushed.lineage(training_data=data_hash)] == [
+        "acme/support@v1.0.0", "baker/legal-review@v1.0.0"]
+    adapter = pushed.show("acme/support@v1.1.0")["adapter_hash"]
+    assert [e["ref"] for e in pushed.lineage(adapter=adapter)] == ["acme/support@v1.1.0", "acme/support@v1.1.1"]
+    assert len(pushed.lineage(base_model="meta-llama/Meta-Llama-3-8B-Instruct")) == 5
+    with pytest.raises(InvalidParameter):
+        pushed.lineage()
+
+    d = pushed.diff("acme/support@v1.1.1", "acme/support@v1.2.0")
+    assert d["tensor_summary"]["changed"]["count"] == 14 and d["tensor_summary"]["unchanged"]["count"] == 14
+    assert not d["base_model"]["changed"]
+    patch = pushed.diff("acme/support@v1.1.0", "acme/support@v1.1.1")
+    assert patch["inference_config"] == {"temperature": {"from": 0.3, "to": 0.2}}
+    assert patch["tensor_summary"]["changed"]["count"] == 0
+
+    text = pushed.changelog("acme/support@v1.1.1", "acme/support@v1.2.0")
+    assert text.startswith("## Model Update: acme/support v1.2.0")
+    assert "| Metric | Previous (v1.1.1) | Updated (v1.2.0) |" in text and "| accuracy | 94.2% | 94.2% |" in text
+    assert "14 of 28 tensors updated" in text and "Previous version (v1.1.1)" in text
