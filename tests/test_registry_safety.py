@@ -1,0 +1,132 @@
+"""The registry under racing processes and kill -9, and its CLI's error handling."""
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+from conftest import run_cli, snapshot
+
+from artifactstore import Store
+from artifactstore.demo import adapter_history, write_bundle
+
+HISTORY = adapter_history(layers=2, scale=16)
+
+RACER = textwrap.dedent("""
+    import json, random, sys
+    from artifactstore import Conflict, Store
+    store, seed = Store(sys.argv[1]), int(sys.argv[2])
+    rng, won, lost = random.Random(seed), 0, 0
+    for _ in range(15):
+        version = rng.choice(["v1.0.0", "v1.1.0", "v1.1.1"])
+        try:
+            if rng.random() < 0.5:
+                store.stage(f"acme/support@{version}", actor=f"racer{seed}")
+            else:
+                store.promote(f"acme/support@{version}", actor=f"racer{seed}")
+            won += 1
+        except Conflict:
+            lost += 1
+        except Exception as exc:  # "already at that version" is a refusal, not a race
+            if "already" not in str(exc):
+                raise
+    print(json.dumps({"won": won, "lost": lost}))
+""")
+
+
+def pushed_store(tmp_path) -> Store:
+    store = Store.init(tmp_path / "store")
+    for version in HISTORY[:3]:
+        store.push(write_bundle(version, tmp_path / "bundles" / version.name), f"acme/support@{version.name}")
+    return store
+
+
+def test_racing_pointer_moves_never_lose_an_update(tmp_path):
+    store = pushed_store(tmp_path)
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, str(store.path), str(seed)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for seed in range(6)]
+    results = []
+    for racer in racers:
+        out, err = racer.communicate(timeout=120)
+        assert racer.returncode == 0, err
+        results.append(json.loads(out))
+    won = sum(r["won"] for r in results)
+    assert won > 0
+    moves = [e for e in store.log("acme/support") if e.action in ("stage", "promote")]
+    assert len({(e.seq) for e in moves}) == len(moves)
+    # every successful command is in the log exactly once: a stage is one entry, a promote one or two
+    assert len({(e.at, e.actor) for e in moves}) == won
+    for pointer in ("staging", "production"):
+        chain = [e for e in moves if e.pointer == pointer]
+        assert all(a.to == b.from_ for a, b in zip(chain, chain[1:])), f"a lost update on {pointer}"
+        assert store.state("acme/support").pointers.get(pointer) == (chain[-1].to if chain else None)
+    assert store.verify().ok
+
+
+def _kill_repeatedly(args: list[str], store: Store, attempts: int = 6) -> None:
+    for attempt in range(attempts):
+        proc = subprocess.Popen([sys.executable, "-m", "artifactstore", *args], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(0.15 + 0.08 * attempt)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        report = Store(store.path).verify()
+        assert report.ok, report.problems
+
+
+def test_kill_during_push_leaves_no_half_version(tmp_path):
+    store = pushed_store(tmp_path)
+    bundle = write_bundle(HISTORY[3], tmp_path / "next")
+    _kill_repeatedly(["push", str(bundle), "acme/support@v1.2.0", "--store", str(store.path)], store)
+    state = Store(store.path).state("acme/support")
+    assert set(state.versions) <= {"v1.0.0", "v1.1.0", "v1.1.1", "v1.2.0"}
+    result = Store(store.path).push(bundle, "acme/support@v1.2.0")
+    assert Store(store.path).show("acme/support@v1.2.0")["bundle"] == result.bundle
+    assert Store(store.path).verify().ok
+
+
+def test_kill_during_pointer_moves_leaves_old_or_new(tmp_path):
+    store = pushed_store(tmp_path)
+    store.promote("acme/support@v1.0.0")
+    for target in ("v1.1.0", "v1.1.1"):
+        _kill_repeatedly(["promote", f"acme/support@{target}", "--store", str(store.path)], store, attempts=3)
+        production = Store(store.path).state("acme/support").pointers["production"]
+        assert production in ("v1.0.0", "v1.1.0", "v1.1.1")
+
+
+def test_registry_cli_round_trip_and_one_line_errors(tmp_path):
+    store = pushed_store(tmp_path)
+    env = {"ARTIFACTSTORE_STORE": str(store.path), "ARTIFACTSTORE_ACTOR": "jane@agency"}
+    assert run_cli("promote", "acme/support@v1.0.0", "--reason", "launch", env=env).returncode == 0
+    moved = run_cli("promote", "acme/support@v1.1.0", "--json", env=env)
+    assert json.loads(moved.stdout)["rollback_target"] == "v1.0.0"
+    rolled = run_cli("rollback", "acme/support", "--reason", "3am", env=env)
+    assert rolled.returncode == 0 and "acme/support@production: v1.1.0 -> v1.0.0" in rolled.stdout
+    log = json.loads(run_cli("log", "acme/support", "--json", env=env).stdout)["entries"]
+    assert log[-2]["actor"] == "jane@agency" and log[-2]["reason"] == "3am"
+    assert "v1.0.0" in run_cli("ls", env=env).stdout
+    assert "production: v1.0.0" in run_cli("registry", "export", env=env).stdout
+    assert "## Model Update" in run_cli("changelog", "acme/support@v1.0.0", "acme/support@v1.1.0", env=env).stdout
+    assert json.loads(run_cli("show", "acme/support@production", "--json", env=env).stdout)["version"] == "v1.0.0"
+    assert run_cli("get", "acme/support@production", tmp_path / "out", env=env).returncode == 0
+    assert snapshot(tmp_path / "out") == snapshot(tmp_path / "bundles" / "v1.0.0")
+
+    before = snapshot(store.path)
+    cases = [
+        (("rollback", "acme/support"), "no rollback target"),
+        (("promote", "acme/support@v9.0.0"), "no version v9.0.0"),
+        (("promote", "acme/support@v1.1.0", "--expect", "v1.1.1"), "not v1.1.1 as expected"),
+        (("stage", "acme/support@prod"), "unknown pointer 'prod'"),
+        (("push", str(tmp_path / "bundles" / "v1.1.0"), "acme/support@v1.1.1"), "already exists"),
+        (("push", str(tmp_path / "bundles" / "v1.1.0"), "acme/support@v1.2"), "not a version"),
+        (("show", "Acme/support@v1.0.0"), "invalid client name"),
+        (("log", "acme/nothing"), "no model acme/nothing"),
+        (("canary", "acme/support@v1.1.0", "--percent", "150"), "between 0 and 100"),
+    ]
+    for args, message in cases:
+        result = run_cli(*args, env=env)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1 and message in lines[0], (args, result.stderr)
+    assert snapshot(store.path) == before
