@@ -109,6 +109,44 @@ def mib(n: int) -> str:
     return f"{n / 2**20:8.1f} MiB"
 
 
+def store_history(store: Store, history: list[Version], bundles: list[Path]) -> None:
+    print(f"{'version':8} {'logical':>12} {'new':>12} {'push':>10}  {'kind':8} change")
+    for version, bundle in zip(history, bundles):
+        started = time.perf_counter()
+        result = store.push(bundle, f"acme/support@{version.name}", actor="training-job@ci")
+        speed = result.logical_bytes / (time.perf_counter() - started) / 1e9
+        print(f"{version.name:8} {mib(result.logical_bytes)} {mib(result.new_bytes)} {speed:6.2f} GB/s  "
+              f"{result.change:8} {version.description}")
+    stats = store.stats()
+    ideal = unique_tensor_bytes(history)
+    print(f"\nlogical {mib(stats.logical_bytes)}; stored {mib(stats.stored_bytes)} in {stats.packs} packs, "
+          f"{stats.chunks} chunks; ideal (unique tensors) {mib(ideal)}; "
+          f"stored/ideal = {stats.stored_bytes / ideal:.4f}")
+
+
+def three_am(store: Store) -> None:
+    """The seeds' story: a bad version reaches production and is rolled back in milliseconds."""
+    print("\n--- release and the 3am rollback ---")
+    store.promote("acme/support@v1.0.0", actor="jane@agency.com", reason="initial launch")
+    store.promote("acme/support@v1.1.1", actor="jane@agency.com", reason="Q1 retrain, temperature 0.2")
+    store.stage("acme/support@v1.2.0", actor="ci@agency.com", reason="eval passed")
+    store.set_canary("acme/support@v1.2.0", 10, actor="jane@agency.com", reason="canary 10% for 24h")
+    store.promote("acme/support@canary", actor="jane@agency.com", reason="canary healthy", expect="v1.1.1")
+    print("production is v1.2.0. At 03:00 it starts answering garbage.")
+    started = time.perf_counter()
+    state = store.rollback("acme/support", actor="oncall@agency.com", reason="garbage outputs at 3am",
+                           expect="v1.2.0")
+    took = (time.perf_counter() - started) * 1e3
+    print(f"rollback: production {state.entries[0].from_} -> {state.pointers['production']} in {took:.2f} ms\n")
+    print("audit log of acme/support:")
+    for e in store.log("acme/support"):
+        share = f" {e.percent}%" if e.percent is not None else ""
+        print(f"  {e.seq:3} {e.at[:19]} {e.actor:18} {e.action:8} {(e.pointer or '-'):15} "
+              f"{e.from_ or '-':>7} -> {(e.to or '-') + share:10} {e.reason}")
+    print("\nregistry (artifactstore registry export):")
+    print(store.export_registry())
+
+
 def run(workdir: Path, small: bool) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
@@ -117,19 +155,8 @@ def run(workdir: Path, small: bool) -> None:
     bundles = [write_bundle(v, workdir / "bundles" / v.name) for v in history]
     store = Store.init(workdir / "store")
     print(f"store: {store.path}\n")
-    print(f"{'version':8} {'logical':>12} {'new':>12} {'put':>10}  change")
-    for version, bundle in zip(history, bundles):
-        started = time.perf_counter()
-        result = store.put(bundle)
-        seconds = time.perf_counter() - started
-        speed = result.logical_bytes / seconds / 1e9
-        print(f"{version.name:8} {mib(result.logical_bytes)} {mib(result.new_bytes)} {speed:6.2f} GB/s  "
-              f"{version.description}")
-    stats = store.stats()
-    ideal = unique_tensor_bytes(history)
-    print(f"\nlogical {mib(stats.logical_bytes)}; stored {mib(stats.stored_bytes)} in {stats.packs} packs, "
-          f"{stats.chunks} chunks; ideal (unique tensors) {mib(ideal)}; "
-          f"stored/ideal = {stats.stored_bytes / ideal:.4f}")
+    store_history(store, history, bundles)
+    three_am(store)
     started = time.perf_counter()
     report = store.verify()
     print(f"verify: {'ok' if report.ok else report.problems} ({time.perf_counter() - started:.2f} s)")
