@@ -1,0 +1,164 @@
+"""Content-defined chunking: FastCDC 2020, cut points identical to the Rust crate fastcdc (v2020).
+
+Parameters are checked and turned into the crate's gear table and masks here; the
+scan itself runs in the compiled module ``artifactstore._fastcdc`` without the GIL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, BinaryIO
+
+from .errors import InvalidParameter
+
+try:
+    from . import _fastcdc
+except ImportError as exc:
+    raise ImportError(
+        "artifactstore's native chunking core (artifactstore._fastcdc) is not built: install the "
+        "package with `pip install .` (or `pip install -e .` for development), or build it in place "
+        "with `python setup.py build_ext --inplace`"
+    ) from exc
+
+__all__ = ["DEFAULT_PARAMS", "ChunkerParams", "cut", "cut_stream"]
+
+MIN_SIZE_RANGE = (64, 1_048_576)
+AVG_SIZE_RANGE = (256, 4_194_304)
+MAX_SIZE_RANGE = (1024, 16_777_216)
+NORMALIZATION_RANGE = (0, 3)
+SEED_RANGE = (0, 2**64 - 1)
+
+# The crate's masks, indexed by the number of bits the cut condition tests.
+MASKS = (
+    0, 0, 0, 0, 0,
+    0x0000000001804110, 0x0000000001803110, 0x0000000018035100, 0x0000001800035300,
+    0x0000019000353000, 0x0000590003530000, 0x0000d90003530000, 0x0000d90103530000,
+    0x0000d90303530000, 0x0000d90313530000, 0x0000d90f03530000, 0x0000d90303537000,
+    0x0000d90703537000, 0x0000d90707537000, 0x0000d91707537000, 0x0000d91747537000,
+    0x0000d91767537000, 0x0000d93767537000, 0x0000d93777537000, 0x0000d93777577000,
+    0x0000db3777577000,
+)
+
+GEAR = tuple(int.from_bytes(hashlib.md5(bytes([i]) * 64).digest()[:8], "big") for i in range(256))
+"""The crate's gear table: the first 8 bytes, big-endian, of MD5 of the byte repeated 64 times."""
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if type(value) is not int or not low <= value <= high:
+        raise InvalidParameter(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+
+
+def _mask_bits(avg_size: int) -> int:
+    """The crate's ``(avg_size as f64).log2().round()``: half-way rounds up."""
+    return math.floor(math.log2(avg_size) + 0.5)
+
+
+@dataclass(frozen=True)
+class ChunkerParams:
+    """FastCDC parameters, checked against the crate's limits on construction."""
+
+    min_size: int
+    avg_size: int
+    max_size: int
+    normalization: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_int("min_size", self.min_size, *MIN_SIZE_RANGE)
+        _check_int("avg_size", self.avg_size, *AVG_SIZE_RANGE)
+        _check_int("max_size", self.max_size, *MAX_SIZE_RANGE)
+        if not self.min_size <= self.avg_size <= self.max_size:
+            raise InvalidParameter(
+                f"chunk sizes must satisfy min_size <= avg_size <= max_size, got "
+                f"min_size={self.min_size}, avg_size={self.avg_size}, max_size={self.max_size}"
+            )
+        _check_int("normalization", self.normalization, *NORMALIZATION_RANGE)
+        _check_int("seed", self.seed, *SEED_RANGE)
+
+    def as_kwargs(self) -> dict[str, int]:
+        """The parameters as keyword arguments for ``cut`` and ``cut_stream``."""
+        return {
+            "min_size": self.min_size, "avg_size": self.avg_size, "max_size": self.max_size,
+            "normalization": self.normalization, "seed": self.seed,
+        }
+
+
+DEFAULT_PARAMS = ChunkerParams(min_size=16 * 1024, avg_size=64 * 1024, max_size=256 * 1024, normalization=1, seed=0)
+
+
+@lru_cache(maxsize=64)
+def _chunker(params: ChunkerParams) -> Any:
+    # AVG_SIZE_RANGE gives bits in 8..22 and normalization is at most 3, so both
+    # indices stay within MASKS' meaningful entries 5..25.
+    bits = _mask_bits(params.avg_size)
+    return _fastcdc.Chunker(
+        [g ^ params.seed for g in GEAR],
+        params.min_size, params.avg_size, params.max_size,
+        MASKS[bits + params.normalization], MASKS[bits - params.normalization],
+    )
+
+
+def cut(data: Any, *, min_size: int, avg_size: int, max_size: int,
+        normalization: int = 1, seed: int = 0) -> list[int]:
+    """Chunk lengths of ``data``, in order; ``[]`` when it is empty.
+
+    ``data`` is any C-contiguous buffer (bytes, bytearray, memoryview, mmap, numpy
+    array of any dtype); its raw bytes are chunked in one call that releases the GIL.
+    """
+    params = ChunkerParams(min_size, avg_size, max_size, normalization, seed)
+    lengths, _ = _chunker(params).cut(data, True)
+    return lengths
+
+
+def cut_stream(stream: BinaryIO, *, min_size: int, avg_size: int, max_size: int,
+               normalization: int = 1, seed: int = 0,
+               block_size: int = 16 << 20) -> Iterator[tuple[memoryview, list[int]]]:
+    """Chunk a binary stream of any size, reading about ``block_size`` bytes at a time.
+
+    Yields ``(view, lengths)``: a read-only view of whole consecutive chunks and their
+    lengths. The lengths of all batches together equal ``cut`` of the whole content.
+    The view's buffer is reused: it is only valid until the next batch is requested.
+    """
+    params = ChunkerParams(min_size, avg_size, max_size, normalization, seed)
+    if type(block_size) is not int or block_size < 1:
+        raise InvalidParameter(f"block_size must be a positive integer, got {block_size!r}")
+    return _batches(_chunker(params), _reader(stream), block_size, max_size)
+
+
+def _batches(chunker: Any, read_into: Callable[[memoryview], int | None], block_size: int,
+             max_size: int) -> Iterator[tuple[memoryview, list[int]]]:
+    # A cut may look max_size bytes ahead, so up to max_size - 1 bytes stay behind
+    # for the next batch; each fill then adds at least block_size new ones.
+    buffer = memoryview(bytearray(block_size + max_size))
+    filled = 0
+    at_eof = False
+    while not at_eof:
+        while filled < len(buffer):
+            count = read_into(buffer[filled:])
+            if not count:
+                at_eof = True
+                break
+            filled += count
+        lengths, consumed = chunker.cut(buffer[:filled], at_eof)
+        if lengths:
+            yield buffer[:consumed].toreadonly(), lengths
+        buffer[: filled - consumed] = buffer[consumed:filled]
+        filled -= consumed
+
+
+def _reader(stream: BinaryIO) -> Callable[[memoryview], int | None]:
+    """``stream.readinto``, or an equivalent built on ``stream.read``."""
+    readinto = getattr(stream, "readinto", None)
+    if readinto is not None:
+        return readinto
+
+    def read_into(target: memoryview) -> int:
+        data = stream.read(len(target))
+        target[: len(data)] = data
+        return len(data)
+
+    return read_into
