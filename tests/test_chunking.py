@@ -26,10 +26,7 @@ from artifactstore import chunking
 from artifactstore.errors import InvalidParameter
 
 
-def fastcdc_fixtures() -> Path:
-    """The crate's test image and expected cut points: in the repository, else the shared copy."""
-    in_repo = Path(__file__).parent / "fixtures" / "fastcdc"
-    return in_repo if in_repo.is_dir() else Path("/work/shared/fixtures/fastcdc")
+FIXTURES = Path(__file__).parent / "fixtures" / "fastcdc"  # the crate's test image and its cut points
 
 
 SMALL = {"min_size": 256, "avg_size": 1024, "max_size": 4096}
@@ -66,11 +63,11 @@ def sample_data(rng: random.Random, size: int) -> bytes:
 
 # --- the crate's fixture ---------------------------------------------------------------
 
-FIXTURE = json.loads((fastcdc_fixtures() / "expected.json").read_text())
+FIXTURE = json.loads((FIXTURES / "expected.json").read_text())
 
 
 def test_fixture_image_is_the_crates():
-    image = (fastcdc_fixtures() / "SekienAkashita.jpg").read_bytes()
+    image = (FIXTURES / "SekienAkashita.jpg").read_bytes()
     assert hashlib.sha256(image).hexdigest() == FIXTURE["sha256"]
 
 
@@ -80,7 +77,7 @@ def case_id(case: dict) -> str:
 
 @pytest.mark.parametrize("case", FIXTURE["cases"], ids=case_id)
 def test_fixture_cut_points(case):
-    image = (fastcdc_fixtures() / "SekienAkashita.jpg").read_bytes()
+    image = (FIXTURES / "SekienAkashita.jpg").read_bytes()
     params = {k: case[k] for k in ("min_size", "avg_size", "max_size", "normalization", "seed")}
     assert chunking.cut(image, **params) == case["lengths"]
 
