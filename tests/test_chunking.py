@@ -318,3 +318,21 @@ def test_missing_native_core_says_how_to_build_it():
                             cwd=root, env={**os.environ, "PYTHONPATH": path})
     assert "not built" in result.stdout
     assert "pip install ." in result.stdout and "pip install -e ." in result.stdout
+
+
+def _periodic(size: int, period: int) -> bytes:
+    pattern = bytes((i * 37) & 0xFF for i in range(period))
+    return (pattern * (size // period + 1))[:size]
+
+
+@pytest.mark.parametrize("data", [
+    np.random.default_rng(42).integers(0, 256, 24 << 20, dtype=np.uint8).tobytes(),
+    bytes(20 << 20),
+    _periodic(20 << 20, 1799),
+    bytes(9 << 20) + np.random.default_rng(43).integers(0, 256, 9 << 20, dtype=np.uint8).tobytes() + bytes(5 << 20),
+], ids=["random", "zeros", "periodic", "zeros-random-zeros"])
+def test_parallel_cut_is_identical_to_one_thread(data):
+    for params in (chunking.DEFAULT_PARAMS.as_kwargs(), SMALL, {**SMALL, "normalization": 3, "seed": 7}):
+        one = chunking.cut(data, **params, threads=1)
+        for threads in (2, 3, 5):
+            assert chunking.cut(data, **params, threads=threads) == one
