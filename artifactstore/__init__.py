@@ -1,7 +1,6 @@
 """artifactstore: a content-addressed artifact store and version registry for model weights."""
 
-from .errors import (ArtifactStoreError, Conflict, CorruptObject, InvalidInput, InvalidParameter, NotFound,
-                     StoreError)
+from .errors import ArtifactStoreError, Conflict, CorruptObject, InvalidInput, InvalidParameter, NotFound, StoreError
 from .store import PutResult, Store, StoreStats, VerifyReport
 
 __all__ = [

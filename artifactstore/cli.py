@@ -87,6 +87,17 @@ def get(ref: str, dest: Path, store_path: Path) -> None:
 
 
 @cli.command()
+@click.argument("ref", metavar="REF")
+@click.argument("dest", type=click.Path(path_type=Path))
+@store_option
+def checkout(ref: str, dest: Path, store_path: Path) -> None:
+    """Write REF's adapter_weights/ to DEST as a PEFT / vLLM adapter directory (DEST must not exist)."""
+    with progress_bar(None, "checkout", False) as progress:
+        target = Store(store_path).checkout(ref, dest, progress=progress)
+    click.echo(f"{ref} checked out to {target}")
+
+
+@cli.command()
 @store_option
 @json_option
 def stats(store_path: Path, as_json: bool) -> None:

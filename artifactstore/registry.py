@@ -13,7 +13,7 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from .bundle import WEIGHTS, Bundle, load_bundle
 from .errors import Conflict, CorruptObject, InvalidParameter, NotFound
 from .ids import format_id, parse_id
 from .manifest import canonical_json
-from .refs import LATEST, POINTERS, ModelName, Ref, SemVer, parse_version
+from .refs import LATEST, ModelName, Ref, parse_version
 
 STATE_CONTEXT = "artifactstore 2026-11 model state v1"
 VERSION_CONTEXT = "artifactstore 2026-11 version record v1"
@@ -31,7 +31,7 @@ CHANGE_KINDS = ("major", "minor", "patch")
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def default_actor() -> str:

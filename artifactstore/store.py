@@ -17,13 +17,12 @@ from . import chunking
 from .backend import Backend, LocalBackend
 from .errors import CorruptObject, InvalidInput, NotFound, StoreError
 from .ids import digest, format_id, parse_id, tree_digest
-from .index import ChunkIndex, index_id_from_key, write_index
-from .manifest import (FileManifest, TreeEntry, TreeManifest, check_relative_path, decode_manifest,
-                       manifest_key)
-from .verify import verify_store
+from .index import ChunkIndex, write_index
+from .manifest import FileManifest, TreeEntry, TreeManifest, check_relative_path, decode_manifest, manifest_key
+from .pack import TARGET_SIZE, PackWriter, pack_id_from_key, pack_key, read_trailer
 from .registry import RegistryOperations
 from .reports import RegistryQueries
-from .pack import TARGET_SIZE, PackWriter, pack_id_from_key, pack_key, read_trailer
+from .verify import verify_store
 
 CONFIG_KEY = "artifactstore.json"
 FORMAT_VERSION = 1
@@ -290,20 +289,31 @@ class Store(RegistryOperations, RegistryQueries):
         checked out against its id, so a failed get leaves nothing behind.
         """
         manifest = self.read_manifest(object_id)
-        target = Path(dest)
-        if target.exists() or target.is_symlink():
-            raise InvalidInput(f"destination already exists: {target}")
-        if not target.parent.is_dir():
-            raise NotFound(f"destination directory does not exist: {target.parent}")
+        target = _new_destination(dest)
         if isinstance(manifest, FileManifest):
             self._get_file(parse_id(object_id), manifest, target, progress)
-            return
-        files = [(e, self.read_manifest(format_id(e.file))) for e in manifest.entries]
+        else:
+            self._materialize(manifest, target, progress)
+
+    def checkout(self, ref: str, dest: str | os.PathLike, *, progress: Progress = _no_progress) -> Path:
+        """Write a version's ``adapter_weights/`` as a PEFT / vLLM adapter directory at ``dest``."""
+        tree = self.read_manifest(self.resolve(ref))
+        prefix = "adapter_weights/"
+        entries = [TreeEntry(e.path.removeprefix(prefix), e.size, e.file)
+                   for e in getattr(tree, "entries", []) if e.path.startswith(prefix)]
+        if not entries:
+            raise NotFound(f"{ref} has no adapter_weights/ to check out")
+        target = _new_destination(dest)
+        self._materialize(TreeManifest(entries), target, progress)
+        return target
+
+    def _materialize(self, tree: TreeManifest, target: Path, progress: Progress) -> None:
+        files = [(e, self.read_manifest(format_id(e.file))) for e in tree.entries]
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
         try:
             for entry, file_manifest in files:
                 if not isinstance(file_manifest, FileManifest):
-                    raise CorruptObject(f"tree {object_id} lists {format_id(entry.file)}, which is not a file")
+                    raise CorruptObject(f"a tree lists {format_id(entry.file)}, which is not a file")
                 out = staging.joinpath(*entry.path.split("/"))
                 out.parent.mkdir(parents=True, exist_ok=True)
                 self._get_file(entry.file, file_manifest, out, progress)
@@ -397,6 +407,15 @@ class Store(RegistryOperations, RegistryQueries):
             files=len(files),
             trees=len(trees),
         )
+
+
+def _new_destination(dest: str | os.PathLike) -> Path:
+    target = Path(dest)
+    if target.exists() or target.is_symlink():
+        raise InvalidInput(f"destination already exists: {target}")
+    if not target.parent.is_dir():
+        raise NotFound(f"destination directory does not exist: {target.parent}")
+    return target
 
 
 def _root_object(root: Path, files: list[tuple[_InputFile, bytes]]) -> tuple[bytes, bytes | None]:

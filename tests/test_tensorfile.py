@@ -336,7 +336,7 @@ def test_agrees_with_library_on_mutated_headers():
 
 
 def test_duplicate_tensor_names_are_refused_although_the_library_lets_the_last_win():
-    header = ('{"a": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]},'
-              ' "a": {"dtype": "I8", "shape": [2, 2], "data_offsets": [0, 4]}}').encode()
+    header = (b'{"a": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]},'
+              b' "a": {"dtype": "I8", "shape": [2, 2], "data_offsets": [0, 4]}}')
     with pytest.raises(InvalidInput, match="duplicate tensor name 'a'"):
         parse_header(header, 8 + len(header) + 4)
