@@ -24,6 +24,7 @@ from .ids import digest
 class Backend(Protocol):
     def read(self, key: str) -> bytes: ...
     def read_range(self, key: str, offset: int, length: int) -> bytes: ...
+    def read_ranges(self, requests: list[tuple[str, int, int]]) -> list[bytes]: ...
     def write(self, key: str, data: bytes) -> None: ...
     def open_writer(self) -> "ObjectWriter": ...
     def exists(self, key: str) -> bool: ...
@@ -55,6 +56,7 @@ class LocalWriter:
 
     def __init__(self, backend: "LocalBackend"):
         self._backend = backend
+        (backend.root / "tmp").mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=backend.root / "tmp", prefix="w-")
         self._file: BinaryIO = os.fdopen(fd, "wb", buffering=0)
         self._path = Path(name)
@@ -98,6 +100,9 @@ class LocalBackend:
                 return os.pread(f.fileno(), length, offset)
         except FileNotFoundError:
             raise NotFound(f"object {key} is missing from the store at {self.root}") from None
+
+    def read_ranges(self, requests: list[tuple[str, int, int]]) -> list[bytes]:
+        return [self.read_range(key, offset, length) for key, offset, length in requests]
 
     def open_writer(self) -> LocalWriter:
         return LocalWriter(self)

@@ -2,6 +2,7 @@
 
 import json
 import sys
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -52,10 +53,96 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
-def init(path: Path) -> None:
+@click.option("--cold", metavar="URL", help="Cold tier: a directory or an fsspec URL such as s3://bucket/prefix.")
+@click.option("--keep-hot", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Newest versions of each model kept in the hot tier (plus every pointer and pin).")
+def init(path: Path, cold: str | None, keep_hot: int) -> None:
     """Create an empty store in PATH (a new or empty directory)."""
-    Store.init(path)
+    Store.init(path, cold=cold, keep_hot=keep_hot)
     click.echo(f"initialised store at {path}")
+
+
+@cli.command()
+@store_option
+@json_option
+def config(store_path: Path, as_json: bool) -> None:
+    """The store's effective configuration (secrets masked)."""
+    effective = Store(store_path).effective_config()
+    if as_json:
+        emit_json(effective)
+        return
+    for key, value in effective.items():
+        click.echo(f"{key:22} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Say what would move; move nothing.")
+@store_option
+@json_option
+def tier(dry_run: bool, store_path: Path, as_json: bool) -> None:
+    """Keep exactly the hot set in the hot tier: fetch what is missing, move the rest to cold."""
+    with progress_bar(None, "tier", as_json) as progress:
+        report = Store(store_path).tier(dry_run=dry_run, progress=progress)
+    if as_json:
+        emit_json(asdict(report))
+        return
+    verb = "would move" if dry_run else "moved"
+    click.echo(f"hot set: {len(report.hot_versions)} versions")
+    click.echo(f"{verb} to cold: {len(report.evicted)} packs, {human_bytes(report.bytes_evicted)} "
+               f"({human_bytes(report.bytes_to_cold)} uploaded; {human_bytes(report.rehomed_bytes)} of hot chunks "
+               f"copied out of them first)")
+    click.echo(f"{verb} to hot:  {report.fetched_chunks} chunks, {human_bytes(report.bytes_from_cold)}")
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Say what would be condemned and deleted; change nothing.")
+@click.option("--grace", default="1h", show_default=True, metavar="DURATION",
+              help="Never touch objects younger than this, and delete only what was condemned this long ago "
+                   "(30s, 15m, 6h, 7d). Must exceed the longest push.")
+@store_option
+@json_option
+def gc(dry_run: bool, grace: str, store_path: Path, as_json: bool) -> None:
+    """Collect garbage in two phases: condemn unused packs and manifests, delete them a grace period later."""
+    with progress_bar(None, "gc", as_json) as progress:
+        report = Store(store_path).gc(dry_run=dry_run, grace=grace, progress=progress)
+    if as_json:
+        emit_json(asdict(report))
+        return
+    verb = "would " if dry_run else ""
+    click.echo(f"live chunks: {report.live_chunks} (marked in {report.mark_passes} pass"
+               f"{'es' if report.mark_passes > 1 else ''})")
+    click.echo(f"{verb}condemn: {len(report.condemned_packs)} packs, {len(report.condemned_manifests)} manifests, "
+               f"{human_bytes(report.pending_bytes)}")
+    click.echo(f"{verb}delete:  {len(report.deleted_packs)} packs, {len(report.deleted_manifests)} manifests, "
+               f"{human_bytes(report.reclaimed_bytes)} reclaimed")
+    if report.spared:
+        click.echo(f"spared: {len(report.spared)} condemned objects are in use again")
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--by", "actor", metavar="WHO")
+@click.option("--reason", default="", help="Why (a data removal request, say); recorded in the audit log.")
+@store_option
+@json_option
+def delete(ref, actor, reason, store_path, as_json) -> None:
+    """Remove version REF from the registry; gc then reclaims what only it used."""
+    report_state(Store(store_path).delete(ref, actor=actor, reason=reason), as_json)
+
+
+@cli.command()
+@click.argument("ref")
+@store_option
+@json_option
+def pull(ref: str, store_path: Path, as_json: bool) -> None:
+    """Bring REF into the hot tier, transferring only the chunks not already there."""
+    with progress_bar(None, "pull", as_json) as progress:
+        report = Store(store_path).pull(ref, progress=progress)
+    if as_json:
+        emit_json(asdict(report))
+        return
+    click.echo(f"{ref}: transferred {human_bytes(report.transferred_bytes)} of {human_bytes(report.logical_bytes)} "
+               f"({report.chunks_fetched} of {report.chunks_total} chunks)")
 
 
 @cli.command()
@@ -98,6 +185,33 @@ def checkout(ref: str, dest: Path, store_path: Path) -> None:
 
 
 @cli.command()
+@click.argument("ref")
+@click.option("--framework", type=click.Choice(["numpy", "torch"]), default="numpy", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (torch only).")
+@click.option("--poll-ms", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+              help="How often to look at the pointer.")
+@click.option("--probe", metavar="TENSOR", help="Also print the first element of this tensor on each swap.")
+@store_option
+def follow(ref, framework, device, poll_ms, probe, store_path) -> None:
+    """Follow pointer REF like an inference server: keep its hot versions loaded, print one JSON line
+    per swap ({"version", "bundle", "at": monotonic seconds, "probe"}), until stdin closes."""
+    from .hotswap import Follower
+
+    def announce(_, live) -> None:
+        value = float(live.tensors[probe].reshape(-1)[0].item()) if probe else None
+        click.echo(json.dumps({"version": live.version, "bundle": live.bundle, "at": time.monotonic(),
+                               "probe": value}))
+        sys.stdout.flush()
+
+    def warn(message: str) -> None:
+        click.echo(f"warning: {message}", err=True)
+
+    with Follower(Store(store_path), ref, framework=framework, device=device, poll_interval=poll_ms / 1000,
+                  on_swap=announce, on_error=warn):
+        sys.stdin.read()
+
+
+@cli.command()
 @store_option
 @json_option
 def stats(store_path: Path, as_json: bool) -> None:
@@ -115,19 +229,23 @@ def stats(store_path: Path, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--tier", type=click.Choice(["hot", "cold", "all"]), default="all", show_default=True,
+              help="Whose packs to re-hash; file contents are re-hashed with 'all' only.")
+@click.option("--sample", type=click.FloatRange(0, 100, min_open=True), default=100.0, metavar="PERCENT",
+              help="Re-hash this percentage of packs and files, picked at random.")
+@click.option("--repair", is_flag=True, help="Restore a damaged pack copy from the other tier.")
 @store_option
 @json_option
-def verify(store_path: Path, as_json: bool) -> None:
-    """Re-hash every chunk and check every manifest; exit 1 naming each damaged object."""
+def verify(tier: str, sample: float, repair: bool, store_path: Path, as_json: bool) -> None:
+    """Re-hash chunks, check index files, manifests and the registry; exit 1 naming each problem."""
     with progress_bar(None, "verify", as_json) as progress:
-        report = Store(store_path).verify(progress=progress)
+        report = Store(store_path).verify(tier=tier, sample=sample, repair=repair, progress=progress)
     if as_json:
         emit_json(asdict(report))
-    elif report.ok:
-        click.echo("ok")
     else:
-        for problem in report.problems:
-            click.echo(problem)
+        for line in report.repaired:
+            click.echo(f"repaired: {line}")
+        click.echo("ok" if report.ok else "\n".join(report.problems))
     if not report.ok:
         sys.exit(1)
 
@@ -153,7 +271,10 @@ def report_state(state, as_json: bool) -> None:
         return
     for e in state.entries:
         share = f" ({e.percent}%)" if e.percent is not None else ""
-        click.echo(f"{state.model}@{e.pointer}: {e.from_ or '-'} -> {e.to or '-'}{share}")
+        if e.pointer is None:
+            click.echo(f"{state.model}: {e.action} {e.to or e.from_}")
+        else:
+            click.echo(f"{state.model}@{e.pointer}: {e.from_ or '-'} -> {e.to or '-'}{share}")
 
 
 @cli.command()

@@ -7,6 +7,8 @@ Llama-3-8B-shaped model (about 80 MB), inside the seeds' bundle layout.
 import argparse
 import json
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,16 +149,50 @@ def three_am(store: Store) -> None:
     print(store.export_registry())
 
 
+def tiering(store: Store) -> None:
+    print("--- tiering: keep the hot set local, the rest in the object store ---")
+    report = store.tier()
+    print(f"hot set: {', '.join(v.split('@')[1] for v in report.hot_versions)}")
+    print(f"moved to {store.cold_url}: {len(report.evicted)} packs, {mib(report.bytes_evicted).strip()} "
+          f"(each uploaded, read back and compared before the local copy went)")
+    pulled = store.pull("acme/support@v1.0.0")
+    print(f"pull v1.0.0 back: transferred {mib(pulled.transferred_bytes).strip()} of "
+          f"{mib(pulled.logical_bytes).strip()}\n")
+
+
+def live_rollback(store: Store) -> None:
+    """A serving process follows @production; a rollback reaches it in milliseconds."""
+    print("--- a serving process follows acme/support@production ---")
+    probe = next(iter(store.version_record("acme/support@production")["tensors"]))
+    server = subprocess.Popen([sys.executable, "-m", "artifactstore", "follow", "acme/support@production",
+                               "--store", str(store.path), "--poll-ms", "1", "--probe", probe],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        print(f"serving {json.loads(server.stdout.readline())['version']}")
+        store.promote("acme/support@v1.2.1", actor="jane@agency.com", reason="re-saved weights")
+        print(f"promoted; serving {json.loads(server.stdout.readline())['version']}")
+        started = time.monotonic()
+        store.rollback("acme/support", actor="oncall@agency.com", reason="rollback drill")
+        reply = json.loads(server.stdout.readline())
+        print(f"rolled back; serving {reply['version']}: the serving process swapped "
+              f"{(reply['at'] - started) * 1e3:.1f} ms after the rollback began\n")
+    finally:
+        server.stdin.close()
+        server.wait(timeout=30)
+
+
 def run(workdir: Path, small: bool) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     print(f"generating an adapter history in {workdir} ...")
     history = adapter_history(layers=8 if small else 32, scale=4 if small else 1)
     bundles = [write_bundle(v, workdir / "bundles" / v.name) for v in history]
-    store = Store.init(workdir / "store")
-    print(f"store: {store.path}\n")
+    store = Store.init(workdir / "store", cold=str(workdir / "object-store"), keep_hot=1)
+    print(f"store: {store.path} (cold tier: {store.cold_url})\n")
     store_history(store, history, bundles)
     three_am(store)
+    tiering(store)
+    live_rollback(store)
     started = time.perf_counter()
     report = store.verify()
     print(f"verify: {'ok' if report.ok else report.problems} ({time.perf_counter() - started:.2f} s)")

@@ -71,16 +71,33 @@ def index_id_from_key(key: str) -> bytes | None:
 
 
 class ChunkIndex:
-    """Where every stored chunk lies: the union of all index files."""
+    """Where every stored chunk lies: the union of all index files.
+
+    A chunk stored twice (two concurrent writers, or a pull into the hot tier) has one
+    location in ``locations`` and the others in ``alternates``.
+    """
 
     def __init__(self) -> None:
         self.locations: dict[bytes, Location] = {}
-        self.packs: set[bytes] = set()
+        self.alternates: dict[bytes, list[Location]] = {}
+        self.pack_entries: dict[bytes, list[PackEntry]] = {}
+
+    @property
+    def packs(self) -> set[bytes]:
+        return set(self.pack_entries)
 
     def add_pack(self, pack_id: bytes, entries: Iterable[PackEntry]) -> None:
-        self.packs.add(pack_id)
+        if pack_id in self.pack_entries:
+            return
+        self.pack_entries[pack_id] = entries = list(entries)
         for e in entries:
-            self.locations.setdefault(e.chunk, Location(pack_id, e.offset, e.length))
+            location = Location(pack_id, e.offset, e.length)
+            known = self.locations.setdefault(e.chunk, location)
+            if known is not location:
+                self.alternates.setdefault(e.chunk, []).append(location)
+
+    def all_locations(self, chunk: bytes) -> list[Location]:
+        return [self.locations[chunk], *self.alternates.get(chunk, ())]
 
     def __contains__(self, chunk: bytes) -> bool:
         return chunk in self.locations

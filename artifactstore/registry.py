@@ -476,6 +476,8 @@ def _apply(state: ModelState, moves: list[dict]) -> ModelState:
     for m in moves:
         if m["action"] == "push":
             versions[m["to"]] = m["version_record"]
+        elif m["action"] == "delete":
+            del versions[m["from"]]
         elif m["pointer"] == "canary":
             canary = {"version": m["to"], "percent": m["percent"]} if m["to"] else None
         elif m["pointer"] == "pins":

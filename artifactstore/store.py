@@ -15,16 +15,21 @@ import blake3
 
 from . import chunking
 from .backend import Backend, LocalBackend
-from .errors import CorruptObject, InvalidInput, NotFound, StoreError
+from .errors import CorruptObject, InvalidInput, InvalidParameter, NotFound, StoreError
 from .ids import digest, format_id, parse_id, tree_digest
+from .gc import GcOperations
 from .index import ChunkIndex, write_index
+from .load import LoaderOperations
 from .manifest import FileManifest, TreeEntry, TreeManifest, check_relative_path, decode_manifest, manifest_key
 from .pack import TARGET_SIZE, PackWriter, pack_id_from_key, pack_key, read_trailer
 from .registry import RegistryOperations
+from .remote import mask_secrets, mask_url, open_backend
+from .tiers import TierOperations
 from .reports import RegistryQueries
 from .verify import verify_store
 
 CONFIG_KEY = "artifactstore.json"
+DEFAULT_KEEP_HOT = 3
 FORMAT_VERSION = 1
 READ_SEGMENT = 16 << 20
 
@@ -57,6 +62,7 @@ class StoreStats:
 class VerifyReport:
     ok: bool
     problems: list[str]
+    repaired: list[str]
 
 
 @dataclass(frozen=True)
@@ -116,16 +122,18 @@ def _tree_path(relative: Path) -> str:
 class _PutSession:
     """The packs one put writes: dedup against the index, roll packs at the target size."""
 
-    def __init__(self, backend: Backend, index: ChunkIndex):
+    def __init__(self, backend: Backend, index: ChunkIndex, *, condemned: set[bytes], restore: bool = False):
         self._backend = backend
         self._index = index
+        self._condemned = condemned  # packs gc will delete: never deduplicate against them
+        self._restore = restore  # write chunks the index knows too: copies into the hot tier
         self._writer: PackWriter | None = None
         self._in_open_pack: set[bytes] = set()
         self.finished: list = []
         self.new_bytes = 0
 
     def add(self, chunk: bytes, data) -> None:
-        if chunk in self._index or chunk in self._in_open_pack:
+        if (self._stored(chunk) and not self._restore) or chunk in self._in_open_pack:
             return
         if self._writer is None:
             self._writer = PackWriter(self._backend)
@@ -134,6 +142,10 @@ class _PutSession:
         self.new_bytes += len(data)
         if self._writer.size >= TARGET_SIZE:
             self._close_pack()
+
+    def _stored(self, chunk: bytes) -> bool:
+        return chunk in self._index and any(
+            loc.pack not in self._condemned for loc in self._index.all_locations(chunk))
 
     def _close_pack(self) -> None:
         pack_id, entries = self._writer.finish()
@@ -153,10 +165,11 @@ class _PutSession:
             self._writer.discard()
 
 
-class Store(RegistryOperations, RegistryQueries):
+class Store(LoaderOperations, GcOperations, TierOperations, RegistryOperations, RegistryQueries):
     """A store on a local directory: content-addressed data plus the version registry.
 
-    Open an existing one with ``Store(path)``, create one with ``Store.init(path)``.
+    Open an existing one with ``Store(path)``, create one with ``Store.init(path)``. Packs
+    live in the hot tier (the store directory) or, with a cold tier, in object storage.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -171,11 +184,17 @@ class Store(RegistryOperations, RegistryQueries):
         if config.get("format") != "artifactstore" or config.get("version") != FORMAT_VERSION:
             raise StoreError(f"{self.path} has an unsupported store format: {config.get('version')!r}")
         self.chunker = chunking.ChunkerParams(**config["chunker"])
+        tiers = config.get("tiers", {})
+        self.cold_url: str | None = tiers.get("cold")
+        self.keep_hot: int = tiers.get("keep_hot", DEFAULT_KEEP_HOT)
+        self.cold: Backend | None = open_backend(self.cold_url) if self.cold_url else None
         self._index: ChunkIndex | None = None
+        self._hot_packs: set[bytes] | None = None
 
     @classmethod
-    def init(cls, path: str | os.PathLike,
-             chunker: chunking.ChunkerParams = chunking.DEFAULT_PARAMS) -> "Store":
+    def init(cls, path: str | os.PathLike, chunker: chunking.ChunkerParams = chunking.DEFAULT_PARAMS, *,
+             cold: str | None = None, keep_hot: int = DEFAULT_KEEP_HOT) -> "Store":
+        """Create a store in ``path``; ``cold`` is a directory or fsspec URL for the cold tier."""
         root = Path(path)
         if (root / CONFIG_KEY).exists():
             raise StoreError(f"{root} is already a store")
@@ -183,7 +202,12 @@ class Store(RegistryOperations, RegistryQueries):
             raise StoreError(f"{root} exists and is not an empty directory")
         for sub in ("tmp", "packs", "index", "manifests"):
             (root / sub).mkdir(parents=True, exist_ok=True)
-        config = {"format": "artifactstore", "version": FORMAT_VERSION, "chunker": asdict(chunker)}
+        if type(keep_hot) is not int or keep_hot < 0:
+            raise InvalidParameter(f"--keep-hot must be a whole number >= 0, not {keep_hot!r}")
+        if cold is not None:
+            cold = str(Path(cold).resolve()) if "://" not in cold else cold
+        config = {"format": "artifactstore", "version": FORMAT_VERSION, "chunker": asdict(chunker),
+                  "tiers": {"cold": cold, "keep_hot": keep_hot}}
         LocalBackend(root).write(CONFIG_KEY, json.dumps(config, sort_keys=True, indent=1).encode())
         return cls(root)
 
@@ -193,6 +217,29 @@ class Store(RegistryOperations, RegistryQueries):
             self._index = ChunkIndex.load(self.backend)
         return self._index
 
+    def effective_config(self) -> dict:
+        """What this store runs with, including the AWS settings from the environment, secrets masked."""
+        aws = {k: v for k, v in sorted(os.environ.items()) if k.startswith("AWS_")}
+        return {"store": str(self.path.resolve()), "format_version": FORMAT_VERSION,
+                "chunker": asdict(self.chunker), "cold": mask_url(self.cold_url), "keep_hot": self.keep_hot,
+                "environment": mask_secrets(aws)}
+
+    @property
+    def hot_packs(self) -> set[bytes]:
+        """Ids of the packs present in the hot tier."""
+        if self._hot_packs is None:
+            self._hot_packs = {p for p in map(pack_id_from_key, self.backend.list("packs")) if p}
+        return self._hot_packs
+
+    def forget_hot_packs(self) -> None:
+        self._hot_packs = None
+
+    def new_put_session(self, *, restore: bool = False) -> _PutSession:
+        return _PutSession(self.backend, self.index, condemned=self._condemned_packs(), restore=restore)
+
+    def _condemned_packs(self) -> set[bytes]:
+        return {p for p in map(pack_id_from_key, self.condemned()) if p}
+
     # -- put ---------------------------------------------------------------------------------
 
     def put(self, path: str | os.PathLike, *, progress: Progress = _no_progress) -> PutResult:
@@ -200,7 +247,7 @@ class Store(RegistryOperations, RegistryQueries):
         root = Path(path)
         inputs = _collect_inputs(root)
         self._index_orphan_packs()
-        session = _PutSession(self.backend, self.index)
+        session = self.new_put_session()
         try:
             with ThreadPoolExecutor(2) as pool:
                 files = [(f, *self._ingest_file(f.source, session, pool, progress)) for f in inputs]
@@ -208,6 +255,8 @@ class Store(RegistryOperations, RegistryQueries):
         except BaseException:
             session.abort()
             raise
+        finally:
+            self.forget_hot_packs()
         for _, file_id, manifest in files:
             self._publish_manifest(file_id, manifest.encode())
         object_id, tree = _root_object(root, [(f, file_id) for f, file_id, _ in files])
@@ -254,15 +303,16 @@ class Store(RegistryOperations, RegistryQueries):
 
     def _publish_manifest(self, object_id: bytes, encoded: bytes) -> None:
         key = manifest_key(object_id)
-        if not self.backend.exists(key):
-            self.backend.write(key, encoded)
+        if not self.backend.exists(key) or key in self.condemned():
+            self.backend.write(key, encoded)  # rewriting a condemned one makes it young again for gc
 
     def _index_orphan_packs(self) -> None:
         """Index packs a crashed put published but never indexed, so that a retry reuses them."""
         orphans = []
+        condemned = self._condemned_packs()
         for key in self.backend.list("packs"):
             pack_id = pack_id_from_key(key)
-            if pack_id is None or pack_id in self.index.packs:
+            if pack_id is None or pack_id in self.index.pack_entries or pack_id in condemned:
                 continue
             try:
                 trailer_id, entries = read_trailer(self.backend, key)
@@ -356,15 +406,27 @@ class Store(RegistryOperations, RegistryQueries):
             yield self._read_pack(run_pack, run_start, run_length)
 
     def _locate(self, chunk: bytes, length: int):
+        """Where to read a chunk: a hot copy if there is one."""
         if chunk not in self.index:
             raise CorruptObject(f"chunk {format_id(chunk)} is missing from the store")
-        location = self.index[chunk]
+        location = self.hot_location(chunk) or self.index[chunk]
         if location.length != length:
             raise CorruptObject(f"chunk {format_id(chunk)}: index length {location.length}, manifest {length}")
         return location
 
+    def hot_location(self, chunk: bytes):
+        return next((loc for loc in self.index.all_locations(chunk) if loc.pack in self.hot_packs), None)
+
     def _read_pack(self, pack_id: bytes, offset: int, length: int) -> bytes:
-        data = self.backend.read_range(pack_key(pack_id), offset, length)
+        tiers = [self.backend] if self.cold is None else \
+            [self.backend, self.cold] if pack_id in self.hot_packs else [self.cold, self.backend]
+        for tier in tiers:  # the other tier too: a concurrent `tier` may have just moved the pack
+            try:
+                data = tier.read_range(pack_key(pack_id), offset, length)
+                break
+            except NotFound:
+                if tier is tiers[-1]:
+                    raise
         if len(data) != length:
             raise CorruptObject(f"pack {pack_key(pack_id)} is truncated")
         return data
@@ -377,10 +439,15 @@ class Store(RegistryOperations, RegistryQueries):
                         f"(content of {format_id(file_id)} does not match its id)")
         return f"manifest of {format_id(file_id)} is damaged: its chunks do not hash to its id"
 
-    def verify(self, *, progress: Progress = _no_progress) -> VerifyReport:
-        """Re-hash every chunk and check every index file and manifest; name what is damaged."""
-        problems = verify_store(self, progress)
-        return VerifyReport(not problems, problems)
+    def verify(self, *, tier: str = "all", sample: float = 100.0, repair: bool = False,
+               progress: Progress = _no_progress) -> VerifyReport:
+        """Re-hash chunks and check index files, manifests and the registry; name what is damaged.
+
+        See ``verify_store`` for ``tier``, ``sample`` and ``repair``.
+        """
+        problems, repairs = verify_store(self, progress, tier=tier, sample=sample, repair=repair)
+        self.forget_hot_packs()
+        return VerifyReport(not problems, problems, repairs)
 
     # -- stats -------------------------------------------------------------------------------
 

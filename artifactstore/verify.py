@@ -1,51 +1,99 @@
-"""Full integrity check of a store: every pack, index file and manifest (docs/format.md)."""
+"""Integrity check of a store: packs in both tiers, index files, manifests, the registry (docs/format.md)."""
 
+import random
 from collections.abc import Callable
 
 import blake3
 
-from .errors import CorruptObject, NotFound
+from .errors import CorruptObject, InvalidParameter, NotFound
 from .ids import digest, format_id, tree_digest
 from .index import decode_index, index_id_from_key
 from .manifest import FileManifest, TreeManifest, decode_manifest, manifest_key
-from .pack import PackEntry, decode_trailer, pack_id_from_key
+from .pack import PackEntry, decode_trailer, pack_id_from_key, read_trailer
 
 Progress = Callable[[int], None]
 
 
-def verify_store(store, progress: Progress) -> list[str]:
-    """Names of every damaged or inconsistent object; an empty list means the store is sound."""
+TIERS = ("hot", "cold", "all")
+
+
+def verify_store(store, progress: Progress, *, tier: str = "all", sample: float = 100.0,
+                 repair: bool = False) -> tuple[list[str], list[str]]:
+    """(problems, repairs): every damaged or inconsistent object, and what ``repair`` restored.
+
+    ``tier`` chooses whose packs are re-hashed (the other tier's trailers are still read, to check
+    the index); ``sample`` re-hashes that percentage of packs and files, picked at random; file
+    contents are re-hashed only with ``tier="all"``. ``repair`` replaces a damaged or truncated
+    pack copy with the other tier's copy when that one is sound.
+    """
+    if tier not in TIERS:
+        raise InvalidParameter(f"--tier must be one of {', '.join(TIERS)}, not {tier!r}")
+    if not 0 < sample <= 100:
+        raise InvalidParameter(f"--sample must be a percentage in (0, 100], not {sample}")
+    if tier == "cold" and store.cold is None:
+        raise InvalidParameter(f"{store.path} has no cold tier")
     problems: list[str] = []
-    packs, damaged_chunks = _verify_packs(store.backend, problems, progress)
+    repairs: list[str] = []
+    picked = (lambda: True) if sample >= 100 else (lambda: random.random() * 100 < sample)
+    tiers = {"hot": store.backend, "cold": store.cold}
+    packs, damaged_chunks = {}, set()
+    for name, backend in tiers.items():
+        if backend is None:
+            continue
+        other_name = "cold" if name == "hot" else "hot"
+        checked = tier in (name, "all")
+        for key in backend.list("packs"):
+            pack_id = pack_id_from_key(key)
+            if pack_id is None:
+                problems.append(f"{name} {key}: not a pack name")
+                continue
+            if not (checked and picked()):
+                try:
+                    packs.setdefault(pack_id, {e.chunk: e for e in read_trailer(backend, key)[1]})
+                except CorruptObject as exc:
+                    problems.append(f"{name} {exc}")
+                continue
+            data = backend.read(key)
+            progress(len(data))
+            found, entries, bad_chunks = _pack_problems(data, pack_id, f"{name} {key}")
+            if found and repair and _restore(backend, tiers[other_name], key, pack_id):
+                repairs.append(f"{name} {key}: restored from the {other_name} tier")
+                continue
+            if found and repair:
+                found[-1] += f" (no sound copy in the {other_name} tier to repair it from)"
+            problems.extend(found)
+            damaged_chunks |= bad_chunks
+            if entries is not None:
+                packs.setdefault(pack_id, {e.chunk: e for e in entries})
     _verify_indexes(store.backend, packs, problems)
-    _verify_manifests(store, damaged_chunks, problems, progress)
+    _verify_manifests(store, damaged_chunks, problems, progress, content=tier == "all", picked=picked)
     _verify_registry(store, problems)
-    return problems
+    return problems, repairs
 
 
-def _verify_packs(backend, problems, progress) -> tuple[dict[bytes, dict[bytes, PackEntry]], set[bytes]]:
-    packs, damaged = {}, set()
-    for key in backend.list("packs"):
-        pack_id = pack_id_from_key(key)
-        if pack_id is None:
-            problems.append(f"{key}: not a pack name")
-            continue
-        data = backend.read(key)
-        try:
-            trailer_id, entries = decode_trailer(data, len(data), key)
-        except CorruptObject as exc:
-            problems.append(str(exc))
-            continue
-        if trailer_id != pack_id:
-            problems.append(f"{key}: trailer does not hash to the pack's name")
-        view = memoryview(data)
-        for e in entries:
-            if blake3.blake3(view[e.offset:e.offset + e.length]).digest() != e.chunk:
-                problems.append(f"{key}: chunk {format_id(e.chunk)} at offset {e.offset} is damaged")
-                damaged.add(e.chunk)
-        packs[pack_id] = {e.chunk: e for e in entries}
-        progress(len(data))
-    return packs, damaged
+def _pack_problems(data: bytes, pack_id: bytes, where: str) -> tuple[list[str], list[PackEntry] | None, set[bytes]]:
+    try:
+        trailer_id, entries = decode_trailer(data, len(data), where)
+    except CorruptObject as exc:
+        return [str(exc)], None, set()
+    found = [] if trailer_id == pack_id else [f"{where}: trailer does not hash to the pack's name"]
+    view, damaged = memoryview(data), set()
+    for e in entries:
+        if blake3.blake3(view[e.offset:e.offset + e.length]).digest() != e.chunk:
+            found.append(f"{where}: chunk {format_id(e.chunk)} at offset {e.offset} is damaged")
+            damaged.add(e.chunk)
+    return found, entries, damaged
+
+
+def _restore(damaged_tier, source_tier, key: str, pack_id: bytes) -> bool:
+    """Overwrite a damaged pack copy with a sound one from the other tier, if there is one."""
+    if source_tier is None or not source_tier.exists(key):
+        return False
+    good = source_tier.read(key)
+    if _pack_problems(good, pack_id, key)[0]:
+        return False
+    damaged_tier.write(key, good)
+    return True
 
 
 def _verify_indexes(backend, packs, problems) -> None:
@@ -69,7 +117,7 @@ def _verify_indexes(backend, packs, problems) -> None:
                 problems.append(f"{key}: disagrees with the trailer of pack {pack_id.hex()}")
 
 
-def _verify_manifests(store, damaged_chunks, problems, progress) -> None:
+def _verify_manifests(store, damaged_chunks, problems, progress, *, content: bool, picked) -> None:
     index = store.index
     for key in store.backend.list("manifests"):
         name = key.rsplit("/", 1)[-1].removesuffix(".json")
@@ -89,7 +137,8 @@ def _verify_manifests(store, damaged_chunks, problems, progress) -> None:
         if isinstance(manifest, TreeManifest):
             _verify_tree(store, key, object_id, data, manifest, problems)
         else:
-            _verify_file(store, index, key, object_id, manifest, damaged_chunks, problems, progress)
+            _verify_file(store, index, key, object_id, manifest, damaged_chunks, problems, progress,
+                         content=content and picked())
 
 
 def _verify_tree(store, key, tree_id, data, manifest: TreeManifest, problems) -> None:
@@ -105,7 +154,8 @@ def _verify_tree(store, key, tree_id, data, manifest: TreeManifest, problems) ->
             problems.append(f"{key}: {entry.path} does not match the manifest of {format_id(entry.file)}")
 
 
-def _verify_file(store, index, key, file_id, manifest: FileManifest, damaged_chunks, problems, progress):
+def _verify_file(store, index, key, file_id, manifest: FileManifest, damaged_chunks, problems, progress, *,
+                 content: bool) -> None:
     for chunk, length in manifest.chunks:
         if chunk not in index or index[chunk].length != length:
             problems.append(f"{key}: chunk {format_id(chunk)} is not in the index with length {length}")
@@ -113,6 +163,8 @@ def _verify_file(store, index, key, file_id, manifest: FileManifest, damaged_chu
         if chunk in damaged_chunks:
             problems.append(f"{key}: file {format_id(file_id)} uses damaged chunk {format_id(chunk)}")
             return
+    if not content:
+        return
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
     try:
         for segment in store.read_segments(manifest):

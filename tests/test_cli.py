@@ -27,7 +27,7 @@ def test_init_put_get_stats_verify(tmp_path):
     assert "dedup" in run_cli("stats", "--store", store).stdout
 
     verify = run_cli("verify", "--store", store, "--json")
-    assert verify.returncode == 0 and json.loads(verify.stdout) == {"ok": True, "problems": []}
+    assert verify.returncode == 0 and json.loads(verify.stdout) == {"ok": True, "problems": [], "repaired": []}
 
 
 def test_verify_exits_non_zero_naming_the_damage(tmp_path):

@@ -1,0 +1,194 @@
+"""Garbage collection in two phases, and deletion of versions.
+
+A pack or manifest that nothing live uses is first *condemned* (listed in ``gc/condemned.json``
+with the time), and deleted by a later run only if it is still unused and was condemned more than
+the grace period ago. Writers never deduplicate against condemned packs, so a push that starts
+after the condemnation writes its own copies; a push that started before it has committed within
+the grace period (the grace period must exceed the longest push), and the next run sees that
+version and spares what it uses. Each run marks from every version of every model, the pointers
+and pins, and every object stored outside the registry; if the registry moved while it marked, it
+marks again, keeping the union of what every pass found live (if the registry never holds
+still, the union after the last pass is used: anything it misses is only condemned, and the next
+run spares it). Objects younger than the grace period are never touched.
+"""
+
+import fcntl
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .errors import Conflict, InvalidParameter, StoreError
+from .ids import format_id
+from .index import ChunkIndex, index_key, write_index
+from .manifest import TreeManifest, manifest_key
+from .pack import pack_id_from_key, pack_key
+from .refs import Ref
+from .registry import VERSION_CONTEXT, ref_key
+
+CONDEMNED_KEY = "gc/condemned.json"
+DURATION = re.compile(r"(\d+)([smhd])")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MARK_ATTEMPTS = 20
+
+Progress = Callable[[int], None]
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``30s``, ``15m``, ``6h``, ``7d``."""
+    match = DURATION.fullmatch(text.strip())
+    if match is None:
+        raise InvalidParameter(f"not a duration: {text!r} (expected a number and s, m, h or d, e.g. 6h)")
+    return int(match.group(1)) * UNITS[match.group(2)]
+
+
+@dataclass
+class GcReport:
+    dry_run: bool
+    grace_seconds: float
+    live_chunks: int = 0
+    condemned_packs: list[str] = field(default_factory=list)
+    condemned_manifests: list[str] = field(default_factory=list)
+    deleted_packs: list[str] = field(default_factory=list)
+    deleted_manifests: list[str] = field(default_factory=list)
+    spared: list[str] = field(default_factory=list)
+    reclaimed_bytes: int = 0
+    pending_bytes: int = 0
+    mark_passes: int = 0
+
+
+class GcOperations:
+    """``gc`` and ``delete``, mixed into ``Store``."""
+
+    def condemned(self) -> dict[str, float]:
+        """Condemned object keys and when they were condemned."""
+        if not self.backend.exists(CONDEMNED_KEY):
+            return {}
+        return json.loads(self.backend.read(CONDEMNED_KEY))
+
+    def delete(self, ref: str, *, actor: str | None = None, reason: str = ""):
+        """Remove a version (a data removal request); refused while a pointer or pin names it."""
+        parsed = Ref.parse(ref)
+        if not parsed.is_version:
+            raise InvalidParameter(f"delete takes client/model@vX.Y.Z, not {ref}")
+
+        def remove(current):
+            if parsed.target not in current.versions:
+                raise InvalidParameter(f"{current.model} has no version {parsed.target}")
+            named = current.where(parsed.target)
+            if named:
+                raise Conflict(f"{ref} is still {', '.join(named)}: move the pointer first")
+            return [{"action": "delete", "pointer": None, "from": parsed.target, "to": None}]
+
+        return self._transact(parsed.model, remove, actor, reason)
+
+    def _registry_tokens(self) -> dict[str, str | None]:
+        return {str(m): self.backend.read_ref(ref_key(m))[1] for m in self.models()}
+
+    def _mark(self, bundles_of: dict[str, str]) -> tuple[set[str], set[bytes]]:
+        """(live manifest keys, live chunks): every current version's bundle, and every object
+        stored without the registry; bundles of deleted versions are not live.
+
+        ``bundles_of`` caches version record id -> bundle id across passes (records are immutable).
+        """
+        def bundle(record_id: str) -> str:
+            if record_id not in bundles_of:
+                bundles_of[record_id] = json.loads(self._read_object(record_id, VERSION_CONTEXT))["bundle"]
+            return bundles_of[record_id]
+
+        current, ever = set(), set()
+        for model in self.models():
+            ever |= {bundle(r) for _, state in self.states(model) for r in state.versions.values()}
+            current |= {bundle(r) for r in self.state(model).versions.values()}
+        trees, files = {}, {}
+        for object_id, manifest in self.manifests():
+            (trees if isinstance(manifest, TreeManifest) else files)[format_id(object_id)] = manifest
+        live_trees = (current | (set(trees) - ever)) & set(trees)
+        listed = {format_id(e.file) for t in trees.values() for e in t.entries}
+        live_files = {format_id(e.file) for t in live_trees for e in trees[t].entries} | (set(files) - listed)
+        live_keys = {manifest_key(bytes.fromhex(i[3:])) for i in live_trees | live_files}
+        chunks = {c for f in live_files if f in files for c, _ in files[f].chunks}
+        return live_keys, chunks
+
+    def gc(self, *, dry_run: bool = False, grace: str = "1h", progress: Progress = lambda _: None) -> GcReport:
+        """Condemn what nothing uses; delete what was condemned more than ``grace`` ago and is still unused."""
+        grace_seconds = parse_duration(grace)
+        report = GcReport(dry_run, grace_seconds)
+        lock_path = self.path / "gc" / "lock"
+        lock_path.parent.mkdir(exist_ok=True)
+        with open(lock_path, "a+b") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StoreError(f"another gc is running on {self.path}") from None
+            index_keys = set(self.backend.list("index"))
+            index = ChunkIndex.load(self.backend)  # every pack, condemned ones included
+            bundles_of: dict[str, str] = {}
+            live_keys, live_chunks = set(), set()
+            for report.mark_passes in range(1, MARK_ATTEMPTS + 1):
+                before = self._registry_tokens()
+                keys, chunks = self._mark(bundles_of)
+                live_keys |= keys
+                live_chunks |= chunks
+                if self._registry_tokens() == before:
+                    break
+            report.live_chunks = len(live_chunks)
+            self._sweep(report, index, index_keys, live_keys, live_chunks, progress)
+        return report
+
+    def _sweep(self, report: GcReport, index: ChunkIndex, index_keys: set[str], live_keys: set[str],
+               live_chunks: set[bytes], progress: Progress) -> None:
+        now = time.time()
+        old = {}
+        for key in [*self.backend.list("packs"), *self.backend.list("manifests")]:
+            if now - self.backend.path(key).stat().st_mtime > report.grace_seconds:
+                old[key] = self.backend.size(key)
+        if self.cold is not None:
+            for key in self.cold.list("packs"):
+                old.setdefault(key, self.cold.size(key))
+        dead = set()
+        for pack_id, entries in index.pack_entries.items():
+            key = pack_key(pack_id)
+            if key in old and not any(e.chunk in live_chunks for e in entries):
+                dead.add(key)
+        dead |= {k for k in old if k.startswith("manifests/") and k not in live_keys}
+        dead |= {k for k in old if k.startswith("packs/") and pack_id_from_key(k) not in index.pack_entries}
+        condemned = self.condemned()
+        report.spared = sorted(k for k in condemned if k not in dead)
+        due = {k for k in dead if k in condemned and now - condemned[k] >= report.grace_seconds}
+        newly = dead - set(condemned)
+        for key in sorted(newly):
+            (report.condemned_packs if key.startswith("packs/") else report.condemned_manifests).append(key)
+            report.pending_bytes += old[key]
+        for key in sorted(due):
+            (report.deleted_packs if key.startswith("packs/") else report.deleted_manifests).append(key)
+            report.reclaimed_bytes += old[key]
+        if report.dry_run:
+            return
+        remaining = {k: t for k, t in condemned.items() if k in dead and k not in due}
+        remaining.update({k: now for k in newly})
+        if due:
+            self._delete(due, index, index_keys, progress, old)
+        self.backend.write(CONDEMNED_KEY, json.dumps(remaining, sort_keys=True, indent=0).encode())
+
+    def _delete(self, keys: set[str], index: ChunkIndex, index_keys: set[str], progress: Progress,
+                sizes: dict[str, int]) -> None:
+        """Index the surviving packs anew, drop the index files read at the start, then the objects.
+
+        Index files written since (by concurrent puts) are left alone.
+        """
+        doomed = {pack_id_from_key(k) for k in keys if k.startswith("packs/")}
+        kept = [(p, e) for p, e in index.pack_entries.items() if p not in doomed]
+        new_index = index_key(write_index(self.backend, kept)) if kept else None
+        for key in sorted(index_keys - {new_index}):
+            self.backend.delete(key)
+            if self.cold is not None:
+                self.cold.delete(key)
+        for key in sorted(keys):
+            self.backend.delete(key)
+            if self.cold is not None and key.startswith("packs/"):
+                self.cold.delete(key)
+            progress(sizes[key])
+        self._index = None
+        self.forget_hot_packs()

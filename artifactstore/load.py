@@ -1,0 +1,417 @@
+"""Load safetensors weights straight from the store into numpy arrays or torch tensors.
+
+``LoaderOperations`` is mixed into ``Store``. A load reads each file's chunks from their packs
+with ``os.preadv`` directly into one destination buffer per file (pinned host memory for CUDA).
+Two threads each read a run of chunks and re-hash every chunk of it against its digest while the
+bytes are still in the CPU's cache. The tensors are views into that buffer: no intermediate copy
+of the data from local packs, and nothing is returned unless every byte read checked out.
+"""
+
+from __future__ import annotations
+
+import os
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import blake3
+import ml_dtypes
+import numpy as np
+
+from .errors import CorruptObject, InvalidInput, InvalidParameter, NotFound
+from .ids import format_id
+from .manifest import FileManifest
+from .pack import pack_key
+from .tensorfile import SafetensorsHeader, TensorInfo, read_header
+
+WEIGHTS_DIR = "adapter_weights/"
+WEIGHTS_SUFFIX = ".safetensors"
+FRAMEWORKS = ("numpy", "torch")
+# A run is read with one preadv and then hashed by the same thread: small enough that a load
+# splits into many runs for the two threads and a run stays in cache, large enough that the
+# per-run cost does not show (1 to 16 MiB measured within noise on a 210 MB adapter).
+RUN_LIMIT = 4 << 20
+# A partial load's buffer starts at this alignment relative to the data section, so that tensors
+# aligned in the file stay aligned in the buffer (torch cannot view misaligned bytes as a dtype).
+BUFFER_ALIGNMENT = 64
+
+# safetensors dtype -> numpy dtype. A dtype numpy cannot represent (the packed F4 and F6 formats,
+# F8_E8M0 before ml_dtypes 0.5) comes back as the tensor's raw bytes: a flat uint8 array.
+NUMPY_DTYPES: dict[str, Any] = {
+    "BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "U16": np.uint16, "I16": np.int16,
+    "U32": np.uint32, "I32": np.int32, "U64": np.uint64, "I64": np.int64,
+    "F16": np.float16, "F32": np.float32, "F64": np.float64, "C64": np.complex64,
+    "BF16": ml_dtypes.bfloat16,
+    "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2,
+    "F8_E4M3FNUZ": ml_dtypes.float8_e4m3fnuz, "F8_E5M2FNUZ": ml_dtypes.float8_e5m2fnuz,
+    "F8_E8M0": getattr(ml_dtypes, "float8_e8m0fnu", None),
+}
+
+# safetensors dtype -> torch dtype name; the raw-bytes rule applies where torch lacks one (F6,
+# and older torch versions). F4 packs two values a byte; as in safetensors.torch it becomes
+# float4_e2m1fn_x2 with the last dimension halved, which needs an even last dimension.
+TORCH_DTYPES = {
+    "BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16",
+    "U32": "uint32", "I32": "int32", "U64": "uint64", "I64": "int64",
+    "F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64", "C64": "complex64",
+    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+    "F8_E4M3FNUZ": "float8_e4m3fnuz", "F8_E5M2FNUZ": "float8_e5m2fnuz", "F8_E8M0": "float8_e8m0fnu",
+    "F4": "float4_e2m1fn_x2",
+}
+
+
+@dataclass(frozen=True)
+class _StoredFile:
+    """One safetensors file of a load: its name for messages, its chunks and its parsed header."""
+
+    label: str
+    manifest: FileManifest
+    chunk_starts: list[int]  # file offset of each chunk, then the file size
+    header: SafetensorsHeader
+
+
+@dataclass
+class _Run:
+    """Chunks back to back in one pack, read with one preadv into ``landing[begin:end]``.
+
+    A chunk straddling the header and the data section brings its header bytes into ``prefix``;
+    only the first chunk of a load can, so it is always the run's first chunk.
+    """
+
+    pack: bytes
+    pack_offset: int
+    begin: int
+    end: int
+    prefix: bytearray
+    chunks: list[tuple[bytes, int, int]] = field(default_factory=list)  # digest, landing range
+
+    @property
+    def pack_end(self) -> int:
+        return self.pack_offset + len(self.prefix) + self.end - self.begin
+
+
+class LoaderOperations:
+    """``Store.load``: safetensors weights as verified tensors. Mixed into ``Store``."""
+
+    def load(self, ref_or_id: str, *, device: str = "cpu", framework: str = "numpy",
+             names: Iterable[str] | None = None) -> dict[str, Any]:
+        """The tensors of a safetensors file, or of every ``adapter_weights/*.safetensors`` in a tree.
+
+        ``ref_or_id`` is a version ref (``client/model@vX.Y.Z``, ``@POINTER``, ``@latest``) or the
+        ``b3:`` id of a file or a tree. ``framework`` is ``"numpy"`` (BF16 and F8 as ml_dtypes
+        types) or ``"torch"``; ``device`` is ``"cpu"``, or ``"cuda"``/``"cuda:N"`` with torch.
+        ``names`` restricts the result to those tensors, and only the chunks holding them are
+        read. The tensors of one file are views into one buffer. A dtype the framework cannot
+        represent (F4 and F6 in numpy, F6 in torch) comes back as raw bytes: a flat uint8 array.
+
+        Every chunk read is re-hashed against its digest; damage raises ``CorruptObject`` naming
+        the chunk and its pack, and nothing is returned. A malformed safetensors file, or a tensor
+        name found in two files of a tree, raises ``InvalidInput``; an unknown name ``NotFound``.
+        """
+        converter = _converter(framework, device)
+        with _PackFiles(self) as packs, ThreadPoolExecutor(2) as pool:
+            files = [self._stored_file(label, manifest, packs) for label, manifest in self._weight_files(ref_or_id)]
+            wanted = _select(files, names, ref_or_id)
+            buffers = [self._read_tensors(file, tensors, packs, pool, converter.allocate) for file, tensors in wanted]
+        result = {}
+        for (file, tensors), (buffer, base) in zip(wanted, buffers):
+            result.update(converter.tensors(buffer, base, tensors, file.label))
+        return result
+
+    def _weight_files(self, ref_or_id: str) -> list[tuple[str, FileManifest]]:
+        object_id = self.resolve(ref_or_id)
+        manifest = self.read_manifest(object_id)
+        if isinstance(manifest, FileManifest):
+            return [(object_id, manifest)]
+        weights = []
+        for entry in manifest.entries:
+            if entry.path.startswith(WEIGHTS_DIR) and entry.path.endswith(WEIGHTS_SUFFIX):
+                file_manifest = self.read_manifest(format_id(entry.file))
+                if not isinstance(file_manifest, FileManifest):
+                    raise CorruptObject(f"tree {object_id} lists {format_id(entry.file)}, which is not a file")
+                weights.append((entry.path, file_manifest))
+        if not weights:
+            raise NotFound(f"{ref_or_id} has no {WEIGHTS_DIR}*{WEIGHTS_SUFFIX} file")
+        return weights
+
+    def _stored_file(self, label: str, manifest: FileManifest, packs: _PackFiles) -> _StoredFile:
+        """Parse a stored file's header from its leading chunks, each verified as it is read."""
+        chunk_starts = [0]
+        for _, length in manifest.chunks:
+            chunk_starts.append(chunk_starts[-1] + length)
+        leading: dict[int, bytearray] = {}
+
+        def read_range(offset: int, length: int) -> bytes:
+            parts = []
+            for i in _chunks_covering(chunk_starts, offset, offset + length):
+                if i not in leading:
+                    chunk, size = manifest.chunks[i]
+                    location = self._locate(chunk, size)
+                    data = packs.read(location.pack, location.offset, size)
+                    if blake3.blake3(data).digest() != chunk:
+                        raise CorruptObject(_damage(chunk, location.pack))
+                    leading[i] = data
+                parts.append(leading[i][max(offset - chunk_starts[i], 0):offset + length - chunk_starts[i]])
+            return b"".join(parts)
+
+        try:
+            header = read_header(read_range, manifest.size)
+        except InvalidInput as exc:
+            raise InvalidInput(f"{label}: {exc}") from None
+        return _StoredFile(label, manifest, chunk_starts, header)
+
+    def _read_tensors(self, file: _StoredFile, tensors: list[TensorInfo], packs: _PackFiles,
+                      pool: ThreadPoolExecutor, allocate: Callable[[int], tuple[Any, np.ndarray]]) -> tuple[Any, int]:
+        """Read and verify the chunks holding ``tensors`` into a new buffer.
+
+        Returns the buffer and the file offset its first byte stands for. It spans the data
+        section from (about) the first chunk needed to the end of the last.
+        """
+        needed = sorted({i for t in tensors for i in _chunks_covering(file.chunk_starts, t.begin, t.end)})
+        data_start = file.header.data_start
+        if needed:
+            first = file.chunk_starts[needed[0]]
+            base = max(data_start, first - (first - data_start) % BUFFER_ALIGNMENT)
+            end = file.chunk_starts[needed[-1] + 1]
+        else:
+            base = end = data_start
+        buffer, host = allocate(end - base)
+        landing = memoryview(host)
+        checks: list[Future] = [pool.submit(_read_and_check, packs, run, landing)
+                                for run in self._plan_runs(file, needed, base, packs)]
+        for check in checks:
+            damage = check.result()
+            if damage is not None:
+                raise CorruptObject(damage)
+        return buffer, base
+
+    def _plan_runs(self, file: _StoredFile, needed: list[int], base: int, packs: _PackFiles) -> Iterator[_Run]:
+        """Group the needed chunks (indices in file order) into runs landing at ``file offset - base``.
+
+        Opens each run's pack here, in one thread, so that the readers only look it up.
+        """
+        run: _Run | None = None
+        for i in needed:
+            chunk, length = file.manifest.chunks[i]
+            location = self._locate(chunk, length)
+            start, end = file.chunk_starts[i] - base, file.chunk_starts[i + 1] - base
+            landing_start = max(start, 0)  # below 0: the header's share of a straddling chunk
+            if (run is None or location.pack != run.pack or location.offset != run.pack_end
+                    or start != run.end or run.end - run.begin + length > RUN_LIMIT):
+                if run is not None:
+                    yield run
+                run = _Run(location.pack, location.offset, landing_start, landing_start,
+                           bytearray(landing_start - start))
+                packs.open(run.pack)
+            run.chunks.append((chunk, landing_start, end))
+            run.end = end
+        if run is not None:
+            yield run
+
+
+def _chunks_covering(chunk_starts: list[int], begin: int, end: int) -> range:
+    """Indices of the chunks holding any byte of [begin, end)."""
+    if begin >= end:
+        return range(0)
+    return range(bisect_right(chunk_starts, begin) - 1, bisect_left(chunk_starts, end))
+
+
+def _read_and_check(packs: _PackFiles, run: _Run, landing: memoryview) -> str | None:
+    """Read a run into place and hash each of its chunks while it is still in the CPU's cache.
+
+    Returns what is damaged, if anything.
+    """
+    packs.read_into(run.pack, [memoryview(run.prefix), landing[run.begin:run.end]], run.pack_offset)
+    for position, (chunk, begin, end) in enumerate(run.chunks):
+        hasher = blake3.blake3(run.prefix if position == 0 else b"")
+        hasher.update(landing[begin:end])
+        if hasher.digest() != chunk:
+            return _damage(chunk, run.pack)
+    return None
+
+
+def _damage(chunk: bytes, pack: bytes) -> str:
+    return f"chunk {format_id(chunk)} in {pack_key(pack)} is damaged (its bytes do not match its id)"
+
+
+def _select(files: list[_StoredFile], names: Iterable[str] | None,
+            ref_or_id: str) -> list[tuple[_StoredFile, list[TensorInfo]]]:
+    """The tensors to load from each file, in data order."""
+    owner: dict[str, _StoredFile] = {}
+    for file in files:
+        for name in file.header.tensors:
+            if name in owner:
+                raise InvalidInput(f"tensor {name!r} is in both {owner[name].label} and {file.label}")
+            owner[name] = file
+    if names is None:
+        return [(file, list(file.header.tensors.values())) for file in files]
+    if isinstance(names, str):
+        raise InvalidParameter(f"names must be a collection of tensor names, not the string {names!r}")
+    requested = set(names)
+    missing = sorted(requested - owner.keys())
+    if missing:
+        raise NotFound(f"no tensor {', '.join(map(repr, missing))} in {ref_or_id}")
+    selected = [(file, [t for t in file.header.tensors.values() if t.name in requested]) for file in files]
+    return [(file, tensors) for file, tensors in selected if tensors]
+
+
+class _PackFiles:
+    """The packs one load reads: local pack files, each opened once and kept open for the load,
+    and packs that are not local files (in another tier), read through the store."""
+
+    def __init__(self, store):
+        self._store = store
+        self._fds: dict[bytes, int | None] = {}
+
+    def __enter__(self) -> _PackFiles:
+        return self
+
+    def __exit__(self, *_) -> None:
+        for fd in self._fds.values():
+            if fd is not None:
+                os.close(fd)
+
+    def open(self, pack: bytes) -> None:
+        if pack not in self._fds:
+            try:
+                self._fds[pack] = os.open(self._store.backend.path(pack_key(pack)), os.O_RDONLY)
+            except FileNotFoundError:
+                self._fds[pack] = None
+
+    def read(self, pack: bytes, offset: int, length: int) -> bytearray:
+        self.open(pack)
+        data = bytearray(length)
+        self.read_into(pack, [memoryview(data)], offset)
+        return data
+
+    def read_into(self, pack: bytes, buffers: list[memoryview], offset: int) -> None:
+        """Fill ``buffers`` in order from the pack's bytes at ``offset``; ``open`` the pack first."""
+        fd = self._fds[pack]
+        if fd is None:
+            data = memoryview(self._store._read_pack(pack, offset, sum(map(len, buffers))))
+            for buffer in buffers:
+                buffer[:] = data[:len(buffer)]
+                data = data[len(buffer):]
+            return
+        remaining = [b for b in buffers if len(b)]
+        while remaining:
+            count = os.preadv(fd, remaining, offset)
+            if count == 0:
+                raise CorruptObject(f"pack {pack_key(pack)} is truncated")
+            offset += count
+            while remaining and count >= len(remaining[0]):
+                count -= len(remaining.pop(0))
+            if count:
+                remaining[0] = remaining[0][count:]
+
+
+def _converter(framework: str, device: str) -> _NumpyArrays | _TorchTensors:
+    if framework not in FRAMEWORKS:
+        raise InvalidParameter(f"unknown framework {framework!r}: expected one of {', '.join(FRAMEWORKS)}")
+    if framework == "numpy":
+        if str(device) != "cpu":
+            raise InvalidParameter(f"device {device!r} needs framework='torch': numpy arrays live on the CPU")
+        return _NumpyArrays()
+    try:
+        import torch
+    except ImportError:
+        raise InvalidParameter("framework='torch' needs PyTorch, which is not installed (pip install torch)") from None
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidParameter(f"unknown device {device!r}: expected cpu, cuda or cuda:N") from None
+    if target.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidParameter(f"device {device!r}: CUDA is not available to torch here")
+        if target.index is not None and target.index >= torch.cuda.device_count():
+            raise InvalidParameter(f"device {device!r}: only {torch.cuda.device_count()} CUDA devices")
+    elif target.type != "cpu":
+        raise InvalidParameter(f"unsupported device {device!r}: expected cpu, cuda or cuda:N")
+    return _TorchTensors(torch, target)
+
+
+def _unrepresentable(label: str, info: TensorInfo, framework: str) -> InvalidInput:
+    return InvalidInput(f"{label}: tensor {info.name!r} of shape {list(info.shape)} cannot be a {framework} tensor")
+
+
+class _NumpyArrays:
+    """Buffers are numpy uint8 arrays; tensors are views of them."""
+
+    def allocate(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The buffer, and the same as the numpy array to read into."""
+        buffer = np.empty(size, np.uint8)
+        return buffer, buffer
+
+    def tensors(self, buffer: np.ndarray, base: int, infos: list[TensorInfo], label: str) -> dict[str, np.ndarray]:
+        result = {}
+        for info in infos:
+            raw = buffer[info.begin - base:info.end - base]
+            dtype = NUMPY_DTYPES.get(info.dtype)
+            try:
+                result[info.name] = raw if dtype is None else raw.view(dtype).reshape(info.shape)
+            except ValueError:
+                raise _unrepresentable(label, info, "numpy") from None
+        return result
+
+
+class _TorchTensors:
+    """Buffers are uint8 tensors (pinned for CUDA); tensors are views of them, on the device."""
+
+    def __init__(self, torch, device):
+        self._torch = torch
+        self._device = device
+
+    def allocate(self, size: int) -> tuple[Any, np.ndarray]:
+        """A uint8 tensor of ``size`` bytes and a numpy view of its memory to read into."""
+        if self._device.type == "cuda":
+            staging = self._torch.empty(size, dtype=self._torch.uint8, pin_memory=True)
+            return staging, staging.numpy()
+        host = np.empty(size, np.uint8)
+        return self._torch.from_numpy(host), host
+
+    def tensors(self, buffer, base: int, infos: list[TensorInfo], label: str) -> dict[str, Any]:
+        if self._device.type == "cuda":
+            buffer = self._to_device(buffer)
+        result = {}
+        for info in infos:
+            raw = buffer[info.begin - base:info.end - base]
+            dtype, shape = self._layout(info)
+            if dtype is None:
+                result[info.name] = raw
+                continue
+            try:
+                result[info.name] = self._view(raw, info.begin - base, dtype).reshape(shape)
+            except RuntimeError:
+                raise _unrepresentable(label, info, "torch") from None
+        return result
+
+    def _view(self, raw, offset: int, dtype):
+        if not raw.numel():  # an empty slice may have a stride torch refuses to reinterpret
+            return self._torch.empty(0, dtype=dtype, device=raw.device)
+        if offset % dtype.itemsize:  # torch views a dtype only at offsets that are multiples of its size
+            raw = raw.clone()
+        return raw.view(dtype)
+
+    def _layout(self, info: TensorInfo):
+        """(torch dtype or None for raw bytes, shape) of a tensor."""
+        name = TORCH_DTYPES.get(info.dtype)
+        dtype = getattr(self._torch, name, None) if name else None
+        if info.dtype != "F4":
+            return dtype, info.shape
+        if not info.shape or info.shape[-1] % 2:
+            return None, info.shape
+        return dtype, (*info.shape[:-1], info.shape[-1] // 2)
+
+    def _to_device(self, staging):
+        torch = self._torch
+        stream = torch.cuda.Stream(self._device)
+        with torch.cuda.stream(stream):
+            on_device = torch.empty(staging.numel(), dtype=torch.uint8, device=self._device)
+            on_device.copy_(staging, non_blocking=True)
+        stream.synchronize()
+        # The caller uses the tensors on its current stream: without this, freeing them would let
+        # the allocator hand the memory to the next allocation on our stream while that work runs.
+        on_device.record_stream(torch.cuda.current_stream(self._device))
+        return on_device

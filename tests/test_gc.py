@@ -1,0 +1,140 @@
+"""Deleting versions and collecting garbage, alone, racing pushes, and killed."""
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import yaml
+from conftest import make_tree, random_bytes, snapshot
+
+from artifactstore import Conflict, InvalidParameter, Store
+from artifactstore.demo import adapter_history, write_bundle
+
+HISTORY = adapter_history(layers=4, scale=8)
+
+
+def unversioned_bundle(version, directory):
+    """A bundle whose metadata names no version, so it can be pushed with --bump auto."""
+    bundle = write_bundle(version, directory)
+    metadata = yaml.safe_load((bundle / "metadata.yaml").read_text())
+    metadata.pop("version")
+    (bundle / "metadata.yaml").write_text(yaml.safe_dump(metadata))
+    return bundle
+
+
+@pytest.fixture
+def history_store(store, tmp_path):
+    for version in HISTORY[:4]:
+        store.push(write_bundle(version, tmp_path / "bundles" / version.name), f"acme/support@{version.name}")
+    return store
+
+
+def test_delete_is_refused_while_named_and_logged(history_store):
+    history_store.promote("acme/support@v1.1.0")
+    with pytest.raises(Conflict, match="still production"):
+        history_store.delete("acme/support@v1.1.0")
+    history_store.pin("acme/support@v1.0.0")
+    with pytest.raises(Conflict, match="still pinned"):
+        history_store.delete("acme/support@v1.0.0")
+    with pytest.raises(InvalidParameter):
+        history_store.delete("acme/support@production")
+    state = history_store.delete("acme/support@v1.2.0", actor="dpo@agency", reason="GDPR request 42")
+    assert "v1.2.0" not in state.versions
+    entry = history_store.log("acme/support")[-1]
+    assert (entry.action, entry.from_, entry.actor, entry.reason) == ("delete", "v1.2.0", "dpo@agency", "GDPR request 42")
+    assert history_store.verify().ok
+
+
+def test_gc_condemns_then_deletes_and_keeps_everything_live(history_store, tmp_path):
+    plain = make_tree(tmp_path / "plain", {"notes.bin": random_bytes(300_000, 3)})
+    plain_id = history_store.put(plain).id
+    before_delete = snapshot(history_store.path)
+    assert not history_store.gc(grace="0s").condemned_packs, "nothing is garbage yet"
+    history_store.delete("acme/support@v1.1.0")
+    dry = history_store.gc(grace="0s", dry_run=True)
+    assert dry.condemned_manifests and not dry.deleted_manifests
+    first = history_store.gc(grace="0s")
+    assert first.condemned_manifests == dry.condemned_manifests and first.pending_bytes > 0
+    second = Store(history_store.path).gc(grace="0s")
+    assert second.deleted_manifests == first.condemned_manifests and second.reclaimed_bytes > 0
+    reopened = Store(history_store.path)
+    assert reopened.verify().ok
+    for version in ("v1.0.0", "v1.1.1", "v1.2.0"):  # v1.1.1 shares v1.1.0's weights: they must survive
+        reopened.get(reopened.resolve(f"acme/support@{version}"), tmp_path / version)
+        assert snapshot(tmp_path / version) == snapshot(tmp_path / "bundles" / version)
+    reopened.get(plain_id, tmp_path / "plain-out")
+    assert snapshot(tmp_path / "plain-out") == snapshot(plain)
+    assert reopened.stats().stored_bytes < sum(len(v) for v in before_delete.values())
+
+
+def test_a_young_object_is_never_touched(history_store):
+    history_store.delete("acme/support@v1.1.0")
+    report = history_store.gc(grace="1h")
+    assert not report.condemned_manifests and not report.deleted_manifests
+
+
+def test_bad_grace_is_refused(history_store):
+    with pytest.raises(InvalidParameter, match="not a duration"):
+        history_store.gc(grace="soon")
+
+
+GC_LOOP = textwrap.dedent("""
+    import sys, time
+    from artifactstore import Store
+    deadline = time.monotonic() + float(sys.argv[2])
+    runs = 0
+    while time.monotonic() < deadline:
+        Store(sys.argv[1]).gc(grace="2s")
+        runs += 1
+        time.sleep(0.2)
+    print(runs)
+""")
+
+
+def test_gc_racing_pushes_never_deletes_what_a_push_uses(history_store, tmp_path):
+    """Pushes re-use the chunks of a deleted version while gc condemns and deletes them."""
+    history_store.delete("acme/support@v1.1.0")
+    old = unversioned_bundle(HISTORY[1], tmp_path / "again-v1.1.0")  # the deleted version's weights
+    new = unversioned_bundle(HISTORY[3], tmp_path / "again-v1.2.0")
+    time.sleep(2.1)  # make the deleted version's objects older than the grace period
+    gc_loop = subprocess.Popen([sys.executable, "-c", GC_LOOP, str(history_store.path), "8"],
+                               stdout=subprocess.PIPE, text=True)
+    pushed = []
+    deadline = time.monotonic() + 7
+    while time.monotonic() < deadline:
+        for bundle in (old, new):
+            pushed.append((Store(history_store.path).push(bundle, "acme/support", bump="auto").version, bundle))
+    runs = int(gc_loop.communicate(timeout=60)[0])
+    assert runs >= 5 and len(pushed) >= 4
+    final = Store(history_store.path)
+    final.gc(grace="2s")
+    report = final.verify()
+    assert report.ok, report.problems
+    for version, bundle in pushed:
+        target = tmp_path / "out" / version
+        target.parent.mkdir(exist_ok=True)
+        final.get(final.resolve(f"acme/support@{version}"), target)
+        assert snapshot(target) == snapshot(bundle)
+
+
+def test_kill_during_gc_leaves_a_consistent_store(history_store, tmp_path):
+    history_store.delete("acme/support@v1.1.0")
+    history_store.delete("acme/support@v1.0.0")
+    history_store.gc(grace="0s")
+    for attempt in range(4):
+        proc = subprocess.Popen([sys.executable, "-m", "artifactstore", "gc", "--grace", "0s", "--store",
+                                 str(history_store.path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.2 + 0.1 * attempt)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert Store(history_store.path).verify().ok
+    Store(history_store.path).gc(grace="0s")
+    final = Store(history_store.path)
+    assert final.verify().ok
+    final.get(final.resolve("acme/support@v1.2.0"), tmp_path / "out")
+    assert snapshot(tmp_path / "out") == snapshot(tmp_path / "bundles" / "v1.2.0")
+    assert json.loads((history_store.path / "gc" / "condemned.json").read_text()) == {}

@@ -1,0 +1,133 @@
+"""The hot-swap follower, checkout, and the serving object's resistance to bad input."""
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from artifactstore import InvalidInput, InvalidParameter
+from artifactstore.demo import adapter_history, write_bundle
+from artifactstore.hotswap import Follower
+
+HISTORY = adapter_history(layers=2, scale=16)
+PROBE = "base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight"  # differs between v1.0.0 and v1.1.0
+
+
+@pytest.fixture
+def served(store, tmp_path):
+    for version in HISTORY[:3]:
+        store.push(write_bundle(version, tmp_path / "bundles" / version.name), f"acme/support@{version.name}")
+    store.promote("acme/support@v1.0.0")
+    return store
+
+
+def expected(version_index: int) -> np.ndarray:
+    return HISTORY[version_index].tensors[PROBE]
+
+
+def test_follower_swaps_on_promote_and_rollback(served):
+    swaps = []
+    with Follower(served, "acme/support@production", poll_interval=0.001,
+                  on_swap=lambda old, new: swaps.append((old and old.version, new.version))) as follower:
+        assert follower.current.version == "v1.0.0"
+        np.testing.assert_array_equal(follower.current.tensors[PROBE], expected(0))
+        served.promote("acme/support@v1.1.0")
+        live = follower.wait_for("v1.1.0")
+        np.testing.assert_array_equal(live.tensors[PROBE], expected(1))
+        assert "v1.0.0" in follower.resident, "the rollback target stays resident"
+        started = time.perf_counter()
+        served.rollback("acme/support")
+        follower.wait_for("v1.0.0")
+        assert time.perf_counter() - started < 1.0
+    assert swaps == [(None, "v1.0.0"), ("v1.0.0", "v1.1.0"), ("v1.1.0", "v1.0.0")]
+
+
+def test_readers_never_see_a_mix_of_versions(served):
+    follower = Follower(served, "acme/support@production", poll_interval=0.0005).start()
+    expected_by_version = {v.name: v.tensors for v in HISTORY[:3]}
+    mixes, reads, stop = [], [0], threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            live = follower.current
+            reference = expected_by_version[live.version]
+            for name in (PROBE, "base_model.model.model.layers.0.mlp.down_proj.lora_B.weight"):
+                if not np.array_equal(live.tensors[name], reference[name]):
+                    mixes.append(live.version)
+            reads[0] += 1
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for _ in range(10):
+        served.promote("acme/support@v1.1.0")
+        follower.wait_for("v1.1.0")
+        served.rollback("acme/support")
+        follower.wait_for("v1.0.0")
+    stop.set()
+    for t in threads:
+        t.join()
+    follower.stop()
+    assert reads[0] > 0 and mixes == []
+
+
+def test_a_failing_smoke_check_keeps_the_old_version(served):
+    errors = []
+
+    def smoke(candidate):
+        assert candidate.version != "v1.1.0", "known inputs give wrong outputs"
+
+    follower = Follower(served, "acme/support@production", smoke_check=smoke, on_error=errors.append)
+    served.promote("acme/support@v1.1.0")
+    assert follower.refresh() is False
+    assert follower.current.version == "v1.0.0"
+    assert "v1.1.0 failed the smoke check" in follower.last_error and "v1.0.0 stays live" in follower.last_error
+    assert len(errors) == 1
+    served.promote("acme/support@v1.1.1")
+    assert follower.refresh() is True and follower.current.version == "v1.1.1" and follower.last_error is None
+
+
+def test_follower_survives_a_corrupt_store_and_recovers(served):
+    follower = Follower(served, "acme/support@production")
+    served.promote("acme/support@v1.1.0")
+    packs = sorted((served.path / "packs").rglob("*.pack"), key=lambda p: p.stat().st_mtime)
+    damaged = packs[1]  # the pack of v1.1.0's new tensors
+    original = damaged.read_bytes()
+    damaged.write_bytes(bytes([original[0] ^ 1]) + original[1:])
+    follower.resident.pop("v1.1.0", None)
+    assert follower.refresh() is False
+    assert follower.current.version == "v1.0.0" and "damaged" in follower.last_error
+    damaged.write_bytes(original)
+    assert follower.refresh(force=True) is True and follower.current.version == "v1.1.0"
+
+
+def test_follower_needs_a_pointer(served):
+    with pytest.raises(InvalidParameter):
+        Follower(served, "acme/support@v1.0.0")
+    follower = Follower(served, "acme/support@staging")
+    with pytest.raises(InvalidParameter, match="no live version"):
+        follower.current
+
+
+def test_checkout_writes_a_peft_directory(served, tmp_path):
+    target = served.checkout("acme/support@production", tmp_path / "adapter")
+    assert sorted(p.name for p in target.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert json.loads((target / "adapter_config.json").read_text())["r"] == 16
+    weights = (tmp_path / "bundles" / "v1.0.0" / "adapter_weights" / "adapter_model.safetensors").read_bytes()
+    assert (target / "adapter_model.safetensors").read_bytes() == weights
+    result = run_cli("checkout", "acme/support@v1.1.0", tmp_path / "cli-adapter", "--store", served.path)
+    assert result.returncode == 0, result.stderr
+    again = run_cli("checkout", "acme/support@v1.1.0", tmp_path / "cli-adapter", "--store", served.path)
+    assert again.returncode == 1 and again.stderr.startswith("error: destination already exists")
+
+
+def test_load_refuses_malformed_weights_through_the_api(store, tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00" + b'{"a": {"dtype"')
+    file_id = store.put(bad).id
+    with pytest.raises(InvalidInput, match="safetensors"):
+        store.load(file_id)
+    assert store.verify().ok

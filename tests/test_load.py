@@ -1,0 +1,327 @@
+"""Store.load: tensors straight from the store, equal to what the safetensors library loads."""
+
+import importlib.util
+import json
+import re
+import sys
+
+import numpy as np
+import pytest
+import safetensors
+import safetensors.numpy
+from conftest import make_tree, snapshot
+from test_tensorfile import INVALID, VALID, build, entry, random_tensors
+
+from artifactstore import CorruptObject, InvalidInput, InvalidParameter, NotFound
+from artifactstore.demo import Version, lora_tensors, write_bundle
+from artifactstore.ids import format_id
+from artifactstore.load import NUMPY_DTYPES, _PackFiles
+from artifactstore.pack import TARGET_SIZE, pack_key
+
+def put_bytes(store, path, data: bytes) -> str:
+    path.write_bytes(data)
+    return store.put(path).id
+
+
+def library_view(data: bytes) -> dict[str, tuple[str, list[int], bytes]]:
+    """name -> (dtype, shape, bytes) as the reference implementation reads the file."""
+    return {name: (view["dtype"], view["shape"], bytes(view["data"])) for name, view in safetensors.deserialize(data)}
+
+
+def assert_numpy_matches_library(loaded: dict, data: bytes) -> None:
+    expected = library_view(data)
+    assert loaded.keys() == expected.keys()
+    for name, (dtype, shape, raw) in expected.items():
+        array = loaded[name]
+        assert isinstance(array, np.ndarray)
+        if NUMPY_DTYPES.get(dtype) is None:
+            assert array.dtype == np.uint8 and array.shape == (len(raw),)
+        else:
+            assert array.dtype == np.dtype(NUMPY_DTYPES[dtype]) and list(array.shape) == shape
+        assert array.tobytes() == raw
+
+
+def assert_same_arrays(ours: dict, theirs: dict) -> None:
+    assert ours.keys() == theirs.keys()
+    for name, array in theirs.items():
+        assert (ours[name].dtype, ours[name].shape) == (array.dtype, array.shape)
+        assert ours[name].tobytes() == array.tobytes()
+
+
+def base_buffer(array: np.ndarray):
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    return array
+
+
+def test_random_files_of_every_dtype_match_the_library(store, tmp_path):
+    rng = np.random.default_rng(7)
+    for index in range(40):
+        tensors = random_tensors(rng)
+        metadata = {"format": "np", "index": str(index)} if index % 3 == 0 else None
+        data = safetensors.numpy.save(tensors, metadata=metadata)
+        loaded = store.load(put_bytes(store, tmp_path / f"{index}.safetensors", data))
+        assert_numpy_matches_library(loaded, data)
+        assert_same_arrays(loaded, tensors)
+        if len(loaded) > 1:
+            assert len({id(base_buffer(a)) for a in loaded.values()}) == 1  # views of one buffer
+
+
+def test_equal_to_safetensors_numpy_load_file(store, tmp_path):
+    rng = np.random.default_rng(8)
+    loadable = [np.bool_, np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.uint64, np.int64,
+                np.float16, np.float32, np.float64, np.complex64]  # what safetensors.numpy can return
+    tensors = {f"{np.dtype(t).name}.{shape}": rng.integers(0, 256, np.prod(shape, dtype=int) * np.dtype(t).itemsize,
+                                                            dtype=np.uint8).view(t).reshape(shape)
+               for t in loadable for shape in [(), (0,), (3, 0), (5,), (7, 3)]}
+    path = tmp_path / "all.safetensors"
+    safetensors.numpy.save_file(tensors, path, metadata={"k": "v"})
+    assert_same_arrays(store.load(store.put(path).id), safetensors.numpy.load_file(path))
+
+
+TOO_LARGE_FOR_NUMPY = "zero dimension before huge ones"  # numpy refuses the shape, as safetensors.numpy does
+
+
+@pytest.mark.parametrize("case", sorted(set(VALID) - {TOO_LARGE_FOR_NUMPY}))
+def test_edge_cases_of_the_format(store, tmp_path, case):
+    file = build(*VALID[case])
+    assert_numpy_matches_library(store.load(put_bytes(store, tmp_path / "f", file)), file)
+
+
+def test_a_shape_numpy_cannot_hold_is_invalid_input(store, tmp_path):
+    file_id = put_bytes(store, tmp_path / "f", build(*VALID[TOO_LARGE_FOR_NUMPY]))
+    with pytest.raises(InvalidInput, match="tensor 'z' of shape \\[0, 4294967296, 4294967296\\] cannot be a numpy"):
+        store.load(file_id)
+    if importlib.util.find_spec("torch") is not None:
+        assert store.load(file_id, framework="torch")["z"].shape == (0, 2**32, 2**32)
+
+
+def test_unaligned_tensors_and_a_header_spanning_several_chunks(store, tmp_path):
+    values = np.arange(5, dtype=np.float64)
+    header = {"__metadata__": {"padding": "x" * 300_001},  # odd-sized header spanning chunks
+              "a": entry("U8", [3], 0, 3), "b": entry("F64", [5], 3, 43), "c": entry("C64", [], 43, 51)}
+    file = build(json.dumps(header), b"abc" + values.tobytes() + np.complex64(1 + 2j).tobytes())
+    path = tmp_path / "odd.safetensors"
+    loaded = store.load(put_bytes(store, path, file))
+    assert_numpy_matches_library(loaded, file)
+    assert_same_arrays(loaded, safetensors.numpy.load_file(path))
+    assert loaded["b"].tolist() == values.tolist() and loaded["c"] == 1 + 2j
+
+
+def test_multi_pack_file_deduplicated_and_sharing_chunks(store, tmp_path):
+    rng = np.random.default_rng(3)
+    tensors = {f"layer.{i}": rng.standard_normal((1024, 1100), dtype=np.float32) for i in range(10)}
+    first = safetensors.numpy.save(tensors, metadata={"saved_by": "a"})
+    assert len(first) > TARGET_SIZE
+    first_id = put_bytes(store, tmp_path / "first.safetensors", first)
+    assert store.stats().packs > 1
+    assert put_bytes(store, tmp_path / "again.safetensors", first) == first_id
+    resaved = safetensors.numpy.save(tensors, metadata={"saved_by": "a different tool"})
+    resaved_id = put_bytes(store, tmp_path / "resaved.safetensors", resaved)
+    assert store.put(tmp_path / "resaved.safetensors").new_bytes == 0
+    for object_id, data in ((first_id, first), (resaved_id, resaved)):
+        assert_same_arrays(store.load(object_id), tensors)
+        assert_numpy_matches_library(store.load(object_id), data)
+    if importlib.util.find_spec("torch") is not None:
+        from safetensors.torch import load_file
+        theirs = load_file(tmp_path / "first.safetensors")
+        assert_same_torch_tensors(store.load(first_id, framework="torch"), theirs)
+        assert_same_torch_tensors(store.load(first_id, framework="torch", names=["layer.4", "layer.9"]),
+                                  {name: theirs[name] for name in ("layer.4", "layer.9")})
+
+
+def test_names_read_only_the_chunks_holding_them(store, tmp_path, monkeypatch):
+    rng = np.random.default_rng(4)
+    tensors = {f"t{i}": rng.standard_normal((256, 1024), dtype=np.float32) for i in range(20)}
+    file_id = put_bytes(store, tmp_path / "w.safetensors", safetensors.numpy.save(tensors))
+    read = []
+    read_into = _PackFiles.read_into
+
+    def counting_read_into(self, pack, buffers, offset):
+        read.append(sum(map(len, buffers)))
+        read_into(self, pack, buffers, offset)
+
+    monkeypatch.setattr(_PackFiles, "read_into", counting_read_into)
+    loaded = store.load(file_id, names=["t7", "t3"])
+    assert_same_arrays(loaded, {"t3": tensors["t3"], "t7": tensors["t7"]})
+    assert sum(read) < 3 * tensors["t3"].nbytes  # two tensors, the header, chunk edges: not 20 tensors
+    assert store.load(file_id, names=[]) == {}
+    with pytest.raises(NotFound, match="no tensor 'nope', 'zz' in"):
+        store.load(file_id, names=["t1", "zz", "nope"])
+    with pytest.raises(InvalidParameter, match="not the string"):
+        store.load(file_id, names="t1")
+
+
+def test_trees_and_refs_load_every_adapter_weights_file(store, tmp_path):
+    tensors = lora_tensors(range(2), seed=1, scale=16)
+    version = Version("v1.0.0", "test adapter", tensors, {"format": "pt"}, {"temperature": 0.3})
+    bundle = write_bundle(version, tmp_path / "bundle")
+    store.push(bundle, "acme/support@v1.0.0", actor="ci@agency")
+    store.promote("acme/support@v1.0.0", actor="ci@agency")
+    for ref in ("acme/support@v1.0.0", "acme/support@production", store.resolve("acme/support@v1.0.0")):
+        assert_same_arrays(store.load(ref), tensors)
+
+    extra = {"extra.weight": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    (bundle / "adapter_weights" / "more").mkdir()
+    safetensors.numpy.save_file(extra, bundle / "adapter_weights" / "more" / "extra.safetensors")
+    safetensors.numpy.save_file({"ignored": np.zeros(1)}, bundle / "elsewhere.safetensors")
+    assert_same_arrays(store.load(store.put(bundle).id), {**tensors, **extra})
+
+    safetensors.numpy.save_file({next(iter(tensors)): np.zeros(1)}, bundle / "adapter_weights" / "dup.safetensors")
+    with pytest.raises(InvalidInput, match="is in both adapter_weights/adapter_model.safetensors and "
+                                           "adapter_weights/dup.safetensors"):
+        store.load(store.put(bundle).id)
+
+    no_weights = store.put(make_tree(tmp_path / "plain", {"adapter_weights/adapter_config.json": b"{}"})).id
+    with pytest.raises(NotFound, match=r"has no adapter_weights/\*.safetensors file"):
+        store.load(no_weights)
+    with pytest.raises(NotFound):
+        store.load("acme/support@v9.0.0")
+
+
+CASES_THROUGH_LOAD = ["empty file", "no length prefix", "header past end of file", "not UTF-8", "invalid JSON",
+                      "header is an array", "duplicate __metadata__", "unknown dtype", "negative dimension",
+                      "hole between tensors", "overlapping tensors", "size does not match shape", "trailing bytes",
+                      "tensor past end of file", "F4 half byte", "nesting past serde_json's limit"]
+
+
+@pytest.mark.parametrize("case", CASES_THROUGH_LOAD)
+def test_malformed_files_are_refused_and_leave_the_store_unchanged(store, tmp_path, case):
+    file, message = INVALID[case]
+    file_id = put_bytes(store, tmp_path / "bad.safetensors", file)
+    before = snapshot(store.path)
+    with pytest.raises(InvalidInput, match=re.escape(message)) as raised:
+        store.load(file_id)
+    assert str(raised.value).startswith(file_id)
+    assert snapshot(store.path) == before
+
+
+def flip_byte_of_chunk(store, chunk: bytes) -> str:
+    location = store.index[chunk]
+    path = store.backend.path(pack_key(location.pack))
+    data = bytearray(path.read_bytes())
+    data[location.offset + location.length // 2] ^= 0x40
+    path.chmod(0o644)
+    path.write_bytes(data)
+    return pack_key(location.pack)
+
+
+@pytest.mark.parametrize("where", ["data", "header"])
+def test_damaged_chunk_raises_corrupt_object_naming_chunk_and_pack(store, tmp_path, where):
+    rng = np.random.default_rng(5)
+    tensors = {f"t{i}": rng.standard_normal((128, 1024), dtype=np.float32) for i in range(8)}
+    file_id = put_bytes(store, tmp_path / "w.safetensors", safetensors.numpy.save(tensors))
+    chunks = store.read_manifest(file_id).chunks
+    chunk = chunks[-1][0] if where == "data" else chunks[0][0]
+    pack = flip_byte_of_chunk(store, chunk)
+    result = None
+    with pytest.raises(CorruptObject, match=f"chunk {format_id(chunk)} in {re.escape(pack)} is damaged"):
+        result = store.load(file_id)
+    assert result is None
+    if where == "data":  # a load that does not need the damaged chunk still succeeds
+        assert_same_arrays(store.load(file_id, names=["t0"]), {"t0": tensors["t0"]})
+
+
+def test_truncated_or_missing_pack(store, tmp_path):
+    file_id = put_bytes(store, tmp_path / "w.safetensors",
+                        safetensors.numpy.save({"w": np.ones((512, 512), dtype=np.float32)}))
+    path = store.backend.path(pack_key(store.index[store.read_manifest(file_id).chunks[-1][0]].pack))
+    path.chmod(0o644)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CorruptObject, match="is truncated"):
+        store.load(file_id)
+    path.unlink()
+    with pytest.raises(NotFound, match="is missing from the store"):  # as Store.get says it
+        store.load(file_id)
+
+
+def test_packs_that_are_not_local_files_are_read_through_the_store(store, tmp_path, monkeypatch):
+    rng = np.random.default_rng(6)
+    tensors = {f"t{i}": rng.standard_normal((64, 1024), dtype=np.float32) for i in range(6)}
+    file_id = put_bytes(store, tmp_path / "w.safetensors", safetensors.numpy.save(tensors))
+    cold = tmp_path / "cold"  # stands for another tier, e.g. object storage
+    cold.mkdir()
+    for pack in {store.index[chunk].pack for chunk, _ in store.read_manifest(file_id).chunks}:
+        store.backend.path(pack_key(pack)).rename(cold / pack.hex())
+
+    def read_cold_pack(pack: bytes, offset: int, length: int) -> bytes:
+        with open(cold / pack.hex(), "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+
+    monkeypatch.setattr(store, "_read_pack", read_cold_pack)
+    assert_same_arrays(store.load(file_id), tensors)
+
+
+def test_parameters_are_checked_before_reading(store, tmp_path, monkeypatch):
+    file_id = put_bytes(store, tmp_path / "w.safetensors", safetensors.numpy.save({"w": np.ones(3)}))
+    with pytest.raises(InvalidParameter, match="unknown framework 'jax'"):
+        store.load(file_id, framework="jax")
+    with pytest.raises(InvalidParameter, match="needs framework='torch'"):
+        store.load(file_id, device="cuda")
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now fails as if not installed
+    with pytest.raises(InvalidParameter, match=r"needs PyTorch.*pip install torch"):
+        store.load(file_id, framework="torch")
+
+
+# -- torch ----------------------------------------------------------------------------------------
+
+def torch_bytes(tensor):
+    import torch
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+
+
+def assert_same_torch_tensors(ours: dict, theirs: dict) -> None:
+    import torch
+    assert ours.keys() == theirs.keys()
+    for name, tensor in theirs.items():
+        assert (ours[name].dtype, ours[name].shape) == (tensor.dtype, tensor.shape), name
+        assert torch.equal(torch_bytes(ours[name]), torch_bytes(tensor)), name
+
+
+def test_torch_tensors_match_safetensors_torch(store, tmp_path):
+    pytest.importorskip("torch")
+    from safetensors.torch import load_file
+    rng = np.random.default_rng(11)
+    for index in range(25):
+        data = safetensors.numpy.save(random_tensors(rng))
+        path = tmp_path / f"{index}.safetensors"
+        loaded = store.load(put_bytes(store, path, data), framework="torch")
+        assert_same_torch_tensors(loaded, load_file(path))
+        storages = {t.untyped_storage().data_ptr() for t in loaded.values() if t.numel()}
+        assert len(storages) <= 1  # views of one buffer
+    f4 = build(json.dumps({"f": entry("F4", [2, 4], 0, 4), "u": entry("U8", [2], 4, 6)}), b"abcdef")
+    path = tmp_path / "f4.safetensors"
+    assert_same_torch_tensors(store.load(put_bytes(store, path, f4), framework="torch"),
+                              load_file(path))
+    odd = {"__metadata__": {"pad": "x" * 7}, "a": entry("U8", [1], 0, 1), "b": entry("BF16", [2], 1, 5),
+           "z": entry("F32", [0, 3], 5, 5), "s": entry("I64", [], 5, 13)}
+    file = build(json.dumps(odd), b"a" + b"\x00\x3f\x00\xc0" + np.int64(-9).tobytes())  # bf16 0.5, -2.0
+    loaded = store.load(put_bytes(store, tmp_path / "odd.safetensors", file), framework="torch")
+    assert loaded["b"].tolist() == [0.5, -2.0] and loaded["s"].item() == -9 and loaded["z"].shape == (0, 3)
+
+
+def test_torch_device_is_checked(store, tmp_path):
+    torch = pytest.importorskip("torch")
+    file_id = put_bytes(store, tmp_path / "w.safetensors", safetensors.numpy.save({"w": np.ones(3)}))
+    with pytest.raises(InvalidParameter, match="unknown device 'gpu'"):
+        store.load(file_id, framework="torch", device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidParameter, match="CUDA is not available"):
+            store.load(file_id, framework="torch", device="cuda")
+
+
+def test_cuda_tensors_equal_the_cpu_load(store, tmp_path):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    rng = np.random.default_rng(12)
+    for index in range(10):
+        file_id = put_bytes(store, tmp_path / f"{index}.safetensors", safetensors.numpy.save(random_tensors(rng)))
+        on_device = store.load(file_id, framework="torch", device="cuda")
+        assert all(t.device.type == "cuda" for t in on_device.values())
+        assert_same_torch_tensors(on_device, store.load(file_id, framework="torch"))
+    tensors = lora_tensors(range(2), seed=1, scale=16)
+    file_id = put_bytes(store, tmp_path / "lora.safetensors", safetensors.numpy.save(tensors))
+    subset = store.load(file_id, framework="torch", device="cuda:0", names=list(tensors)[3:5])
+    assert_same_torch_tensors(subset, {k: v for k, v in store.load(file_id, framework="torch").items() if k in subset})
