@@ -194,7 +194,9 @@ def checkout(ref: str, dest: Path, store_path: Path) -> None:
 @store_option
 def follow(ref, framework, device, poll_ms, probe, store_path) -> None:
     """Follow pointer REF like an inference server: keep its hot versions loaded, print one JSON line
-    per swap ({"version", "bundle", "at": monotonic seconds, "probe"}), until stdin closes."""
+    per swap ({"version", "bundle", "at": monotonic seconds, "probe"}), until stdin closes.
+
+    Once the hot versions are loaded it prints {"resident": [versions]}."""
     from .hotswap import Follower
 
     def announce(_, live) -> None:
@@ -207,7 +209,9 @@ def follow(ref, framework, device, poll_ms, probe, store_path) -> None:
         click.echo(f"warning: {message}", err=True)
 
     with Follower(Store(store_path), ref, framework=framework, device=device, poll_interval=poll_ms / 1000,
-                  on_swap=announce, on_error=warn):
+                  on_swap=announce, on_error=warn) as follower:
+        click.echo(json.dumps({"resident": sorted(follower.resident)}))
+        sys.stdout.flush()
         sys.stdin.read()
 
 

@@ -168,7 +168,8 @@ def live_rollback(store: Store) -> None:
                                "--store", str(store.path), "--poll-ms", "1", "--probe", probe],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        print(f"serving {json.loads(server.stdout.readline())['version']}")
+        print(f"serving {json.loads(server.stdout.readline())['version']}; "
+              f"resident: {', '.join(json.loads(server.stdout.readline())['resident'])}")
         store.promote("acme/support@v1.2.1", actor="jane@agency.com", reason="re-saved weights")
         print(f"promoted; serving {json.loads(server.stdout.readline())['version']}")
         started = time.monotonic()

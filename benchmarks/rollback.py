@@ -61,7 +61,8 @@ def main() -> None:
                                    "--store", str(store.path), "--framework", framework, "--device", args.device,
                                    "--poll-ms", "1", "--probe", PROBE],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        json.loads(server.stdout.readline())
+        json.loads(server.stdout.readline())  # the first version went live
+        json.loads(server.stdout.readline())  # the hot set is resident
         swapped, answered = [], []
         for _ in range(args.rollbacks):
             started = time.monotonic()
