@@ -15,9 +15,9 @@ from .errors import ArtifactStoreError
 from .store import Store
 
 store_option = click.option(
-    "--store", "store_path", envvar="ARTIFACTSTORE_STORE", required=True, metavar="PATH",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="The store's directory (or set ARTIFACTSTORE_STORE).")
+    "--store", "store_path", envvar="ARTIFACTSTORE_STORE", required=True, metavar="PATH|URL",
+    help="The store: a directory, or s3://bucket/prefix for a store shared by many machines "
+         "(or set ARTIFACTSTORE_STORE; a shared store's local cache is $ARTIFACTSTORE_CACHE).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object, nothing else.")
 
 
@@ -52,12 +52,12 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", metavar="PATH|URL")
 @click.option("--cold", metavar="URL", help="Cold tier: a directory or an fsspec URL such as s3://bucket/prefix.")
 @click.option("--keep-hot", type=click.IntRange(min=0), default=3, show_default=True,
               help="Newest versions of each model kept in the hot tier (plus every pointer and pin).")
-def init(path: Path, cold: str | None, keep_hot: int) -> None:
-    """Create an empty store in PATH (a new or empty directory)."""
+def init(path: str, cold: str | None, keep_hot: int) -> None:
+    """Create an empty store in PATH (a new or empty directory) or at URL (a store shared by many machines)."""
     Store.init(path, cold=cold, keep_hot=keep_hot)
     click.echo(f"initialised store at {path}")
 
@@ -65,7 +65,7 @@ def init(path: Path, cold: str | None, keep_hot: int) -> None:
 @cli.command()
 @store_option
 @json_option
-def config(store_path: Path, as_json: bool) -> None:
+def config(store_path: str, as_json: bool) -> None:
     """The store's effective configuration (secrets masked)."""
     effective = Store(store_path).effective_config()
     if as_json:
@@ -79,7 +79,7 @@ def config(store_path: Path, as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Say what would move; move nothing.")
 @store_option
 @json_option
-def tier(dry_run: bool, store_path: Path, as_json: bool) -> None:
+def tier(dry_run: bool, store_path: str, as_json: bool) -> None:
     """Keep exactly the hot set in the hot tier: fetch what is missing, move the rest to cold."""
     with progress_bar(None, "tier", as_json) as progress:
         report = Store(store_path).tier(dry_run=dry_run, progress=progress)
@@ -101,7 +101,7 @@ def tier(dry_run: bool, store_path: Path, as_json: bool) -> None:
                    "(30s, 15m, 6h, 7d). Must exceed the longest push.")
 @store_option
 @json_option
-def gc(dry_run: bool, grace: str, store_path: Path, as_json: bool) -> None:
+def gc(dry_run: bool, grace: str, store_path: str, as_json: bool) -> None:
     """Collect garbage in two phases: condemn unused packs and manifests, delete them a grace period later."""
     with progress_bar(None, "gc", as_json) as progress:
         report = Store(store_path).gc(dry_run=dry_run, grace=grace, progress=progress)
@@ -134,7 +134,7 @@ def delete(ref, actor, reason, store_path, as_json) -> None:
 @click.argument("ref")
 @store_option
 @json_option
-def pull(ref: str, store_path: Path, as_json: bool) -> None:
+def pull(ref: str, store_path: str, as_json: bool) -> None:
     """Bring REF into the hot tier, transferring only the chunks not already there."""
     with progress_bar(None, "pull", as_json) as progress:
         report = Store(store_path).pull(ref, progress=progress)
@@ -149,7 +149,7 @@ def pull(ref: str, store_path: Path, as_json: bool) -> None:
 @click.argument("path", type=click.Path(path_type=Path))
 @store_option
 @json_option
-def put(path: Path, store_path: Path, as_json: bool) -> None:
+def put(path: Path, store_path: str, as_json: bool) -> None:
     """Store a file or directory PATH; print its id."""
     store = Store(store_path)
     total = path.stat().st_size if path.is_file() else None
@@ -166,7 +166,7 @@ def put(path: Path, store_path: Path, as_json: bool) -> None:
 @click.argument("ref", metavar="REF")
 @click.argument("dest", type=click.Path(path_type=Path))
 @store_option
-def get(ref: str, dest: Path, store_path: Path) -> None:
+def get(ref: str, dest: Path, store_path: str) -> None:
     """Write REF (b3:<id>, client/model@vX.Y.Z or @POINTER) to DEST, which must not exist; verifies every byte."""
     store = Store(store_path)
     with progress_bar(None, "get", False) as progress:
@@ -177,7 +177,7 @@ def get(ref: str, dest: Path, store_path: Path) -> None:
 @click.argument("ref", metavar="REF")
 @click.argument("dest", type=click.Path(path_type=Path))
 @store_option
-def checkout(ref: str, dest: Path, store_path: Path) -> None:
+def checkout(ref: str, dest: Path, store_path: str) -> None:
     """Write REF's adapter_weights/ to DEST as a PEFT / vLLM adapter directory (DEST must not exist)."""
     with progress_bar(None, "checkout", False) as progress:
         target = Store(store_path).checkout(ref, dest, progress=progress)
@@ -218,7 +218,7 @@ def follow(ref, framework, device, poll_ms, probe, store_path) -> None:
 @cli.command()
 @store_option
 @json_option
-def stats(store_path: Path, as_json: bool) -> None:
+def stats(store_path: str, as_json: bool) -> None:
     """Logical and stored bytes, chunks, packs."""
     result = Store(store_path).stats()
     if as_json:
@@ -240,7 +240,7 @@ def stats(store_path: Path, as_json: bool) -> None:
 @click.option("--repair", is_flag=True, help="Restore a damaged pack copy from the other tier.")
 @store_option
 @json_option
-def verify(tier: str, sample: float, repair: bool, store_path: Path, as_json: bool) -> None:
+def verify(tier: str, sample: float, repair: bool, store_path: str, as_json: bool) -> None:
     """Re-hash chunks, check index files, manifests and the registry; exit 1 naming each problem."""
     with progress_bar(None, "verify", as_json) as progress:
         report = Store(store_path).verify(tier=tier, sample=sample, repair=repair, progress=progress)
@@ -289,7 +289,7 @@ def report_state(state, as_json: bool) -> None:
 @click.option("--reason", default="", help="Recorded in the audit log (default: the change description).")
 @store_option
 @json_option
-def push(bundle: Path, ref: str, bump: str | None, actor: str | None, reason: str, store_path: Path,
+def push(bundle: Path, ref: str, bump: str | None, actor: str | None, reason: str, store_path: str,
          as_json: bool) -> None:
     """Store BUNDLE as version REF (client/model@vX.Y.Z, or client/model with --bump auto)."""
     result = Store(store_path).push(bundle, ref, bump=bump, actor=actor, reason=reason)
@@ -370,7 +370,7 @@ def unpin(ref, actor, reason, store_path, as_json) -> None:
 @click.argument("ref")
 @store_option
 @json_option
-def show(ref: str, store_path: Path, as_json: bool) -> None:
+def show(ref: str, store_path: str, as_json: bool) -> None:
     """Everything recorded about version REF."""
     info = Store(store_path).show(ref)
     if as_json:
@@ -385,7 +385,7 @@ def show(ref: str, store_path: Path, as_json: bool) -> None:
 @click.argument("model", required=False)
 @store_option
 @json_option
-def list_models(model: str | None, store_path: Path, as_json: bool) -> None:
+def list_models(model: str | None, store_path: str, as_json: bool) -> None:
     """Clients, models, versions, and where each pointer is."""
     listing = Store(store_path).ls(model)
     if as_json:
@@ -406,7 +406,7 @@ def list_models(model: str | None, store_path: Path, as_json: bool) -> None:
 @click.argument("model")
 @store_option
 @json_option
-def log(model: str, store_path: Path, as_json: bool) -> None:
+def log(model: str, store_path: str, as_json: bool) -> None:
     """MODEL's audit log: every push and pointer move, oldest first."""
     entries = Store(store_path).log(model)
     if as_json:
@@ -424,7 +424,7 @@ def registry() -> None:
 
 @registry.command(name="export")
 @store_option
-def export_registry(store_path: Path) -> None:
+def export_registry(store_path: str) -> None:
     """Print the registry YAML (clients, models, pointers, available versions)."""
     click.echo(Store(store_path).export_registry(), nl=False)
 

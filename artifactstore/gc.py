@@ -55,6 +55,7 @@ class GcReport:
     spared: list[str] = field(default_factory=list)
     reclaimed_bytes: int = 0
     pending_bytes: int = 0
+    repacked_bytes: int = 0
     mark_passes: int = 0
 
 
@@ -121,7 +122,7 @@ class GcOperations:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise StoreError(f"another gc is running on {self.path}") from None
+                raise StoreError(f"another gc is running on {self.location}") from None
             index_keys = set(self.backend.list("index"))
             index = ChunkIndex.load(self.backend)  # every pack, condemned ones included
             bundles_of: dict[str, str] = {}
@@ -142,19 +143,18 @@ class GcOperations:
         now = time.time()
         old = {}
         for key in [*self.backend.list("packs"), *self.backend.list("manifests")]:
-            if now - self.backend.path(key).stat().st_mtime > report.grace_seconds:
+            if now - self.backend.modified(key) > report.grace_seconds:
                 old[key] = self.backend.size(key)
         if self.cold is not None:
             for key in self.cold.list("packs"):
                 old.setdefault(key, self.cold.size(key))
-        dead = set()
-        for pack_id, entries in index.pack_entries.items():
-            key = pack_key(pack_id)
-            if key in old and not any(e.chunk in live_chunks for e in entries):
-                dead.add(key)
+        condemned = self.condemned()
+        if not report.dry_run:
+            report.repacked_bytes = self._repack_sparse(index, old, live_chunks, set(condemned))
+        keep = _packs_to_keep(index, live_chunks, {pack_id_from_key(k) for k in condemned})
+        dead = {pack_key(p) for p in index.pack_entries if pack_key(p) in old and p not in keep}
         dead |= {k for k in old if k.startswith("manifests/") and k not in live_keys}
         dead |= {k for k in old if k.startswith("packs/") and pack_id_from_key(k) not in index.pack_entries}
-        condemned = self.condemned()
         report.spared = sorted(k for k in condemned if k not in dead)
         due = {k for k in dead if k in condemned and now - condemned[k] >= report.grace_seconds}
         newly = dead - set(condemned)
@@ -172,6 +172,33 @@ class GcOperations:
             self._delete(due, index, index_keys, progress, old)
         self.backend.write(CONDEMNED_KEY, json.dumps(remaining, sort_keys=True, indent=0).encode())
 
+    def _repack_sparse(self, index: ChunkIndex, old: dict[str, int], live_chunks: set[bytes],
+                       condemned: set[str]) -> int:
+        """Copy the live chunks out of old packs that are mostly garbage into new packs, so that
+        the old ones become wholly unused; returns the bytes copied."""
+        copies = []
+        for pack_id, entries in index.pack_entries.items():
+            key = pack_key(pack_id)
+            live = [e for e in entries if e.chunk in live_chunks]
+            if key not in old or key in condemned or not live or 2 * sum(e.length for e in live) >= old[key]:
+                continue
+            copies.extend((e.chunk, e.length) for e in live
+                          if all(loc.pack == pack_id for loc in index.all_locations(e.chunk)))
+        if not copies:
+            return 0
+        session = self.new_put_session(restore=True, backend=self.backend)
+        try:
+            for chunk, length in copies:
+                session.add(chunk, self._read_pack(index[chunk].pack, index[chunk].offset, length))
+            session.commit()
+        except BaseException:
+            session.abort()
+            raise
+        for pack_id, entries in session.finished:
+            index.add_pack(pack_id, entries)
+        self._index = None
+        return sum(n for _, n in copies)
+
     def _delete(self, keys: set[str], index: ChunkIndex, index_keys: set[str], progress: Progress,
                 sizes: dict[str, int]) -> None:
         """Index the surviving packs anew, drop the index files read at the start, then the objects.
@@ -183,12 +210,28 @@ class GcOperations:
         new_index = index_key(write_index(self.backend, kept)) if kept else None
         for key in sorted(index_keys - {new_index}):
             self.backend.delete(key)
-            if self.cold is not None:
+            if self.cold is not None and not self.shared:
                 self.cold.delete(key)
         for key in sorted(keys):
-            self.backend.delete(key)
-            if self.cold is not None and key.startswith("packs/"):
-                self.cold.delete(key)
+            for tier in {id(t): t for t in (self.backend, self.hot, self.cold) if t is not None}.values():
+                if tier is self.backend or key.startswith("packs/"):
+                    tier.delete(key)
             progress(sizes[key])
         self._index = None
         self.forget_hot_packs()
+
+
+def _packs_to_keep(index: ChunkIndex, live_chunks: set[bytes], condemned: set[bytes]) -> set[bytes]:
+    """One home per live chunk: a pack already kept, else the densest pack that is not condemned;
+    every other pack holding only copies is unused."""
+    density = {p: sum(e.chunk in live_chunks for e in entries) / max(len(entries), 1)
+               for p, entries in index.pack_entries.items()}
+    keep: set[bytes] = set()
+    for chunk in live_chunks:
+        if chunk not in index:
+            continue
+        packs = [loc.pack for loc in index.all_locations(chunk)]
+        if not keep.isdisjoint(packs):
+            continue
+        keep.add(max(packs, key=lambda p: (p not in condemned, density[p])))
+    return keep

@@ -96,6 +96,10 @@ class ChunkIndex:
             if known is not location:
                 self.alternates.setdefault(e.chunk, []).append(location)
 
+    def merge(self, other: "ChunkIndex") -> None:
+        for pack_id, entries in other.pack_entries.items():
+            self.add_pack(pack_id, entries)
+
     def all_locations(self, chunk: bytes) -> list[Location]:
         return [self.locations[chunk], *self.alternates.get(chunk, ())]
 

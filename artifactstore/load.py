@@ -276,7 +276,7 @@ class _PackFiles:
     def open(self, pack: bytes) -> None:
         if pack not in self._fds:
             try:
-                self._fds[pack] = os.open(self._store.backend.path(pack_key(pack)), os.O_RDONLY)
+                self._fds[pack] = os.open(self._store.hot.path(pack_key(pack)), os.O_RDONLY)
             except FileNotFoundError:
                 self._fds[pack] = None
 

@@ -44,13 +44,16 @@ CONDITION_FAILED = {"PreconditionFailed", "412", "ConditionalRequestConflict", "
 SECRET_WORDS = ("secret", "token", "password", "passwd", "credential", "signature", "key")
 
 
+def is_url(location: str) -> bool:
+    """Whether ``location`` names object storage rather than a directory."""
+    return "://" in location and not location.startswith("file://")
+
+
 def open_backend(location: str) -> Backend:
     """A directory (a plain path or ``file://`` URL) or any fsspec URL such as ``s3://bucket/prefix``."""
-    if location.startswith("file://"):
-        return LocalBackend(Path(location.removeprefix("file://")))
-    if "://" not in location:
-        return LocalBackend(Path(location))
-    return FsspecBackend(location)
+    if is_url(location):
+        return FsspecBackend(location)
+    return LocalBackend(Path(location.removeprefix("file://")))
 
 
 def mask_secrets(config: dict) -> dict:
@@ -175,6 +178,12 @@ class FsspecBackend:
 
     def size(self, key: str) -> int:
         return self._call(key, self._fs.info, self._path(key))["size"]
+
+    def modified(self, key: str) -> float:
+        """When the object was written, in seconds since the epoch."""
+        info = self._call(key, self._fs.info, self._path(key))
+        stamp = info.get("LastModified") or info.get("mtime") or info.get("created")
+        return stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp)
 
     def list(self, prefix: str) -> Iterator[str]:
         """Keys under a directory prefix, recursively, in sorted order."""

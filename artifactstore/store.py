@@ -23,7 +23,7 @@ from .load import LoaderOperations
 from .manifest import FileManifest, TreeEntry, TreeManifest, check_relative_path, decode_manifest, manifest_key
 from .pack import TARGET_SIZE, PackWriter, pack_id_from_key, pack_key, read_trailer
 from .registry import RegistryOperations
-from .remote import mask_secrets, mask_url, open_backend
+from .remote import is_url, mask_secrets, mask_url, open_backend
 from .tiers import TierOperations
 from .reports import RegistryQueries
 from .verify import verify_store
@@ -172,55 +172,90 @@ class Store(LoaderOperations, GcOperations, TierOperations, RegistryOperations, 
     live in the hot tier (the store directory) or, with a cold tier, in object storage.
     """
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.backend = LocalBackend(self.path)
+    def __init__(self, location: str | os.PathLike, *, cache: str | os.PathLike | None = None):
+        """Open the store at a directory, or at an object-storage URL shared by many machines.
+
+        A shared store (``s3://bucket/prefix``) keeps everything in the bucket; this machine's
+        hot tier is a cache directory: ``cache``, else ``$ARTIFACTSTORE_CACHE``, else
+        ``~/.cache/artifactstore/<hash of the URL>``.
+        """
+        self.location = str(location)
+        shared = is_url(self.location)
+        self.backend: Backend = open_backend(self.location) if shared else LocalBackend(Path(location))
         try:
             config = json.loads(self.backend.read(CONFIG_KEY))
         except NotFound:
-            raise StoreError(f"{self.path} is not an artifactstore store (run `artifactstore init`)") from None
+            raise StoreError(f"{self.location} is not an artifactstore store (run `artifactstore init`)") from None
         except ValueError:
-            raise StoreError(f"{self.path / CONFIG_KEY} is not valid JSON") from None
+            raise StoreError(f"{self.location}/{CONFIG_KEY} is not valid JSON") from None
         if config.get("format") != "artifactstore" or config.get("version") != FORMAT_VERSION:
-            raise StoreError(f"{self.path} has an unsupported store format: {config.get('version')!r}")
+            raise StoreError(f"{self.location} has an unsupported store format: {config.get('version')!r}")
         self.chunker = chunking.ChunkerParams(**config["chunker"])
         tiers = config.get("tiers", {})
-        self.cold_url: str | None = tiers.get("cold")
         self.keep_hot: int = tiers.get("keep_hot", DEFAULT_KEEP_HOT)
-        self.cold: Backend | None = open_backend(self.cold_url) if self.cold_url else None
+        if shared:
+            self.path = Path(cache or os.environ.get("ARTIFACTSTORE_CACHE") or default_cache(self.location))
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.hot: LocalBackend = LocalBackend(self.path)
+            self.cold_url: str | None = self.location
+            self.cold: Backend | None = self.backend
+        else:
+            self.path = Path(location)
+            self.hot = self.backend
+            self.cold_url = tiers.get("cold")
+            self.cold = open_backend(self.cold_url) if self.cold_url else None
         self._index: ChunkIndex | None = None
         self._hot_packs: set[bytes] | None = None
 
+    @property
+    def shared(self) -> bool:
+        return self.hot is not self.backend
+
     @classmethod
-    def init(cls, path: str | os.PathLike, chunker: chunking.ChunkerParams = chunking.DEFAULT_PARAMS, *,
-             cold: str | None = None, keep_hot: int = DEFAULT_KEEP_HOT) -> "Store":
-        """Create a store in ``path``; ``cold`` is a directory or fsspec URL for the cold tier."""
-        root = Path(path)
-        if (root / CONFIG_KEY).exists():
-            raise StoreError(f"{root} is already a store")
-        if root.exists() and (not root.is_dir() or any(root.iterdir())):
-            raise StoreError(f"{root} exists and is not an empty directory")
-        for sub in ("tmp", "packs", "index", "manifests"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
+    def init(cls, location: str | os.PathLike, chunker: chunking.ChunkerParams = chunking.DEFAULT_PARAMS, *,
+             cold: str | None = None, keep_hot: int = DEFAULT_KEEP_HOT, cache: str | os.PathLike | None = None
+             ) -> "Store":
+        """Create a store in a new or empty directory, or at an object-storage URL (a shared store).
+
+        ``cold`` is a directory or fsspec URL for the cold tier of a directory store.
+        """
         if type(keep_hot) is not int or keep_hot < 0:
             raise InvalidParameter(f"--keep-hot must be a whole number >= 0, not {keep_hot!r}")
-        if cold is not None:
-            cold = str(Path(cold).resolve()) if "://" not in cold else cold
+        if is_url(str(location)):
+            if cold is not None:
+                raise InvalidParameter("a shared store lives in object storage already: it takes no --cold")
+            backend = open_backend(str(location))
+            if backend.exists(CONFIG_KEY):
+                raise StoreError(f"{location} is already a store")
+        else:
+            root = Path(location)
+            if (root / CONFIG_KEY).exists():
+                raise StoreError(f"{root} is already a store")
+            if root.exists() and (not root.is_dir() or any(root.iterdir())):
+                raise StoreError(f"{root} exists and is not an empty directory")
+            for sub in ("tmp", "packs", "index", "manifests"):
+                (root / sub).mkdir(parents=True, exist_ok=True)
+            backend = LocalBackend(root)
+            if cold is not None and not is_url(cold):
+                cold = str(Path(cold).resolve())
         config = {"format": "artifactstore", "version": FORMAT_VERSION, "chunker": asdict(chunker),
                   "tiers": {"cold": cold, "keep_hot": keep_hot}}
-        LocalBackend(root).write(CONFIG_KEY, json.dumps(config, sort_keys=True, indent=1).encode())
-        return cls(root)
+        backend.write(CONFIG_KEY, json.dumps(config, sort_keys=True, indent=1).encode())
+        return cls(location, cache=cache)
 
     @property
     def index(self) -> ChunkIndex:
+        """The store's index, plus this machine's cache index for a shared store."""
         if self._index is None:
             self._index = ChunkIndex.load(self.backend)
+            if self.shared:
+                self._index.merge(ChunkIndex.load(self.hot))
         return self._index
 
     def effective_config(self) -> dict:
         """What this store runs with, including the AWS settings from the environment, secrets masked."""
         aws = {k: v for k, v in sorted(os.environ.items()) if k.startswith("AWS_")}
-        return {"store": str(self.path.resolve()), "format_version": FORMAT_VERSION,
+        return {"store": mask_url(self.location), "hot": str(self.path.resolve()), "format_version": FORMAT_VERSION,
                 "chunker": asdict(self.chunker), "cold": mask_url(self.cold_url), "keep_hot": self.keep_hot,
                 "environment": mask_secrets(aws)}
 
@@ -228,14 +263,17 @@ class Store(LoaderOperations, GcOperations, TierOperations, RegistryOperations, 
     def hot_packs(self) -> set[bytes]:
         """Ids of the packs present in the hot tier."""
         if self._hot_packs is None:
-            self._hot_packs = {p for p in map(pack_id_from_key, self.backend.list("packs")) if p}
+            self._hot_packs = {p for p in map(pack_id_from_key, self.hot.list("packs")) if p}
         return self._hot_packs
 
     def forget_hot_packs(self) -> None:
         self._hot_packs = None
 
-    def new_put_session(self, *, restore: bool = False) -> _PutSession:
-        return _PutSession(self.backend, self.index, condemned=self._condemned_packs(), restore=restore)
+    def new_put_session(self, *, restore: bool = False, backend: Backend | None = None) -> _PutSession:
+        """Packs for new chunks, written to ``backend``: by default the store's own, or this machine's
+        hot tier for ``restore`` sessions (copies of chunks the store already has)."""
+        home = backend or (self.hot if restore else self.backend)
+        return _PutSession(home, self.index, condemned=self._condemned_packs(), restore=restore)
 
     def _condemned_packs(self) -> set[bytes]:
         return {p for p in map(pack_id_from_key, self.condemned()) if p}
@@ -329,7 +367,7 @@ class Store(LoaderOperations, GcOperations, TierOperations, RegistryOperations, 
     def read_manifest(self, object_id: str) -> FileManifest | TreeManifest:
         key = manifest_key(parse_id(object_id))
         if not self.backend.exists(key):
-            raise NotFound(f"no object {object_id} in the store at {self.path}")
+            raise NotFound(f"no object {object_id} in the store at {self.location}")
         return decode_manifest(self.backend.read(key), key)
 
     def get(self, object_id: str, dest: str | os.PathLike, *, progress: Progress = _no_progress) -> None:
@@ -418,8 +456,8 @@ class Store(LoaderOperations, GcOperations, TierOperations, RegistryOperations, 
         return next((loc for loc in self.index.all_locations(chunk) if loc.pack in self.hot_packs), None)
 
     def _read_pack(self, pack_id: bytes, offset: int, length: int) -> bytes:
-        tiers = [self.backend] if self.cold is None else \
-            [self.backend, self.cold] if pack_id in self.hot_packs else [self.cold, self.backend]
+        tiers = [self.hot] if self.cold is None else \
+            [self.hot, self.cold] if pack_id in self.hot_packs else [self.cold, self.hot]
         for tier in tiers:  # the other tier too: a concurrent `tier` may have just moved the pack
             try:
                 data = tier.read_range(pack_key(pack_id), offset, length)
@@ -474,6 +512,10 @@ class Store(LoaderOperations, GcOperations, TierOperations, RegistryOperations, 
             files=len(files),
             trees=len(trees),
         )
+
+
+def default_cache(url: str) -> Path:
+    return Path.home() / ".cache" / "artifactstore" / blake3.blake3(url.encode()).hexdigest()[:16]
 
 
 def _new_destination(dest: str | os.PathLike) -> Path:

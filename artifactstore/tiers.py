@@ -112,7 +112,7 @@ class TierOperations:
         report.fetched_chunks = len(fetch)
         for pack_id in evict:
             key = pack_key(pack_id)
-            size = self.backend.size(key)
+            size = self.hot.size(key)
             report.evicted.append(format_id(pack_id))
             report.bytes_evicted += size
             if not self.cold.exists(key) or self.cold.size(key) != size:
@@ -120,16 +120,17 @@ class TierOperations:
                 report.bytes_to_cold += size
         if dry_run:
             return report
-        self._copy_into_hot([(c, n, self.backend) for c, n in rehome] + [(c, n, self.cold) for c, n in fetch],
+        self._copy_into_hot([(c, n, self.hot) for c, n in rehome] + [(c, n, self.cold) for c, n in fetch],
                             progress)
         for pack_id in evict:
             key = pack_key(pack_id)
-            size = self.backend.size(key)
+            size = self.hot.size(key)
             self._evict(key, pack_id, upload=format_id(pack_id) in report.uploaded)
             progress(size)
-        for key in self.backend.list("index"):
-            if index_id_from_key(key) and not self.cold.exists(key):
-                self.cold.write(key, self.backend.read(key))
+        if not self.shared:  # a shared store's index already lives in the bucket
+            for key in self.backend.list("index"):
+                if index_id_from_key(key) and not self.cold.exists(key):
+                    self.cold.write(key, self.backend.read(key))
         self.forget_hot_packs()
         return report
 
@@ -160,22 +161,18 @@ class TierOperations:
     def _location_in(self, tier, chunk: bytes):
         """A location of ``chunk`` in a pack that ``tier`` holds."""
         locations = self.index.all_locations(chunk)
-        if tier is self.backend:
+        if tier is self.hot:
             return next(loc for loc in locations if loc.pack in self.hot_packs)
         return next((loc for loc in locations if loc.pack not in self.hot_packs), locations[0])
 
     def _evict(self, key: str, pack_id: bytes, upload: bool) -> None:
-        data = self.backend.read(key)
+        data = self.hot.read(key)
         check_pack(data, pack_id, f"hot {key}")
         if upload:
             self.cold.write(key, data)
         if blake3.blake3(self.cold.read(key)).digest() != blake3.blake3(data).digest():
             raise CorruptObject(f"cold {key}: the uploaded copy does not read back intact; kept the hot copy")
-        self.backend.delete(key)
-
-    def _packs_by_tier(self) -> dict[str, set[bytes]]:
-        return {tier: {p for p in map(pack_id_from_key, backend.list("packs")) if p}
-                for tier, backend in (("hot", self.backend), ("cold", self.cold)) if backend is not None}
+        self.hot.delete(key)
 
     def pull(self, ref: str, *, progress: Progress = lambda _: None) -> PullReport:
         """Bring a version (or any object) into the hot tier, fetching only chunks not already hot."""

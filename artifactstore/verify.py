@@ -31,11 +31,11 @@ def verify_store(store, progress: Progress, *, tier: str = "all", sample: float 
     if not 0 < sample <= 100:
         raise InvalidParameter(f"--sample must be a percentage in (0, 100], not {sample}")
     if tier == "cold" and store.cold is None:
-        raise InvalidParameter(f"{store.path} has no cold tier")
+        raise InvalidParameter(f"{store.location} has no cold tier")
     problems: list[str] = []
     repairs: list[str] = []
     picked = (lambda: True) if sample >= 100 else (lambda: random.random() * 100 < sample)
-    tiers = {"hot": store.backend, "cold": store.cold}
+    tiers = {"hot": store.hot, "cold": store.cold}
     packs, damaged_chunks = {}, set()
     for name, backend in tiers.items():
         if backend is None:
@@ -65,7 +65,8 @@ def verify_store(store, progress: Progress, *, tier: str = "all", sample: float 
             damaged_chunks |= bad_chunks
             if entries is not None:
                 packs.setdefault(pack_id, {e.chunk: e for e in entries})
-    _verify_indexes(store.backend, packs, problems)
+    for home in {id(b): b for b in (store.backend, store.hot)}.values():
+        _verify_indexes(home, packs, problems)
     _verify_manifests(store, damaged_chunks, problems, progress, content=tier == "all", picked=picked)
     _verify_registry(store, problems)
     return problems, repairs

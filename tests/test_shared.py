@@ -1,0 +1,127 @@
+"""A store shared by many machines through one bucket, each with its own hot cache."""
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from conftest import run_cli, snapshot
+from s3server import create_bucket, s3_environment, start_s3_server
+
+from artifactstore import Store
+from artifactstore.demo import adapter_history, write_bundle
+from artifactstore.hotswap import Follower
+
+HISTORY = adapter_history(layers=4, scale=8)
+
+
+@pytest.fixture(scope="module")
+def s3():
+    url, stop = start_s3_server()
+    yield url
+    stop()
+
+
+@pytest.fixture
+def bucket_url(s3, monkeypatch):
+    for name, value in s3_environment(s3).items():
+        monkeypatch.setenv(name, value)
+    bucket = f"shared-{time.monotonic_ns()}"
+    create_bucket(s3, bucket)
+    return f"s3://{bucket}/registry"
+
+
+@pytest.fixture
+def bundles(tmp_path):
+    return {v.name: write_bundle(v, tmp_path / "bundles" / v.name) for v in HISTORY}
+
+
+def test_two_machines_share_one_bucket(tmp_path, bucket_url, bundles):
+    machine_a = Store.init(bucket_url, cache=tmp_path / "cache-a")
+    for name in ("v1.0.0", "v1.1.0", "v1.2.0"):
+        machine_a.push(bundles[name], f"acme/support@{name}")
+    machine_a.promote("acme/support@v1.1.0")
+
+    machine_b = Store(bucket_url, cache=tmp_path / "cache-b")
+    assert machine_b.ls()[0]["production"] == "v1.1.0"
+    first = machine_b.pull("acme/support@production")
+    assert first.transferred_bytes == first.logical_bytes
+    second = machine_b.pull("acme/support@v1.2.0")
+    assert 0 < second.transferred_bytes < second.logical_bytes * 0.7, "half the layers are cached already"
+    machine_b.get(machine_b.resolve("acme/support@v1.2.0"), tmp_path / "out")
+    assert snapshot(tmp_path / "out") == snapshot(bundles["v1.2.0"])
+    tensors = machine_b.load("acme/support@v1.2.0")
+    assert set(tensors) == set(HISTORY[3].tensors)
+    report = machine_b.verify()
+    assert report.ok, report.problems
+
+
+def test_a_follower_on_another_machine_sees_a_promote(tmp_path, bucket_url, bundles):
+    writer = Store.init(bucket_url, cache=tmp_path / "cache-a")
+    for name in ("v1.0.0", "v1.1.0"):
+        writer.push(bundles[name], f"acme/support@{name}")
+    writer.promote("acme/support@v1.0.0")
+    server = Follower(Store(bucket_url, cache=tmp_path / "cache-b"), "acme/support@production", poll_interval=0.05)
+    with server:
+        writer.promote("acme/support@v1.1.0")
+        assert server.wait_for("v1.1.0", timeout=10).version == "v1.1.0"
+        writer.rollback("acme/support")
+        server.wait_for("v1.0.0", timeout=10)
+
+
+RACER = textwrap.dedent("""
+    import json, random, sys
+    from artifactstore import Conflict, InvalidParameter, Store
+    store = Store(sys.argv[1], cache=sys.argv[2])
+    rng, won = random.Random(int(sys.argv[3])), 0
+    for _ in range(8):
+        try:
+            store.promote(f"acme/support@{rng.choice(['v1.0.0', 'v1.1.0', 'v1.2.0'])}", actor=sys.argv[2])
+            won += 1
+        except (Conflict, InvalidParameter):
+            pass
+    print(json.dumps(won))
+""")
+
+
+def test_machines_racing_promotes_never_lose_an_update(tmp_path, bucket_url, bundles):
+    store = Store.init(bucket_url, cache=tmp_path / "cache-0")
+    for name in ("v1.0.0", "v1.1.0", "v1.2.0"):
+        store.push(bundles[name], f"acme/support@{name}")
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, bucket_url, str(tmp_path / f"cache-{i}"), str(i)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(1, 5)]
+    won = 0
+    for racer in racers:
+        out, err = racer.communicate(timeout=180)
+        assert racer.returncode == 0, err
+        won += json.loads(out)
+    moves = [e for e in store.log("acme/support") if e.pointer == "production"]
+    assert len(moves) == won > 0
+    assert all(a.to == b.from_ for a, b in zip(moves, moves[1:])), "a lost update"
+    assert store.state("acme/support").pointers["production"] == moves[-1].to
+    assert Store(bucket_url, cache=tmp_path / "cache-9").verify().ok
+
+
+def test_shared_store_from_the_command_line_and_gc(tmp_path, bucket_url, bundles, monkeypatch):
+    monkeypatch.setenv("ARTIFACTSTORE_CACHE", str(tmp_path / "cli-cache"))
+    assert run_cli("init", bucket_url).returncode == 0
+    assert "already a store" in run_cli("init", bucket_url).stderr
+    pushed = run_cli("push", bundles["v1.0.0"], "acme/support@v1.0.0", "--store", bucket_url, "--json")
+    assert pushed.returncode == 0, pushed.stderr
+    run_cli("push", bundles["v1.1.0"], "acme/support@v1.1.0", "--store", bucket_url)
+    got = run_cli("get", "acme/support@v1.0.0", tmp_path / "out", "--store", bucket_url)
+    assert got.returncode == 0 and snapshot(tmp_path / "out") == snapshot(bundles["v1.0.0"])
+    config = json.loads(run_cli("config", "--store", bucket_url, "--json").stdout)
+    assert config["store"] == bucket_url and config["hot"] == str(tmp_path / "cli-cache")
+
+    store = Store(bucket_url)
+    store.delete("acme/support@v1.0.0")
+    store.gc(grace="0s")
+    reclaimed = Store(bucket_url).gc(grace="0s")
+    assert reclaimed.deleted_packs and reclaimed.reclaimed_bytes > 0
+    final = Store(bucket_url)
+    assert final.verify().ok
+    final.get(final.resolve("acme/support@v1.1.0"), tmp_path / "v1.1.0")
+    assert snapshot(tmp_path / "v1.1.0") == snapshot(bundles["v1.1.0"])
