@@ -21,6 +21,19 @@ store_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object, nothing else.")
 
 
+def audit_options(command):
+    """--by and --reason, recorded in the audit log by every registry change."""
+    command = click.option("--reason", default="", help="Why; recorded in the audit log.")(command)
+    return click.option("--by", "actor", metavar="WHO",
+                        help="Who; recorded in the audit log (default: $ARTIFACTSTORE_ACTOR or user@host).")(command)
+
+
+def move_options(command):
+    """--by, --reason and --expect, shared by every pointer move."""
+    return audit_options(click.option("--expect", metavar="VERSION",
+                                      help="Refuse unless the pointer being moved is at VERSION now.")(command))
+
+
 @contextmanager
 def progress_bar(total: int | None, description: str, quiet: bool):
     """A byte progress bar on stderr when it is a terminal; a no-op callback otherwise."""
@@ -121,8 +134,7 @@ def gc(dry_run: bool, grace: str, store_path: str, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("ref")
-@click.option("--by", "actor", metavar="WHO")
-@click.option("--reason", default="", help="Why (a data removal request, say); recorded in the audit log.")
+@audit_options
 @store_option
 @json_option
 def delete(ref, actor, reason, store_path, as_json) -> None:
@@ -256,15 +268,6 @@ def verify(tier: str, sample: float, repair: bool, store_path: str, as_json: boo
 
 # -- registry ---------------------------------------------------------------------------------
 
-def move_options(command):
-    """--by, --reason and --expect, shared by every pointer move."""
-    command = click.option("--expect", metavar="VERSION",
-                           help="Refuse unless the pointer being moved is at VERSION now.")(command)
-    command = click.option("--reason", default="", help="Why; recorded in the audit log.")(command)
-    return click.option("--by", "actor", metavar="WHO",
-                        help="Who; recorded in the audit log (default: $ARTIFACTSTORE_ACTOR or user@host).")(command)
-
-
 def report_state(state, as_json: bool) -> None:
     summary = {"model": str(state.model), "production": state.pointers.get("production"),
                "staging": state.pointers.get("staging"), "canary": state.canary,
@@ -346,8 +349,7 @@ def canary(ref, percent, actor, reason, expect, store_path, as_json) -> None:
 
 @cli.command()
 @click.argument("ref")
-@click.option("--by", "actor", metavar="WHO")
-@click.option("--reason", default="")
+@audit_options
 @store_option
 @json_option
 def pin(ref, actor, reason, store_path, as_json) -> None:
@@ -357,8 +359,7 @@ def pin(ref, actor, reason, store_path, as_json) -> None:
 
 @cli.command()
 @click.argument("ref")
-@click.option("--by", "actor", metavar="WHO")
-@click.option("--reason", default="")
+@audit_options
 @store_option
 @json_option
 def unpin(ref, actor, reason, store_path, as_json) -> None:

@@ -16,16 +16,16 @@ import blake3
 from . import chunking
 from .backend import Backend, LocalBackend
 from .errors import CorruptObject, InvalidInput, InvalidParameter, NotFound, StoreError
-from .ids import digest, format_id, parse_id, tree_digest
 from .gc import GcOperations
+from .ids import digest, format_id, parse_id, tree_digest
 from .index import ChunkIndex, write_index
 from .load import LoaderOperations
 from .manifest import FileManifest, TreeEntry, TreeManifest, check_relative_path, decode_manifest, manifest_key
 from .pack import TARGET_SIZE, PackWriter, pack_id_from_key, pack_key, read_trailer
 from .registry import RegistryOperations
 from .remote import is_url, mask_secrets, mask_url, open_backend
-from .tiers import TierOperations
 from .reports import RegistryQueries
+from .tiers import TierOperations
 from .verify import verify_store
 
 CONFIG_KEY = "artifactstore.json"

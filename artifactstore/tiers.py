@@ -7,7 +7,7 @@ packs: a pack leaves the hot tier only after its cold copy was uploaded and read
 no step ever deletes the only copy, and a killed ``tier`` is finished by running it again.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import blake3
@@ -16,9 +16,11 @@ from .errors import CorruptObject, InvalidParameter, NotFound
 from .ids import format_id
 from .index import index_id_from_key
 from .manifest import FileManifest, TreeManifest
-from .pack import decode_trailer, pack_id_from_key, pack_key
+from .pack import decode_trailer, pack_key
 
 Progress = Callable[[int], None]
+MERGE_GAP = 1 << 20  # read over a gap this small rather than issue another request
+MAX_RANGE = 16 << 20
 
 
 @dataclass
@@ -142,15 +144,14 @@ class TierOperations:
         copied = 0
         try:
             for source in {id(tier): tier for _, _, tier in chunks}.values():
-                picked = [(c, n) for c, n, tier in chunks if tier is source]
-                requests = [(pack_key(self._location_in(source, c).pack), self._location_in(source, c).offset, n)
-                            for c, n in picked]
-                for (chunk, length), data in zip(picked, source.read_ranges(requests)):
-                    if len(data) != length or blake3.blake3(data).digest() != chunk:
+                wanted = sorted(((self._location_in(source, c), c) for c, _, tier in chunks if tier is source),
+                                key=lambda item: (item[0].pack, item[0].offset))
+                for chunk, data in _read_chunks(source, wanted):
+                    if blake3.blake3(data).digest() != chunk:
                         raise CorruptObject(f"the copy of chunk {format_id(chunk)} being moved is damaged")
                     session.add(chunk, data)
-                    copied += length
-                    progress(length)
+                    copied += len(data)
+                    progress(len(data))
             session.commit()
         except BaseException:
             session.abort()
@@ -188,3 +189,25 @@ class TierOperations:
             raise NotFound(f"{len(missing)} chunks of {ref} are in no tier")
         transferred = self._copy_into_hot([(c, n, self.cold) for c, n in missing], progress)
         return PullReport(object_id, sum(wanted.values()), transferred, len(missing), len(wanted))
+
+
+def _read_chunks(tier, wanted: list) -> Iterator[tuple[bytes, memoryview]]:
+    """(chunk, bytes) for ``wanted`` = [(location, chunk)] sorted by pack and offset: chunks that lie
+    close together in one pack are fetched by one ranged read, all ranges concurrently."""
+    runs: list[tuple[bytes, int, int, list]] = []  # pack, start, end, [(location, chunk)]
+    for location, chunk in wanted:
+        end = location.offset + location.length
+        if runs and runs[-1][0] == location.pack and location.offset - runs[-1][2] <= MERGE_GAP \
+                and end - runs[-1][1] <= MAX_RANGE:
+            pack, start, _, members = runs[-1]
+            runs[-1] = (pack, start, end, members)
+            members.append((location, chunk))
+        else:
+            runs.append((location.pack, location.offset, end, [(location, chunk)]))
+    blobs = tier.read_ranges([(pack_key(pack), start, end - start) for pack, start, end, _ in runs])
+    for (pack, start, end, members), blob in zip(runs, blobs):
+        if len(blob) != end - start:
+            raise CorruptObject(f"{pack_key(pack)} is shorter than its index says")
+        view = memoryview(blob)
+        for location, chunk in members:
+            yield chunk, view[location.offset - start:location.offset - start + location.length]

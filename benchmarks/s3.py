@@ -1,5 +1,6 @@
 """A loopback S3 server for the object-storage benchmarks (moto's standalone server)."""
 
+import logging
 import os
 from contextlib import contextmanager
 
@@ -10,6 +11,7 @@ from moto.server import ThreadedMotoServer
 @contextmanager
 def loopback_s3(bucket: str):
     """Start moto on 127.0.0.1 (random port), point the AWS variables at it, create ``bucket``."""
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no log line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,3 +36,25 @@ def snapshot(root: Path) -> dict[str, bytes]:
 def run_cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "artifactstore", *map(str, args)],
                           capture_output=True, text=True, env={**os.environ, **(env or {})}, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-protocol server (moto) on 127.0.0.1, shared by the session's tests."""
+    from s3server import start_s3_server
+
+    url, stop = start_s3_server()
+    yield url
+    stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch) -> str:
+    """A fresh bucket on the loopback server, with the AWS variables pointing at it; its s3:// URL."""
+    from s3server import create_bucket, s3_environment
+
+    for name, value in s3_environment(s3_server).items():
+        monkeypatch.setenv(name, value)
+    bucket = f"test-{time.monotonic_ns()}"
+    create_bucket(s3_server, bucket)
+    return f"s3://{bucket}"

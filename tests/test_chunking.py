@@ -25,7 +25,6 @@ import pytest
 from artifactstore import chunking
 from artifactstore.errors import InvalidParameter
 
-
 FIXTURES = Path(__file__).parent / "fixtures" / "fastcdc"  # the crate's test image and its cut points
 
 

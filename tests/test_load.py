@@ -18,6 +18,7 @@ from artifactstore.ids import format_id
 from artifactstore.load import NUMPY_DTYPES, _PackFiles
 from artifactstore.pack import TARGET_SIZE, pack_key
 
+
 def put_bytes(store, path, data: bytes) -> str:
     path.write_bytes(data)
     return store.put(path).id

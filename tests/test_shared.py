@@ -4,11 +4,9 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 from conftest import run_cli, snapshot
-from s3server import create_bucket, s3_environment, start_s3_server
 
 from artifactstore import Store
 from artifactstore.demo import adapter_history, write_bundle
@@ -17,20 +15,9 @@ from artifactstore.hotswap import Follower
 HISTORY = adapter_history(layers=4, scale=8)
 
 
-@pytest.fixture(scope="module")
-def s3():
-    url, stop = start_s3_server()
-    yield url
-    stop()
-
-
 @pytest.fixture
-def bucket_url(s3, monkeypatch):
-    for name, value in s3_environment(s3).items():
-        monkeypatch.setenv(name, value)
-    bucket = f"shared-{time.monotonic_ns()}"
-    create_bucket(s3, bucket)
-    return f"s3://{bucket}/registry"
+def bucket_url(s3_bucket):
+    return f"{s3_bucket}/registry"
 
 
 @pytest.fixture

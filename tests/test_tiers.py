@@ -8,7 +8,6 @@ import time
 
 import pytest
 from conftest import run_cli, snapshot
-from s3server import create_bucket, s3_environment, start_s3_server
 
 from artifactstore import Store
 from artifactstore.demo import adapter_history, write_bundle
@@ -17,23 +16,11 @@ from artifactstore.pack import pack_id_from_key
 HISTORY = adapter_history(layers=4, scale=8)  # tiny tensors, 5 versions
 
 
-@pytest.fixture(scope="module")
-def s3():
-    url, stop = start_s3_server()
-    yield url
-    stop()
-
-
 @pytest.fixture(params=["directory", "s3"])
-def cold_url(request, tmp_path, monkeypatch):
+def cold_url(request, tmp_path):
     if request.param == "directory":
         return str(tmp_path / "cold")
-    s3 = request.getfixturevalue("s3")
-    for name, value in s3_environment(s3).items():
-        monkeypatch.setenv(name, value)
-    bucket = f"cold-{time.monotonic_ns()}"
-    create_bucket(s3, bucket)
-    return f"s3://{bucket}/store"
+    return request.getfixturevalue("s3_bucket") + "/store"
 
 
 @pytest.fixture
