@@ -193,6 +193,7 @@ class GcOperations:
             session.commit()
         except BaseException:
             session.abort()
+            self._index = None  # it may name packs the session sealed but never published
             raise
         for pack_id, entries in session.finished:
             index.add_pack(pack_id, entries)

@@ -91,12 +91,20 @@ class PackWriter:
         self.entries.append(PackEntry(chunk, self.size, len(data)))
         self.size += len(data)
 
-    def finish(self) -> tuple[bytes, list[PackEntry]]:
+    def seal(self) -> bytes:
+        """Append the trailer; returns the pack id. Nothing is visible before ``publish``."""
         trailer = encode_trailer(self.entries)
-        pack_id = digest(trailer)
+        self.pack_id = digest(trailer)
         self._writer.write(trailer)
-        self._writer.publish(pack_key(pack_id))
-        return pack_id, self.entries
+        return self.pack_id
+
+    def publish(self) -> None:
+        self._writer.publish(pack_key(self.pack_id))
+
+    def finish(self) -> tuple[bytes, list[PackEntry]]:
+        self.seal()
+        self.publish()
+        return self.pack_id, self.entries
 
     def discard(self) -> None:
         self._writer.discard()

@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from itertools import accumulate
 from pathlib import Path
 
 import blake3
@@ -32,6 +33,7 @@ CONFIG_KEY = "artifactstore.json"
 DEFAULT_KEEP_HOT = 3
 FORMAT_VERSION = 1
 READ_SEGMENT = 16 << 20
+HASH_BATCH = 128  # chunks hashed per task: about 8 MiB
 
 Progress = Callable[[int], None]
 
@@ -129,6 +131,9 @@ class _PutSession:
         self._restore = restore  # write chunks the index knows too: copies into the hot tier
         self._writer: PackWriter | None = None
         self._in_open_pack: set[bytes] = set()
+        # Sealed packs are fsynced and renamed in the background while the next one fills.
+        self._publisher = ThreadPoolExecutor(1)
+        self._publishing: list = []
         self.finished: list = []
         self.new_bytes = 0
 
@@ -148,19 +153,25 @@ class _PutSession:
             loc.pack not in self._condemned for loc in self._index.all_locations(chunk))
 
     def _close_pack(self) -> None:
-        pack_id, entries = self._writer.finish()
-        self._writer = None
-        self._index.add_pack(pack_id, entries)
+        writer, self._writer = self._writer, None
+        pack_id = writer.seal()
+        self._index.add_pack(pack_id, writer.entries)  # the caller drops the index if the put fails
         self._in_open_pack.clear()
-        self.finished.append((pack_id, entries))
+        self.finished.append((pack_id, writer.entries))
+        self._publishing.append(self._publisher.submit(writer.publish))
 
     def commit(self) -> None:
+        """Publish every pack, then the index file that lists them."""
         if self._writer is not None:
             self._close_pack()
+        with self._publisher:
+            for publishing in self._publishing:
+                publishing.result()
         if self.finished:
             write_index(self._backend, self.finished)
 
     def abort(self) -> None:
+        self._publisher.shutdown(wait=True)
         if self._writer is not None:
             self._writer.discard()
 
@@ -292,6 +303,7 @@ class Store(LoaderOperations, GcOperations, TierOperations, RegistryOperations, 
             session.commit()
         except BaseException:
             session.abort()
+            self._index = None  # it may name packs this put sealed but never published
             raise
         finally:
             self.forget_hot_packs()
@@ -327,16 +339,16 @@ class Store(LoaderOperations, GcOperations, TierOperations, RegistryOperations, 
                        progress: Progress) -> tuple[bytes, FileManifest]:
         file_digest = pool.submit(lambda: blake3.blake3(data).digest())
         lengths = chunking.cut(data, **self.chunker.as_kwargs())
-        offsets = [0]
-        for n in lengths:
-            offsets.append(offsets[-1] + n)
-        half = len(lengths) // 2
-        first = pool.submit(_hash_chunks, data, offsets, 0, half)
-        chunk_ids = _hash_chunks(data, offsets, half, len(lengths))
-        chunk_ids = first.result() + chunk_ids
-        for chunk, start, n in zip(chunk_ids, offsets, lengths):
-            session.add(chunk, data[start:start + n])
-            progress(n)
+        offsets = [0, *accumulate(lengths)]
+        # The pool hashes batch k+1 while this thread writes batch k's new chunks into packs.
+        batches = [(i, min(i + HASH_BATCH, len(lengths))) for i in range(0, len(lengths), HASH_BATCH)]
+        hashed = [pool.submit(_hash_chunks, data, offsets, first, last) for first, last in batches]
+        chunk_ids = []
+        for (first, _), ids in zip(batches, hashed):
+            for i, chunk in enumerate(ids.result(), first):
+                session.add(chunk, data[offsets[i]:offsets[i + 1]])
+                progress(lengths[i])
+            chunk_ids.extend(ids.result())
         return file_digest.result(), FileManifest(len(data), list(zip(chunk_ids, lengths)))
 
     def _publish_manifest(self, object_id: bytes, encoded: bytes) -> None:

@@ -155,6 +155,7 @@ class TierOperations:
             session.commit()
         except BaseException:
             session.abort()
+            self._index = None  # it may name packs the session sealed but never published
             raise
         self.forget_hot_packs()
         return copied
