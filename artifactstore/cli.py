@@ -200,8 +200,8 @@ def checkout(ref: str, dest: Path, store_path: str) -> None:
 @click.argument("ref")
 @click.option("--framework", type=click.Choice(["numpy", "torch"]), default="numpy", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (torch only).")
-@click.option("--poll-ms", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
-              help="How often to look at the pointer.")
+@click.option("--poll-ms", type=click.FloatRange(min=0.1),
+              help="How often to look at the pointer [default: 2 for a local store, 500 for a shared one].")
 @click.option("--probe", metavar="TENSOR", help="Also print the first element of this tensor on each swap.")
 @store_option
 def follow(ref, framework, device, poll_ms, probe, store_path) -> None:
@@ -220,7 +220,8 @@ def follow(ref, framework, device, poll_ms, probe, store_path) -> None:
     def warn(message: str) -> None:
         click.echo(f"warning: {message}", err=True)
 
-    with Follower(Store(store_path), ref, framework=framework, device=device, poll_interval=poll_ms / 1000,
+    with Follower(Store(store_path), ref, framework=framework, device=device,
+                  poll_interval=poll_ms / 1000 if poll_ms else None,
                   on_swap=announce, on_error=warn) as follower:
         click.echo(json.dumps({"resident": sorted(follower.resident)}))
         sys.stdout.flush()
