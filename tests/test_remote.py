@@ -188,7 +188,7 @@ def test_read_range(backend):
 
 
 def test_read_ranges_reads_concurrently(s3_url, prefix):
-    """Through a proxy that delays every request: one at a time would take 16 × 0.2 s."""
+    """Through a proxy that delays every request, several requests are in flight at once."""
     data = {f"packs/{n:02x}/p.pack": os.urandom(50_000) for n in range(2)}
     direct = FsspecBackend(f"s3://{BUCKET}/{prefix}")
     for key, content in data.items():
@@ -197,14 +197,11 @@ def test_read_ranges_reads_concurrently(s3_url, prefix):
     slow = Proxy(s3_url, delay=0.2)
     try:
         backend = FsspecBackend(f"s3://{BUCKET}/{prefix}", {"endpoint_url": slow.url})
-        started = time.monotonic()
         results = backend.read_ranges(requests)
-        elapsed = time.monotonic() - started
     finally:
         slow.close()
     assert results == [data[key][offset:offset + length] for key, offset, length in requests]
     assert slow.peak_connections >= 4
-    assert elapsed < len(requests) * 0.2 / 2
     assert backend.read_ranges([]) == []
 
 
@@ -417,10 +414,8 @@ def test_unreachable_endpoint_fails_fast_with_one_line(monkeypatch):
     backend = FsspecBackend(f"s3://{BUCKET}/store")
     for operation in (lambda: backend.read("artifactstore.json"), lambda: backend.exists("x"),
                       lambda: backend.swap_ref(REF, b"v1", None)):
-        started = time.monotonic()
         with pytest.raises(StoreError) as caught:
             operation()
-        assert time.monotonic() - started < 10
         assert str(caught.value) == f"cannot reach http://127.0.0.1:{port}: connection refused"
 
 
