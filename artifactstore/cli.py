@@ -240,6 +240,7 @@ def stats(store_path: str, as_json: bool) -> None:
     ratio = result.logical_bytes / result.stored_bytes if result.stored_bytes else 0.0
     click.echo(f"logical bytes  {human_bytes(result.logical_bytes)}\n"
                f"stored bytes   {human_bytes(result.stored_bytes)} ({ratio:.2f}x dedup)\n"
+               f"packs hot/cold {human_bytes(result.hot_pack_bytes)} / {human_bytes(result.cold_pack_bytes)}\n"
                f"chunks         {result.chunks} ({human_bytes(result.chunk_bytes)})\n"
                f"packs          {result.packs}\n"
                f"files, trees   {result.files}, {result.trees}")

@@ -52,7 +52,9 @@ class PutResult:
 @dataclass(frozen=True)
 class StoreStats:
     logical_bytes: int
-    stored_bytes: int
+    stored_bytes: int  # every pack, index file and manifest, each counted once, in either tier
+    hot_pack_bytes: int  # packs in this machine's hot tier
+    cold_pack_bytes: int  # packs in the cold tier only (a shared store: all the bucket's packs)
     chunk_bytes: int
     chunks: int
     packs: int
@@ -513,11 +515,18 @@ class Store(LoaderOperations, GcOperations, TierOperations, RegistryOperations, 
         in_trees = {e.file for t in trees.values() for e in t.entries}
         logical = sum(t.size for t in trees.values()) + sum(
             m.size for object_id, m in files.items() if object_id not in in_trees)
-        stored = sum(self.backend.size(k) for prefix in ("packs", "index", "manifests")
-                     for k in self.backend.list(prefix))
+        sizes = {k: self.backend.size(k) for prefix in ("packs", "index", "manifests")
+                 for k in self.backend.list(prefix)}
+        hot = sum(self.hot.size(k) for k in self.hot.list("packs")) if self.shared else \
+            sum(n for k, n in sizes.items() if k.startswith("packs/"))
+        cold_only = {} if self.cold is None or self.shared else \
+            {k: self.cold.size(k) for k in self.cold.list("packs") if k not in sizes}
         return StoreStats(
             logical_bytes=logical,
-            stored_bytes=stored,
+            stored_bytes=sum(sizes.values()) + sum(cold_only.values()),
+            hot_pack_bytes=hot,
+            cold_pack_bytes=sum(cold_only.values()) if not self.shared else
+            sum(n for k, n in sizes.items() if k.startswith("packs/")),
             chunk_bytes=sum(loc.length for loc in self.index.locations.values()),
             chunks=len(self.index.locations),
             packs=len(self.index.packs),

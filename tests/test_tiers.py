@@ -54,6 +54,9 @@ def test_tier_moves_everything_but_the_hot_set_and_back(tmp_path, cold_url, bund
     assert (report.evicted, report.bytes_to_cold) == (dry.evicted, dry.bytes_to_cold)
     assert indexed <= hot_packs(store) | cold_packs(store), "no pack may be lost"
     assert len(hot_packs(store)) < len(indexed)
+    stats = Store(store.path).stats()
+    assert stats.cold_pack_bytes > 0 and stats.hot_pack_bytes > 0
+    assert stats.stored_bytes >= stats.hot_pack_bytes + stats.cold_pack_bytes
     again = Store(store.path).tier()
     assert not again.evicted and not again.fetched_chunks, "tiering is idempotent"
 
