@@ -10,6 +10,7 @@ changelog.md  metadata.yaml
 import json
 import mmap
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,12 +127,14 @@ def _validate(name: str, data, model: type[BaseModel], problems: list[str]):
 def tensor_digests(path: Path) -> dict[str, TensorDigest]:
     """Each tensor's dtype, shape and BLAKE3 of its bytes: what decides whether weights changed."""
     header = read_header_from_path(path)
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped, \
+            ThreadPoolExecutor(2) as pool:
         data = memoryview(mapped)
         try:
-            return {name: TensorDigest(t.dtype, tuple(t.shape), "b3:" + blake3.blake3(data[t.begin:t.end]).hexdigest(),
-                                       t.end - t.begin)
-                    for name, t in header.tensors.items()}
+            digests = pool.map(lambda t: "b3:" + blake3.blake3(data[t.begin:t.end]).hexdigest(),
+                               header.tensors.values())
+            return {name: TensorDigest(t.dtype, tuple(t.shape), d, t.end - t.begin)
+                    for (name, t), d in zip(header.tensors.items(), digests)}
         finally:
             data.release()
 
