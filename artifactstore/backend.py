@@ -63,7 +63,9 @@ class LocalWriter:
         self._path = Path(name)
 
     def write(self, data) -> None:
-        self._file.write(data)
+        view = memoryview(data).cast("B")
+        while view:  # an unbuffered write may be short (a nearly full disk, a signal)
+            view = view[self._file.write(view):]
 
     def publish(self, key: str) -> None:
         os.fsync(self._file.fileno())

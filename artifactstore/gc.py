@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .errors import Conflict, InvalidParameter, StoreError
-from .ids import format_id
+from .errors import Conflict, CorruptObject, InvalidParameter, NotFound, StoreError
+from .ids import digest, format_id
 from .index import ChunkIndex, index_key, write_index
 from .manifest import TreeManifest, manifest_key
 from .pack import pack_id_from_key, pack_key
@@ -123,8 +123,11 @@ class GcOperations:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise StoreError(f"another gc is running on {self.location}") from None
-            index_keys = set(self.backend.list("index"))
+            index_keys = {k: self.backend.modified(k) for k in self.backend.list("index")}
             index = ChunkIndex.load(self.backend)  # every pack, condemned ones included
+            if index.skipped:
+                raise StoreError(f"index file {index.skipped[0]} is damaged: gc would take its packs for garbage. "
+                                 "Run `artifactstore verify`, then any put (which re-indexes those packs), then gc")
             bundles_of: dict[str, str] = {}
             live_keys, live_chunks = set(), set()
             for report.mark_passes in range(1, MARK_ATTEMPTS + 1):
@@ -134,20 +137,27 @@ class GcOperations:
                 live_chunks |= chunks
                 if self._registry_tokens() == before:
                     break
+            unindexed = next((c for c in live_chunks if c not in index), None)
+            if unindexed is not None:
+                raise StoreError(f"live chunk {format_id(unindexed)} is in no index: run `artifactstore verify`; "
+                                 "gc deletes nothing until every live chunk is indexed")
             report.live_chunks = len(live_chunks)
             self._sweep(report, index, index_keys, live_keys, live_chunks, progress)
         return report
 
-    def _sweep(self, report: GcReport, index: ChunkIndex, index_keys: set[str], live_keys: set[str],
+    def _sweep(self, report: GcReport, index: ChunkIndex, index_keys: dict[str, float], live_keys: set[str],
                live_chunks: set[bytes], progress: Progress) -> None:
         now = time.time()
-        old = {}
-        for key in [*self.backend.list("packs"), *self.backend.list("manifests")]:
-            if now - self.backend.modified(key) > report.grace_seconds:
-                old[key] = self.backend.size(key)
-        if self.cold is not None:
-            for key in self.cold.list("packs"):
-                old.setdefault(key, self.cold.size(key))
+        old, written_at = {}, {}
+        tiers = [(self.backend, ["packs", "manifests"])] + \
+            ([(self.cold, ["packs"])] if self.cold is not None and not self.shared else [])
+        for tier, prefixes in tiers:
+            for key in (k for prefix in prefixes for k in tier.list(prefix)):
+                modified = tier.modified(key)
+                if key not in old and now - modified > report.grace_seconds:
+                    old[key] = tier.size(key)
+                    if tier is self.backend:
+                        written_at[key] = modified
         condemned = self.condemned()
         if not report.dry_run:
             report.repacked_bytes = self._repack_sparse(index, old, live_chunks, set(condemned))
@@ -161,6 +171,8 @@ class GcOperations:
         for key in sorted(newly):
             (report.condemned_packs if key.startswith("packs/") else report.condemned_manifests).append(key)
             report.pending_bytes += old[key]
+        if not report.dry_run and due:
+            due = self._delete(due, index, index_keys, progress, old, written_at)
         for key in sorted(due):
             (report.deleted_packs if key.startswith("packs/") else report.deleted_manifests).append(key)
             report.reclaimed_bytes += old[key]
@@ -168,8 +180,6 @@ class GcOperations:
             return
         remaining = {k: t for k, t in condemned.items() if k in dead and k not in due}
         remaining.update({k: now for k in newly})
-        if due:
-            self._delete(due, index, index_keys, progress, old)
         self.backend.write(CONDEMNED_KEY, json.dumps(remaining, sort_keys=True, indent=0).encode())
 
     def _repack_sparse(self, index: ChunkIndex, old: dict[str, int], live_chunks: set[bytes],
@@ -189,7 +199,11 @@ class GcOperations:
         session = self.new_put_session(restore=True, backend=self.backend)
         try:
             for chunk, length in copies:
-                session.add(chunk, self._read_pack(index[chunk].pack, index[chunk].offset, length))
+                data = self._read_pack(index[chunk].pack, index[chunk].offset, length)
+                if digest(data) != chunk:
+                    raise CorruptObject(f"chunk {format_id(chunk)} in {pack_key(index[chunk].pack)} is damaged: "
+                                        "run `artifactstore verify --repair` before gc")
+                session.add(chunk, data)
             session.commit()
         except BaseException:
             session.abort()
@@ -200,26 +214,36 @@ class GcOperations:
         self._index = None
         return sum(n for _, n in copies)
 
-    def _delete(self, keys: set[str], index: ChunkIndex, index_keys: set[str], progress: Progress,
-                sizes: dict[str, int]) -> None:
+    def _delete(self, keys: set[str], index: ChunkIndex, index_keys: dict[str, float], progress: Progress,
+                sizes: dict[str, int], written_at: dict[str, float]) -> set[str]:
         """Index the surviving packs anew, drop the index files read at the start, then the objects.
 
-        Index files written since (by concurrent puts) are left alone.
+        Pushes write into the store while this runs. Anything written again since the sweep read
+        its time (a push re-using a condemned pack or manifest, or re-writing an index file with
+        the same content) is left alone, and the new index keeps listing such packs.
         """
+        keys = {k for k in keys if not _rewritten(self.backend, k, written_at)}
+        deleted = set(keys)
         doomed = {pack_id_from_key(k) for k in keys if k.startswith("packs/")}
         kept = [(p, e) for p, e in index.pack_entries.items() if p not in doomed]
         new_index = index_key(write_index(self.backend, kept)) if kept else None
-        for key in sorted(index_keys - {new_index}):
+        for key in sorted(set(index_keys) - {new_index}):
+            if _rewritten(self.backend, key, index_keys):
+                continue
             self.backend.delete(key)
             if self.cold is not None and not self.shared:
                 self.cold.delete(key)
         for key in sorted(keys):
             for tier in {id(t): t for t in (self.backend, self.hot, self.cold) if t is not None}.values():
+                if tier is self.backend and _rewritten(tier, key, written_at):
+                    deleted.discard(key)
+                    break  # a push wrote it again a moment ago: it is in use
                 if tier is self.backend or key.startswith("packs/"):
                     tier.delete(key)
             progress(sizes[key])
         self._index = None
         self.forget_hot_packs()
+        return deleted
 
 
 def _packs_to_keep(index: ChunkIndex, live_chunks: set[bytes], condemned: set[bytes]) -> set[bytes]:
@@ -236,3 +260,12 @@ def _packs_to_keep(index: ChunkIndex, live_chunks: set[bytes], condemned: set[by
             continue
         keep.add(max(packs, key=lambda p: (p not in condemned, density[p])))
     return keep
+
+
+def _rewritten(tier, key: str, written_at: dict[str, float]) -> bool:
+    """Whether ``key`` was written (again) in ``tier`` since the sweep read the times."""
+    try:
+        modified = tier.modified(key)
+    except NotFound:
+        return False
+    return written_at.get(key) != modified

@@ -81,6 +81,7 @@ class ChunkIndex:
         self.locations: dict[bytes, Location] = {}
         self.alternates: dict[bytes, list[Location]] = {}
         self.pack_entries: dict[bytes, list[PackEntry]] = {}
+        self.skipped: list[str] = []  # index files that failed their check when loaded
 
     @property
     def packs(self) -> set[bytes]:
@@ -117,10 +118,12 @@ class ChunkIndex:
         for key in backend.list("index"):
             data = backend.read(key)
             if index_id_from_key(key) != digest(data):
+                index.skipped.append(key)
                 continue
             try:
                 listed = decode_index(data, key)
             except CorruptObject:
+                index.skipped.append(key)
                 continue
             for pack_id, entries in listed:
                 index.add_pack(pack_id, entries)
@@ -130,6 +133,5 @@ class ChunkIndex:
 def write_index(backend: Backend, packs: list[tuple[bytes, list[PackEntry]]]) -> bytes:
     data = encode_index(packs)
     index_id = digest(data)
-    if not backend.exists(index_key(index_id)):
-        backend.write(index_key(index_id), data)
+    backend.write(index_key(index_id), data)  # even if it exists: a fresh write tells gc it is in use
     return index_id

@@ -297,6 +297,7 @@ class Store(LoaderOperations, GcOperations, TierOperations, RegistryOperations, 
         """Store a file or a directory tree; returns its id and how many bytes were new."""
         root = Path(path)
         inputs = _collect_inputs(root)
+        self._index = None  # another process (gc, above all) may have changed it since the last put
         self._index_orphan_packs()
         session = self.new_put_session()
         try:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import make_tree, random_bytes, snapshot
 
-from artifactstore import Conflict, InvalidParameter, Store
+from artifactstore import Conflict, CorruptObject, InvalidParameter, Store, StoreError
 from artifactstore.demo import adapter_history, write_bundle
 
 HISTORY = adapter_history(layers=4, scale=8)
@@ -138,3 +138,62 @@ def test_kill_during_gc_leaves_a_consistent_store(history_store, tmp_path):
     final.get(final.resolve("acme/support@v1.2.0"), tmp_path / "out")
     assert snapshot(tmp_path / "out") == snapshot(tmp_path / "bundles" / "v1.2.0")
     assert json.loads((history_store.path / "gc" / "condemned.json").read_text()) == {}
+
+
+def test_a_push_during_the_sweep_keeps_what_it_rewrote(history_store, tmp_path):
+    """The sweep decides, then deletes; a push that re-writes condemned objects in between wins."""
+    history_store.delete("acme/support@v1.1.0")
+    history_store.delete("acme/support@v1.2.0")
+    history_store.gc(grace="0s")
+    bundle = tmp_path / "bundles" / "v1.2.0"
+
+    class PushDuringSweep(Store):
+        def _repack_sparse(self, *args):
+            copied = super()._repack_sparse(*args)
+            Store(self.path).push(bundle, "acme/support@v1.2.0")  # another process, mid-sweep
+            return copied
+
+    PushDuringSweep(history_store.path).gc(grace="0s")
+    final = Store(history_store.path)
+    assert final.verify().ok
+    final.get(final.resolve("acme/support@v1.2.0"), tmp_path / "out")
+    assert snapshot(tmp_path / "out") == snapshot(bundle)
+
+
+def test_a_long_lived_store_does_not_dedup_against_deleted_packs(tmp_path):
+    writer = Store.init(tmp_path / "store")
+    (tmp_path / "f").write_bytes(random_bytes(300_000, 8))
+    file_id = writer.put(tmp_path / "f").id
+    for key in list(writer.backend.list("manifests")):  # as if the put had died before its manifest
+        writer.backend.delete(key)
+    Store(writer.path).gc(grace="0s")
+    assert Store(writer.path).gc(grace="0s").deleted_packs
+    assert writer.put(tmp_path / "f").new_bytes == 300_000
+    Store(writer.path).get(file_id, tmp_path / "out")
+
+
+def test_gc_refuses_to_run_on_a_damaged_index(store, tmp_path):
+    (tmp_path / "f").write_bytes(random_bytes(300_000, 9))
+    file_id = store.put(tmp_path / "f").id
+    index_file = next((store.path / "index").iterdir())
+    damaged = bytearray(index_file.read_bytes())
+    damaged[20] ^= 0xFF
+    index_file.write_bytes(bytes(damaged))
+    with pytest.raises(StoreError, match="is damaged"):
+        Store(store.path).gc(grace="0s")
+    Store(store.path).put(tmp_path / "f")  # re-indexes the pack from its trailer
+    Store(store.path).gc(grace="0s")
+    Store(store.path).gc(grace="0s")
+    Store(store.path).get(file_id, tmp_path / "out")
+
+
+def test_repacking_refuses_to_copy_a_damaged_chunk(history_store):
+    """v1.0.0's pack is mostly its own weights, but begins with adapter_config.json, which every
+    later version shares: deleting v1.0.0 makes gc copy that chunk out, and it must check it."""
+    history_store.delete("acme/support@v1.0.0")
+    first_pack = min((history_store.path / "packs").rglob("*.pack"), key=lambda p: p.stat().st_mtime)
+    data = bytearray(first_pack.read_bytes())
+    data[5] ^= 1
+    first_pack.write_bytes(bytes(data))
+    with pytest.raises(CorruptObject, match="verify --repair"):
+        Store(history_store.path).gc(grace="0s")
