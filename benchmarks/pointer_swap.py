@@ -12,20 +12,17 @@ import argparse
 import json
 import logging
 import shutil
-import statistics
+import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
-from artifactstore import Store
-from artifactstore.demo import adapter_history, write_bundle
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from latency import percentiles  # noqa: E402
 
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {"p50_ms": statistics.median(ordered) * 1e3,
-            "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3}
+from artifactstore import Store  # noqa: E402
+from artifactstore.demo import adapter_history, write_bundle  # noqa: E402
 
 
 def ours(work: Path, moves: int) -> dict[str, dict[str, float]]:

@@ -11,24 +11,19 @@ Usage: python benchmarks/rollback.py [--rollbacks 50] [--device cpu|cuda] [--jso
 import argparse
 import json
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from artifactstore import Store
-from artifactstore.demo import Version, lora_tensors, write_bundle
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from latency import percentiles  # noqa: E402
+
+from artifactstore import Store  # noqa: E402
+from artifactstore.demo import Version, lora_tensors, write_bundle  # noqa: E402
 
 PROBE = "base_model.model.model.layers.31.mlp.down_proj.lora_B.weight"
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {"p50_ms": statistics.median(ordered) * 1e3,
-            "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3,
-            "max_ms": ordered[-1] * 1e3}
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
