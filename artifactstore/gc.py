@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import Conflict, CorruptObject, InvalidParameter, NotFound, StoreError
-from .ids import digest, format_id
+from .ids import digest, format_id, parse_id
 from .index import ChunkIndex, index_key, write_index
 from .manifest import TreeManifest, manifest_key
 from .pack import pack_id_from_key, pack_key
@@ -87,9 +87,13 @@ class GcOperations:
     def _registry_tokens(self) -> dict[str, str | None]:
         return {str(m): self.backend.read_ref(ref_key(m))[1] for m in self.models()}
 
-    def _mark(self, bundles_of: dict[str, str]) -> tuple[set[str], set[bytes]]:
-        """(live manifest keys, live chunks): every current version's bundle, and every object
-        stored without the registry; bundles of deleted versions are not live.
+    def _mark(self, bundles_of: dict[str, str]) -> tuple[set[str], set[bytes], set[str]]:
+        """(live manifest keys, live chunks, keys of all tree manifests): every current version's
+        bundle, and every object stored without the registry; bundles of deleted versions are not live.
+
+        A condemned file manifest that no tree lists any more (a gc deleted the dead tree that
+        listed it, then stopped) is not taken for one stored without the registry, unless a put
+        wrote it again after its condemnation.
 
         ``bundles_of`` caches version record id -> bundle id across passes (records are immutable).
         """
@@ -105,12 +109,19 @@ class GcOperations:
         trees, files = {}, {}
         for object_id, manifest in self.manifests():
             (trees if isinstance(manifest, TreeManifest) else files)[format_id(object_id)] = manifest
+        condemned = self.condemned()
+
+        def abandoned(object_id: str) -> bool:
+            key = manifest_key(parse_id(object_id))
+            return key in condemned and self.backend.modified(key) <= condemned[key]
+
         live_trees = (current | (set(trees) - ever)) & set(trees)
         listed = {format_id(e.file) for t in trees.values() for e in t.entries}
-        live_files = {format_id(e.file) for t in live_trees for e in trees[t].entries} | (set(files) - listed)
-        live_keys = {manifest_key(bytes.fromhex(i[3:])) for i in live_trees | live_files}
+        live_files = {format_id(e.file) for t in live_trees for e in trees[t].entries} | \
+            {f for f in set(files) - listed if not abandoned(f)}
         chunks = {c for f in live_files if f in files for c, _ in files[f].chunks}
-        return live_keys, chunks
+        return ({manifest_key(parse_id(i)) for i in live_trees | live_files}, chunks,
+                {manifest_key(parse_id(i)) for i in trees})
 
     def gc(self, *, dry_run: bool = False, grace: str = "1h", progress: Progress = lambda _: None) -> GcReport:
         """Condemn what nothing uses; delete what was condemned more than ``grace`` ago and is still unused."""
@@ -129,12 +140,13 @@ class GcOperations:
                 raise StoreError(f"index file {index.skipped[0]} is damaged: gc would take its packs for garbage. "
                                  "Run `artifactstore verify`, then any put (which re-indexes those packs), then gc")
             bundles_of: dict[str, str] = {}
-            live_keys, live_chunks = set(), set()
+            live_keys, live_chunks, tree_keys = set(), set(), set()
             for report.mark_passes in range(1, MARK_ATTEMPTS + 1):
                 before = self._registry_tokens()
-                keys, chunks = self._mark(bundles_of)
+                keys, chunks, trees = self._mark(bundles_of)
                 live_keys |= keys
                 live_chunks |= chunks
+                tree_keys |= trees
                 if self._registry_tokens() == before:
                     break
             unindexed = next((c for c in live_chunks if c not in index), None)
@@ -142,11 +154,11 @@ class GcOperations:
                 raise StoreError(f"live chunk {format_id(unindexed)} is in no index: run `artifactstore verify`; "
                                  "gc deletes nothing until every live chunk is indexed")
             report.live_chunks = len(live_chunks)
-            self._sweep(report, index, index_keys, live_keys, live_chunks, progress)
+            self._sweep(report, index, index_keys, live_keys, live_chunks, tree_keys, progress)
         return report
 
     def _sweep(self, report: GcReport, index: ChunkIndex, index_keys: dict[str, float], live_keys: set[str],
-               live_chunks: set[bytes], progress: Progress) -> None:
+               live_chunks: set[bytes], tree_keys: set[str], progress: Progress) -> None:
         now = time.time()
         old, written_at = {}, {}
         tiers = [(self.backend, ["packs", "manifests"])] + \
@@ -172,7 +184,7 @@ class GcOperations:
             (report.condemned_packs if key.startswith("packs/") else report.condemned_manifests).append(key)
             report.pending_bytes += old[key]
         if not report.dry_run and due:
-            due = self._delete(due, index, index_keys, progress, old, written_at)
+            due = self._delete(due, index, index_keys, tree_keys, progress, old, written_at)
         for key in sorted(due):
             (report.deleted_packs if key.startswith("packs/") else report.deleted_manifests).append(key)
             report.reclaimed_bytes += old[key]
@@ -214,17 +226,22 @@ class GcOperations:
         self._index = None
         return sum(n for _, n in copies)
 
-    def _delete(self, keys: set[str], index: ChunkIndex, index_keys: dict[str, float], progress: Progress,
-                sizes: dict[str, int], written_at: dict[str, float]) -> set[str]:
-        """Index the surviving packs anew, drop the index files read at the start, then the objects.
+    def _delete(self, keys: set[str], index: ChunkIndex, index_keys: dict[str, float], tree_keys: set[str],
+                progress: Progress, sizes: dict[str, int], written_at: dict[str, float]) -> set[str]:
+        """Delete referrers before what they refer to, so that a gc killed at any moment leaves a
+        store that verifies: tree manifests, then file manifests, then an index without the doomed
+        packs replaces the index files read at the start, then the packs.
 
         Pushes write into the store while this runs. Anything written again since the sweep read
         its time (a push re-using a condemned pack or manifest, or re-writing an index file with
-        the same content) is left alone, and the new index keeps listing such packs.
+        the same content) is left alone; a push that re-writes a pack also writes an index file
+        listing it.
         """
         keys = {k for k in keys if not _rewritten(self.backend, k, written_at)}
-        deleted = set(keys)
-        doomed = {pack_id_from_key(k) for k in keys if k.startswith("packs/")}
+        manifests = sorted((k for k in keys if k.startswith("manifests/")), key=lambda k: (k not in tree_keys, k))
+        deleted = {k for k in manifests if self._delete_unused(k, written_at, sizes, progress)}
+        packs = sorted(k for k in keys if k.startswith("packs/"))
+        doomed = {pack_id_from_key(k) for k in packs}
         kept = [(p, e) for p, e in index.pack_entries.items() if p not in doomed]
         new_index = index_key(write_index(self.backend, kept)) if kept else None
         for key in sorted(set(index_keys) - {new_index}):
@@ -233,17 +250,21 @@ class GcOperations:
             self.backend.delete(key)
             if self.cold is not None and not self.shared:
                 self.cold.delete(key)
-        for key in sorted(keys):
-            for tier in {id(t): t for t in (self.backend, self.hot, self.cold) if t is not None}.values():
-                if tier is self.backend and _rewritten(tier, key, written_at):
-                    deleted.discard(key)
-                    break  # a push wrote it again a moment ago: it is in use
-                if tier is self.backend or key.startswith("packs/"):
-                    tier.delete(key)
-            progress(sizes[key])
+        deleted |= {k for k in packs if self._delete_unused(k, written_at, sizes, progress)}
         self._index = None
         self.forget_hot_packs()
         return deleted
+
+    def _delete_unused(self, key: str, written_at: dict[str, float], sizes: dict[str, int],
+                       progress: Progress) -> bool:
+        """Delete a pack from every tier, or a manifest; False if a push wrote it again a moment ago."""
+        if _rewritten(self.backend, key, written_at):
+            return False
+        for tier in {id(t): t for t in (self.backend, self.hot, self.cold) if t is not None}.values():
+            if tier is self.backend or key.startswith("packs/"):
+                tier.delete(key)
+        progress(sizes[key])
+        return True
 
 
 def _packs_to_keep(index: ChunkIndex, live_chunks: set[bytes], condemned: set[bytes]) -> set[bytes]:

@@ -1,6 +1,7 @@
 """Deleting versions and collecting garbage, alone, racing pushes, and killed."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import yaml
 from conftest import make_tree, random_bytes, snapshot
 
 from artifactstore import Conflict, CorruptObject, InvalidParameter, Store, StoreError
+from artifactstore.backend import LocalBackend
 from artifactstore.demo import adapter_history, write_bundle
 
 HISTORY = adapter_history(layers=4, scale=8)
@@ -119,6 +121,43 @@ def test_gc_racing_pushes_never_deletes_what_a_push_uses(history_store, tmp_path
         target.parent.mkdir(exist_ok=True)
         final.get(final.resolve(f"acme/support@{version}"), target)
         assert snapshot(target) == snapshot(bundle)
+
+
+class PowerCut(BaseException):
+    """Stops a gc between two deletions, as kill -9 would."""
+
+
+def test_gc_stopped_after_any_deletion_leaves_a_consistent_store(history_store, tmp_path, monkeypatch):
+    history_store.delete("acme/support@v1.1.0")
+    history_store.delete("acme/support@v1.0.0")
+    history_store.gc(grace="0s")
+    condemned = tmp_path / "condemned"
+    shutil.copytree(history_store.path, condemned)
+    unlink = LocalBackend.delete
+    calls = []
+    monkeypatch.setattr(LocalBackend, "delete", lambda backend, key: (calls.append(key), unlink(backend, key)))
+    Store(history_store.path).gc(grace="0s")
+    assert len(calls) >= 5
+    for allowed in range(len(calls)):
+        copy = tmp_path / f"stopped-{allowed}"
+        shutil.copytree(condemned, copy)
+        done = []
+
+        def delete_until_cut(backend, key):
+            if len(done) == allowed:
+                raise PowerCut
+            done.append(key)
+            unlink(backend, key)
+
+        monkeypatch.setattr(LocalBackend, "delete", delete_until_cut)
+        with pytest.raises(PowerCut):
+            Store(copy).gc(grace="0s")
+        monkeypatch.setattr(LocalBackend, "delete", unlink)
+        report = Store(copy).verify()
+        assert report.ok, (done, report.problems)
+        Store(copy).gc(grace="0s")
+        assert Store(copy).verify().ok
+        assert json.loads((copy / "gc" / "condemned.json").read_text()) == {}, allowed
 
 
 def test_kill_during_gc_leaves_a_consistent_store(history_store, tmp_path):
