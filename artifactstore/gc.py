@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import Conflict, CorruptObject, InvalidParameter, NotFound, StoreError
+from .guard import guard_key
 from .ids import digest, format_id, parse_id
 from .index import ChunkIndex, index_key, write_index
 from .manifest import TreeManifest, manifest_key
@@ -260,6 +261,8 @@ class GcOperations:
         """Delete a pack from every tier, or a manifest; False if a push wrote it again a moment ago."""
         if _rewritten(self.backend, key, written_at):
             return False
+        if key.startswith("packs/"):
+            self.hot.delete(guard_key(pack_id_from_key(key)))
         for tier in {id(t): t for t in (self.backend, self.hot, self.cold) if t is not None}.values():
             if tier is self.backend or key.startswith("packs/"):
                 tier.delete(key)

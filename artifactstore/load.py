@@ -1,14 +1,17 @@
 """Load safetensors weights straight from the store into numpy arrays or torch tensors.
 
-``LoaderOperations`` is mixed into ``Store``. A load reads each file's chunks from their packs
-with ``os.preadv`` directly into one destination buffer per file (pinned host memory for CUDA).
-Two threads each read a run of chunks and re-hash every chunk of it against its digest while the
-bytes are still in the CPU's cache. The tensors are views into that buffer: no intermediate copy
-of the data from local packs, and nothing is returned unless every byte read checked out.
+``LoaderOperations`` is mixed into ``Store``. On the CPU, a tensor whose chunks lie back to back
+in one local pack file is a view of that pack, memory-mapped copy-on-write: nothing is copied, the
+pages are the page cache's (shared by every process that loads the same version), and writing to
+a tensor never reaches the pack. Every other tensor (its chunks split between packs, or a pack in
+another tier), and every tensor bound for CUDA, is read with ``os.preadv`` into one destination
+buffer per file (pinned host memory for CUDA). Two threads re-hash every chunk a load uses against
+its digest, each taking runs of chunks; nothing is returned unless every byte checked out.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator
@@ -21,6 +24,7 @@ import ml_dtypes
 import numpy as np
 
 from .errors import CorruptObject, InvalidInput, InvalidParameter, NotFound
+from .guard import checksum, decode_guard, guard_key
 from .ids import format_id
 from .manifest import FileManifest
 from .pack import pack_key
@@ -85,11 +89,23 @@ class _Run:
     begin: int
     end: int
     prefix: bytearray
-    chunks: list[tuple[bytes, int, int]] = field(default_factory=list)  # digest, landing range
+    chunks: list[tuple[bytes, int, int, int]] = field(default_factory=list)  # digest, landing range, pack offset
 
     @property
     def pack_end(self) -> int:
         return self.pack_offset + len(self.prefix) + self.end - self.begin
+
+
+@dataclass
+class _Segment:
+    """Chunks back to back both in a file and in one local pack: a tensor inside it is a view
+    of the pack's mapping, at its file offset minus ``base``."""
+
+    pack: bytes
+    first: int  # index of its first chunk in the file
+    last: int
+    base: int  # file offset - pack offset
+    tensors: list[TensorInfo] = field(default_factory=list)
 
 
 class LoaderOperations:
@@ -114,10 +130,11 @@ class LoaderOperations:
         with _PackFiles(self) as packs, ThreadPoolExecutor(2) as pool:
             files = [self._stored_file(label, manifest, packs) for label, manifest in self._weight_files(ref_or_id)]
             wanted = _select(files, names, ref_or_id)
-            buffers = [self._read_tensors(file, tensors, packs, pool, converter.allocate) for file, tensors in wanted]
+            placed = [self._place_tensors(file, tensors, packs, pool, converter) for file, tensors in wanted]
         result = {}
-        for (file, tensors), (buffer, base) in zip(wanted, buffers):
-            result.update(converter.tensors(buffer, base, tensors, file.label))
+        for (file, _), groups in zip(wanted, placed):
+            for buffer, base, tensors in groups:
+                result.update(converter.tensors(buffer, base, tensors, file.label))
         return result
 
     def _weight_files(self, ref_or_id: str) -> list[tuple[str, FileManifest]]:
@@ -150,7 +167,7 @@ class LoaderOperations:
                     chunk, size = manifest.chunks[i]
                     location = self._locate(chunk, size)
                     data = packs.read(location.pack, location.offset, size)
-                    if blake3.blake3(data).digest() != chunk:
+                    if not _intact(chunk, data, packs.guard(location.pack), location.offset):
                         raise CorruptObject(_damage(chunk, location.pack))
                     leading[i] = data
                 parts.append(leading[i][max(offset - chunk_starts[i], 0):offset + length - chunk_starts[i]])
@@ -162,12 +179,63 @@ class LoaderOperations:
             raise InvalidInput(f"{label}: {exc}") from None
         return _StoredFile(label, manifest, chunk_starts, header)
 
+    def _place_tensors(self, file: _StoredFile, tensors: list[TensorInfo], packs: _PackFiles,
+                       pool: ThreadPoolExecutor, converter: _NumpyArrays | _TorchTensors) -> list[tuple[Any, int, list]]:
+        """Find or read every tensor's bytes and verify each chunk they lie in.
+
+        Returns (buffer, the file offset its first byte stands for, the tensors in it) for each
+        buffer: the mappings of the packs tensors are views of, and one buffer read for the rest.
+        """
+        segments = self._segments(file, tensors, packs) if converter.maps else []
+        mapped = [segment for segment in segments if segment.tensors]
+        in_segment = {id(t) for segment in mapped for t in segment.tensors}
+        copied = [t for t in tensors if id(t) not in in_segment]
+        checks = [pool.submit(_check_mapped, packs, segment.pack, run)
+                  for segment in mapped for run in _mapped_runs(file, segment)]
+        groups = [(converter.wrap(packs.mapping(segment.pack)), segment.base, segment.tensors) for segment in mapped]
+        if copied or not mapped:
+            buffer, base = self._read_tensors(file, copied, packs, pool, converter.allocate, checks)
+            groups.append((buffer, base, copied))
+        for check in checks:
+            damage = check.result()
+            if damage is not None:
+                raise CorruptObject(damage)
+        return groups
+
+    def _segments(self, file: _StoredFile, tensors: list[TensorInfo], packs: _PackFiles) -> list[_Segment]:
+        """The runs of ``tensors``' chunks that lie back to back in one local pack, each holding
+        the tensors that lie wholly in it."""
+        segments: list[_Segment] = []
+        home: dict[int, _Segment] = {}
+        needed = sorted({i for t in tensors for i in _chunks_covering(file.chunk_starts, t.begin, t.end)})
+        for i in needed:
+            chunk, length = file.manifest.chunks[i]
+            location = self._locate(chunk, length)
+            mapping = packs.mapping(location.pack)
+            if mapping is None or location.offset + length > len(mapping):
+                continue  # not a local file, or truncated: the copying reader reports it
+            last = segments[-1] if segments else None
+            base = file.chunk_starts[i] - location.offset
+            if last is None or (last.pack, last.last, last.base) != (location.pack, i - 1, base):
+                last = _Segment(location.pack, i, i, base)
+                segments.append(last)
+            last.last = i
+            home[i] = last
+        for tensor in tensors:
+            covering = _chunks_covering(file.chunk_starts, tensor.begin, tensor.end)
+            segment = home.get(covering[0]) if covering else next(iter(segments), None)  # no bytes: any will do
+            if segment is not None and (not covering or covering[-1] <= segment.last):
+                segment.tensors.append(tensor)
+        return segments
+
     def _read_tensors(self, file: _StoredFile, tensors: list[TensorInfo], packs: _PackFiles,
-                      pool: ThreadPoolExecutor, allocate: Callable[[int], tuple[Any, np.ndarray]]) -> tuple[Any, int]:
-        """Read and verify the chunks holding ``tensors`` into a new buffer.
+                      pool: ThreadPoolExecutor, allocate: Callable[[int], tuple[Any, np.ndarray]],
+                      checks: list[Future]) -> tuple[Any, int]:
+        """Read the chunks holding ``tensors`` into a new buffer, adding their checks to ``checks``.
 
         Returns the buffer and the file offset its first byte stands for. It spans the data
-        section from (about) the first chunk needed to the end of the last.
+        section from (about) the first chunk needed to the end of the last; bytes between chunks
+        that are not needed are never written, so their pages are never allocated.
         """
         needed = sorted({i for t in tensors for i in _chunks_covering(file.chunk_starts, t.begin, t.end)})
         data_start = file.header.data_start
@@ -179,12 +247,8 @@ class LoaderOperations:
             base = end = data_start
         buffer, host = allocate(end - base)
         landing = memoryview(host)
-        checks: list[Future] = [pool.submit(_read_and_check, packs, run, landing)
-                                for run in self._plan_runs(file, needed, base, packs)]
-        for check in checks:
-            damage = check.result()
-            if damage is not None:
-                raise CorruptObject(damage)
+        checks.extend(pool.submit(_read_and_check, packs, run, landing)
+                      for run in self._plan_runs(file, needed, base, packs))
         return buffer, base
 
     def _plan_runs(self, file: _StoredFile, needed: list[int], base: int, packs: _PackFiles) -> Iterator[_Run]:
@@ -205,7 +269,7 @@ class LoaderOperations:
                 run = _Run(location.pack, location.offset, landing_start, landing_start,
                            bytearray(landing_start - start))
                 packs.open(run.pack)
-            run.chunks.append((chunk, landing_start, end))
+            run.chunks.append((chunk, landing_start, end, location.offset))
             run.end = end
         if run is not None:
             yield run
@@ -218,18 +282,51 @@ def _chunks_covering(chunk_starts: list[int], begin: int, end: int) -> range:
     return range(bisect_right(chunk_starts, begin) - 1, bisect_left(chunk_starts, end))
 
 
+def _mapped_runs(file: _StoredFile, segment: _Segment) -> Iterator[list[tuple[bytes, int, int]]]:
+    """The chunks of a segment that its tensors use, as (digest, pack offset, length) in runs of
+    at most RUN_LIMIT bytes, one check each."""
+    used = sorted({i for t in segment.tensors for i in _chunks_covering(file.chunk_starts, t.begin, t.end)})
+    run, size = [], 0
+    for i in used:
+        chunk, length = file.manifest.chunks[i]
+        if run and size + length > RUN_LIMIT:
+            yield run
+            run, size = [], 0
+        run.append((chunk, file.chunk_starts[i] - segment.base, length))
+        size += length
+    if run:
+        yield run
+
+
+def _check_mapped(packs: _PackFiles, pack: bytes, run: list[tuple[bytes, int, int]]) -> str | None:
+    """Check a run of chunks in a pack's mapping (which faults their pages in); returns what is damaged."""
+    mapping, guard = packs.mapping(pack), packs.guard(pack)
+    for chunk, offset, length in run:
+        if not _intact(chunk, mapping[offset:offset + length], guard, offset):
+            return _damage(chunk, pack)
+    return None
+
+
 def _read_and_check(packs: _PackFiles, run: _Run, landing: memoryview) -> str | None:
     """Read a run into place and hash each of its chunks while it is still in the CPU's cache.
 
     Returns what is damaged, if anything.
     """
     packs.read_into(run.pack, [memoryview(run.prefix), landing[run.begin:run.end]], run.pack_offset)
-    for position, (chunk, begin, end) in enumerate(run.chunks):
-        hasher = blake3.blake3(run.prefix if position == 0 else b"")
-        hasher.update(landing[begin:end])
-        if hasher.digest() != chunk:
+    guard = packs.guard(run.pack)
+    for position, (chunk, begin, end, offset) in enumerate(run.chunks):
+        data = run.prefix + landing[begin:end] if position == 0 and run.prefix else landing[begin:end]
+        if not _intact(chunk, data, guard, offset):
             return _damage(chunk, run.pack)
     return None
+
+
+def _intact(chunk: bytes, data, guard: dict[int, tuple[int, int]] | None, offset: int) -> bool:
+    """Whether ``data``, read at ``offset`` of a pack, is ``chunk``: by the pack's guard where it
+    vouches for those bytes, else (no guard, or one that disagrees) by BLAKE3."""
+    if guard is not None and guard.get(offset) == (len(data), checksum(data)):
+        return True
+    return blake3.blake3(data).digest() == chunk
 
 
 def _damage(chunk: bytes, pack: bytes) -> str:
@@ -258,12 +355,15 @@ def _select(files: list[_StoredFile], names: Iterable[str] | None,
 
 
 class _PackFiles:
-    """The packs one load reads: local pack files, each opened once and kept open for the load,
-    and packs that are not local files (in another tier), read through the store."""
+    """The packs one load reads: local pack files, each opened once and kept open for the load
+    (and mapped once if tensors are views of it), and packs that are not local files (in another
+    tier), read through the store."""
 
     def __init__(self, store):
         self._store = store
         self._fds: dict[bytes, int | None] = {}
+        self._mappings: dict[bytes, np.ndarray | None] = {}
+        self._guards: dict[bytes, dict[int, tuple[int, int]] | None] = {}
 
     def __enter__(self) -> _PackFiles:
         return self
@@ -279,6 +379,27 @@ class _PackFiles:
                 self._fds[pack] = os.open(self._store.hot.path(pack_key(pack)), os.O_RDONLY)
             except FileNotFoundError:
                 self._fds[pack] = None
+            try:
+                self._guards[pack] = decode_guard(self._store.hot.path(guard_key(pack)).read_bytes(), pack)
+            except OSError:
+                self._guards[pack] = None
+
+    def guard(self, pack: bytes) -> dict[int, tuple[int, int]] | None:
+        """The checksums of an ``open``ed local pack's chunks by offset (guard.py), if it has them."""
+        return self._guards[pack] if self._fds[pack] is not None else None
+
+    def mapping(self, pack: bytes) -> np.ndarray | None:
+        """The whole local pack file as a copy-on-write uint8 array; None if it is not a local file.
+
+        Its pages stay valid after the pack is deleted or replaced (a pack file is never
+        rewritten in place, and an unlinked file lives on while mapped).
+        """
+        if pack not in self._mappings:
+            self.open(pack)
+            fd = self._fds[pack]
+            self._mappings[pack] = None if fd is None or not os.fstat(fd).st_size else \
+                np.frombuffer(mmap.mmap(fd, 0, access=mmap.ACCESS_COPY), np.uint8)
+        return self._mappings[pack]
 
     def read(self, pack: bytes, offset: int, length: int) -> bytearray:
         self.open(pack)
@@ -339,6 +460,11 @@ def _unrepresentable(label: str, info: TensorInfo, framework: str) -> InvalidInp
 class _NumpyArrays:
     """Buffers are numpy uint8 arrays; tensors are views of them."""
 
+    maps = True
+
+    def wrap(self, mapping: np.ndarray) -> np.ndarray:
+        return mapping
+
     def allocate(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """The buffer, and the same as the numpy array to read into."""
         buffer = np.empty(size, np.uint8)
@@ -362,6 +488,10 @@ class _TorchTensors:
     def __init__(self, torch, device):
         self._torch = torch
         self._device = device
+        self.maps = device.type == "cpu"  # CUDA copies from pinned memory: mapped pages would be slower
+
+    def wrap(self, mapping: np.ndarray):
+        return self._torch.from_numpy(mapping)
 
     def allocate(self, size: int) -> tuple[Any, np.ndarray]:
         """A uint8 tensor of ``size`` bytes and a numpy view of its memory to read into."""
@@ -390,9 +520,13 @@ class _TorchTensors:
     def _view(self, raw, offset: int, dtype):
         if not raw.numel():  # an empty slice may have a stride torch refuses to reinterpret
             return self._torch.empty(0, dtype=dtype, device=raw.device)
-        if offset % dtype.itemsize:  # torch views a dtype only at offsets that are multiples of its size
-            raw = raw.clone()
-        return raw.view(dtype)
+        if offset % dtype.itemsize == 0:
+            return raw.view(dtype)
+        # torch views a dtype only at offsets that are multiples of its size; on the CPU a
+        # tensor may still start at any address (as numpy arrays may), so view through a buffer.
+        if raw.device.type == "cpu":
+            return self._torch.frombuffer(raw.numpy(), dtype=dtype)
+        return raw.clone().view(dtype)
 
     def _layout(self, info: TensorInfo):
         """(torch dtype or None for raw bytes, shape) of a tensor."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from .backend import Backend, ObjectWriter
 from .errors import CorruptObject
+from .guard import checksum, encode_guard, guard_key
 from .ids import DIGEST_SIZE, digest
 
 MAGIC = b"ARTPACK1"
@@ -78,11 +79,15 @@ def read_trailer(backend: Backend, key: str) -> tuple[bytes, list[PackEntry]]:
 
 
 class PackWriter:
-    """Appends chunks to a new pack; ``finish`` publishes it and returns (id, entries)."""
+    """Appends chunks to a new pack; ``finish`` publishes it and returns (id, entries).
 
-    def __init__(self, backend: Backend):
+    ``guarded``: also write the pack's guard (guard.py), for packs in a local tier.
+    """
+
+    def __init__(self, backend: Backend, *, guarded: bool = False):
         self._backend = backend
         self._writer: ObjectWriter = backend.open_writer()
+        self._checksums: list[int] | None = [] if guarded else None
         self.entries: list[PackEntry] = []
         self.size = 0
 
@@ -90,6 +95,8 @@ class PackWriter:
         self._writer.write(data)
         self.entries.append(PackEntry(chunk, self.size, len(data)))
         self.size += len(data)
+        if self._checksums is not None:
+            self._checksums.append(checksum(data))
 
     def seal(self) -> bytes:
         """Append the trailer; returns the pack id. Nothing is visible before ``publish``."""
@@ -100,6 +107,9 @@ class PackWriter:
 
     def publish(self) -> None:
         self._writer.publish(pack_key(self.pack_id))
+        if self._checksums is not None:  # after the pack: a guard never names a pack that is not there
+            self._backend.write(guard_key(self.pack_id), encode_guard(
+                self.pack_id, [(e.length, c) for e, c in zip(self.entries, self._checksums)]))
 
     def finish(self) -> tuple[bytes, list[PackEntry]]:
         self.seal()

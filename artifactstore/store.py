@@ -143,7 +143,7 @@ class _PutSession:
         if (self._stored(chunk) and not self._restore) or chunk in self._in_open_pack:
             return
         if self._writer is None:
-            self._writer = PackWriter(self._backend)
+            self._writer = PackWriter(self._backend, guarded=isinstance(self._backend, LocalBackend))
         self._writer.add(chunk, data)
         self._in_open_pack.add(chunk)
         self.new_bytes += len(data)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import blake3
 
 from .errors import CorruptObject, InvalidParameter, NotFound
+from .guard import guard_key
 from .ids import format_id
 from .index import index_id_from_key
 from .manifest import FileManifest, TreeManifest
@@ -174,6 +175,7 @@ class TierOperations:
             self.cold.write(key, data)
         if blake3.blake3(self.cold.read(key)).digest() != blake3.blake3(data).digest():
             raise CorruptObject(f"cold {key}: the uploaded copy does not read back intact; kept the hot copy")
+        self.hot.delete(guard_key(pack_id))
         self.hot.delete(key)
 
     def pull(self, ref: str, *, progress: Progress = lambda _: None) -> PullReport:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 import blake3
 
 from .errors import CorruptObject, InvalidParameter, NotFound
+from .guard import checksum, encode_guard, guard_key
 from .ids import digest, format_id, tree_digest
 from .index import decode_index, index_id_from_key
 from .manifest import FileManifest, TreeManifest, decode_manifest, manifest_key
@@ -65,6 +66,8 @@ def verify_store(store, progress: Progress, *, tier: str = "all", sample: float 
             damaged_chunks |= bad_chunks
             if entries is not None:
                 packs.setdefault(pack_id, {e.chunk: e for e in entries})
+            if not found and backend is store.hot:
+                _verify_guard(backend, pack_id, data, entries, repair, problems, repairs)
     for home in {id(b): b for b in (store.backend, store.hot)}.values():
         _verify_indexes(home, packs, problems)
     _verify_manifests(store, damaged_chunks, problems, progress, content=tier == "all", picked=picked)
@@ -84,6 +87,23 @@ def _pack_problems(data: bytes, pack_id: bytes, where: str) -> tuple[list[str], 
             found.append(f"{where}: chunk {format_id(e.chunk)} at offset {e.offset} is damaged")
             damaged.add(e.chunk)
     return found, entries, damaged
+
+
+def _verify_guard(hot, pack_id: bytes, data: bytes, entries: list[PackEntry], repair: bool,
+                  problems: list[str], repairs: list[str]) -> None:
+    """A sound hot pack's guard must match it; ``repair`` writes a missing or wrong one (a store
+    from before guards gets them so)."""
+    view = memoryview(data)
+    expected = encode_guard(pack_id, [(e.length, checksum(view[e.offset:e.offset + e.length])) for e in entries])
+    key = guard_key(pack_id)
+    current = hot.read(key) if hot.exists(key) else None
+    if current == expected:
+        return
+    if repair:
+        hot.write(key, expected)
+        repairs.append(f"hot {key}: {'rewritten' if current else 'written'} from its verified pack")
+    elif current is not None:
+        problems.append(f"hot {key}: does not match its pack (loads check that pack with BLAKE3 instead)")
 
 
 def _restore(damaged_tier, source_tier, key: str, pack_id: bytes) -> bool:

@@ -33,6 +33,13 @@ def snapshot(root: Path) -> dict[str, bytes]:
             for p in sorted(root.rglob("*")) if p.is_file() and p.relative_to(root).parts[0] != "tmp"}
 
 
+def guards_match_hot_packs(store: Store) -> bool:
+    """Whether the hot tier holds a guard for each of its packs and for nothing else."""
+    def names(prefix: str, suffix: str) -> set[str]:
+        return {key.rsplit("/", 1)[-1].removesuffix(suffix) for key in store.hot.list(prefix)}
+    return names("guards", ".guard") == names("packs", ".pack")
+
+
 def run_cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "artifactstore", *map(str, args)],
                           capture_output=True, text=True, env={**os.environ, **(env or {})}, **kwargs)

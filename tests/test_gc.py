@@ -10,7 +10,7 @@ import time
 
 import pytest
 import yaml
-from conftest import make_tree, random_bytes, snapshot
+from conftest import guards_match_hot_packs, make_tree, random_bytes, snapshot
 
 from artifactstore import Conflict, CorruptObject, InvalidParameter, Store, StoreError
 from artifactstore.backend import LocalBackend
@@ -156,7 +156,7 @@ def test_gc_stopped_after_any_deletion_leaves_a_consistent_store(history_store, 
         report = Store(copy).verify()
         assert report.ok, (done, report.problems)
         Store(copy).gc(grace="0s")
-        assert Store(copy).verify().ok
+        assert Store(copy).verify().ok and guards_match_hot_packs(Store(copy))
         assert json.loads((copy / "gc" / "condemned.json").read_text()) == {}, allowed
 
 

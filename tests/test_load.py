@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import mmap
 import re
 import sys
 
@@ -9,13 +10,15 @@ import numpy as np
 import pytest
 import safetensors
 import safetensors.numpy
-from conftest import make_tree, snapshot
+from conftest import guards_match_hot_packs, make_tree, snapshot
 from test_tensorfile import INVALID, VALID, build, entry, random_tensors
 
+import artifactstore.load
 from artifactstore import CorruptObject, InvalidInput, InvalidParameter, NotFound
 from artifactstore.demo import Version, lora_tensors, write_bundle
 from artifactstore.ids import format_id
-from artifactstore.load import NUMPY_DTYPES, _PackFiles
+from artifactstore.guard import checksum, decode_guard, encode_guard, guard_key
+from artifactstore.load import NUMPY_DTYPES
 from artifactstore.pack import TARGET_SIZE, pack_key
 
 
@@ -136,13 +139,13 @@ def test_names_read_only_the_chunks_holding_them(store, tmp_path, monkeypatch):
     tensors = {f"t{i}": rng.standard_normal((256, 1024), dtype=np.float32) for i in range(20)}
     file_id = put_bytes(store, tmp_path / "w.safetensors", safetensors.numpy.save(tensors))
     read = []
-    read_into = _PackFiles.read_into
+    intact = artifactstore.load._intact
 
-    def counting_read_into(self, pack, buffers, offset):
-        read.append(sum(map(len, buffers)))
-        read_into(self, pack, buffers, offset)
+    def counting_intact(chunk, data, guard, offset):
+        read.append(len(data))
+        return intact(chunk, data, guard, offset)
 
-    monkeypatch.setattr(_PackFiles, "read_into", counting_read_into)
+    monkeypatch.setattr(artifactstore.load, "_intact", counting_intact)
     loaded = store.load(file_id, names=["t7", "t3"])
     assert_same_arrays(loaded, {"t3": tensors["t3"], "t7": tensors["t7"]})
     assert sum(read) < 3 * tensors["t3"].nbytes  # two tensors, the header, chunk edges: not 20 tensors
@@ -252,6 +255,91 @@ def test_packs_that_are_not_local_files_are_read_through_the_store(store, tmp_pa
 
     monkeypatch.setattr(store, "_read_pack", read_cold_pack)
     assert_same_arrays(store.load(file_id), tensors)
+
+
+def multi_pack_file(store, tmp_path) -> tuple[str, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(13)
+    tensors = {f"layer.{i}": rng.standard_normal((1024, 1100), dtype=np.float32) for i in range(10)}
+    return put_bytes(store, tmp_path / "big.safetensors", safetensors.numpy.save(tensors)), tensors
+
+
+def packs_of(store, file_id: str) -> set[bytes]:
+    return {store.index[chunk].pack for chunk, _ in store.read_manifest(file_id).chunks}
+
+
+def test_tensors_are_copy_on_write_views_of_the_packs(store, tmp_path):
+    file_id, tensors = multi_pack_file(store, tmp_path)
+    before = snapshot(store.path)
+    loaded = store.load(file_id)
+    assert_same_arrays(loaded, tensors)
+    mapped = [a for a in loaded.values() if isinstance(getattr(base_buffer(a).base, "obj", None), mmap.mmap)]
+    assert len(mapped) >= len(tensors) - len(packs_of(store, file_id))  # at most one copy per pack boundary
+    for array in loaded.values():
+        array[:] = 0  # writable, and private to this process
+    assert snapshot(store.path) == before
+    assert_same_arrays(store.load(file_id), tensors)
+
+
+def test_loaded_tensors_outlive_their_packs(store, tmp_path):
+    file_id, tensors = multi_pack_file(store, tmp_path)
+    loaded = store.load(file_id)
+    for pack in packs_of(store, file_id):  # as gc or tier would remove them
+        store.backend.delete(guard_key(pack))
+        store.backend.delete(pack_key(pack))
+    assert_same_arrays(loaded, tensors)
+
+
+def rewrite_guard(store, pack: bytes, change) -> None:
+    path = store.backend.path(guard_key(pack))
+    path.chmod(0o644)
+    path.write_bytes(change(path.read_bytes()))
+
+
+def test_every_local_pack_has_a_guard_of_its_chunks(store, tmp_path):
+    file_id, _ = multi_pack_file(store, tmp_path)
+    for pack, entries in store.index.pack_entries.items():
+        guard = decode_guard(store.backend.read(guard_key(pack)), pack)
+        data = store.backend.read(pack_key(pack))
+        assert guard == {e.offset: (e.length, checksum(data[e.offset:e.offset + e.length])) for e in entries}
+        assert decode_guard(store.backend.read(guard_key(pack)), bytes(32)) is None  # another pack's
+    assert decode_guard(b"ARTGUARD", pack) is None
+
+
+@pytest.mark.parametrize("damage", ["no guard", "guard damaged", "guard with a wrong checksum", "another pack's guard"])
+def test_a_missing_or_wrong_guard_falls_back_to_blake3(store, tmp_path, monkeypatch, damage):
+    file_id, tensors = multi_pack_file(store, tmp_path)
+    packs = sorted(packs_of(store, file_id))
+    guards = {pack: store.backend.read(guard_key(pack)) for pack in packs}
+    for pack in packs:
+        if damage == "no guard":
+            store.backend.delete(guard_key(pack))
+        elif damage == "guard damaged":
+            rewrite_guard(store, pack, lambda data: data[:-1] + bytes([data[-1] ^ 1]))
+        elif damage == "guard with a wrong checksum":
+            entries = store.index.pack_entries[pack]
+            rewrite_guard(store, pack, lambda _: encode_guard(pack, [(e.length, 12345) for e in entries]))
+        else:
+            rewrite_guard(store, pack, lambda _: guards[packs[0] if pack != packs[0] else packs[1]])
+    hashed = []
+    blake3_hasher = artifactstore.load.blake3.blake3
+    monkeypatch.setattr(artifactstore.load.blake3, "blake3", lambda *a, **k: (hashed.append(1), blake3_hasher(*a, **k))[1])
+    assert_same_arrays(store.load(file_id), tensors)
+    assert len(hashed) >= len(store.read_manifest(file_id).chunks)
+
+
+def test_verify_reports_a_wrong_guard_and_repair_writes_guards(store, tmp_path):
+    file_id, _ = multi_pack_file(store, tmp_path)
+    wrong, missing = sorted(packs_of(store, file_id))
+    good = store.backend.read(guard_key(wrong))
+    rewrite_guard(store, wrong, lambda data: data[:-1] + bytes([data[-1] ^ 1]))
+    store.backend.delete(guard_key(missing))  # as in a store written before guards
+    report = store.verify()
+    assert report.problems == [f"hot {guard_key(wrong)}: does not match its pack "
+                               "(loads check that pack with BLAKE3 instead)"]
+    repaired = store.verify(repair=True)
+    assert repaired.ok and sorted(repaired.repaired) == sorted([
+        f"hot {guard_key(wrong)}: rewritten from its verified pack", f"hot {guard_key(missing)}: written from its verified pack"])
+    assert store.backend.read(guard_key(wrong)) == good and guards_match_hot_packs(store)
 
 
 def test_parameters_are_checked_before_reading(store, tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import sys
 import time
 
 import pytest
-from conftest import run_cli, snapshot
+from conftest import guards_match_hot_packs, run_cli, snapshot
 
 from artifactstore import Store
 from artifactstore.demo import adapter_history, write_bundle
@@ -54,6 +54,7 @@ def test_tier_moves_everything_but_the_hot_set_and_back(tmp_path, cold_url, bund
     assert (report.evicted, report.bytes_to_cold) == (dry.evicted, dry.bytes_to_cold)
     assert indexed <= hot_packs(store) | cold_packs(store), "no pack may be lost"
     assert len(hot_packs(store)) < len(indexed)
+    assert guards_match_hot_packs(store)
     stats = Store(store.path).stats()
     assert stats.cold_pack_bytes > 0 and stats.hot_pack_bytes > 0
     assert stats.stored_bytes >= stats.hot_pack_bytes + stats.cold_pack_bytes
@@ -69,6 +70,7 @@ def test_tier_moves_everything_but_the_hot_set_and_back(tmp_path, cold_url, bund
     back = cold_only.tier()
     assert back.fetched_chunks and back.bytes_from_cold > 0
     assert "acme/support@v1.1.0" in back.hot_versions
+    assert guards_match_hot_packs(cold_only)
 
 
 def test_pull_transfers_only_missing_chunks(tmp_path, cold_url, bundles):
