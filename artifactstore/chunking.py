@@ -19,14 +19,7 @@ import numpy as np
 
 from .errors import InvalidParameter
 
-try:
-    from . import _fastcdc
-except ImportError as exc:
-    raise ImportError(
-        "artifactstore's native chunking core (artifactstore._fastcdc) is not built: install the "
-        "package with `pip install .` (or `pip install -e .` for development), or build it in place "
-        "with `python setup.py build_ext --inplace`"
-    ) from exc
+from .native import _fastcdc
 
 __all__ = ["DEFAULT_PARAMS", "ChunkerParams", "cut", "cut_stream"]
 

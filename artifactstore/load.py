@@ -11,7 +11,6 @@ its digest, each taking runs of chunks; nothing is returned unless every byte ch
 
 from __future__ import annotations
 
-import mmap
 import os
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator
@@ -24,9 +23,10 @@ import ml_dtypes
 import numpy as np
 
 from .errors import CorruptObject, InvalidInput, InvalidParameter, NotFound
-from .guard import checksum, decode_guard, guard_key
+from .guard import decode_guard, guard_key
 from .ids import format_id
 from .manifest import FileManifest
+from .native import _checksum, _mapping
 from .pack import pack_key
 from .tensorfile import SafetensorsHeader, TensorInfo, read_header
 
@@ -167,7 +167,7 @@ class LoaderOperations:
                     chunk, size = manifest.chunks[i]
                     location = self._locate(chunk, size)
                     data = packs.read(location.pack, location.offset, size)
-                    if not _intact(chunk, data, packs.guard(location.pack), location.offset):
+                    if _first_damaged(data, [(chunk, 0, size, location.offset)], packs.guard(location.pack)):
                         raise CorruptObject(_damage(chunk, location.pack))
                     leading[i] = data
                 parts.append(leading[i][max(offset - chunk_starts[i], 0):offset + length - chunk_starts[i]])
@@ -186,12 +186,11 @@ class LoaderOperations:
         Returns (buffer, the file offset its first byte stands for, the tensors in it) for each
         buffer: the mappings of the packs tensors are views of, and one buffer read for the rest.
         """
-        segments = self._segments(file, tensors, packs) if converter.maps else []
+        checks: list[Future] = []
+        segments = self._segments(file, tensors, packs, pool, checks) if converter.maps else []
         mapped = [segment for segment in segments if segment.tensors]
         in_segment = {id(t) for segment in mapped for t in segment.tensors}
         copied = [t for t in tensors if id(t) not in in_segment]
-        checks = [pool.submit(_check_mapped, packs, segment.pack, run)
-                  for segment in mapped for run in _mapped_runs(file, segment)]
         groups = [(converter.wrap(packs.mapping(segment.pack)), segment.base, segment.tensors) for segment in mapped]
         if copied or not mapped:
             buffer, base = self._read_tensors(file, copied, packs, pool, converter.allocate, checks)
@@ -202,11 +201,19 @@ class LoaderOperations:
                 raise CorruptObject(damage)
         return groups
 
-    def _segments(self, file: _StoredFile, tensors: list[TensorInfo], packs: _PackFiles) -> list[_Segment]:
+    def _segments(self, file: _StoredFile, tensors: list[TensorInfo], packs: _PackFiles, pool: ThreadPoolExecutor,
+                  checks: list[Future]) -> list[_Segment]:
         """The runs of ``tensors``' chunks that lie back to back in one local pack, each holding
-        the tensors that lie wholly in it."""
+        the tensors that lie wholly in it.
+
+        Their chunks are checked on ``pool`` (futures added to ``checks``) in runs of at most
+        RUN_LIMIT bytes, submitted once everything is planned: a worker coming back for its next
+        run would otherwise wait for this thread to let go of the GIL.
+        """
         segments: list[_Segment] = []
         home: dict[int, _Segment] = {}
+        runs: list[tuple[bytes, list[tuple[bytes, int, int, int]]]] = []  # pack, chunks
+        run_bytes = 0
         needed = sorted({i for t in tensors for i in _chunks_covering(file.chunk_starts, t.begin, t.end)})
         for i in needed:
             chunk, length = file.manifest.chunks[i]
@@ -219,6 +226,12 @@ class LoaderOperations:
             if last is None or (last.pack, last.last, last.base) != (location.pack, i - 1, base):
                 last = _Segment(location.pack, i, i, base)
                 segments.append(last)
+                run_bytes = RUN_LIMIT
+            if run_bytes + length > RUN_LIMIT:
+                runs.append((location.pack, []))
+                run_bytes = 0
+            runs[-1][1].append((chunk, location.offset, length, location.offset))
+            run_bytes += length
             last.last = i
             home[i] = last
         for tensor in tensors:
@@ -226,6 +239,7 @@ class LoaderOperations:
             segment = home.get(covering[0]) if covering else next(iter(segments), None)  # no bytes: any will do
             if segment is not None and (not covering or covering[-1] <= segment.last):
                 segment.tensors.append(tensor)
+        checks.extend(pool.submit(_check_mapped, packs, pack, run) for pack, run in runs)
         return segments
 
     def _read_tensors(self, file: _StoredFile, tensors: list[TensorInfo], packs: _PackFiles,
@@ -282,29 +296,10 @@ def _chunks_covering(chunk_starts: list[int], begin: int, end: int) -> range:
     return range(bisect_right(chunk_starts, begin) - 1, bisect_left(chunk_starts, end))
 
 
-def _mapped_runs(file: _StoredFile, segment: _Segment) -> Iterator[list[tuple[bytes, int, int]]]:
-    """The chunks of a segment that its tensors use, as (digest, pack offset, length) in runs of
-    at most RUN_LIMIT bytes, one check each."""
-    used = sorted({i for t in segment.tensors for i in _chunks_covering(file.chunk_starts, t.begin, t.end)})
-    run, size = [], 0
-    for i in used:
-        chunk, length = file.manifest.chunks[i]
-        if run and size + length > RUN_LIMIT:
-            yield run
-            run, size = [], 0
-        run.append((chunk, file.chunk_starts[i] - segment.base, length))
-        size += length
-    if run:
-        yield run
-
-
-def _check_mapped(packs: _PackFiles, pack: bytes, run: list[tuple[bytes, int, int]]) -> str | None:
+def _check_mapped(packs: _PackFiles, pack: bytes, run: list[tuple[bytes, int, int, int]]) -> str | None:
     """Check a run of chunks in a pack's mapping (which faults their pages in); returns what is damaged."""
-    mapping, guard = packs.mapping(pack), packs.guard(pack)
-    for chunk, offset, length in run:
-        if not _intact(chunk, mapping[offset:offset + length], guard, offset):
-            return _damage(chunk, pack)
-    return None
+    damaged = _first_damaged(packs.mapping(pack), run, packs.guard(pack))
+    return None if damaged is None else _damage(damaged, pack)
 
 
 def _read_and_check(packs: _PackFiles, run: _Run, landing: memoryview) -> str | None:
@@ -313,20 +308,41 @@ def _read_and_check(packs: _PackFiles, run: _Run, landing: memoryview) -> str | 
     Returns what is damaged, if anything.
     """
     packs.read_into(run.pack, [memoryview(run.prefix), landing[run.begin:run.end]], run.pack_offset)
-    guard = packs.guard(run.pack)
-    for position, (chunk, begin, end, offset) in enumerate(run.chunks):
-        data = run.prefix + landing[begin:end] if position == 0 and run.prefix else landing[begin:end]
-        if not _intact(chunk, data, guard, offset):
-            return _damage(chunk, run.pack)
+    guard, chunks = packs.guard(run.pack), run.chunks
+    damaged = None
+    if run.prefix:  # the straddling first chunk is checked whole, header bytes included
+        chunk, begin, end, offset = chunks[0]
+        damaged = _first_damaged(run.prefix + landing[begin:end], [(chunk, 0, len(run.prefix) + end - begin, offset)],
+                                 guard)
+        chunks = chunks[1:]
+    damaged = damaged or _first_damaged(landing, [(c, begin, end - begin, offset) for c, begin, end, offset in chunks],
+                                        guard)
+    return None if damaged is None else _damage(damaged, run.pack)
+
+
+def _first_damaged(data, chunks: list[tuple[bytes, int, int, int]], guard: dict[int, tuple[int, int]] | None) -> bytes | None:
+    """A chunk of ``chunks`` = (digest, offset in ``data``, length, offset in its pack) whose bytes
+    are not that chunk, if any: by the pack's guard where it vouches for them (xxh3, in native
+    code without the GIL), else, or where the guard disagrees, by BLAKE3."""
+    vouched, unvouched = [], []
+    for chunk in chunks:
+        entry = guard.get(chunk[3]) if guard is not None else None
+        if entry is not None and entry[0] == chunk[2]:
+            vouched.append((chunk, entry[1]))
+        else:
+            unvouched.append(chunk)
+    if vouched:
+        offsets = np.array([c[1] for c, _ in vouched], np.int64)
+        lengths = np.array([c[2] for c, _ in vouched], np.int64)
+        expected = np.array([value for _, value in vouched], np.uint64)
+        start = 0
+        while (missed := _checksum.first_mismatch(data, offsets[start:], lengths[start:], expected[start:])) >= 0:
+            unvouched.append(vouched[start + missed][0])
+            start += missed + 1
+    for digest, offset, length, _ in unvouched:
+        if blake3.blake3(data[offset:offset + length]).digest() != digest:
+            return digest
     return None
-
-
-def _intact(chunk: bytes, data, guard: dict[int, tuple[int, int]] | None, offset: int) -> bool:
-    """Whether ``data``, read at ``offset`` of a pack, is ``chunk``: by the pack's guard where it
-    vouches for those bytes, else (no guard, or one that disagrees) by BLAKE3."""
-    if guard is not None and guard.get(offset) == (len(data), checksum(data)):
-        return True
-    return blake3.blake3(data).digest() == chunk
 
 
 def _damage(chunk: bytes, pack: bytes) -> str:
@@ -397,8 +413,8 @@ class _PackFiles:
         if pack not in self._mappings:
             self.open(pack)
             fd = self._fds[pack]
-            self._mappings[pack] = None if fd is None or not os.fstat(fd).st_size else \
-                np.frombuffer(mmap.mmap(fd, 0, access=mmap.ACCESS_COPY), np.uint8)
+            size = os.fstat(fd).st_size if fd is not None else 0
+            self._mappings[pack] = np.frombuffer(_mapping.FileMapping(fd, size), np.uint8) if size else None
         return self._mappings[pack]
 
     def read(self, pack: bytes, offset: int, length: int) -> bytearray:

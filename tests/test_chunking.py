@@ -307,9 +307,10 @@ def test_cut_releases_the_gil():
     assert any(window["start"] < stamp < window["end"] for stamp in stamps)
 
 
-def test_missing_native_core_says_how_to_build_it():
+@pytest.mark.parametrize("module", ["_fastcdc", "_checksum"])
+def test_missing_native_core_says_how_to_build_it(module):
     root = Path(__file__).parent.parent
-    code = ("import sys; sys.modules['artifactstore._fastcdc'] = None\n"
+    code = (f"import sys; sys.modules['artifactstore.{module}'] = None\n"
             "try:\n    import artifactstore.chunking\n"
             "except ImportError as error:\n    print(error)\n")
     path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))

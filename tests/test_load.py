@@ -2,7 +2,7 @@
 
 import importlib.util
 import json
-import mmap
+import os
 import re
 import sys
 
@@ -19,6 +19,7 @@ from artifactstore.demo import Version, lora_tensors, write_bundle
 from artifactstore.ids import format_id
 from artifactstore.guard import checksum, decode_guard, encode_guard, guard_key
 from artifactstore.load import NUMPY_DTYPES
+from artifactstore._mapping import FileMapping
 from artifactstore.pack import TARGET_SIZE, pack_key
 
 
@@ -139,13 +140,13 @@ def test_names_read_only_the_chunks_holding_them(store, tmp_path, monkeypatch):
     tensors = {f"t{i}": rng.standard_normal((256, 1024), dtype=np.float32) for i in range(20)}
     file_id = put_bytes(store, tmp_path / "w.safetensors", safetensors.numpy.save(tensors))
     read = []
-    intact = artifactstore.load._intact
+    first_damaged = artifactstore.load._first_damaged
 
-    def counting_intact(chunk, data, guard, offset):
-        read.append(len(data))
-        return intact(chunk, data, guard, offset)
+    def counting_first_damaged(data, chunks, guard):
+        read.extend(length for _, _, length, _ in chunks)
+        return first_damaged(data, chunks, guard)
 
-    monkeypatch.setattr(artifactstore.load, "_intact", counting_intact)
+    monkeypatch.setattr(artifactstore.load, "_first_damaged", counting_first_damaged)
     loaded = store.load(file_id, names=["t7", "t3"])
     assert_same_arrays(loaded, {"t3": tensors["t3"], "t7": tensors["t7"]})
     assert sum(read) < 3 * tensors["t3"].nbytes  # two tensors, the header, chunk edges: not 20 tensors
@@ -270,9 +271,11 @@ def packs_of(store, file_id: str) -> set[bytes]:
 def test_tensors_are_copy_on_write_views_of_the_packs(store, tmp_path):
     file_id, tensors = multi_pack_file(store, tmp_path)
     before = snapshot(store.path)
+    descriptors = len(os.listdir("/proc/self/fd"))
     loaded = store.load(file_id)
+    assert len(os.listdir("/proc/self/fd")) == descriptors, "a mapping holds no file descriptor"
     assert_same_arrays(loaded, tensors)
-    mapped = [a for a in loaded.values() if isinstance(getattr(base_buffer(a).base, "obj", None), mmap.mmap)]
+    mapped = [a for a in loaded.values() if isinstance(getattr(base_buffer(a).base, "obj", None), FileMapping)]
     assert len(mapped) >= len(tensors) - len(packs_of(store, file_id))  # at most one copy per pack boundary
     for array in loaded.values():
         array[:] = 0  # writable, and private to this process
