@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .backend import Backend
 from .errors import Conflict, CorruptObject, InvalidParameter, NotFound, StoreError
 from .guard import guard_key
 from .ids import digest, format_id, parse_id
@@ -42,6 +43,28 @@ def parse_duration(text: str) -> float:
     if match is None:
         raise InvalidParameter(f"not a duration: {text!r} (expected a number and s, m, h or d, e.g. 6h)")
     return int(match.group(1)) * UNITS[match.group(2)]
+
+
+@dataclass
+class IndexFiles:
+    """The index files of one place (the store, or a shared store's cache) as gc read them."""
+
+    tier: Backend
+    index: ChunkIndex
+    modified: dict[str, float]  # key -> modification time
+
+    @classmethod
+    def read(cls, tier: Backend) -> "IndexFiles":
+        modified = {key: tier.modified(key) for key in tier.list("index")}
+        return cls(tier, ChunkIndex.load(tier), modified)
+
+
+@dataclass
+class Manifests:
+    """What every manifest names: tree key -> its files' keys, file key -> its chunks."""
+
+    trees: dict[str, set[str]]
+    files: dict[str, set[bytes]]
 
 
 @dataclass
@@ -88,9 +111,9 @@ class GcOperations:
     def _registry_tokens(self) -> dict[str, str | None]:
         return {str(m): self.backend.read_ref(ref_key(m))[1] for m in self.models()}
 
-    def _mark(self, bundles_of: dict[str, str]) -> tuple[set[str], set[bytes], set[str]]:
-        """(live manifest keys, live chunks, keys of all tree manifests): every current version's
-        bundle, and every object stored without the registry; bundles of deleted versions are not live.
+    def _mark(self, bundles_of: dict[str, str]) -> tuple[set[str], set[bytes], Manifests]:
+        """(live manifest keys, live chunks, every manifest): live are every current version's
+        bundle, and every object stored without the registry; bundles of deleted versions are not.
 
         A condemned file manifest that no tree lists any more (a gc deleted the dead tree that
         listed it, then stopped) is not taken for one stored without the registry, unless a put
@@ -121,8 +144,10 @@ class GcOperations:
         live_files = {format_id(e.file) for t in live_trees for e in trees[t].entries} | \
             {f for f in set(files) - listed if not abandoned(f)}
         chunks = {c for f in live_files if f in files for c, _ in files[f].chunks}
-        return ({manifest_key(parse_id(i)) for i in live_trees | live_files}, chunks,
-                {manifest_key(parse_id(i)) for i in trees})
+        key = lambda object_id: manifest_key(parse_id(object_id))  # noqa: E731
+        every = Manifests({key(t): {key(format_id(e.file)) for e in tree.entries} for t, tree in trees.items()},
+                          {key(f): {c for c, _ in manifest.chunks} for f, manifest in files.items()})
+        return {key(i) for i in live_trees | live_files}, chunks, every
 
     def gc(self, *, dry_run: bool = False, grace: str = "1h", progress: Progress = lambda _: None) -> GcReport:
         """Condemn what nothing uses; delete what was condemned more than ``grace`` ago and is still unused."""
@@ -135,19 +160,22 @@ class GcOperations:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise StoreError(f"another gc is running on {self.location}") from None
-            index_keys = {k: self.backend.modified(k) for k in self.backend.list("index")}
-            index = ChunkIndex.load(self.backend)  # every pack, condemned ones included
+            # the store's index files (every pack, condemned ones included), and a shared store's
+            # cache's, which list this machine's copies of packs
+            homes = [IndexFiles.read(tier) for tier in {id(t): t for t in (self.backend, self.hot)}.values()]
+            index = homes[0].index
             if index.skipped:
                 raise StoreError(f"index file {index.skipped[0]} is damaged: gc would take its packs for garbage. "
                                  "Run `artifactstore verify`, then any put (which re-indexes those packs), then gc")
             bundles_of: dict[str, str] = {}
-            live_keys, live_chunks, tree_keys = set(), set(), set()
+            live_keys, live_chunks, manifests = set(), set(), Manifests({}, {})
             for report.mark_passes in range(1, MARK_ATTEMPTS + 1):
                 before = self._registry_tokens()
-                keys, chunks, trees = self._mark(bundles_of)
+                keys, chunks, found = self._mark(bundles_of)
                 live_keys |= keys
                 live_chunks |= chunks
-                tree_keys |= trees
+                manifests.trees.update(found.trees)
+                manifests.files.update(found.files)
                 if self._registry_tokens() == before:
                     break
             unindexed = next((c for c in live_chunks if c not in index), None)
@@ -155,12 +183,13 @@ class GcOperations:
                 raise StoreError(f"live chunk {format_id(unindexed)} is in no index: run `artifactstore verify`; "
                                  "gc deletes nothing until every live chunk is indexed")
             report.live_chunks = len(live_chunks)
-            self._sweep(report, index, index_keys, live_keys, live_chunks, tree_keys, progress)
+            self._sweep(report, homes, live_keys, live_chunks, manifests, progress)
         return report
 
-    def _sweep(self, report: GcReport, index: ChunkIndex, index_keys: dict[str, float], live_keys: set[str],
-               live_chunks: set[bytes], tree_keys: set[str], progress: Progress) -> None:
+    def _sweep(self, report: GcReport, homes: list[IndexFiles], live_keys: set[str], live_chunks: set[bytes],
+               manifests: Manifests, progress: Progress) -> None:
         now = time.time()
+        index = homes[0].index
         old, written_at = {}, {}
         tiers = [(self.backend, ["packs", "manifests"])] + \
             ([(self.cold, ["packs"])] if self.cold is not None and not self.shared else [])
@@ -179,13 +208,14 @@ class GcOperations:
         dead |= {k for k in old if k.startswith("manifests/") and k not in live_keys}
         dead |= {k for k in old if k.startswith("packs/") and pack_id_from_key(k) not in index.pack_entries}
         report.spared = sorted(k for k in condemned if k not in dead)
-        due = {k for k in dead if k in condemned and now - condemned[k] >= report.grace_seconds}
+        due = _without_referenced({k for k in dead if k in condemned and now - condemned[k] >= report.grace_seconds},
+                                  manifests, index)
         newly = dead - set(condemned)
         for key in sorted(newly):
             (report.condemned_packs if key.startswith("packs/") else report.condemned_manifests).append(key)
             report.pending_bytes += old[key]
         if not report.dry_run and due:
-            due = self._delete(due, index, index_keys, tree_keys, progress, old, written_at)
+            due = self._delete(due, homes, set(manifests.trees), progress, old, written_at)
         for key in sorted(due):
             (report.deleted_packs if key.startswith("packs/") else report.deleted_manifests).append(key)
             report.reclaimed_bytes += old[key]
@@ -203,7 +233,9 @@ class GcOperations:
         for pack_id, entries in index.pack_entries.items():
             key = pack_key(pack_id)
             live = [e for e in entries if e.chunk in live_chunks]
-            if key not in old or key in condemned or not live or 2 * sum(e.length for e in live) >= old[key]:
+            # chunk bytes only: a pack's trailer and padding are no garbage to reclaim
+            if key not in old or key in condemned or not live or \
+                    2 * sum(e.length for e in live) >= sum(e.length for e in entries):
                 continue
             copies.extend((e.chunk, e.length) for e in live
                           if all(loc.pack == pack_id for loc in index.all_locations(e.chunk)))
@@ -227,11 +259,11 @@ class GcOperations:
         self._index = None
         return sum(n for _, n in copies)
 
-    def _delete(self, keys: set[str], index: ChunkIndex, index_keys: dict[str, float], tree_keys: set[str],
-                progress: Progress, sizes: dict[str, int], written_at: dict[str, float]) -> set[str]:
+    def _delete(self, keys: set[str], homes: list[IndexFiles], tree_keys: set[str], progress: Progress,
+                sizes: dict[str, int], written_at: dict[str, float]) -> set[str]:
         """Delete referrers before what they refer to, so that a gc killed at any moment leaves a
-        store that verifies: tree manifests, then file manifests, then an index without the doomed
-        packs replaces the index files read at the start, then the packs.
+        store that verifies: tree manifests, then file manifests, then in each place with index
+        files one without the doomed packs replaces those read at the start, then the packs.
 
         Pushes write into the store while this runs. Anything written again since the sweep read
         its time (a push re-using a condemned pack or manifest, or re-writing an index file with
@@ -243,14 +275,15 @@ class GcOperations:
         deleted = {k for k in manifests if self._delete_unused(k, written_at, sizes, progress)}
         packs = sorted(k for k in keys if k.startswith("packs/"))
         doomed = {pack_id_from_key(k) for k in packs}
-        kept = [(p, e) for p, e in index.pack_entries.items() if p not in doomed]
-        new_index = index_key(write_index(self.backend, kept)) if kept else None
-        for key in sorted(set(index_keys) - {new_index}):
-            if _rewritten(self.backend, key, index_keys):
-                continue
-            self.backend.delete(key)
-            if self.cold is not None and not self.shared:
-                self.cold.delete(key)
+        for home in homes:
+            kept = [(p, e) for p, e in home.index.pack_entries.items() if p not in doomed]
+            new_index = index_key(write_index(home.tier, kept)) if kept else None
+            for key in sorted(set(home.modified) - {new_index}):
+                if _rewritten(home.tier, key, home.modified):
+                    continue
+                home.tier.delete(key)
+                if home.tier is self.backend and self.cold is not None and not self.shared:
+                    self.cold.delete(key)
         deleted |= {k for k in packs if self._delete_unused(k, written_at, sizes, progress)}
         self._index = None
         self.forget_hot_packs()
@@ -268,6 +301,24 @@ class GcOperations:
                 tier.delete(key)
         progress(sizes[key])
         return True
+
+
+def _without_referenced(due: set[str], manifests: Manifests, index: ChunkIndex) -> set[str]:
+    """``due`` less what a manifest that stays still names: the files of a tree that is not due,
+    and the last copy of a chunk of a file that is not due. A dead tree or file younger than the
+    grace period is not due yet; what it names waits for it, so no store state is one that
+    ``verify`` would reject."""
+    due = due - {f for tree, listed in manifests.trees.items() if tree not in due for f in listed}
+    doomed = {pack_id_from_key(k) for k in due if k.startswith("packs/")}
+    for file, chunks in manifests.files.items():
+        if file in due:
+            continue
+        for chunk in chunks:
+            homes = [loc.pack for loc in index.all_locations(chunk)] if chunk in index else []
+            if homes and doomed.issuperset(homes):
+                doomed.discard(homes[0])
+                due.discard(pack_key(homes[0]))
+    return due
 
 
 def _packs_to_keep(index: ChunkIndex, live_chunks: set[bytes], condemned: set[bytes]) -> set[bytes]:

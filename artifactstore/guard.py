@@ -30,9 +30,16 @@ def guard_key(pack_id: bytes) -> str:
     return f"guards/{hex_id[:2]}/{hex_id}.guard"
 
 
-def encode_guard(pack_id: bytes, chunks: list[tuple[int, int]]) -> bytes:
-    """The guard of a pack whose chunks, in pack order, have these (length, checksum)."""
-    body = HEAD.pack(MAGIC, pack_id, len(chunks)) + b"".join(ENTRY.pack(n, c) for n, c in chunks)
+def encode_guard(pack_id: bytes, chunks: list[tuple[int, int, int]]) -> bytes:
+    """The guard of a pack whose chunks, in pack order, are at (offset, length) with this
+    checksum; a gap before a chunk (padding) becomes an entry with checksum 0."""
+    layout, end = [], 0
+    for offset, length, value in chunks:
+        if offset > end:
+            layout.append((offset - end, 0))
+        layout.append((length, value))
+        end = offset + length
+    body = HEAD.pack(MAGIC, pack_id, len(layout)) + b"".join(ENTRY.pack(n, c) for n, c in layout)
     return body + CHECKSUM.pack(checksum(body))
 
 

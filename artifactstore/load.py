@@ -236,8 +236,11 @@ class LoaderOperations:
             home[i] = last
         for tensor in tensors:
             covering = _chunks_covering(file.chunk_starts, tensor.begin, tensor.end)
-            segment = home.get(covering[0]) if covering else next(iter(segments), None)  # no bytes: any will do
-            if segment is not None and (not covering or covering[-1] <= segment.last):
+            if not covering:
+                continue  # no bytes: the copying reader makes an empty tensor, and maps nothing
+            segment = home.get(covering[0])
+            if segment is not None and covering[-1] <= segment.last and \
+                    packs.claim(segment.pack, tensor.begin - segment.base, tensor.end - segment.base):
                 segment.tensors.append(tensor)
         checks.extend(pool.submit(_check_mapped, packs, pack, run) for pack, run in runs)
         return segments
@@ -380,6 +383,7 @@ class _PackFiles:
         self._fds: dict[bytes, int | None] = {}
         self._mappings: dict[bytes, np.ndarray | None] = {}
         self._guards: dict[bytes, dict[int, tuple[int, int]] | None] = {}
+        self._claims: dict[bytes, tuple[list[int], list[int]]] = {}  # pack -> sorted starts, ends
 
     def __enter__(self) -> _PackFiles:
         return self
@@ -405,7 +409,8 @@ class _PackFiles:
         return self._guards[pack] if self._fds[pack] is not None else None
 
     def mapping(self, pack: bytes) -> np.ndarray | None:
-        """The whole local pack file as a copy-on-write uint8 array; None if it is not a local file.
+        """The whole local pack file as a copy-on-write uint8 array; None if it is not a local file
+        or cannot be mapped (out of address space or of mappings: the load reads it instead).
 
         Its pages stay valid after the pack is deleted or replaced (a pack file is never
         rewritten in place, and an unlinked file lives on while mapped).
@@ -413,9 +418,29 @@ class _PackFiles:
         if pack not in self._mappings:
             self.open(pack)
             fd = self._fds[pack]
-            size = os.fstat(fd).st_size if fd is not None else 0
-            self._mappings[pack] = np.frombuffer(_mapping.FileMapping(fd, size), np.uint8) if size else None
+            mapping = None
+            try:
+                size = os.fstat(fd).st_size if fd is not None else 0
+                if size:
+                    mapping = np.frombuffer(_mapping.FileMapping(fd, size), np.uint8)
+            except OSError:
+                pass
+            self._mappings[pack] = mapping
         return self._mappings[pack]
+
+    def claim(self, pack: bytes, begin: int, end: int) -> bool:
+        """Reserve bytes [begin, end) of a pack's mapping for one tensor of this load; False if
+        another tensor has any of them (the same bytes twice, e.g. a repeated tensor: each
+        tensor must own its memory, so that writing one never changes another)."""
+        if begin == end:
+            return True
+        starts, ends = self._claims.setdefault(pack, ([], []))
+        i = bisect_right(starts, begin)
+        if (i and ends[i - 1] > begin) or (i < len(starts) and starts[i] < end):
+            return False
+        starts.insert(i, begin)
+        ends.insert(i, end)
+        return True
 
     def read(self, pack: bytes, offset: int, length: int) -> bytearray:
         self.open(pack)

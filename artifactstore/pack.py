@@ -2,7 +2,9 @@
 
 Layout (docs/format.md): chunk bytes back to back, then ``entry{N} N:u32
 "ARTPACK1"`` where an entry is a 32-byte chunk digest and a u32 length. The
-pack id is the BLAKE3 of the trailer.
+pack id is the BLAKE3 of the trailer. An entry whose digest is all zeros is
+padding (zero bytes that are no chunk), which writers use to keep a file's bytes
+aligned in the pack as they are in the file.
 """
 
 import struct
@@ -14,6 +16,7 @@ from .guard import checksum, encode_guard, guard_key
 from .ids import DIGEST_SIZE, digest
 
 MAGIC = b"ARTPACK1"
+PADDING = bytes(DIGEST_SIZE)
 ENTRY = struct.Struct("<32sI")
 FOOTER = struct.Struct("<I8s")
 TARGET_SIZE = 32 << 20
@@ -42,8 +45,9 @@ def pack_id_from_key(key: str) -> bytes | None:
     return pack_id if len(pack_id) == DIGEST_SIZE and key == pack_key(pack_id) else None
 
 
-def encode_trailer(entries: list[PackEntry]) -> bytes:
-    return b"".join(ENTRY.pack(e.chunk, e.length) for e in entries) + FOOTER.pack(len(entries), MAGIC)
+def encode_trailer(layout: list[tuple[bytes, int]]) -> bytes:
+    """The trailer of a pack holding ``layout`` = (chunk digest or PADDING, length) in pack order."""
+    return b"".join(ENTRY.pack(chunk, length) for chunk, length in layout) + FOOTER.pack(len(layout), MAGIC)
 
 
 def decode_trailer(tail: bytes, pack_size: int, where: str) -> tuple[bytes, list[PackEntry]]:
@@ -62,7 +66,8 @@ def decode_trailer(tail: bytes, pack_size: int, where: str) -> tuple[bytes, list
     trailer = tail[len(tail) - trailer_size:]
     entries, offset = [], 0
     for chunk, length in ENTRY.iter_unpack(trailer[: count * ENTRY.size]):
-        entries.append(PackEntry(chunk, offset, length))
+        if chunk != PADDING:
+            entries.append(PackEntry(chunk, offset, length))
         offset += length
     if offset + trailer_size != pack_size:
         raise CorruptObject(f"{where}: chunk lengths do not add up to the pack's size")
@@ -87,20 +92,33 @@ class PackWriter:
     def __init__(self, backend: Backend, *, guarded: bool = False):
         self._backend = backend
         self._writer: ObjectWriter = backend.open_writer()
+        self._layout: list[tuple[bytes, int]] = []  # the trailer's entries, padding included
         self._checksums: list[int] | None = [] if guarded else None
         self.entries: list[PackEntry] = []
         self.size = 0
 
-    def add(self, chunk: bytes, data) -> None:
-        self._writer.write(data)
-        self.entries.append(PackEntry(chunk, self.size, len(data)))
-        self.size += len(data)
+    def add(self, chunk: bytes, data, *, data_checksum: int | None = None) -> None:
+        """Append a chunk. ``data_checksum``: its xxh3 if the caller computed it before it
+        computed ``chunk`` from the same bytes (data that may change under us, such as a mapped
+        input file: the guard must vouch for the bytes that were hashed, not for a later read)."""
         if self._checksums is not None:
-            self._checksums.append(checksum(data))
+            self._checksums.append(checksum(data) if data_checksum is None else data_checksum)
+        self._append(chunk, data)
+        self.entries.append(PackEntry(chunk, self.size - len(data), len(data)))
+
+    def pad(self, length: int) -> None:
+        """Append ``length`` zero bytes that are no chunk."""
+        if length:
+            self._append(PADDING, bytes(length))
+
+    def _append(self, chunk: bytes, data) -> None:
+        self._writer.write(data)
+        self._layout.append((chunk, len(data)))
+        self.size += len(data)
 
     def seal(self) -> bytes:
         """Append the trailer; returns the pack id. Nothing is visible before ``publish``."""
-        trailer = encode_trailer(self.entries)
+        trailer = encode_trailer(self._layout)
         self.pack_id = digest(trailer)
         self._writer.write(trailer)
         return self.pack_id
@@ -109,7 +127,7 @@ class PackWriter:
         self._writer.publish(pack_key(self.pack_id))
         if self._checksums is not None:  # after the pack: a guard never names a pack that is not there
             self._backend.write(guard_key(self.pack_id), encode_guard(
-                self.pack_id, [(e.length, c) for e, c in zip(self.entries, self._checksums)]))
+                self.pack_id, [(e.offset, e.length, c) for e, c in zip(self.entries, self._checksums)]))
 
     def finish(self) -> tuple[bytes, list[PackEntry]]:
         self.seal()

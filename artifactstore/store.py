@@ -18,6 +18,7 @@ from . import chunking
 from .backend import Backend, LocalBackend
 from .errors import CorruptObject, InvalidInput, InvalidParameter, NotFound, StoreError
 from .gc import GcOperations
+from .guard import checksum
 from .ids import digest, format_id, parse_id, tree_digest
 from .index import ChunkIndex, write_index
 from .load import LoaderOperations
@@ -34,6 +35,9 @@ DEFAULT_KEEP_HOT = 3
 FORMAT_VERSION = 1
 READ_SEGMENT = 16 << 20
 HASH_BATCH = 128  # chunks hashed per task: about 8 MiB
+# A put lays each new chunk out at its file offset modulo this, padding the pack where needed:
+# safetensors aligns tensors in the file, and a tensor mapped from a pack keeps that alignment.
+PACK_ALIGNMENT = 64
 
 Progress = Callable[[int], None]
 
@@ -128,6 +132,7 @@ class _PutSession:
 
     def __init__(self, backend: Backend, index: ChunkIndex, *, condemned: set[bytes], restore: bool = False):
         self._backend = backend
+        self.guarded = isinstance(backend, LocalBackend)  # packs in a local directory get guards
         self._index = index
         self._condemned = condemned  # packs gc will delete: never deduplicate against them
         self._restore = restore  # write chunks the index knows too: copies into the hot tier
@@ -139,12 +144,17 @@ class _PutSession:
         self.finished: list = []
         self.new_bytes = 0
 
-    def add(self, chunk: bytes, data) -> None:
+    def add(self, chunk: bytes, data, *, data_checksum: int | None = None, file_offset: int | None = None) -> None:
+        """Store a chunk unless it is stored already. ``file_offset``: where it lies in its file,
+        to lay it out at the same offset modulo PACK_ALIGNMENT (so that tensors mapped from the
+        pack are as aligned as in the file). ``data_checksum``: see ``PackWriter.add``."""
         if (self._stored(chunk) and not self._restore) or chunk in self._in_open_pack:
             return
         if self._writer is None:
-            self._writer = PackWriter(self._backend, guarded=isinstance(self._backend, LocalBackend))
-        self._writer.add(chunk, data)
+            self._writer = PackWriter(self._backend, guarded=self.guarded)
+        if file_offset is not None:
+            self._writer.pad((file_offset - self._writer.size) % PACK_ALIGNMENT)
+        self._writer.add(chunk, data, data_checksum=data_checksum)
         self._in_open_pack.add(chunk)
         self.new_bytes += len(data)
         if self._writer.size >= TARGET_SIZE:
@@ -345,13 +355,13 @@ class Store(LoaderOperations, GcOperations, TierOperations, RegistryOperations, 
         offsets = [0, *accumulate(lengths)]
         # The pool hashes batch k+1 while this thread writes batch k's new chunks into packs.
         batches = [(i, min(i + HASH_BATCH, len(lengths))) for i in range(0, len(lengths), HASH_BATCH)]
-        hashed = [pool.submit(_hash_chunks, data, offsets, first, last) for first, last in batches]
+        hashed = [pool.submit(_hash_chunks, data, offsets, first, last, session.guarded) for first, last in batches]
         chunk_ids = []
-        for (first, _), ids in zip(batches, hashed):
-            for i, chunk in enumerate(ids.result(), first):
-                session.add(chunk, data[offsets[i]:offsets[i + 1]])
+        for (first, _), batch in zip(batches, hashed):
+            for i, (chunk, data_checksum) in enumerate(batch.result(), first):
+                session.add(chunk, data[offsets[i]:offsets[i + 1]], data_checksum=data_checksum, file_offset=offsets[i])
                 progress(lengths[i])
-            chunk_ids.extend(ids.result())
+                chunk_ids.append(chunk)
         return file_digest.result(), FileManifest(len(data), list(zip(chunk_ids, lengths)))
 
     def _publish_manifest(self, object_id: bytes, encoded: bytes) -> None:
@@ -557,5 +567,13 @@ def _root_object(root: Path, files: list[tuple[_InputFile, bytes]]) -> tuple[byt
     return tree_digest(encoded), encoded
 
 
-def _hash_chunks(data: memoryview, offsets: list[int], first: int, last: int) -> list[bytes]:
-    return [blake3.blake3(data[offsets[i]:offsets[i + 1]]).digest() for i in range(first, last)]
+def _hash_chunks(data: memoryview, offsets: list[int], first: int, last: int,
+                 guarded: bool) -> list[tuple[bytes, int | None]]:
+    """(BLAKE3, xxh3 if ``guarded``) of each chunk; the xxh3 first, so that a guard can never
+    vouch for bytes that changed after their BLAKE3 was taken."""
+    hashed = []
+    for i in range(first, last):
+        piece = data[offsets[i]:offsets[i + 1]]
+        data_checksum = checksum(piece) if guarded else None
+        hashed.append((blake3.blake3(piece).digest(), data_checksum))
+    return hashed

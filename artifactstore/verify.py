@@ -94,7 +94,7 @@ def _verify_guard(hot, pack_id: bytes, data: bytes, entries: list[PackEntry], re
     """A sound hot pack's guard must match it; ``repair`` writes a missing or wrong one (a store
     from before guards gets them so)."""
     view = memoryview(data)
-    expected = encode_guard(pack_id, [(e.length, checksum(view[e.offset:e.offset + e.length])) for e in entries])
+    expected = encode_guard(pack_id, [(e.offset, e.length, checksum(view[e.offset:e.offset + e.length])) for e in entries])
     key = guard_key(pack_id)
     current = hot.read(key) if hot.exists(key) else None
     if current == expected:

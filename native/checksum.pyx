@@ -31,7 +31,7 @@ def first_mismatch(const unsigned char[::1] data, const int64_t[::1] offsets, co
     if lengths.shape[0] != count or expected.shape[0] != count:
         raise ValueError("offsets, lengths and expected must have the same length")
     for i in range(count):
-        if offsets[i] < 0 or lengths[i] < 0 or offsets[i] + lengths[i] > data.shape[0]:
+        if offsets[i] < 0 or lengths[i] < 0 or offsets[i] > data.shape[0] or lengths[i] > data.shape[0] - offsets[i]:
             raise ValueError(f"range {i} ({offsets[i]}, {lengths[i]}) is outside the {data.shape[0]}-byte buffer")
     with nogil:
         for i in range(count):

@@ -8,6 +8,7 @@ when the last view of it goes.
 
 import os
 
+from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES
 from libc.errno cimport errno
 from posix.mman cimport MAP_FAILED, MAP_PRIVATE, PROT_READ, PROT_WRITE, mmap, munmap
 
@@ -41,10 +42,16 @@ cdef class FileMapping:
         buffer.len = self.size
         buffer.readonly = 0
         buffer.itemsize = 1
-        buffer.format = "B"
         buffer.ndim = 1
-        buffer.shape = self.shape
-        buffer.strides = self.strides
+        buffer.format = NULL
+        buffer.shape = NULL
+        buffer.strides = NULL
+        if flags & PyBUF_FORMAT:
+            buffer.format = b"B"
+        if flags & PyBUF_ND:
+            buffer.shape = self.shape
+        if flags & PyBUF_STRIDES == PyBUF_STRIDES:
+            buffer.strides = self.strides
         buffer.suboffsets = NULL
         buffer.internal = NULL
 

@@ -1,6 +1,7 @@
 """Deleting versions and collecting garbage, alone, racing pushes, and killed."""
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from conftest import guards_match_hot_packs, make_tree, random_bytes, snapshot
 from artifactstore import Conflict, CorruptObject, InvalidParameter, Store, StoreError
 from artifactstore.backend import LocalBackend
 from artifactstore.demo import adapter_history, write_bundle
+from artifactstore.gc import CONDEMNED_KEY
 
 HISTORY = adapter_history(layers=4, scale=8)
 
@@ -121,6 +123,37 @@ def test_gc_racing_pushes_never_deletes_what_a_push_uses(history_store, tmp_path
         target.parent.mkdir(exist_ok=True)
         final.get(final.resolve(f"acme/support@{version}"), target)
         assert snapshot(target) == snapshot(bundle)
+
+
+def age(store, seconds: float) -> None:
+    """Move the store ``seconds`` into the past: every object's time and every condemnation's."""
+    if store.backend.exists(CONDEMNED_KEY):
+        condemned = {key: when - seconds for key, when in store.condemned().items()}
+        store.backend.write(CONDEMNED_KEY, json.dumps(condemned).encode())
+    for path in store.path.rglob("*"):
+        if path.is_file() and path.relative_to(store.path).parts[0] != "tmp":
+            stat = path.stat()
+            os.utime(path, (stat.st_atime - seconds, stat.st_mtime - seconds))
+
+
+def test_what_a_young_dead_tree_names_waits_for_it(store, tmp_path):
+    versions = {version.name: version for version in HISTORY}
+    store.push(write_bundle(versions["v1.0.0"], tmp_path / "b0"), "acme/support@v1.0.0")
+    store.push(write_bundle(versions["v1.1.0"], tmp_path / "b1"), "acme/support@v1.1.0")
+    age(store, 7200)
+    store.push(write_bundle(versions["v1.1.1"], tmp_path / "b2"), "acme/support@v1.1.1")  # v1.1.0's weights file
+    store.delete("acme/support@v1.1.0")
+    store.delete("acme/support@v1.1.1")
+    first = Store(store.path).gc(grace="1h")  # condemns v1.1.0's objects; v1.1.1's tree is too young
+    assert first.condemned_manifests and first.condemned_packs
+    age(store, 7200)
+    second = Store(store.path).gc(grace="1h")  # v1.1.0's weights file is due, but v1.1.1's tree names it
+    assert second.deleted_manifests and second.condemned_manifests
+    assert Store(store.path).verify().ok
+    age(store, 7200)
+    Store(store.path).gc(grace="1h")
+    assert Store(store.path).verify().ok and guards_match_hot_packs(Store(store.path))
+    assert Store(store.path).gc(grace="1h").condemned_manifests == []
 
 
 class PowerCut(BaseException):

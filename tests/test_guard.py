@@ -30,14 +30,18 @@ def test_first_mismatch_finds_the_first_range_that_differs():
     assert _checksum.first_mismatch(data, offsets, lengths, expected) == 2
     with pytest.raises(ValueError, match="outside the 10000-byte buffer"):
         _checksum.first_mismatch(data, np.array([9000], np.int64), np.array([1001], np.int64), expected[:1])
+    with pytest.raises(ValueError, match="outside"):  # offset + length overflows int64
+        _checksum.first_mismatch(data, np.array([2**63 - 1], np.int64), np.array([1], np.int64), expected[:1])
     with pytest.raises(ValueError, match="same length"):
         _checksum.first_mismatch(data, offsets, lengths[:2], expected)
 
 
 def test_guard_round_trip_and_rejections():
     pack = bytes(range(32))
-    data = encode_guard(pack, [(100, 7), (5, 8), (65_536, 2**64 - 1)])
+    data = encode_guard(pack, [(0, 100, 7), (100, 5, 8), (105, 65_536, 2**64 - 1)])
     assert decode_guard(data, pack) == {0: (100, 7), 100: (5, 8), 105: (65_536, 2**64 - 1)}
+    padded = decode_guard(encode_guard(pack, [(3, 100, 7), (160, 5, 8)]), pack)
+    assert padded == {0: (3, 0), 3: (100, 7), 103: (57, 0), 160: (5, 8)}
     assert decode_guard(encode_guard(pack, []), pack) == {}
     assert decode_guard(data, bytes(32)) is None, "another pack's guard"
     assert decode_guard(data[:-1], pack) is None, "truncated"

@@ -6,11 +6,13 @@ import sys
 import textwrap
 
 import pytest
-from conftest import run_cli, snapshot
+from conftest import guards_match_hot_packs, run_cli, snapshot
 
 from artifactstore import Store
 from artifactstore.demo import adapter_history, write_bundle
 from artifactstore.hotswap import Follower
+from artifactstore.index import ChunkIndex, write_index
+from artifactstore.pack import pack_key
 
 HISTORY = adapter_history(layers=4, scale=8)
 
@@ -112,3 +114,23 @@ def test_shared_store_from_the_command_line_and_gc(tmp_path, bucket_url, bundles
     assert final.verify().ok
     final.get(final.resolve("acme/support@v1.1.0"), tmp_path / "v1.1.0")
     assert snapshot(tmp_path / "v1.1.0") == snapshot(bundles["v1.1.0"])
+
+
+def test_gc_drops_collected_packs_from_the_cache_index(tmp_path, bucket_url, bundles):
+    store = Store.init(bucket_url, cache=tmp_path / "cache")
+    for name in ("v1.0.0", "v1.1.0"):
+        store.push(bundles[name], f"acme/support@{name}")
+    assert store.pull("acme/support@v1.0.0").transferred_bytes > 0  # cache packs, in the cache's index
+    # a pull's pack can be byte for byte one of the bucket's (the same chunks in the same order),
+    # so the cache can hold a copy of a bucket pack under its id: give it copies of all of them
+    copies = [(pack, entries) for pack, entries in ChunkIndex.load(store.backend).pack_entries.items()]
+    for pack, _ in copies:
+        store.hot.write(pack_key(pack), store.backend.read(pack_key(pack)))
+    write_index(store.hot, copies)
+    store.delete("acme/support@v1.0.0")
+    Store(bucket_url, cache=tmp_path / "cache").gc(grace="0s")
+    assert Store(bucket_url, cache=tmp_path / "cache").gc(grace="0s").deleted_packs
+    final = Store(bucket_url, cache=tmp_path / "cache")
+    report = final.verify()
+    assert report.ok, report.problems
+    assert set(final.load("acme/support@v1.1.0")) == set(HISTORY[1].tensors)
