@@ -88,9 +88,15 @@ class GcOperations:
 
     def condemned(self) -> dict[str, float]:
         """Condemned object keys and when they were condemned."""
+        return {key: record[0] for key, record in self._condemned_records().items()}
+
+    def _condemned_records(self) -> dict[str, list]:
+        """key -> [when it was condemned, its modification time then (None for a cold pack)]."""
         if not self.backend.exists(CONDEMNED_KEY):
             return {}
-        return json.loads(self.backend.read(CONDEMNED_KEY))
+        records = json.loads(self.backend.read(CONDEMNED_KEY))
+        return {key: record if isinstance(record, list) else [record, None]  # a bare time: written before
+                for key, record in records.items()}                          # the times were recorded
 
     def delete(self, ref: str, *, actor: str | None = None, reason: str = ""):
         """Remove a version (a data removal request); refused while a pointer or pin names it."""
@@ -117,7 +123,8 @@ class GcOperations:
 
         A condemned file manifest that no tree lists any more (a gc deleted the dead tree that
         listed it, then stopped) is not taken for one stored without the registry, unless a put
-        wrote it again after its condemnation.
+        wrote it again after its condemnation: its modification time is no longer the one gc
+        recorded (times from the same clock, the backend's, so no clock skew can mislead it).
 
         ``bundles_of`` caches version record id -> bundle id across passes (records are immutable).
         """
@@ -133,11 +140,11 @@ class GcOperations:
         trees, files = {}, {}
         for object_id, manifest in self.manifests():
             (trees if isinstance(manifest, TreeManifest) else files)[format_id(object_id)] = manifest
-        condemned = self.condemned()
+        condemned = self._condemned_records()
 
         def abandoned(object_id: str) -> bool:
             key = manifest_key(parse_id(object_id))
-            return key in condemned and self.backend.modified(key) <= condemned[key]
+            return key in condemned and self.backend.modified(key) == condemned[key][1]
 
         live_trees = (current | (set(trees) - ever)) & set(trees)
         listed = {format_id(e.file) for t in trees.values() for e in t.entries}
@@ -221,8 +228,8 @@ class GcOperations:
             report.reclaimed_bytes += old[key]
         if report.dry_run:
             return
-        remaining = {k: t for k, t in condemned.items() if k in dead and k not in due}
-        remaining.update({k: now for k in newly})
+        remaining = {k: record for k, record in self._condemned_records().items() if k in dead and k not in due}
+        remaining.update({k: [now, written_at.get(k)] for k in newly})
         self.backend.write(CONDEMNED_KEY, json.dumps(remaining, sort_keys=True, indent=0).encode())
 
     def _repack_sparse(self, index: ChunkIndex, old: dict[str, int], live_chunks: set[bytes],

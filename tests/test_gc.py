@@ -17,6 +17,8 @@ from artifactstore import Conflict, CorruptObject, InvalidParameter, Store, Stor
 from artifactstore.backend import LocalBackend
 from artifactstore.demo import adapter_history, write_bundle
 from artifactstore.gc import CONDEMNED_KEY
+from artifactstore.ids import digest
+from artifactstore.manifest import manifest_key
 
 HISTORY = adapter_history(layers=4, scale=8)
 
@@ -128,7 +130,8 @@ def test_gc_racing_pushes_never_deletes_what_a_push_uses(history_store, tmp_path
 def age(store, seconds: float) -> None:
     """Move the store ``seconds`` into the past: every object's time and every condemnation's."""
     if store.backend.exists(CONDEMNED_KEY):
-        condemned = {key: when - seconds for key, when in store.condemned().items()}
+        condemned = {key: [when - seconds, modified and modified - seconds]
+                     for key, (when, modified) in json.loads(store.backend.read(CONDEMNED_KEY)).items()}
         store.backend.write(CONDEMNED_KEY, json.dumps(condemned).encode())
     for path in store.path.rglob("*"):
         if path.is_file() and path.relative_to(store.path).parts[0] != "tmp":
@@ -191,6 +194,35 @@ def test_gc_stopped_after_any_deletion_leaves_a_consistent_store(history_store, 
         Store(copy).gc(grace="0s")
         assert Store(copy).verify().ok and guards_match_hot_packs(Store(copy))
         assert json.loads((copy / "gc" / "condemned.json").read_text()) == {}, allowed
+
+
+def test_a_file_put_again_after_its_tree_went_is_kept_whatever_the_clocks_say(history_store, tmp_path, monkeypatch):
+    history_store.delete("acme/support@v1.0.0")
+    history_store.gc(grace="0s")  # condemns v1.0.0's tree and the files only it lists
+    weights = tmp_path / "bundles" / "v1.0.0" / "adapter_weights" / "adapter_model.safetensors"
+    file_key = manifest_key(digest(weights.read_bytes()))
+    assert file_key in history_store.condemned()
+    unlink = LocalBackend.delete
+
+    def delete_trees_only(backend, key):
+        if key != file_key and key.startswith("manifests/") and b'"entries"' in backend.read(key):
+            return unlink(backend, key)
+        raise PowerCut
+
+    monkeypatch.setattr(LocalBackend, "delete", delete_trees_only)
+    with pytest.raises(PowerCut):
+        Store(history_store.path).gc(grace="0s")  # stops after the dead tree went, before its files
+    monkeypatch.setattr(LocalBackend, "delete", unlink)
+    file_id = Store(history_store.path).put(weights).id  # a plain put of the same file: rewrites it
+    path = history_store.path / file_key
+    behind = history_store.condemned()[file_key] - 100  # the storage's clock 100 s behind gc's
+    os.utime(path, (behind, behind))
+    for _ in range(2):
+        Store(history_store.path).gc(grace="0s")
+    final = Store(history_store.path)
+    final.get(file_id, tmp_path / "again.safetensors")
+    assert (tmp_path / "again.safetensors").read_bytes() == weights.read_bytes()
+    assert final.verify().ok
 
 
 def test_kill_during_gc_leaves_a_consistent_store(history_store, tmp_path):
