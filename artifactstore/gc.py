@@ -144,7 +144,12 @@ class GcOperations:
 
         def abandoned(object_id: str) -> bool:
             key = manifest_key(parse_id(object_id))
-            return key in condemned and self.backend.modified(key) == condemned[key][1]
+            if key not in condemned:
+                return False
+            when, modified = condemned[key]
+            # a record from before modification times were kept: compare with the condemnation time
+            return self.backend.modified(key) == modified if modified is not None else \
+                self.backend.modified(key) <= when
 
         live_trees = (current | (set(trees) - ever)) & set(trees)
         listed = {format_id(e.file) for t in trees.values() for e in t.entries}
@@ -171,9 +176,11 @@ class GcOperations:
             # cache's, which list this machine's copies of packs
             homes = [IndexFiles.read(tier) for tier in {id(t): t for t in (self.backend, self.hot)}.values()]
             index = homes[0].index
-            if index.skipped:
-                raise StoreError(f"index file {index.skipped[0]} is damaged: gc would take its packs for garbage. "
-                                 "Run `artifactstore verify`, then any put (which re-indexes those packs), then gc")
+            for home in homes:
+                if home.index.skipped:
+                    raise StoreError(f"index file {home.index.skipped[0]} is damaged: gc would take its packs for "
+                                     "garbage. Run `artifactstore verify`, then any put (which re-indexes those "
+                                     "packs), then gc")
             bundles_of: dict[str, str] = {}
             live_keys, live_chunks, manifests = set(), set(), Manifests({}, {})
             for report.mark_passes in range(1, MARK_ATTEMPTS + 1):

@@ -432,8 +432,6 @@ class _PackFiles:
         """Reserve bytes [begin, end) of a pack's mapping for one tensor of this load; False if
         another tensor has any of them (the same bytes twice, e.g. a repeated tensor: each
         tensor must own its memory, so that writing one never changes another)."""
-        if begin == end:
-            return True
         starts, ends = self._claims.setdefault(pack, ([], []))
         i = bisect_right(starts, begin)
         if (i and ends[i - 1] > begin) or (i < len(starts) and starts[i] < end):

@@ -11,7 +11,7 @@ import struct
 from dataclasses import dataclass
 
 from .backend import Backend, ObjectWriter
-from .errors import CorruptObject
+from .errors import CorruptObject, InvalidInput
 from .guard import checksum, encode_guard, guard_key
 from .ids import DIGEST_SIZE, digest
 
@@ -100,10 +100,13 @@ class PackWriter:
     def add(self, chunk: bytes, data, *, data_checksum: int | None = None) -> None:
         """Append a chunk. ``data_checksum``: its xxh3 if the caller computed it before it
         computed ``chunk`` from the same bytes (data that may change under us, such as a mapped
-        input file: the guard must vouch for the bytes that were hashed, not for a later read)."""
+        input file): the guard vouches for the bytes that were hashed, not for a later read, and
+        bytes written that differ from them are refused (InvalidInput) instead of stored damaged."""
+        self._append(chunk, data)
+        if data_checksum is not None and checksum(data) != data_checksum:  # read after the write
+            raise InvalidInput("the input changed while it was being stored: store it again once it holds still")
         if self._checksums is not None:
             self._checksums.append(checksum(data) if data_checksum is None else data_checksum)
-        self._append(chunk, data)
         self.entries.append(PackEntry(chunk, self.size - len(data), len(data)))
 
     def pad(self, length: int) -> None:

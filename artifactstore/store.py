@@ -32,7 +32,7 @@ from .verify import verify_store
 
 CONFIG_KEY = "artifactstore.json"
 DEFAULT_KEEP_HOT = 3
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: packs may hold padding entries (docs/format.md); 1 is read, and upgraded on a put
 READ_SEGMENT = 16 << 20
 HASH_BATCH = 128  # chunks hashed per task: about 8 MiB
 # A put lays each new chunk out at its file offset modulo this, padding the pack where needed:
@@ -211,8 +211,9 @@ class Store(LoaderOperations, GcOperations, TierOperations, RegistryOperations, 
             raise StoreError(f"{self.location} is not an artifactstore store (run `artifactstore init`)") from None
         except ValueError:
             raise StoreError(f"{self.location}/{CONFIG_KEY} is not valid JSON") from None
-        if config.get("format") != "artifactstore" or config.get("version") != FORMAT_VERSION:
+        if config.get("format") != "artifactstore" or config.get("version") not in (1, FORMAT_VERSION):
             raise StoreError(f"{self.location} has an unsupported store format: {config.get('version')!r}")
+        self._config = config
         self.chunker = chunking.ChunkerParams(**config["chunker"])
         tiers = config.get("tiers", {})
         self.keep_hot: int = tiers.get("keep_hot", DEFAULT_KEEP_HOT)
@@ -278,7 +279,7 @@ class Store(LoaderOperations, GcOperations, TierOperations, RegistryOperations, 
     def effective_config(self) -> dict:
         """What this store runs with, including the AWS settings from the environment, secrets masked."""
         aws = {k: v for k, v in sorted(os.environ.items()) if k.startswith("AWS_")}
-        return {"store": mask_url(self.location), "hot": str(self.path.resolve()), "format_version": FORMAT_VERSION,
+        return {"store": mask_url(self.location), "hot": str(self.path.resolve()), "format_version": self._config["version"],
                 "chunker": asdict(self.chunker), "cold": mask_url(self.cold_url), "keep_hot": self.keep_hot,
                 "environment": mask_secrets(aws)}
 
@@ -296,6 +297,10 @@ class Store(LoaderOperations, GcOperations, TierOperations, RegistryOperations, 
         """Packs for new chunks, written to ``backend``: by default the store's own, or this machine's
         hot tier for ``restore`` sessions (copies of chunks the store already has)."""
         home = backend or (self.hot if restore else self.backend)
+        if not restore and self._config["version"] < FORMAT_VERSION:
+            # a put pads packs, which version-1 readers would take for damage: make them refuse the store
+            self._config = {**self._config, "version": FORMAT_VERSION}
+            self.backend.write(CONFIG_KEY, json.dumps(self._config, sort_keys=True, indent=1).encode())
         return _PutSession(home, self.index, condemned=self._condemned_packs(), restore=restore)
 
     def _condemned_packs(self) -> set[bytes]:
@@ -341,12 +346,18 @@ class Store(LoaderOperations, GcOperations, TierOperations, RegistryOperations, 
         with open(source, "rb") as f:
             if os.fstat(f.fileno()).st_size == 0:
                 return digest(b""), FileManifest(0, [])
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                data = memoryview(mapped)
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            data = memoryview(mapped)
+            try:
+                return self._ingest_buffer(data, session, pool, progress)
+            except InvalidInput as exc:
+                raise InvalidInput(f"{source}: {exc}") from None
+            finally:
+                data.release()
                 try:
-                    return self._ingest_buffer(data, session, pool, progress)
-                finally:
-                    data.release()
+                    mapped.close()
+                except BufferError:
+                    pass  # an exception's traceback still holds slices of it: it closes when they go
 
     def _ingest_buffer(self, data: memoryview, session: _PutSession, pool: ThreadPoolExecutor,
                        progress: Progress) -> tuple[bytes, FileManifest]:
@@ -357,11 +368,17 @@ class Store(LoaderOperations, GcOperations, TierOperations, RegistryOperations, 
         batches = [(i, min(i + HASH_BATCH, len(lengths))) for i in range(0, len(lengths), HASH_BATCH)]
         hashed = [pool.submit(_hash_chunks, data, offsets, first, last, session.guarded) for first, last in batches]
         chunk_ids = []
-        for (first, _), batch in zip(batches, hashed):
-            for i, (chunk, data_checksum) in enumerate(batch.result(), first):
-                session.add(chunk, data[offsets[i]:offsets[i + 1]], data_checksum=data_checksum, file_offset=offsets[i])
-                progress(lengths[i])
-                chunk_ids.append(chunk)
+        try:
+            for (first, _), batch in zip(batches, hashed):
+                for i, (chunk, data_checksum) in enumerate(batch.result(), first):
+                    session.add(chunk, data[offsets[i]:offsets[i + 1]], data_checksum=data_checksum,
+                                file_offset=offsets[i])
+                    progress(lengths[i])
+                    chunk_ids.append(chunk)
+        except BaseException:
+            for task in [*hashed, file_digest]:  # they read ``data``: let them finish before it is released
+                task.cancel() or task.exception()
+            raise
         return file_digest.result(), FileManifest(len(data), list(zip(chunk_ids, lengths)))
 
     def _publish_manifest(self, object_id: bytes, encoded: bytes) -> None:

@@ -225,6 +225,29 @@ def test_a_file_put_again_after_its_tree_went_is_kept_whatever_the_clocks_say(hi
     assert final.verify().ok
 
 
+def test_condemnations_recorded_by_the_previous_release_are_finished(history_store, monkeypatch):
+    history_store.delete("acme/support@v1.0.0")
+    history_store.gc(grace="0s")
+    unlink = LocalBackend.delete
+
+    def delete_trees_only(backend, key):
+        if key.startswith("manifests/") and b'"entries"' in backend.read(key):
+            return unlink(backend, key)
+        raise PowerCut
+
+    monkeypatch.setattr(LocalBackend, "delete", delete_trees_only)
+    with pytest.raises(PowerCut):
+        Store(history_store.path).gc(grace="0s")
+    monkeypatch.setattr(LocalBackend, "delete", unlink)
+    bare = {key: when for key, when in history_store.condemned().items()}  # that release wrote bare times
+    history_store.backend.write(CONDEMNED_KEY, json.dumps(bare).encode())
+    for _ in range(2):
+        Store(history_store.path).gc(grace="0s")
+    assert Store(history_store.path).condemned() == {}
+    assert not any(key in bare for key in history_store.backend.list("manifests"))
+    assert Store(history_store.path).verify().ok
+
+
 def test_kill_during_gc_leaves_a_consistent_store(history_store, tmp_path):
     history_store.delete("acme/support@v1.1.0")
     history_store.delete("acme/support@v1.0.0")

@@ -10,7 +10,8 @@ import time
 import pytest
 from conftest import make_tree, random_bytes, snapshot
 
-from artifactstore import Store
+import artifactstore.store
+from artifactstore import InvalidInput, Store
 from artifactstore.cli import main
 
 
@@ -97,3 +98,26 @@ def test_unreadable_file_is_refused_before_anything_is_written(tmp_path, monkeyp
     assert exited.value.code == 1
     assert capsys.readouterr().err.splitlines() == [f"error: cannot read {secret}: Permission denied"]
     assert snapshot(store.path) == before
+
+
+def test_a_file_changing_during_put_is_refused_and_stores_nothing(store, tmp_path, monkeypatch):
+    source = tmp_path / "weights.bin"
+    source.write_bytes(random_bytes(3_000_000, 9))
+    hash_chunks = artifactstore.store._hash_chunks
+
+    def hash_then_change(data, offsets, first, last, guarded):
+        hashed = hash_chunks(data, offsets, first, last, guarded)
+        if first == 0:  # a training job still writing its checkpoint
+            with open(source, "r+b") as f:
+                f.seek(100)
+                f.write(b"changed!")
+        return hashed
+
+    before = snapshot(store.path)
+    monkeypatch.setattr(artifactstore.store, "_hash_chunks", hash_then_change)
+    with pytest.raises(InvalidInput, match="weights.bin: the input changed while it was being stored"):
+        store.put(source)
+    monkeypatch.setattr(artifactstore.store, "_hash_chunks", hash_chunks)
+    assert snapshot(store.path) == before and store.verify().ok
+    assert Store(store.path).get(Store(store.path).put(source).id, tmp_path / "out") is None
+    assert (tmp_path / "out").read_bytes() == source.read_bytes()

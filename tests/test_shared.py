@@ -8,7 +8,7 @@ import textwrap
 import pytest
 from conftest import guards_match_hot_packs, run_cli, snapshot
 
-from artifactstore import Store
+from artifactstore import Store, StoreError
 from artifactstore.demo import adapter_history, write_bundle
 from artifactstore.hotswap import Follower
 from artifactstore.index import ChunkIndex, write_index
@@ -134,3 +134,14 @@ def test_gc_drops_collected_packs_from_the_cache_index(tmp_path, bucket_url, bun
     report = final.verify()
     assert report.ok, report.problems
     assert set(final.load("acme/support@v1.1.0")) == set(HISTORY[1].tensors)
+
+
+def test_gc_refuses_while_the_cache_index_is_damaged(tmp_path, bucket_url, bundles):
+    store = Store.init(bucket_url, cache=tmp_path / "cache")
+    store.push(bundles["v1.0.0"], "acme/support@v1.0.0")
+    store.push(bundles["v1.1.0"], "acme/support@v1.1.0")
+    store.pull("acme/support@v1.0.0")
+    index_file = next(store.hot.list("index"))
+    store.hot.path(index_file).write_bytes(b"garbage")
+    with pytest.raises(StoreError, match=f"index file {index_file} is damaged"):
+        Store(bucket_url, cache=tmp_path / "cache").gc(grace="0s")

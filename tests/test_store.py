@@ -199,3 +199,18 @@ def test_open_refuses_what_is_not_a_store(tmp_path):
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(StoreError, match="not an empty directory"):
         Store.init(tmp_path / "full")
+
+
+def test_a_version_1_store_is_read_and_a_put_upgrades_it(store, tmp_path):
+    first = store.put(make_tree(tmp_path / "a", {"w.bin": random_bytes(400_000, 1)})).id
+    config_path = store.path / "artifactstore.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "version": 1}))  # as the previous release wrote it
+    old = Store(store.path)
+    assert old.effective_config()["format_version"] == 1
+    old.get(first, tmp_path / "out")
+    old.put(make_tree(tmp_path / "b", {"w.bin": random_bytes(400_000, 2)}))  # pads packs: version 2 only
+    assert json.loads(config_path.read_text())["version"] == 2
+    config_path.write_text(json.dumps({**config, "version": 3}))
+    with pytest.raises(StoreError, match="unsupported store format: 3"):
+        Store(store.path)
