@@ -13,7 +13,8 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import accumulate
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,9 @@ _I64_MIN = -(2**63)
 # serde_json's recursion limit admits 127 nested arrays/objects, the header object included.
 _MAX_JSON_DEPTH = 127
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
 _MAX_SHOWN_TEXT = 80
 
 # Bits per element of every dtype of the format (crate `Dtype::bitsize`). Sub-byte
@@ -165,7 +169,7 @@ def _decode_json(text: str) -> Any:
         raise InvalidInput("safetensors: header JSON nests too deeply") from None
     except ValueError as error:  # JSONDecodeError, or raised by a hook
         raise InvalidInput(f"safetensors: header is not valid JSON: {error}") from None
-    _check_serde_json_limits(value)
+    _check_serde_json_limits(text, value)
     return value
 
 
@@ -190,21 +194,31 @@ def _reject_json_constant(literal: str) -> None:
     raise ValueError(f"{literal} is not JSON")
 
 
-def _check_serde_json_limits(root: Any) -> None:
+def _check_serde_json_limits(text: str, root: Any) -> None:
     """Reject what Python's json accepts but serde_json refuses anywhere in the
     document, even in values the crate then ignores: unpaired UTF-16 surrogate
-    escapes and nesting deeper than its recursion limit."""
-    pending = [(root, 1)]
-    while pending:
-        value, depth = pending.pop()
-        if isinstance(value, str):
+    escapes and nesting deeper than its recursion limit. ``text`` parsed as JSON
+    into ``root``, so its brackets outside strings are its structure."""
+    if _SURROGATE_ESCAPE.search(text):  # decoded UTF-8 holds no surrogates: only escapes make them
+        for value in _strings(root):
             if _LONE_SURROGATE.search(value):
                 raise InvalidInput("safetensors: header is not valid JSON: unpaired surrogate escape in a string")
+    brackets = _JSON_BRACKET.findall(_JSON_STRING.sub("", text))
+    if max(accumulate(1 if b in "[{" else -1 for b in brackets), default=0) > _MAX_JSON_DEPTH:
+        raise InvalidInput(f"safetensors: header JSON nests deeper than {_MAX_JSON_DEPTH} levels")
+
+
+def _strings(root: Any) -> Iterator[str]:
+    """Every string in a decoded document, object keys included."""
+    pending = [root]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, _JsonObject):
+            pending.extend(item for pair in value for item in pair)
         elif isinstance(value, list):
-            if depth > _MAX_JSON_DEPTH:
-                raise InvalidInput(f"safetensors: header JSON nests deeper than {_MAX_JSON_DEPTH} levels")
-            children = [item for pair in value for item in pair] if isinstance(value, _JsonObject) else value
-            pending.extend((child, depth + 1) for child in children)
+            pending.extend(value)
 
 
 def _split_header(root: Any) -> tuple[dict[str, _Entry], dict[str, str] | None]:

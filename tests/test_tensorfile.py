@@ -156,6 +156,8 @@ VALID = {
     "large finite numbers in an ignored field": (
         '{"a": {"dtype": "U8", "shape": [], "data_offsets": [0, 1], "x": [' + "9" * 308 + ", -1e308, 1e-400]}}", b"a"),
     "DEL character in a string": ('{"__metadata__": {"k": "\x7f"}}', b""),
+    "brackets inside strings do not nest": (
+        '{"__metadata__": {"k": "' + "[{" * 200 + '\\\" ]", "' + "}" * 300 + '": "\\\\"}}', b""),
 }
 
 
