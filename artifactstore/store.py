@@ -487,9 +487,11 @@ class Store(LoaderOperations, GcOperations, TierOperations, RegistryOperations, 
 
     def _locate(self, chunk: bytes, length: int):
         """Where to read a chunk: a hot copy if there is one."""
-        if chunk not in self.index:
+        location = self.index.locations.get(chunk)
+        if location is None:
             raise CorruptObject(f"chunk {format_id(chunk)} is missing from the store")
-        location = self.hot_location(chunk) or self.index[chunk]
+        if chunk in self.index.alternates:  # one of several copies may be hot
+            location = self.hot_location(chunk) or location
         if location.length != length:
             raise CorruptObject(f"chunk {format_id(chunk)}: index length {location.length}, manifest {length}")
         return location
