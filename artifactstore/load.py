@@ -206,14 +206,13 @@ class LoaderOperations:
         """The runs of ``tensors``' chunks that lie back to back in one local pack, each holding
         the tensors that lie wholly in it.
 
-        Their chunks are checked on ``pool`` (futures added to ``checks``) in runs of at most
-        RUN_LIMIT bytes, submitted once everything is planned: a worker coming back for its next
-        run would otherwise wait for this thread to let go of the GIL.
+        The chunks of the tensors placed in a segment are checked on ``pool`` (futures added to
+        ``checks``) in runs of at most RUN_LIMIT bytes, submitted once everything is planned: a
+        worker coming back for its next run would otherwise wait for this thread to let go of
+        the GIL. (A chunk only copied tensors need is checked by the copying reader instead.)
         """
         segments: list[_Segment] = []
-        home: dict[int, _Segment] = {}
-        runs: list[tuple[bytes, list[tuple[bytes, int, int, int]]]] = []  # pack, chunks
-        run_bytes = 0
+        home: dict[int, tuple[_Segment, bytes, int, int]] = {}  # chunk index -> segment, digest, pack offset, length
         needed = sorted({i for t in tensors for i in _chunks_covering(file.chunk_starts, t.begin, t.end)})
         for i in needed:
             chunk, length = file.manifest.chunks[i]
@@ -226,23 +225,26 @@ class LoaderOperations:
             if last is None or (last.pack, last.last, last.base) != (location.pack, i - 1, base):
                 last = _Segment(location.pack, i, i, base)
                 segments.append(last)
-                run_bytes = RUN_LIMIT
-            if run_bytes + length > RUN_LIMIT:
-                runs.append((location.pack, []))
-                run_bytes = 0
-            runs[-1][1].append((chunk, location.offset, length, location.offset))
-            run_bytes += length
             last.last = i
-            home[i] = last
+            home[i] = (last, chunk, location.offset, length)
+        used: dict[int, tuple[_Segment, bytes, int, int]] = {}
         for tensor in tensors:
             covering = _chunks_covering(file.chunk_starts, tensor.begin, tensor.end)
-            if not covering:
-                continue  # no bytes: the copying reader makes an empty tensor, and maps nothing
-            segment = home.get(covering[0])
-            if segment is not None and covering[-1] <= segment.last and \
+            if not covering or covering[0] not in home:
+                continue  # no bytes (the copying reader makes an empty tensor), or not in a local pack
+            segment = home[covering[0]][0]
+            if covering[-1] <= segment.last and \
                     packs.claim(segment.pack, tensor.begin - segment.base, tensor.end - segment.base):
                 segment.tensors.append(tensor)
-        checks.extend(pool.submit(_check_mapped, packs, pack, run) for pack, run in runs)
+                used.update((i, home[i]) for i in covering)
+        runs: list[tuple[_Segment, list[tuple[bytes, int, int, int]], int]] = []  # segment, chunks, bytes
+        for i in sorted(used):
+            segment, chunk, offset, length = used[i]
+            if not runs or runs[-1][0] is not segment or runs[-1][2] + length > RUN_LIMIT:
+                runs.append((segment, [], 0))
+            runs[-1][1].append((chunk, offset, length, offset))
+            runs[-1] = (segment, runs[-1][1], runs[-1][2] + length)
+        checks.extend(pool.submit(_check_mapped, packs, segment.pack, run) for segment, run, _ in runs)
         return segments
 
     def _read_tensors(self, file: _StoredFile, tensors: list[TensorInfo], packs: _PackFiles,
