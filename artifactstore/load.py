@@ -102,8 +102,7 @@ class _Segment:
     of the pack's mapping, at its file offset minus ``base``."""
 
     pack: bytes
-    first: int  # index of its first chunk in the file
-    last: int
+    last: int  # index of its last chunk in the file
     base: int  # file offset - pack offset
     tensors: list[TensorInfo] = field(default_factory=list)
 
@@ -223,7 +222,7 @@ class LoaderOperations:
             last = segments[-1] if segments else None
             base = file.chunk_starts[i] - location.offset
             if last is None or (last.pack, last.last, last.base) != (location.pack, i - 1, base):
-                last = _Segment(location.pack, i, i, base)
+                last = _Segment(location.pack, i, base)
                 segments.append(last)
             last.last = i
             home[i] = (last, chunk, location.offset, length)

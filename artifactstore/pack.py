@@ -84,7 +84,7 @@ def read_trailer(backend: Backend, key: str) -> tuple[bytes, list[PackEntry]]:
 
 
 class PackWriter:
-    """Appends chunks to a new pack; ``finish`` publishes it and returns (id, entries).
+    """Appends chunks to a new pack; ``seal`` then ``publish`` make it visible.
 
     ``guarded``: also write the pack's guard (guard.py), for packs in a local tier.
     """
@@ -131,11 +131,6 @@ class PackWriter:
         if self._checksums is not None:  # after the pack: a guard never names a pack that is not there
             self._backend.write(guard_key(self.pack_id), encode_guard(
                 self.pack_id, [(e.offset, e.length, c) for e, c in zip(self.entries, self._checksums)]))
-
-    def finish(self) -> tuple[bytes, list[PackEntry]]:
-        self.seal()
-        self.publish()
-        return self.pack_id, self.entries
 
     def discard(self) -> None:
         self._writer.discard()
