@@ -20,7 +20,7 @@ import numpy as np
 import pyfastcdc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from artifactstore import chunking
+from artifactstore.content import chunking
 
 PARAM_SETS = {
     "store default (16K/64K/256K)": chunking.DEFAULT_PARAMS,

@@ -8,7 +8,7 @@ from conftest import snapshot
 from test_tensorfile import INVALID
 
 from artifactstore import InvalidInput
-from artifactstore.bundle import WEIGHTS
+from artifactstore.registry.bundle import WEIGHTS
 from artifactstore.cli import main
 from artifactstore.demo import adapter_history, write_bundle
 

@@ -22,7 +22,7 @@ import numpy as np
 import pyfastcdc
 import pytest
 
-from artifactstore import chunking
+from artifactstore.content import chunking
 from artifactstore.errors import InvalidParameter
 
 FIXTURES = Path(__file__).parent / "fixtures" / "fastcdc"  # the crate's test image and its cut points

@@ -13,12 +13,13 @@ import pytest
 import yaml
 from conftest import guards_match_hot_packs, make_tree, random_bytes, snapshot
 
+import artifactstore.lifecycle.gc
 from artifactstore import Conflict, CorruptObject, InvalidParameter, Store, StoreError
-from artifactstore.backend import LocalBackend
+from artifactstore.backends.local import LocalBackend
 from artifactstore.demo import adapter_history, write_bundle
-from artifactstore.gc import CONDEMNED_KEY
+from artifactstore.content.condemned import CONDEMNED_KEY, condemned_times
 from artifactstore.ids import digest
-from artifactstore.manifest import manifest_key
+from artifactstore.content.manifest import manifest_key
 
 HISTORY = adapter_history(layers=4, scale=8)
 
@@ -201,7 +202,7 @@ def test_a_file_put_again_after_its_tree_went_is_kept_whatever_the_clocks_say(hi
     history_store.gc(grace="0s")  # condemns v1.0.0's tree and the files only it lists
     weights = tmp_path / "bundles" / "v1.0.0" / "adapter_weights" / "adapter_model.safetensors"
     file_key = manifest_key(digest(weights.read_bytes()))
-    assert file_key in history_store.condemned()
+    assert file_key in condemned_times(history_store.backend)
     unlink = LocalBackend.delete
 
     def delete_trees_only(backend, key):
@@ -215,7 +216,7 @@ def test_a_file_put_again_after_its_tree_went_is_kept_whatever_the_clocks_say(hi
     monkeypatch.setattr(LocalBackend, "delete", unlink)
     file_id = Store(history_store.path).put(weights).id  # a plain put of the same file: rewrites it
     path = history_store.path / file_key
-    behind = history_store.condemned()[file_key] - 100  # the storage's clock 100 s behind gc's
+    behind = condemned_times(history_store.backend)[file_key] - 100  # the storage's clock 100 s behind gc's
     os.utime(path, (behind, behind))
     for _ in range(2):
         Store(history_store.path).gc(grace="0s")
@@ -239,11 +240,11 @@ def test_condemnations_recorded_by_the_previous_release_are_finished(history_sto
     with pytest.raises(PowerCut):
         Store(history_store.path).gc(grace="0s")
     monkeypatch.setattr(LocalBackend, "delete", unlink)
-    bare = {key: when for key, when in history_store.condemned().items()}  # that release wrote bare times
+    bare = {key: when for key, when in condemned_times(history_store.backend).items()}  # that release wrote bare times
     history_store.backend.write(CONDEMNED_KEY, json.dumps(bare).encode())
     for _ in range(2):
         Store(history_store.path).gc(grace="0s")
-    assert Store(history_store.path).condemned() == {}
+    assert condemned_times(Store(history_store.path).backend) == {}
     assert not any(key in bare for key in history_store.backend.list("manifests"))
     assert Store(history_store.path).verify().ok
 
@@ -267,20 +268,21 @@ def test_kill_during_gc_leaves_a_consistent_store(history_store, tmp_path):
     assert json.loads((history_store.path / "gc" / "condemned.json").read_text()) == {}
 
 
-def test_a_push_during_the_sweep_keeps_what_it_rewrote(history_store, tmp_path):
+def test_a_push_during_the_sweep_keeps_what_it_rewrote(history_store, tmp_path, monkeypatch):
     """The sweep decides, then deletes; a push that re-writes condemned objects in between wins."""
     history_store.delete("acme/support@v1.1.0")
     history_store.delete("acme/support@v1.2.0")
     history_store.gc(grace="0s")
     bundle = tmp_path / "bundles" / "v1.2.0"
+    repack_sparse = artifactstore.lifecycle.gc._repack_sparse
 
-    class PushDuringSweep(Store):
-        def _repack_sparse(self, *args):
-            copied = super()._repack_sparse(*args)
-            Store(self.path).push(bundle, "acme/support@v1.2.0")  # another process, mid-sweep
-            return copied
+    def push_during_sweep(content, *args):
+        copied = repack_sparse(content, *args)
+        Store(content.path).push(bundle, "acme/support@v1.2.0")  # another process, mid-sweep
+        return copied
 
-    PushDuringSweep(history_store.path).gc(grace="0s")
+    monkeypatch.setattr(artifactstore.lifecycle.gc, "_repack_sparse", push_during_sweep)
+    Store(history_store.path).gc(grace="0s")
     final = Store(history_store.path)
     assert final.verify().ok
     final.get(final.resolve("acme/support@v1.2.0"), tmp_path / "out")

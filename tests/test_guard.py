@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import xxhash
 
-from artifactstore.guard import checksum, decode_guard, encode_guard
+from artifactstore.content.guard import checksum, decode_guard, encode_guard
 from artifactstore.native import _checksum
 
 

@@ -9,7 +9,7 @@ from conftest import run_cli
 
 from artifactstore import InvalidInput, InvalidParameter
 from artifactstore.demo import adapter_history, write_bundle
-from artifactstore.hotswap import Follower
+from artifactstore.serving import Follower
 
 HISTORY = adapter_history(layers=2, scale=16)
 PROBE = "base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight"  # differs between v1.0.0 and v1.1.0

@@ -13,14 +13,14 @@ import safetensors.numpy
 from conftest import guards_match_hot_packs, make_tree, snapshot
 from test_tensorfile import INVALID, VALID, build, entry, random_tensors
 
-import artifactstore.load
+import artifactstore.serving.load
 from artifactstore import CorruptObject, InvalidInput, InvalidParameter, NotFound
 from artifactstore.demo import Version, lora_tensors, write_bundle
 from artifactstore.ids import format_id
-from artifactstore.guard import checksum, decode_guard, encode_guard, guard_key
-from artifactstore.load import NUMPY_DTYPES
+from artifactstore.content.guard import checksum, decode_guard, encode_guard, guard_key
+from artifactstore.serving.load import NUMPY_DTYPES
 from artifactstore._mapping import FileMapping
-from artifactstore.pack import TARGET_SIZE, pack_key
+from artifactstore.content.pack import TARGET_SIZE, pack_key
 
 
 def put_bytes(store, path, data: bytes) -> str:
@@ -140,13 +140,13 @@ def test_names_read_only_the_chunks_holding_them(store, tmp_path, monkeypatch):
     tensors = {f"t{i}": rng.standard_normal((256, 1024), dtype=np.float32) for i in range(20)}
     file_id = put_bytes(store, tmp_path / "w.safetensors", safetensors.numpy.save(tensors))
     read = []
-    first_damaged = artifactstore.load._first_damaged
+    first_damaged = artifactstore.serving.load._first_damaged
 
     def counting_first_damaged(data, chunks, guard):
         read.extend(length for _, _, length, _ in chunks)
         return first_damaged(data, chunks, guard)
 
-    monkeypatch.setattr(artifactstore.load, "_first_damaged", counting_first_damaged)
+    monkeypatch.setattr(artifactstore.serving.load, "_first_damaged", counting_first_damaged)
     loaded = store.load(file_id, names=["t7", "t3"])
     assert_same_arrays(loaded, {"t3": tensors["t3"], "t7": tensors["t7"]})
     assert sum(read) < 3 * tensors["t3"].nbytes  # two tensors, the header, chunk edges: not 20 tensors
@@ -254,7 +254,7 @@ def test_packs_that_are_not_local_files_are_read_through_the_store(store, tmp_pa
             f.seek(offset)
             return f.read(length)
 
-    monkeypatch.setattr(store, "_read_pack", read_cold_pack)
+    monkeypatch.setattr(store.content, "read_pack", read_cold_pack)
     assert_same_arrays(store.load(file_id), tensors)
 
 
@@ -369,8 +369,8 @@ def test_a_missing_or_wrong_guard_falls_back_to_blake3(store, tmp_path, monkeypa
         else:
             rewrite_guard(store, pack, lambda _: guards[packs[0] if pack != packs[0] else packs[1]])
     hashed = []
-    blake3_hasher = artifactstore.load.blake3.blake3
-    monkeypatch.setattr(artifactstore.load.blake3, "blake3", lambda *a, **k: (hashed.append(1), blake3_hasher(*a, **k))[1])
+    blake3_hasher = artifactstore.serving.load.blake3.blake3
+    monkeypatch.setattr(artifactstore.serving.load.blake3, "blake3", lambda *a, **k: (hashed.append(1), blake3_hasher(*a, **k))[1])
     assert_same_arrays(store.load(file_id), tensors)
     assert len(hashed) >= len(store.read_manifest(file_id).chunks)
 

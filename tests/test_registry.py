@@ -7,7 +7,7 @@ from conftest import snapshot
 
 from artifactstore import Conflict, CorruptObject, InvalidInput, InvalidParameter, NotFound
 from artifactstore.demo import adapter_history, write_bundle
-from artifactstore.refs import Ref
+from artifactstore.registry.refs import Ref
 
 HISTORY = adapter_history(layers=2, scale=16)  # v1.0.0 … v1.2.1, tiny tensors
 BY_NAME = {v.name: v for v in HISTORY}

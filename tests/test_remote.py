@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from s3server import create_bucket, s3_environment, start_s3_server, start_s3_server_with_auth
 
-from artifactstore.backend import LocalBackend
+from artifactstore.backends.local import LocalBackend
 from artifactstore.errors import Conflict, NotFound, StoreError
-from artifactstore.remote import FsspecBackend, mask_secrets, mask_url, open_backend
+from artifactstore.backends import open_backend
+from artifactstore.backends.remote import FsspecBackend, mask_secrets, mask_url
 
 BUCKET = "remote-tests"
 
@@ -265,7 +266,7 @@ def test_ref_compare_and_swap(backend):
 RACER = textwrap.dedent("""
     import json, os, sys, time
     from artifactstore.errors import Conflict
-    from artifactstore.remote import FsspecBackend
+    from artifactstore.backends.remote import FsspecBackend
     url, key, start, attempts = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     backend = FsspecBackend(url)
     backend.read_ref(key)  # connected: ready to start

@@ -10,7 +10,7 @@ import time
 import pytest
 from conftest import make_tree, random_bytes, snapshot
 
-import artifactstore.store
+import artifactstore.content.put
 from artifactstore import InvalidInput, Store
 from artifactstore.cli import main
 
@@ -103,7 +103,7 @@ def test_unreadable_file_is_refused_before_anything_is_written(tmp_path, monkeyp
 def test_a_file_changing_during_put_is_refused_and_stores_nothing(store, tmp_path, monkeypatch):
     source = tmp_path / "weights.bin"
     source.write_bytes(random_bytes(3_000_000, 9))
-    hash_chunks = artifactstore.store._hash_chunks
+    hash_chunks = artifactstore.content.put._hash_chunks
 
     def hash_then_change(data, offsets, first, last, guarded):
         hashed = hash_chunks(data, offsets, first, last, guarded)
@@ -114,10 +114,10 @@ def test_a_file_changing_during_put_is_refused_and_stores_nothing(store, tmp_pat
         return hashed
 
     before = snapshot(store.path)
-    monkeypatch.setattr(artifactstore.store, "_hash_chunks", hash_then_change)
+    monkeypatch.setattr(artifactstore.content.put, "_hash_chunks", hash_then_change)
     with pytest.raises(InvalidInput, match="weights.bin: the input changed while it was being stored"):
         store.put(source)
-    monkeypatch.setattr(artifactstore.store, "_hash_chunks", hash_chunks)
+    monkeypatch.setattr(artifactstore.content.put, "_hash_chunks", hash_chunks)
     assert snapshot(store.path) == before and store.verify().ok
     assert Store(store.path).get(Store(store.path).put(source).id, tmp_path / "out") is None
     assert (tmp_path / "out").read_bytes() == source.read_bytes()

@@ -10,9 +10,9 @@ from conftest import guards_match_hot_packs, run_cli, snapshot
 
 from artifactstore import Store, StoreError
 from artifactstore.demo import adapter_history, write_bundle
-from artifactstore.hotswap import Follower
-from artifactstore.index import ChunkIndex, write_index
-from artifactstore.pack import pack_key
+from artifactstore.serving import Follower
+from artifactstore.content.index import ChunkIndex, write_index
+from artifactstore.content.pack import pack_key
 
 HISTORY = adapter_history(layers=4, scale=8)
 

@@ -16,7 +16,7 @@ import safetensors
 from safetensors.numpy import save
 
 from artifactstore.errors import InvalidInput
-from artifactstore.tensorfile import (
+from artifactstore.content.tensorfile import (
     DTYPE_BITS,
     MAX_HEADER_SIZE,
     SafetensorsHeader,

@@ -11,7 +11,7 @@ from conftest import guards_match_hot_packs, run_cli, snapshot
 
 from artifactstore import Store
 from artifactstore.demo import adapter_history, write_bundle
-from artifactstore.pack import pack_id_from_key
+from artifactstore.content.pack import pack_id_from_key
 
 HISTORY = adapter_history(layers=4, scale=8)  # tiny tensors, 5 versions
 
@@ -84,7 +84,7 @@ def test_pull_transfers_only_missing_chunks(tmp_path, cold_url, bundles):
     patch = Store(store.path).pull("acme/support@v1.1.1")
     assert patch.transferred_bytes < 4096
     weights_only = Store(store.path)
-    weights_only.cold = None  # the hot tier alone now serves v1.1.0
+    weights_only.content.cold = None  # the hot tier alone now serves v1.1.0
     weights_only.get(weights_only.resolve("acme/support@v1.1.0"), tmp_path / "hot-only")
     assert snapshot(tmp_path / "hot-only") == snapshot(bundles["v1.1.0"])
     assert Store(store.path).verify().ok

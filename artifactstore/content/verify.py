@@ -1,25 +1,23 @@
-"""Integrity check of a store: packs in both tiers, index files, manifests, the registry (docs/format.md)."""
+"""Integrity check of the content: packs in both tiers, guards, index files, manifests (docs/format.md)."""
 
 import random
-from collections.abc import Callable
 
 import blake3
 
-from .errors import CorruptObject, InvalidParameter, NotFound
+from ..errors import CorruptObject, InvalidParameter, NotFound
+from ..ids import digest, format_id, tree_digest
+from ..progress import Progress
 from .guard import checksum, encode_guard, guard_key
-from .ids import digest, format_id, tree_digest
 from .index import decode_index, index_id_from_key
 from .manifest import FileManifest, TreeManifest, decode_manifest, manifest_key
 from .pack import PackEntry, decode_trailer, pack_id_from_key, read_trailer
-
-Progress = Callable[[int], None]
-
+from .store import ContentStore
 
 TIERS = ("hot", "cold", "all")
 
 
-def verify_store(store, progress: Progress, *, tier: str = "all", sample: float = 100.0,
-                 repair: bool = False) -> tuple[list[str], list[str]]:
+def verify_content(store: ContentStore, progress: Progress, *, tier: str = "all", sample: float = 100.0,
+                   repair: bool = False) -> tuple[list[str], list[str]]:
     """(problems, repairs): every damaged or inconsistent object, and what ``repair`` restored.
 
     ``tier`` chooses whose packs are re-hashed (the other tier's trailers are still read, to check
@@ -68,10 +66,10 @@ def verify_store(store, progress: Progress, *, tier: str = "all", sample: float 
                 packs.setdefault(pack_id, {e.chunk: e for e in entries})
             if not found and backend is store.hot:
                 _verify_guard(backend, pack_id, data, entries, repair, problems, repairs)
-    for home in {id(b): b for b in (store.backend, store.hot)}.values():
+    for home in {id(b): b for b in (store.home, store.hot)}.values():
         _verify_indexes(home, packs, problems)
     _verify_manifests(store, damaged_chunks, problems, progress, content=tier == "all", picked=picked)
-    _verify_registry(store, problems)
+    store.rescan_hot_tier()
     return problems, repairs
 
 
@@ -140,7 +138,7 @@ def _verify_indexes(backend, packs, problems) -> None:
 
 def _verify_manifests(store, damaged_chunks, problems, progress, *, content: bool, picked) -> None:
     index = store.index
-    for key in store.backend.list("manifests"):
+    for key in store.home.list("manifests"):
         name = key.rsplit("/", 1)[-1].removesuffix(".json")
         try:
             object_id = bytes.fromhex(name)
@@ -149,7 +147,7 @@ def _verify_manifests(store, damaged_chunks, problems, progress, *, content: boo
         except ValueError:
             problems.append(f"{key}: not a manifest name")
             continue
-        data = store.backend.read(key)
+        data = store.home.read(key)
         try:
             manifest = decode_manifest(data, key)
         except CorruptObject as exc:
@@ -196,35 +194,3 @@ def _verify_file(store, index, key, file_id, manifest: FileManifest, damaged_chu
         return
     if hasher.digest() != file_id:
         problems.append(f"{key}: content does not hash to the file's id")
-
-
-def _verify_registry(store, problems) -> None:
-    """Every model's audit chain is intact and every pointer names an existing version."""
-    for model in store.models():
-        try:
-            current = store.state(model)
-            chain = list(store.states(model))
-        except (CorruptObject, NotFound) as exc:
-            problems.append(f"registry {model}: {exc}")
-            continue
-        expected_seq = current.seq
-        for state_id, state in chain:
-            for entry in reversed(state.entries):
-                if entry.seq != expected_seq:
-                    problems.append(f"registry {model}: audit entry {entry.seq} found where {expected_seq} belongs "
-                                    f"(state {state_id})")
-                expected_seq = entry.seq - 1
-        if expected_seq != 0:
-            problems.append(f"registry {model}: audit log ends at entry {expected_seq + 1}, not 1")
-        named = [*current.pointers.values(), *current.pins] + ([current.canary["version"]] if current.canary else [])
-        for version in named:
-            if version not in current.versions:
-                problems.append(f"registry {model}: a pointer names {version}, which does not exist")
-        for version, record_id in current.versions.items():
-            try:
-                record = store.version_record(f"{model}@{version}")
-                if record["version"] != version:
-                    raise CorruptObject(f"record {record_id} is for {record['version']}")
-                store.read_manifest(record["bundle"])
-            except (CorruptObject, NotFound, ValueError, KeyError) as exc:
-                problems.append(f"registry {model}@{version}: {exc}")

@@ -14,8 +14,8 @@ pack order ``length:u32 xxh3_64:u64``, then the xxh3_64 of everything before it.
 
 import struct
 
-from .ids import DIGEST_SIZE
-from .native import _checksum
+from ..ids import DIGEST_SIZE
+from ..native import _checksum
 
 MAGIC = b"ARTGUARD"
 HEAD = struct.Struct(f"<8s{DIGEST_SIZE}sI")

@@ -3,8 +3,8 @@
 import json
 from dataclasses import dataclass
 
-from .errors import CorruptObject, InvalidInput
-from .ids import DIGEST_SIZE, format_id, parse_id
+from ..errors import CorruptObject, InvalidInput
+from ..ids import DIGEST_SIZE, format_id, parse_id
 
 
 def canonical_json(obj) -> bytes:

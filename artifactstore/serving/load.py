@@ -1,6 +1,6 @@
 """Load safetensors weights straight from the store into numpy arrays or torch tensors.
 
-``LoaderOperations`` is mixed into ``Store``. On the CPU, a tensor whose chunks lie back to back
+``Loader(content).load(object_id)``. On the CPU, a tensor whose chunks lie back to back
 in one local pack file is a view of that pack, memory-mapped copy-on-write: nothing is copied, the
 pages are the page cache's (shared by every process that loads the same version), and writing to
 a tensor never reaches the pack. Every other tensor (its chunks split between packs, or a pack in
@@ -22,13 +22,14 @@ import blake3
 import ml_dtypes
 import numpy as np
 
-from .errors import CorruptObject, InvalidInput, InvalidParameter, NotFound
-from .guard import decode_guard, guard_key
-from .ids import format_id
-from .manifest import FileManifest
-from .native import _checksum, _mapping
-from .pack import pack_key
-from .tensorfile import SafetensorsHeader, TensorInfo, read_header
+from ..content.guard import decode_guard, guard_key
+from ..content.manifest import FileManifest
+from ..content.pack import pack_key
+from ..content.store import ContentStore
+from ..content.tensorfile import SafetensorsHeader, TensorInfo, read_header
+from ..errors import CorruptObject, InvalidInput, InvalidParameter, NotFound
+from ..ids import format_id
+from ..native import _checksum, _mapping
 
 WEIGHTS_DIR = "adapter_weights/"
 WEIGHTS_SUFFIX = ".safetensors"
@@ -107,15 +108,18 @@ class _Segment:
     tensors: list[TensorInfo] = field(default_factory=list)
 
 
-class LoaderOperations:
-    """``Store.load``: safetensors weights as verified tensors. Mixed into ``Store``."""
+class Loader:
+    """Safetensors weights of a content store as verified tensors."""
 
-    def load(self, ref_or_id: str, *, device: str = "cpu", framework: str = "numpy",
-             names: Iterable[str] | None = None) -> dict[str, Any]:
+    def __init__(self, content: ContentStore):
+        self.content = content
+
+    def load(self, object_id: str, *, device: str = "cpu", framework: str = "numpy",
+             names: Iterable[str] | None = None, label: str | None = None) -> dict[str, Any]:
         """The tensors of a safetensors file, or of every ``adapter_weights/*.safetensors`` in a tree.
 
-        ``ref_or_id`` is a version ref (``client/model@vX.Y.Z``, ``@POINTER``, ``@latest``) or the
-        ``b3:`` id of a file or a tree. ``framework`` is ``"numpy"`` (BF16 and F8 as ml_dtypes
+        ``object_id`` is the ``b3:`` id of a file or a tree; ``label`` names it in messages (the
+        ref the caller resolved, say). ``framework`` is ``"numpy"`` (BF16 and F8 as ml_dtypes
         types) or ``"torch"``; ``device`` is ``"cpu"``, or ``"cuda"``/``"cuda:N"`` with torch.
         ``names`` restricts the result to those tensors, and only the chunks holding them are
         read. The tensors of one file are views into one buffer. A dtype the framework cannot
@@ -126,9 +130,10 @@ class LoaderOperations:
         name found in two files of a tree, raises ``InvalidInput``; an unknown name ``NotFound``.
         """
         converter = _converter(framework, device)
-        with _PackFiles(self) as packs, ThreadPoolExecutor(2) as pool:
-            files = [self._stored_file(label, manifest, packs) for label, manifest in self._weight_files(ref_or_id)]
-            wanted = _select(files, names, ref_or_id)
+        label = label or object_id
+        with _PackFiles(self.content) as packs, ThreadPoolExecutor(2) as pool:
+            files = [self._stored_file(path, manifest, packs) for path, manifest in self._weight_files(object_id, label)]
+            wanted = _select(files, names, label)
             placed = [self._place_tensors(file, tensors, packs, pool, converter) for file, tensors in wanted]
         result = {}
         for (file, _), groups in zip(wanted, placed):
@@ -136,20 +141,19 @@ class LoaderOperations:
                 result.update(converter.tensors(buffer, base, tensors, file.label))
         return result
 
-    def _weight_files(self, ref_or_id: str) -> list[tuple[str, FileManifest]]:
-        object_id = self.resolve(ref_or_id)
-        manifest = self.read_manifest(object_id)
+    def _weight_files(self, object_id: str, label: str) -> list[tuple[str, FileManifest]]:
+        manifest = self.content.read_manifest(object_id)
         if isinstance(manifest, FileManifest):
             return [(object_id, manifest)]
         weights = []
         for entry in manifest.entries:
             if entry.path.startswith(WEIGHTS_DIR) and entry.path.endswith(WEIGHTS_SUFFIX):
-                file_manifest = self.read_manifest(format_id(entry.file))
+                file_manifest = self.content.read_manifest(format_id(entry.file))
                 if not isinstance(file_manifest, FileManifest):
                     raise CorruptObject(f"tree {object_id} lists {format_id(entry.file)}, which is not a file")
                 weights.append((entry.path, file_manifest))
         if not weights:
-            raise NotFound(f"{ref_or_id} has no {WEIGHTS_DIR}*{WEIGHTS_SUFFIX} file")
+            raise NotFound(f"{label} has no {WEIGHTS_DIR}*{WEIGHTS_SUFFIX} file")
         return weights
 
     def _stored_file(self, label: str, manifest: FileManifest, packs: _PackFiles) -> _StoredFile:
@@ -164,7 +168,7 @@ class LoaderOperations:
             for i in _chunks_covering(chunk_starts, offset, offset + length):
                 if i not in leading:
                     chunk, size = manifest.chunks[i]
-                    location = self._locate(chunk, size)
+                    location = self.content.locate(chunk, size)
                     data = packs.read(location.pack, location.offset, size)
                     if _first_damaged(data, [(chunk, 0, size, location.offset)], packs.guard(location.pack)):
                         raise CorruptObject(_damage(chunk, location.pack))
@@ -215,7 +219,7 @@ class LoaderOperations:
         needed = sorted({i for t in tensors for i in _chunks_covering(file.chunk_starts, t.begin, t.end)})
         for i in needed:
             chunk, length = file.manifest.chunks[i]
-            location = self._locate(chunk, length)
+            location = self.content.locate(chunk, length)
             mapping = packs.mapping(location.pack)
             if mapping is None or location.offset + length > len(mapping):
                 continue  # not a local file, or truncated: the copying reader reports it
@@ -277,7 +281,7 @@ class LoaderOperations:
         run: _Run | None = None
         for i in needed:
             chunk, length = file.manifest.chunks[i]
-            location = self._locate(chunk, length)
+            location = self.content.locate(chunk, length)
             start, end = file.chunk_starts[i] - base, file.chunk_starts[i + 1] - base
             landing_start = max(start, 0)  # below 0: the header's share of a straddling chunk
             if (run is None or location.pack != run.pack or location.offset != run.pack_end
@@ -354,7 +358,7 @@ def _damage(chunk: bytes, pack: bytes) -> str:
 
 
 def _select(files: list[_StoredFile], names: Iterable[str] | None,
-            ref_or_id: str) -> list[tuple[_StoredFile, list[TensorInfo]]]:
+            label: str) -> list[tuple[_StoredFile, list[TensorInfo]]]:
     """The tensors to load from each file, in data order."""
     owner: dict[str, _StoredFile] = {}
     for file in files:
@@ -369,7 +373,7 @@ def _select(files: list[_StoredFile], names: Iterable[str] | None,
     requested = set(names)
     missing = sorted(requested - owner.keys())
     if missing:
-        raise NotFound(f"no tensor {', '.join(map(repr, missing))} in {ref_or_id}")
+        raise NotFound(f"no tensor {', '.join(map(repr, missing))} in {label}")
     selected = [(file, [t for t in file.header.tensors.values() if t.name in requested]) for file in files]
     return [(file, tensors) for file, tensors in selected if tensors]
 
@@ -379,8 +383,8 @@ class _PackFiles:
     (and mapped once if tensors are views of it), and packs that are not local files (in another
     tier), read through the store."""
 
-    def __init__(self, store):
-        self._store = store
+    def __init__(self, content: ContentStore):
+        self._content = content
         self._fds: dict[bytes, int | None] = {}
         self._mappings: dict[bytes, np.ndarray | None] = {}
         self._guards: dict[bytes, dict[int, tuple[int, int]] | None] = {}
@@ -397,11 +401,11 @@ class _PackFiles:
     def open(self, pack: bytes) -> None:
         if pack not in self._fds:
             try:
-                self._fds[pack] = os.open(self._store.hot.path(pack_key(pack)), os.O_RDONLY)
+                self._fds[pack] = os.open(self._content.hot.path(pack_key(pack)), os.O_RDONLY)
             except FileNotFoundError:
                 self._fds[pack] = None
             try:
-                self._guards[pack] = decode_guard(self._store.hot.path(guard_key(pack)).read_bytes(), pack)
+                self._guards[pack] = decode_guard(self._content.hot.path(guard_key(pack)).read_bytes(), pack)
             except OSError:
                 self._guards[pack] = None
 
@@ -451,7 +455,7 @@ class _PackFiles:
         """Fill ``buffers`` in order from the pack's bytes at ``offset``; ``open`` the pack first."""
         fd = self._fds[pack]
         if fd is None:
-            data = memoryview(self._store._read_pack(pack, offset, sum(map(len, buffers))))
+            data = memoryview(self._content.read_pack(pack, offset, sum(map(len, buffers))))
             for buffer in buffers:
                 buffer[:] = data[:len(buffer)]
                 data = data[len(buffer):]

@@ -18,7 +18,7 @@ from itertools import accumulate
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 __all__ = [
     "DTYPE_BITS",

@@ -4,12 +4,12 @@ import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .errors import InvalidParameter
-from .ids import PREFIX, parse_id
+from ..errors import InvalidParameter
+from ..ids import PREFIX, parse_id
+from .pointers import NAMES as POINTER_NAMES
 
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 VERSION = re.compile(r"v(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)")
-POINTERS = ("production", "staging", "canary", "rollback_target")
 LATEST = "latest"
 
 
@@ -97,8 +97,8 @@ class Ref:
         model = ModelName.parse(name)
         if target.startswith("v"):
             parse_version(target)
-        elif target not in (*POINTERS, LATEST):
+        elif target not in (*POINTER_NAMES, LATEST):
             raise InvalidParameter(
                 f"unknown pointer {target!r} in {text!r}: expected a version or one of "
-                f"{', '.join((*POINTERS, LATEST))}")
+                f"{', '.join((*POINTER_NAMES, LATEST))}")
         return cls(model=model, target=target)

@@ -1,47 +1,15 @@
-"""Where a store's objects live: a narrow key/value interface with atomic writes.
-
-Keys are ``/``-separated relative paths such as ``packs/ab/ab12….pack``. Every
-write is atomic: a reader sees the whole object or nothing. Object storage
-backends implement the same few methods.
-
-Refs are the only mutable objects. ``read_ref`` returns a ref's bytes and a
-token (an ETag on object storage; here the BLAKE3 of the bytes); ``swap_ref``
-replaces the ref only if its token is still ``expected`` (``None``: the ref
-must not exist yet), which S3 expresses as ``If-Match`` / ``If-None-Match: *``.
-"""
+"""Objects as files under a directory: atomic by temp file, fsync and rename; refs under a file lock."""
 
 import fcntl
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
-from .errors import Conflict, NotFound, StoreError
-from .ids import digest
-
-
-class Backend(Protocol):
-    def read(self, key: str) -> bytes: ...
-    def read_range(self, key: str, offset: int, length: int) -> bytes: ...
-    def read_ranges(self, requests: list[tuple[str, int, int]]) -> list[bytes]: ...
-    def write(self, key: str, data: bytes) -> None: ...
-    def open_writer(self) -> "ObjectWriter": ...
-    def exists(self, key: str) -> bool: ...
-    def size(self, key: str) -> int: ...
-    def modified(self, key: str) -> float: ...
-    def list(self, prefix: str) -> Iterator[str]: ...
-    def delete(self, key: str) -> None: ...
-    def read_ref(self, key: str) -> tuple[bytes | None, str | None]: ...
-    def swap_ref(self, key: str, data: bytes, expected: str | None) -> str: ...
-
-
-class ObjectWriter(Protocol):
-    """A new object written in pieces, published under a key known only at the end."""
-
-    def write(self, data) -> None: ...
-    def publish(self, key: str) -> None: ...
-    def discard(self) -> None: ...
+from ..errors import Conflict, NotFound, StoreError
+from ..ids import digest
+from . import Capabilities
 
 
 def _fsync_dir(path: Path) -> None:
@@ -85,6 +53,10 @@ class LocalBackend:
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self.capabilities = Capabilities(local_directory=self.root, conditional_writes=True, concurrent_ranges=False)
+
+    def describe(self) -> str:
+        return str(self.root)
 
     def path(self, key: str) -> Path:
         return self.root / key

@@ -7,16 +7,17 @@ take ``follower.current`` once per request and use it throughout: it is an immut
 ``LoadedVersion`` and is replaced whole, so a reader never sees a mix of two versions.
 """
 
-import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from .errors import ArtifactStoreError, InvalidParameter
-from .refs import Ref
-from .registry import ModelState, ref_key
+from ..errors import ArtifactStoreError, InvalidParameter
+from ..registry.pointers import ROLLBACK_TARGET
+from ..registry.refs import Ref
+from ..registry.registry import Registry
+from ..registry.state import ModelState
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,13 @@ LOCAL_POLL = 0.002
 REMOTE_POLL = 0.5
 
 
-class SmokeCheckFailed(ArtifactStoreError):
-    """A candidate version failed the smoke check; the previous version stays live."""
+class VersionSource(Protocol):
+    """What a follower needs of a store: its registry, and loading a version's tensors."""
+
+    registry: Registry
+
+    def resolve(self, ref: str) -> str: ...
+    def load(self, ref_or_id: str, *, device: str = "cpu", framework: str = "numpy") -> dict[str, Any]: ...
 
 
 class Follower:
@@ -45,7 +51,7 @@ class Follower:
     every 2 ms), a ref in object storage one GET (default every 0.5 s).
     """
 
-    def __init__(self, store, ref: str, *, device: str = "cpu", framework: str = "numpy", keep_newest: int = 1,
+    def __init__(self, store: VersionSource, ref: str, *, device: str = "cpu", framework: str = "numpy", keep_newest: int = 1,
                  poll_interval: float | None = None, smoke_check: SmokeCheck | None = None,
                  on_swap: Callable[[LoadedVersion | None, LoadedVersion], None] | None = None,
                  on_error: Callable[[str], None] | None = None):
@@ -54,7 +60,7 @@ class Follower:
             raise InvalidParameter(f"a follower follows a pointer (client/model@production), not {ref}")
         self.store, self.ref = store, parsed
         self._load_options = {"device": device, "framework": framework}
-        shared = getattr(store.backend, "path", None) is None
+        shared = store.registry.backend.capabilities.local_directory is None
         self.keep_newest = keep_newest
         self.poll_interval = poll_interval or (REMOTE_POLL if shared else LOCAL_POLL)
         self.smoke_check, self.on_swap, self.on_error = smoke_check, on_swap, on_error
@@ -80,30 +86,18 @@ class Follower:
         tries again without waiting for the next move.
         """
         with self._lock:
-            signature = self._ref_signature()
+            signature = self.store.registry.ref_signature(self.ref.model)
             if signature == self._seen_ref and not force:
                 return False
             self._seen_ref = signature
             try:
-                return self._follow(self.store.state(self.ref.model))
+                return self._follow(self.store.registry.state(self.ref.model))
             except ArtifactStoreError as exc:
                 self._fail(f"{self.ref}: {exc}")
                 return False
 
-    def _ref_signature(self) -> tuple:
-        """What changes whenever the ref is replaced: cheap enough to check every few milliseconds."""
-        path = getattr(self.store.backend, "path", None)
-        if path is not None:
-            try:
-                st = os.stat(path(ref_key(self.ref.model)))
-            except FileNotFoundError:
-                return ()
-            return st.st_ino, st.st_mtime_ns, st.st_size
-        return (self.store.backend.read_ref(ref_key(self.ref.model))[1],)
-
     def _follow(self, state: ModelState) -> bool:
-        target = state.canary["version"] if self.ref.target == "canary" and state.canary else \
-            state.pointers.get(self.ref.target)
+        target = state.pointer(self.ref.target)
         if target is None:
             self._fail(f"{self.ref} is not set")
             return False
@@ -145,7 +139,7 @@ class Follower:
 
     def _keep_hot(self, state: ModelState) -> None:
         hot = {self._current.version} if self._current else set()
-        hot.update(v for v in (state.pointers.get("rollback_target"), state.pointers.get(self.ref.target)) if v)
+        hot.update(v for v in (state.pointer(ROLLBACK_TARGET), state.pointer(self.ref.target)) if v)
         hot.update(state.sorted_versions()[-self.keep_newest:] if self.keep_newest else [])
         for version in list(self.resident):
             if version not in hot:

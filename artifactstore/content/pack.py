@@ -10,10 +10,10 @@ aligned in the pack as they are in the file.
 import struct
 from dataclasses import dataclass
 
-from .backend import Backend, ObjectWriter
-from .errors import CorruptObject, InvalidInput
+from ..backends import Backend, ObjectWriter
+from ..errors import CorruptObject, InvalidInput
+from ..ids import DIGEST_SIZE, digest
 from .guard import checksum, encode_guard, guard_key
-from .ids import DIGEST_SIZE, digest
 
 MAGIC = b"ARTPACK1"
 PADDING = bytes(DIGEST_SIZE)

@@ -22,9 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from .backend import Backend, LocalBackend
-from .errors import ArtifactStoreError, Conflict, NotFound, StoreError
-from .ids import digest
+from ..errors import ArtifactStoreError, Conflict, NotFound, StoreError
+from ..ids import digest
+from . import Capabilities
 
 WRITE_ID = "artifactstore-write-id"  # object metadata of refs: which swap wrote this version
 
@@ -42,18 +42,6 @@ MISSING_KEY = {"NoSuchKey", "404"}
 CONDITION_FAILED = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey"}
 
 SECRET_WORDS = ("secret", "token", "password", "passwd", "credential", "signature", "key")
-
-
-def is_url(location: str) -> bool:
-    """Whether ``location`` names object storage rather than a directory."""
-    return "://" in location and not location.startswith("file://")
-
-
-def open_backend(location: str) -> Backend:
-    """A directory (a plain path or ``file://`` URL) or any fsspec URL such as ``s3://bucket/prefix``."""
-    if is_url(location):
-        return FsspecBackend(location)
-    return LocalBackend(Path(location.removeprefix("file://")))
 
 
 def mask_secrets(config: dict) -> dict:
@@ -126,6 +114,7 @@ class FsspecBackend:
         except (ImportError, ValueError) as exc:  # no such protocol, or its package is missing
             raise StoreError(f"{mask_url(self.url)}: {exc}") from None
         self._root = root.rstrip("/")
+        self.capabilities = Capabilities(local_directory=None, conditional_writes=self._s3, concurrent_ranges=True)
         if self._s3:
             if not self._root:
                 raise StoreError(f"{mask_url(self.url)}: the URL names no bucket (s3://bucket/prefix)")

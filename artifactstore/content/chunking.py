@@ -17,9 +17,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .errors import InvalidParameter
+from ..errors import InvalidParameter
 
-from .native import _fastcdc
+from ..native import _fastcdc
 
 __all__ = ["DEFAULT_PARAMS", "ChunkerParams", "cut", "cut_stream"]
 

@@ -19,8 +19,8 @@ import blake3
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictFloat, StrictInt, ValidationError
 
-from .errors import InvalidInput
-from .tensorfile import read_header_from_path
+from ..content.tensorfile import read_header_from_path
+from ..errors import InvalidInput
 
 WEIGHTS = "adapter_weights/adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_weights/adapter_config.json"

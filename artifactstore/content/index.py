@@ -9,9 +9,9 @@ import struct
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from .backend import Backend
-from .errors import CorruptObject
-from .ids import DIGEST_SIZE, digest
+from ..backends import Backend
+from ..errors import CorruptObject, NotFound
+from ..ids import DIGEST_SIZE, digest
 from .pack import PackEntry
 
 MAGIC = b"ARTIDX01"
@@ -82,6 +82,7 @@ class ChunkIndex:
         self.alternates: dict[bytes, list[Location]] = {}
         self.pack_entries: dict[bytes, list[PackEntry]] = {}
         self.skipped: list[str] = []  # index files that failed their check when loaded
+        self._read: dict[int, set[str]] = {}  # id of a backend -> the keys of its index files read
 
     @property
     def packs(self) -> set[bytes]:
@@ -112,26 +113,49 @@ class ChunkIndex:
 
     @classmethod
     def load(cls, backend: Backend) -> "ChunkIndex":
-        """The union of every sound index file. A damaged one is skipped (``verify`` names it):
-        its packs then count as unindexed, and the next put indexes them again from their trailers."""
         index = cls()
-        for key in backend.list("index"):
-            data = backend.read(key)
+        index.read_files(backend)
+        return index
+
+    def read_files(self, backend: Backend) -> tuple[int, bool]:
+        """Add the index files of ``backend`` not read yet; (how many were new, whether a file read
+        before has gone). A file goes only when gc replaces the files it read with one merged file,
+        and the packs it listed may be gone with it: the caller should then load a fresh index.
+
+        A damaged file is skipped (``verify`` names it): its packs then count as unindexed, and the
+        next put indexes them again from their trailers."""
+        keys = list(backend.list("index"))
+        seen = self._read.setdefault(id(backend), set())
+        vanished = not seen.issubset(keys)
+        new = [key for key in keys if key not in seen]
+        for key in new:
+            try:
+                data = backend.read(key)
+            except NotFound:  # replaced by gc since the listing
+                vanished = True
+                continue
+            seen.add(key)
             if index_id_from_key(key) != digest(data):
-                index.skipped.append(key)
+                self.skipped.append(key)
                 continue
             try:
                 listed = decode_index(data, key)
             except CorruptObject:
-                index.skipped.append(key)
+                self.skipped.append(key)
                 continue
             for pack_id, entries in listed:
-                index.add_pack(pack_id, entries)
-        return index
+                self.add_pack(pack_id, entries)
+        return len(new), vanished
+
+    def mark_read(self, backend: Backend, key: str) -> None:
+        """Record that the index already holds what ``key`` of ``backend`` lists (a file this
+        process wrote), so that ``read_files`` does not read it back."""
+        self._read.setdefault(id(backend), set()).add(key)
 
 
-def write_index(backend: Backend, packs: list[tuple[bytes, list[PackEntry]]]) -> bytes:
+def write_index(backend: Backend, packs: list[tuple[bytes, list[PackEntry]]]) -> str:
+    """Publish an index file listing ``packs``; returns its key."""
     data = encode_index(packs)
-    index_id = digest(data)
-    backend.write(index_key(index_id), data)  # even if it exists: a fresh write tells gc it is in use
-    return index_id
+    key = index_key(digest(data))
+    backend.write(key, data)  # even if it exists: a fresh write tells gc it is in use
+    return key

@@ -1,0 +1,423 @@
+"""The content store: files and trees in, the same bytes out, every byte checked against its id.
+
+A ``ContentStore`` is three places (``home``, ``hot``, ``cold``) and the chunk index that says
+where each chunk lies. ``home`` holds what the store is made of (its configuration, manifests,
+index files, and the registry above it); ``hot`` is this machine's directory of packs (``home``
+itself for a store in a directory, a cache directory for a shared store); ``cold`` is the object
+storage tier, if any (a shared store's bucket, or a directory store's ``--cold``).
+"""
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+
+from ..backends import Backend, is_url, open_backend, probe
+from ..backends.local import LocalBackend
+from ..errors import CorruptObject, InvalidInput, InvalidParameter, NotFound, StoreError
+from ..ids import digest, format_id, parse_id
+from ..progress import Progress, no_progress
+from .chunking import DEFAULT_PARAMS, ChunkerParams
+from .condemned import condemned_packs, condemned_times
+from .config import CONFIG_KEY, DEFAULT_KEEP_HOT, FORMAT_VERSION, StoreConfig
+from .index import ChunkIndex, Location, write_index
+from .manifest import FileManifest, TreeEntry, TreeManifest, decode_manifest, manifest_key
+from .pack import pack_id_from_key, pack_key, read_trailer
+from .put import PackSession, collect_inputs, ingest_file, root_object
+
+READ_SEGMENT = 16 << 20
+LAYOUT = ("tmp", "packs", "index", "manifests")
+
+
+@dataclass(frozen=True)
+class PutResult:
+    id: str
+    logical_bytes: int
+    new_bytes: int
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    logical_bytes: int
+    stored_bytes: int  # every pack, index file and manifest, each counted once, in either tier
+    hot_pack_bytes: int  # packs in this machine's hot tier
+    cold_pack_bytes: int  # packs in the cold tier only (a shared store: all the bucket's packs)
+    chunk_bytes: int
+    chunks: int
+    packs: int
+    files: int
+    trees: int
+
+
+class ContentStore:
+    """Content-addressed files and trees in packs, over a home, a hot and an optional cold place."""
+
+    def __init__(self, location: str, home: Backend, hot: LocalBackend, cold: Backend | None, cold_url: str | None,
+                 config: StoreConfig):
+        self.location = location
+        self.home = home
+        self.hot = hot
+        self.cold = cold
+        self.cold_url = cold_url
+        self.config = config
+        self._index: ChunkIndex | None = None
+        self._hot_packs: set[bytes] | None = None
+
+    @classmethod
+    def open(cls, location: str | os.PathLike, *, cache: str | os.PathLike | None = None) -> "ContentStore":
+        """The store at a directory, or at an object-storage URL shared by many machines.
+
+        A shared store (``s3://bucket/prefix``) keeps everything in the bucket; this machine's
+        hot tier is a cache directory: ``cache``, else ``$ARTIFACTSTORE_CACHE``, else
+        ``~/.cache/artifactstore/<hash of the URL>``.
+        """
+        location = str(location)
+        home = open_backend(location)
+        try:
+            data = home.read(CONFIG_KEY)
+        except NotFound:
+            raise StoreError(f"{location} is not an artifactstore store (run `artifactstore init`)") from None
+        config = StoreConfig.decode(data, f"{location}/{CONFIG_KEY}")
+        if is_url(location):
+            path = Path(cache or os.environ.get("ARTIFACTSTORE_CACHE") or default_cache(location))
+            path.mkdir(parents=True, exist_ok=True)
+            return cls(location, home, LocalBackend(path), home, location, config)
+        if not isinstance(home, LocalBackend):
+            raise StoreError(f"{location}: not a directory")
+        return cls(location, home, home, open_backend(config.cold) if config.cold else None, config.cold, config)
+
+    @classmethod
+    def init(cls, location: str | os.PathLike, chunker: ChunkerParams = DEFAULT_PARAMS, *, cold: str | None = None,
+             keep_hot: int = DEFAULT_KEEP_HOT, cache: str | os.PathLike | None = None) -> "ContentStore":
+        """Create a store in a new or empty directory, or at an object-storage URL (a shared store).
+
+        ``cold`` is a directory or fsspec URL for the cold tier of a directory store; it must be
+        reachable and writable.
+        """
+        if type(keep_hot) is not int or keep_hot < 0:
+            raise InvalidParameter(f"--keep-hot must be a whole number >= 0, not {keep_hot!r}")
+        location = str(location)
+        if is_url(location):
+            if cold is not None:
+                raise InvalidParameter("a shared store lives in object storage already: it takes no --cold")
+            home = open_backend(location)
+            if home.exists(CONFIG_KEY):
+                raise StoreError(f"{location} is already a store")
+            probe(home)
+        else:
+            root = Path(location)
+            if (root / CONFIG_KEY).exists():
+                raise StoreError(f"{root} is already a store")
+            if root.exists() and (not root.is_dir() or any(root.iterdir())):
+                raise StoreError(f"{root} exists and is not an empty directory")
+            if cold is not None:
+                cold = cold if is_url(cold) else str(Path(cold).resolve())
+                probe(open_backend(cold))  # before the first byte of the store is written
+            for sub in LAYOUT:
+                (root / sub).mkdir(parents=True, exist_ok=True)
+            home = LocalBackend(root)
+        home.write(CONFIG_KEY, StoreConfig(FORMAT_VERSION, chunker, cold, keep_hot).encode())
+        return cls.open(location, cache=cache)
+
+    @property
+    def shared(self) -> bool:
+        return self.hot is not self.home
+
+    @property
+    def path(self) -> Path:
+        """This machine's directory of the store: the store itself, or a shared store's cache."""
+        return self.hot.root
+
+    # -- the index ---------------------------------------------------------------------------
+
+    @property
+    def index(self) -> ChunkIndex:
+        """Where every chunk lies: the store's index files, plus this machine's cache's for a shared store."""
+        if self._index is None:
+            self._load_index()
+        assert self._index is not None
+        return self._index
+
+    def _load_index(self) -> None:
+        self._index = ChunkIndex()
+        for home in self._index_homes():
+            self._index.read_files(home)
+
+    def refresh_index(self) -> bool:
+        """Read the index files other processes published since; True if the index changed.
+
+        When gc has replaced index files this index was read from, it is read afresh: the packs
+        those files listed may be gone.
+        """
+        if self._index is None:
+            self._load_index()
+            return True
+        changed = False
+        for home in self._index_homes():
+            new, vanished = self._index.read_files(home)
+            if vanished:
+                self._load_index()
+                return True
+            changed = changed or bool(new)
+        return changed
+
+    def forget_index(self) -> None:
+        """Drop the index: it may name packs a failed or finished writer of this process sealed
+        but that are no longer, or never were, published."""
+        self._index = None
+
+    def _index_homes(self) -> list[Backend]:
+        return [self.home, self.hot] if self.shared else [self.home]
+
+    @property
+    def hot_packs(self) -> set[bytes]:
+        """Ids of the packs present in the hot tier (cached: ``rescan_hot_tier`` after changing it)."""
+        if self._hot_packs is None:
+            self._hot_packs = {p for p in map(pack_id_from_key, self.hot.list("packs")) if p}
+        return self._hot_packs
+
+    def rescan_hot_tier(self) -> None:
+        self._hot_packs = None
+
+    # -- writing -----------------------------------------------------------------------------
+
+    @contextmanager
+    def pack_session(self, *, restore: bool = False, target: Backend | None = None) -> Iterator[PackSession]:
+        """A session writing new packs into ``target`` (by default the store's own place, or this
+        machine's hot tier for ``restore`` sessions, which copy chunks the store already has).
+        It commits (packs, then their index file) when the block ends, or aborts on an error."""
+        target = target or (self.hot if restore else self.home)
+        if not restore and self.config.version < FORMAT_VERSION:
+            # a put pads packs, which version-1 readers would take for damage: make them refuse the store
+            self.config = self.config.upgraded()
+            self.home.write(CONFIG_KEY, self.config.encode())
+        session = PackSession(target, self.index, condemned=condemned_packs(self.home), restore=restore)
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.abort()
+            self.forget_index()
+            raise
+        finally:
+            self.rescan_hot_tier()
+        if session.index_file is not None:
+            self.index.mark_read(target, session.index_file)
+
+    def put(self, path: str | os.PathLike, *, progress: Progress = no_progress) -> PutResult:
+        """Store a file or a directory tree; returns its id and how many bytes were new."""
+        root = Path(path)
+        inputs = collect_inputs(root)
+        self.refresh_index()  # another process (gc, above all) may have changed it since
+        self._index_orphan_packs()
+        with self.pack_session() as session, ThreadPoolExecutor(2) as pool:
+            files = [(f, *ingest_file(f.source, self.config.chunker, session, pool, progress)) for f in inputs]
+        for _, file_id, manifest in files:
+            self._publish_manifest(file_id, manifest.encode())
+        object_id, tree = root_object(root, [(f, file_id) for f, file_id, _ in files])
+        if tree is not None:
+            self._publish_manifest(object_id, tree)
+        return PutResult(format_id(object_id), sum(f.size for f in inputs), session.new_bytes)
+
+    def identify(self, path: str | os.PathLike) -> str:
+        """The id ``put`` would return for ``path``, computed without writing anything."""
+        root = Path(path)
+        files = []
+        for f in collect_inputs(root):
+            with open(f.source, "rb") as handle:
+                files.append((f, blake3.blake3(handle.read(), max_threads=blake3.blake3.AUTO).digest()))
+        return format_id(root_object(root, files)[0])
+
+    def _publish_manifest(self, object_id: bytes, encoded: bytes) -> None:
+        key = manifest_key(object_id)
+        if not self.home.exists(key) or key in condemned_times(self.home):
+            self.home.write(key, encoded)  # rewriting a condemned one makes it young again for gc
+
+    def _index_orphan_packs(self) -> None:
+        """Index packs a crashed put published but never indexed, so that a retry reuses them."""
+        orphans = []
+        condemned = condemned_packs(self.home)
+        for key in self.home.list("packs"):
+            pack_id = pack_id_from_key(key)
+            if pack_id is None or pack_id in self.index.pack_entries or pack_id in condemned:
+                continue
+            try:
+                trailer_id, entries = read_trailer(self.home, key)
+            except (CorruptObject, NotFound):
+                continue  # verify reports it; never index a damaged pack
+            if trailer_id == pack_id:
+                orphans.append((pack_id, entries))
+                self.index.add_pack(pack_id, entries)
+        if orphans:
+            self.index.mark_read(self.home, write_index(self.home, orphans))
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def read_manifest(self, object_id: str) -> FileManifest | TreeManifest:
+        key = manifest_key(parse_id(object_id))
+        if not self.home.exists(key):
+            raise NotFound(f"no object {object_id} in the store at {self.location}")
+        return decode_manifest(self.home.read(key), key)
+
+    def manifests(self) -> Iterator[tuple[bytes, FileManifest | TreeManifest]]:
+        for key in self.home.list("manifests"):
+            name = key.rsplit("/", 1)[-1].removesuffix(".json")
+            yield bytes.fromhex(name), decode_manifest(self.home.read(key), key)
+
+    def get(self, object_id: str, dest: str | os.PathLike, *, progress: Progress = no_progress) -> None:
+        """Write the file or tree ``object_id`` to ``dest``, which must not exist yet.
+
+        Everything is written beside ``dest`` first and renamed into place once every file
+        checked out against its id, so a failed get leaves nothing behind.
+        """
+        manifest = self.read_manifest(object_id)
+        target = _new_destination(dest)
+        if isinstance(manifest, FileManifest):
+            self._get_file(parse_id(object_id), manifest, target, progress)
+        else:
+            self.materialize(manifest, target, progress)
+
+    def subtree(self, tree_id: str, prefix: str) -> TreeManifest:
+        """The entries of a tree under ``prefix`` (a directory, ending in ``/``), relative to it."""
+        tree = self.read_manifest(tree_id)
+        return TreeManifest([TreeEntry(e.path.removeprefix(prefix), e.size, e.file)
+                             for e in getattr(tree, "entries", []) if e.path.startswith(prefix)])
+
+    def materialize(self, tree: TreeManifest, dest: str | os.PathLike, progress: Progress = no_progress) -> Path:
+        """Write the files of ``tree`` under ``dest``, which must not exist yet; all or nothing."""
+        target = _new_destination(dest)
+        files = [(e, self.read_manifest(format_id(e.file))) for e in tree.entries]
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
+        try:
+            for entry, file_manifest in files:
+                if not isinstance(file_manifest, FileManifest):
+                    raise CorruptObject(f"a tree lists {format_id(entry.file)}, which is not a file")
+                out = staging.joinpath(*entry.path.split("/"))
+                out.parent.mkdir(parents=True, exist_ok=True)
+                self._get_file(entry.file, file_manifest, out, progress)
+            os.rename(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return target
+
+    def _get_file(self, file_id: bytes, manifest: FileManifest, out: Path, progress: Progress) -> None:
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        partial = out.with_name(f".{out.name}.partial")
+        try:
+            with open(partial, "xb") as f:
+                for segment in self.read_segments(manifest):
+                    hasher.update(segment)
+                    f.write(segment)
+                    progress(len(segment))
+                f.flush()
+                os.fsync(f.fileno())
+            if hasher.digest() != file_id:
+                raise CorruptObject(self._describe_damage(file_id, manifest))
+            os.rename(partial, out)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+
+    def read_segments(self, manifest: FileManifest) -> Iterator[bytes]:
+        """The file's bytes, reading runs of chunks that lie back to back in one pack at once."""
+        run_pack, run_start, run_length = None, 0, 0
+        for chunk, length in manifest.chunks:
+            location = self.locate(chunk, length)
+            contiguous = location.pack == run_pack and location.offset == run_start + run_length
+            if contiguous and run_length + length <= READ_SEGMENT:
+                run_length += length
+                continue
+            if run_pack is not None:
+                yield self.read_pack(run_pack, run_start, run_length)
+            run_pack, run_start, run_length = location.pack, location.offset, length
+        if run_pack is not None:
+            yield self.read_pack(run_pack, run_start, run_length)
+
+    def locate(self, chunk: bytes, length: int) -> Location:
+        """Where to read a chunk: a hot copy if there is one.
+
+        A chunk this process has not heard of may have been stored by another one since: the
+        index files published since are read before the chunk is called missing.
+        """
+        location = self.index.locations.get(chunk)
+        if location is None and self.refresh_index():
+            location = self.index.locations.get(chunk)
+        if location is None:
+            raise CorruptObject(f"chunk {format_id(chunk)} is missing from the store")
+        if chunk in self.index.alternates:  # one of several copies may be hot
+            location = self.hot_location(chunk) or location
+        if location.length != length:
+            raise CorruptObject(f"chunk {format_id(chunk)}: index length {location.length}, manifest {length}")
+        return location
+
+    def hot_location(self, chunk: bytes) -> Location | None:
+        return next((loc for loc in self.index.all_locations(chunk) if loc.pack in self.hot_packs), None)
+
+    def read_pack(self, pack_id: bytes, offset: int, length: int) -> bytes:
+        tiers = [self.hot] if self.cold is None else \
+            [self.hot, self.cold] if pack_id in self.hot_packs else [self.cold, self.hot]
+        for tier in tiers:  # the other tier too: a concurrent `tier` may have just moved the pack
+            try:
+                data = tier.read_range(pack_key(pack_id), offset, length)
+                break
+            except NotFound:
+                if tier is tiers[-1]:
+                    raise
+        if len(data) != length:
+            raise CorruptObject(f"pack {pack_key(pack_id)} is truncated")
+        return data
+
+    def _describe_damage(self, file_id: bytes, manifest: FileManifest) -> str:
+        for chunk, length in manifest.chunks:
+            location = self.locate(chunk, length)
+            if digest(self.read_pack(location.pack, location.offset, length)) != chunk:
+                return (f"chunk {format_id(chunk)} in {pack_key(location.pack)} is damaged "
+                        f"(content of {format_id(file_id)} does not match its id)")
+        return f"manifest of {format_id(file_id)} is damaged: its chunks do not hash to its id"
+
+    # -- stats -------------------------------------------------------------------------------
+
+    def stats(self) -> StoreStats:
+        files, trees = {}, {}
+        for object_id, manifest in self.manifests():
+            (files if isinstance(manifest, FileManifest) else trees)[object_id] = manifest
+        in_trees = {e.file for t in trees.values() for e in t.entries}
+        logical = sum(t.size for t in trees.values()) + sum(
+            m.size for object_id, m in files.items() if object_id not in in_trees)
+        sizes = {k: self.home.size(k) for prefix in ("packs", "index", "manifests") for k in self.home.list(prefix)}
+        hot = sum(self.hot.size(k) for k in self.hot.list("packs")) if self.shared else \
+            sum(n for k, n in sizes.items() if k.startswith("packs/"))
+        cold_only = {} if self.cold is None or self.shared else \
+            {k: self.cold.size(k) for k in self.cold.list("packs") if k not in sizes}
+        return StoreStats(
+            logical_bytes=logical,
+            stored_bytes=sum(sizes.values()) + sum(cold_only.values()),
+            hot_pack_bytes=hot,
+            cold_pack_bytes=sum(cold_only.values()) if not self.shared else
+            sum(n for k, n in sizes.items() if k.startswith("packs/")),
+            chunk_bytes=sum(loc.length for loc in self.index.locations.values()),
+            chunks=len(self.index.locations),
+            packs=len(self.index.packs),
+            files=len(files),
+            trees=len(trees),
+        )
+
+
+def default_cache(url: str) -> Path:
+    return Path.home() / ".cache" / "artifactstore" / blake3.blake3(url.encode()).hexdigest()[:16]
+
+
+def _new_destination(dest: str | os.PathLike) -> Path:
+    target = Path(dest)
+    if target.exists() or target.is_symlink():
+        raise InvalidInput(f"destination already exists: {target}")
+    if not target.parent.is_dir():
+        raise NotFound(f"destination directory does not exist: {target.parent}")
+    return target

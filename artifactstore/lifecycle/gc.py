@@ -1,0 +1,310 @@
+"""Garbage collection in two phases.
+
+A pack or manifest that nothing live uses is first *condemned* (listed in ``gc/condemned.json``
+with the time), and deleted by a later run only if it is still unused and was condemned more than
+the grace period ago. Writers never deduplicate against condemned packs, so a push that starts
+after the condemnation writes its own copies; a push that started before it has committed within
+the grace period (the grace period must exceed the longest push), and the next run sees that
+version and spares what it uses. Each run marks from every version of every model, the pointers
+and pins, and every object stored outside the registry; if the registry moved while it marked, it
+marks again, keeping the union of what every pass found live (if the registry never holds
+still, the union after the last pass is used: anything it misses is only condemned, and the next
+run spares it). Objects younger than the grace period are never touched.
+"""
+
+import fcntl
+import re
+import time
+from dataclasses import dataclass, field
+
+from ..backends import Backend
+from ..content.condemned import condemned_records, condemned_times, write_condemned
+from ..content.guard import guard_key
+from ..content.index import ChunkIndex, write_index
+from ..content.manifest import manifest_key
+from ..content.pack import pack_id_from_key, pack_key
+from ..content.store import ContentStore
+from ..errors import CorruptObject, InvalidParameter, NotFound, StoreError
+from ..ids import digest, format_id, parse_id
+from ..progress import Progress, no_progress
+from ..registry.registry import Registry
+from .roots import ContentGraph, live_objects, read_roots
+
+DURATION = re.compile(r"(\d+)([smhd])")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MARK_ATTEMPTS = 20
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``30s``, ``15m``, ``6h``, ``7d``."""
+    match = DURATION.fullmatch(text.strip())
+    if match is None:
+        raise InvalidParameter(f"not a duration: {text!r} (expected a number and s, m, h or d, e.g. 6h)")
+    return int(match.group(1)) * UNITS[match.group(2)]
+
+
+@dataclass
+class IndexFiles:
+    """The index files of one place (the store, or a shared store's cache) as gc read them."""
+
+    tier: Backend
+    index: ChunkIndex
+    modified: dict[str, float]  # key -> modification time
+
+    @classmethod
+    def read(cls, tier: Backend) -> "IndexFiles":
+        modified = {key: tier.modified(key) for key in tier.list("index")}
+        return cls(tier, ChunkIndex.load(tier), modified)
+
+
+@dataclass
+class Manifests:
+    """What every manifest names: tree key -> its files' keys, file key -> its chunks."""
+
+    trees: dict[str, set[str]] = field(default_factory=dict)
+    files: dict[str, set[bytes]] = field(default_factory=dict)
+
+
+@dataclass
+class GcReport:
+    dry_run: bool
+    grace_seconds: float
+    live_chunks: int = 0
+    condemned_packs: list[str] = field(default_factory=list)
+    condemned_manifests: list[str] = field(default_factory=list)
+    deleted_packs: list[str] = field(default_factory=list)
+    deleted_manifests: list[str] = field(default_factory=list)
+    spared: list[str] = field(default_factory=list)
+    reclaimed_bytes: int = 0
+    pending_bytes: int = 0
+    repacked_bytes: int = 0
+    mark_passes: int = 0
+
+
+def collect_garbage(content: ContentStore, registry: Registry, *, dry_run: bool = False, grace: str = "1h",
+                    progress: Progress = no_progress) -> GcReport:
+    """Condemn what nothing uses; delete what was condemned more than ``grace`` ago and is still unused."""
+    grace_seconds = parse_duration(grace)
+    report = GcReport(dry_run, grace_seconds)
+    lock_path = content.path / "gc" / "lock"
+    lock_path.parent.mkdir(exist_ok=True)
+    with open(lock_path, "a+b") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(f"another gc is running on {content.location}") from None
+        # the store's index files (every pack, condemned ones included), and a shared store's
+        # cache's, which list this machine's copies of packs
+        homes = [IndexFiles.read(tier) for tier in {id(t): t for t in (content.home, content.hot)}.values()]
+        index = homes[0].index
+        for home in homes:
+            if home.index.skipped:
+                raise StoreError(f"index file {home.index.skipped[0]} is damaged: gc would take its packs for "
+                                 "garbage. Run `artifactstore verify`, then any put (which re-indexes those "
+                                 "packs), then gc")
+        live_keys, live_chunks, manifests = _mark(content, registry, report)
+        unindexed = next((c for c in live_chunks if c not in index), None)
+        if unindexed is not None:
+            raise StoreError(f"live chunk {format_id(unindexed)} is in no index: run `artifactstore verify`; "
+                             "gc deletes nothing until every live chunk is indexed")
+        report.live_chunks = len(live_chunks)
+        _sweep(content, report, homes, live_keys, live_chunks, manifests, progress)
+    return report
+
+
+def _mark(content: ContentStore, registry: Registry, report: GcReport) -> tuple[set[str], set[bytes], Manifests]:
+    """(live manifest keys, live chunks, what every manifest names), marked until the registry
+    held still during a pass, keeping the union of every pass.
+
+    A condemned file manifest that no tree lists any more (a gc deleted the dead tree that
+    listed it, then stopped) is not taken for one stored without the registry, unless a put
+    wrote it again after its condemnation: its modification time is no longer the one gc
+    recorded (times from the same clock, the backend's, so no clock skew can mislead it).
+    """
+    condemned = condemned_records(content.home)
+
+    def abandoned(object_id: str) -> bool:
+        key = manifest_key(parse_id(object_id))
+        if key not in condemned:
+            return False
+        when, modified = condemned[key]
+        # a record from before modification times were kept: compare with the condemnation time
+        return content.home.modified(key) == modified if modified is not None else \
+            content.home.modified(key) <= when
+
+    def key(object_id: str) -> str:
+        return manifest_key(parse_id(object_id))
+
+    bundles_of: dict[str, str] = {}
+    live_keys: set[str] = set()
+    live_chunks: set[bytes] = set()
+    manifests = Manifests()
+    for report.mark_passes in range(1, MARK_ATTEMPTS + 1):
+        roots = read_roots(registry, 0, bundles_of)
+        graph = ContentGraph.read(content)
+        trees, files, chunks = live_objects(roots, graph, abandoned)
+        live_keys |= {key(i) for i in trees | files}
+        live_chunks |= chunks
+        manifests.trees.update({key(t): {key(format_id(e.file)) for e in tree.entries}
+                                for t, tree in graph.trees.items()})
+        manifests.files.update({key(f): {c for c, _ in manifest.chunks} for f, manifest in graph.files.items()})
+        if registry.ref_tokens() == roots.tokens:
+            break
+    return live_keys, live_chunks, manifests
+
+
+def _sweep(content: ContentStore, report: GcReport, homes: list[IndexFiles], live_keys: set[str],
+           live_chunks: set[bytes], manifests: Manifests, progress: Progress) -> None:
+    now = time.time()
+    index = homes[0].index
+    old, written_at = {}, {}
+    tiers = [(content.home, ["packs", "manifests"])] + \
+        ([(content.cold, ["packs"])] if content.cold is not None and not content.shared else [])
+    for tier, prefixes in tiers:
+        for key in (k for prefix in prefixes for k in tier.list(prefix)):
+            modified = tier.modified(key)
+            if key not in old and now - modified > report.grace_seconds:
+                old[key] = tier.size(key)
+                if tier is content.home:
+                    written_at[key] = modified
+    condemned = condemned_times(content.home)
+    if not report.dry_run:
+        report.repacked_bytes = _repack_sparse(content, index, old, live_chunks, set(condemned))
+    keep = _packs_to_keep(index, live_chunks, {pack_id_from_key(k) for k in condemned})
+    dead = {pack_key(p) for p in index.pack_entries if pack_key(p) in old and p not in keep}
+    dead |= {k for k in old if k.startswith("manifests/") and k not in live_keys}
+    dead |= {k for k in old if k.startswith("packs/") and pack_id_from_key(k) not in index.pack_entries}
+    report.spared = sorted(k for k in condemned if k not in dead)
+    due = _without_referenced({k for k in dead if k in condemned and now - condemned[k] >= report.grace_seconds},
+                              manifests, index)
+    newly = dead - set(condemned)
+    for key in sorted(newly):
+        (report.condemned_packs if key.startswith("packs/") else report.condemned_manifests).append(key)
+        report.pending_bytes += old[key]
+    if not report.dry_run and due:
+        due = _delete(content, due, homes, set(manifests.trees), progress, old, written_at)
+    for key in sorted(due):
+        (report.deleted_packs if key.startswith("packs/") else report.deleted_manifests).append(key)
+        report.reclaimed_bytes += old[key]
+    if report.dry_run:
+        return
+    remaining = {k: record for k, record in condemned_records(content.home).items() if k in dead and k not in due}
+    remaining.update({k: [now, written_at.get(k)] for k in newly})
+    write_condemned(content.home, remaining)
+
+
+def _repack_sparse(content: ContentStore, index: ChunkIndex, old: dict[str, int], live_chunks: set[bytes],
+                   condemned: set[str]) -> int:
+    """Copy the live chunks out of old packs that are mostly garbage into new packs, so that
+    the old ones become wholly unused; returns the bytes copied."""
+    copies = []
+    for pack_id, entries in index.pack_entries.items():
+        key = pack_key(pack_id)
+        live = [e for e in entries if e.chunk in live_chunks]
+        # chunk bytes only: a pack's trailer and padding are no garbage to reclaim
+        if key not in old or key in condemned or not live or \
+                2 * sum(e.length for e in live) >= sum(e.length for e in entries):
+            continue
+        copies.extend((e.chunk, e.length) for e in live
+                      if all(loc.pack == pack_id for loc in index.all_locations(e.chunk)))
+    if not copies:
+        return 0
+    with content.pack_session(restore=True, target=content.home) as session:
+        for chunk, length in copies:
+            data = content.read_pack(index[chunk].pack, index[chunk].offset, length)
+            if digest(data) != chunk:
+                raise CorruptObject(f"chunk {format_id(chunk)} in {pack_key(index[chunk].pack)} is damaged: "
+                                    "run `artifactstore verify --repair` before gc")
+            session.add(chunk, data)
+    for pack_id, entries in session.finished:
+        index.add_pack(pack_id, entries)
+    content.forget_index()
+    return sum(n for _, n in copies)
+
+
+def _delete(content: ContentStore, keys: set[str], homes: list[IndexFiles], tree_keys: set[str],
+            progress: Progress, sizes: dict[str, int], written_at: dict[str, float]) -> set[str]:
+    """Delete referrers before what they refer to, so that a gc killed at any moment leaves a
+    store that verifies: tree manifests, then file manifests, then in each place with index
+    files one without the doomed packs replaces those read at the start, then the packs.
+
+    Pushes write into the store while this runs. Anything written again since the sweep read
+    its time (a push re-using a condemned pack or manifest, or re-writing an index file with
+    the same content) is left alone; a push that re-writes a pack also writes an index file
+    listing it.
+    """
+    keys = {k for k in keys if not _rewritten(content.home, k, written_at)}
+    manifests = sorted((k for k in keys if k.startswith("manifests/")), key=lambda k: (k not in tree_keys, k))
+    deleted = {k for k in manifests if _delete_unused(content, k, written_at, sizes, progress)}
+    packs = sorted(k for k in keys if k.startswith("packs/"))
+    doomed = {pack_id_from_key(k) for k in packs}
+    for home in homes:
+        kept = [(p, e) for p, e in home.index.pack_entries.items() if p not in doomed]
+        new_index = write_index(home.tier, kept) if kept else None
+        for key in sorted(set(home.modified) - {new_index}):
+            if _rewritten(home.tier, key, home.modified):
+                continue
+            home.tier.delete(key)
+            if home.tier is content.home and content.cold is not None and not content.shared:
+                content.cold.delete(key)
+    deleted |= {k for k in packs if _delete_unused(content, k, written_at, sizes, progress)}
+    content.forget_index()
+    content.rescan_hot_tier()
+    return deleted
+
+
+def _delete_unused(content: ContentStore, key: str, written_at: dict[str, float], sizes: dict[str, int],
+                   progress: Progress) -> bool:
+    """Delete a pack from every tier, or a manifest; False if a push wrote it again a moment ago."""
+    if _rewritten(content.home, key, written_at):
+        return False
+    if key.startswith("packs/"):
+        content.hot.delete(guard_key(pack_id_from_key(key)))
+    for tier in {id(t): t for t in (content.home, content.hot, content.cold) if t is not None}.values():
+        if tier is content.home or key.startswith("packs/"):
+            tier.delete(key)
+    progress(sizes[key])
+    return True
+
+
+def _without_referenced(due: set[str], manifests: Manifests, index: ChunkIndex) -> set[str]:
+    """``due`` less what a manifest that stays still names: the files of a tree that is not due,
+    and the last copy of a chunk of a file that is not due. A dead tree or file younger than the
+    grace period is not due yet; what it names waits for it, so no store state is one that
+    ``verify`` would reject."""
+    due = due - {f for tree, listed in manifests.trees.items() if tree not in due for f in listed}
+    doomed = {pack_id_from_key(k) for k in due if k.startswith("packs/")}
+    for file, chunks in manifests.files.items():
+        if file in due:
+            continue
+        for chunk in chunks:
+            homes = [loc.pack for loc in index.all_locations(chunk)] if chunk in index else []
+            if homes and doomed.issuperset(homes):
+                doomed.discard(homes[0])
+                due.discard(pack_key(homes[0]))
+    return due
+
+
+def _packs_to_keep(index: ChunkIndex, live_chunks: set[bytes], condemned: set[bytes]) -> set[bytes]:
+    """One home per live chunk: a pack already kept, else the densest pack that is not condemned;
+    every other pack holding only copies is unused."""
+    density = {p: sum(e.chunk in live_chunks for e in entries) / max(len(entries), 1)
+               for p, entries in index.pack_entries.items()}
+    keep: set[bytes] = set()
+    for chunk in live_chunks:
+        if chunk not in index:
+            continue
+        packs = [loc.pack for loc in index.all_locations(chunk)]
+        if not keep.isdisjoint(packs):
+            continue
+        keep.add(max(packs, key=lambda p: (p not in condemned, density[p])))
+    return keep
+
+
+def _rewritten(tier, key: str, written_at: dict[str, float]) -> bool:
+    """Whether ``key`` was written (again) in ``tier`` since the sweep read the times."""
+    try:
+        modified = tier.modified(key)
+    except NotFound:
+        return False
+    return written_at.get(key) != modified

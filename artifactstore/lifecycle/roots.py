@@ -1,0 +1,131 @@
+"""What is live and what is hot: the one place that decides it.
+
+Roots are what the registry names (every current version's bundle; the hot set of versions that
+pointers, pins and recency keep on local disk) and what was stored without the registry (trees no
+version ever named, files no tree lists). gc keeps what is live, ``tier`` keeps what is hot in the
+hot tier, and verify checks that every root is present. A new kind of registry-owned object
+becomes live by being named here.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..content.manifest import FileManifest, TreeManifest
+from ..content.store import ContentStore
+from ..errors import CorruptObject, NotFound
+from ..ids import format_id
+from ..registry.pointers import KINDS
+from ..registry.registry import Registry
+
+
+@dataclass(frozen=True)
+class Roots:
+    """What the registry names, read at one moment."""
+
+    bundles: dict[str, str]  # "client/model@vX.Y.Z" of every current version -> its bundle's tree id
+    hot_versions: list[str]  # the hot set: each model's newest ``keep_hot`` versions and every named one
+    retired: frozenset[str]  # bundles that only deleted versions named: neither live nor "stored without"
+    tokens: dict[str, str | None] = field(default_factory=dict)  # each model's ref token when read
+
+    @property
+    def hot_bundles(self) -> set[str]:
+        return {self.bundles[v] for v in self.hot_versions}
+
+
+def read_roots(registry: Registry, keep_hot: int, bundles_of: dict[str, str] | None = None) -> Roots:
+    """The registry's roots. ``bundles_of`` caches version record id -> bundle id across calls
+    (records are immutable)."""
+    bundles_of = {} if bundles_of is None else bundles_of
+
+    def bundle(record_id: str) -> str:
+        if record_id not in bundles_of:
+            bundles_of[record_id] = registry.read_version_record(record_id)["bundle"]
+        return bundles_of[record_id]
+
+    tokens = registry.ref_tokens()
+    bundles: dict[str, str] = {}
+    hot: list[str] = []
+    ever: set[str] = set()
+    for model in registry.models():
+        chain = registry.states(model)
+        _, state = next(chain)
+        ever |= {bundle(r) for _, older in chain for r in older.versions.values()}
+        named = {state.pointer(kind.name) for kind in KINDS} | set(state.pins)
+        newest = state.sorted_versions()[-keep_hot:] if keep_hot else []
+        for version, record_id in state.versions.items():
+            bundles[f"{model}@{version}"] = bundle(record_id)
+        hot.extend(f"{model}@{v}" for v in state.sorted_versions() if v in named or v in newest)
+    current = set(bundles.values())
+    return Roots(bundles, hot, frozenset(ever - current), tokens)
+
+
+@dataclass(frozen=True)
+class ContentGraph:
+    """Every manifest of the store: trees and files by id."""
+
+    trees: dict[str, TreeManifest]
+    files: dict[str, FileManifest]
+
+    @classmethod
+    def read(cls, content: ContentStore) -> "ContentGraph":
+        trees, files = {}, {}
+        for object_id, manifest in content.manifests():
+            if isinstance(manifest, TreeManifest):
+                trees[format_id(object_id)] = manifest
+            else:
+                files[format_id(object_id)] = manifest
+        return cls(trees, files)
+
+    def files_of(self, trees: set[str]) -> set[str]:
+        return {format_id(e.file) for t in trees if t in self.trees for e in self.trees[t].entries}
+
+    def chunks_of(self, files: set[str]) -> set[bytes]:
+        return {c for f in files if f in self.files for c, _ in self.files[f].chunks}
+
+
+def stored_without_registry(roots: Roots, graph: ContentGraph,
+                            abandoned: Callable[[str], bool] = lambda _: False) -> tuple[set[str], set[str]]:
+    """(trees, files) put without the registry: trees no version ever named, and files no tree
+    lists unless ``abandoned`` (gc's judgement of a file whose tree it deleted)."""
+    trees = set(graph.trees) - set(roots.bundles.values()) - roots.retired
+    listed = graph.files_of(set(graph.trees))
+    return trees, {f for f in set(graph.files) - listed if not abandoned(f)}
+
+
+def live_objects(roots: Roots, graph: ContentGraph,
+                 abandoned: Callable[[str], bool]) -> tuple[set[str], set[str], set[bytes]]:
+    """(trees, files, chunks) that must be kept: every current version's and every object stored
+    without the registry."""
+    extra_trees, extra_files = stored_without_registry(roots, graph, abandoned)
+    trees = (set(roots.bundles.values()) & set(graph.trees)) | extra_trees
+    files = graph.files_of(trees) | extra_files
+    return trees, files, graph.chunks_of(files)
+
+
+def hot_chunks(roots: Roots, graph: ContentGraph) -> set[bytes]:
+    """Chunks that belong in the hot tier: the hot versions', and those of every object stored
+    without the registry."""
+    extra_trees, extra_files = stored_without_registry(roots, graph)
+    trees = (roots.hot_bundles & set(graph.trees)) | extra_trees
+    return graph.chunks_of(graph.files_of(trees) | extra_files)
+
+
+def missing_roots(registry: Registry, content: ContentStore) -> list[str]:
+    """A problem for each current version whose bundle is not in the store (a state or version
+    record that cannot be read is left to the registry's own check)."""
+    problems = []
+    for model in registry.models():
+        try:
+            state = registry.state(model)
+        except (CorruptObject, NotFound):
+            continue
+        for version in state.sorted_versions():
+            try:
+                bundle = registry.record(state, version)["bundle"]
+            except (CorruptObject, NotFound, ValueError, KeyError):
+                continue
+            try:
+                content.read_manifest(bundle)
+            except (CorruptObject, NotFound) as exc:
+                problems.append(f"registry {model}@{version}: {exc}")
+    return problems

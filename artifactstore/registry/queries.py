@@ -1,0 +1,152 @@
+"""Registry queries: show, ls, export, lineage, diff and the client-facing change log."""
+
+from typing import Any
+
+import yaml
+
+from ..errors import InvalidParameter
+from .pointers import PRODUCTION, ROLLBACK_TARGET, STAGING
+from .refs import ModelName, parse_version
+from .registry import Registry
+
+TYPE_OF_CHANGE = {"major": "Base model upgrade", "minor": "Retraining", "patch": "Configuration update",
+                  "initial": "Initial release"}
+
+
+def _dict_changes(old: dict, new: dict) -> dict[str, dict[str, Any]]:
+    return {k: {"from": old.get(k), "to": new.get(k)} for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+
+
+def _metric(value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float) and 0 <= value <= 1:
+        return f"{value * 100:.1f}%"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def show(registry: Registry, ref: str) -> dict[str, Any]:
+    """A version's record, where its pointers are, and when it last went to production."""
+    state, version = registry.resolve_version(ref)
+    record = registry.record(state, version)
+    deployed = [e for e in registry.log(state.model) if e.pointer == PRODUCTION and e.to == version]
+    return {
+        **{k: v for k, v in record.items() if k not in ("kind", "tensors", "adapter_settings")},
+        "tensors": len(record["tensors"]),
+        "adapter_bytes": sum(t["bytes"] for t in record["tensors"].values()),
+        "pointers": state.where(version),
+        "deployed_at": deployed[-1].at if deployed else None,
+        "deployed_by": deployed[-1].actor if deployed else None,
+    }
+
+
+def ls(registry: Registry, model: str | None = None) -> list[dict[str, Any]]:
+    """Every model (or one), its versions newest first and where each pointer is."""
+    names = [ModelName.parse(model)] if model else registry.models()
+    listing = []
+    for name in names:
+        state = registry.state(name)
+        listing.append({
+            "model": str(name), "versions": state.sorted_versions()[::-1], **state.pointer_fields(),
+            "pins": list(state.pins)})
+    return listing
+
+
+def export_registry(registry: Registry) -> str:
+    """The seeds' registry YAML: clients → models → pointers and available versions."""
+    clients: dict[str, Any] = {}
+    for entry in ls(registry):
+        client, model = entry["model"].split("/")
+        clients.setdefault(client, {"models": {}})["models"][model] = {
+            "production": entry[PRODUCTION], "staging": entry[STAGING],
+            "available_versions": entry["versions"], "rollback_target": entry[ROLLBACK_TARGET]}
+    return yaml.safe_dump({"clients": clients}, sort_keys=False)
+
+
+def lineage(registry: Registry, *, training_data: str | None = None, adapter: str | None = None,
+            base_model: str | None = None) -> list[dict[str, Any]]:
+    """Versions trained on a dataset, carrying an adapter hash, or built on a base model."""
+    given = {"training_data_hash": training_data, "adapter_hash": adapter, "base_model": base_model}
+    wanted = {k: v for k, v in given.items() if v is not None}
+    if len(wanted) != 1:
+        raise InvalidParameter("lineage needs exactly one of --training-data, --adapter, --base-model")
+    (field, value), = wanted.items()
+    found = []
+    for name in registry.models():
+        state = registry.state(name)
+        for version in state.sorted_versions():
+            record = registry.record(state, version)
+            if record[field] == value:
+                found.append({"ref": f"{name}@{version}", "created_at": record["created_at"],
+                              "base_model": record["base_model"], "adapter_hash": record["adapter_hash"],
+                              "training_data_hash": record["training_data_hash"]})
+    return found
+
+
+def diff(registry: Registry, ref_a: str, ref_b: str) -> dict[str, Any]:
+    """What changed from A to B: base model, each tensor, configs, metrics."""
+    a, b = registry.version_record(ref_a), registry.version_record(ref_b)
+    tensors = []
+    for name in sorted(set(a["tensors"]) | set(b["tensors"])):
+        old, new = a["tensors"].get(name), b["tensors"].get(name)
+        status = "added" if old is None else "removed" if new is None else \
+            "unchanged" if old == new else "changed"
+        tensors.append({"name": name, "status": status, "bytes": (new or old)["bytes"]})
+    summary = {s: {"count": sum(t["status"] == s for t in tensors),
+                   "bytes": sum(t["bytes"] for t in tensors if t["status"] == s)}
+               for s in ("changed", "unchanged", "added", "removed")}
+    metrics = {}
+    for metric in sorted(set(a["eval_scores"]) | set(b["eval_scores"])):
+        old, new = a["eval_scores"].get(metric), b["eval_scores"].get(metric)
+        metrics[metric] = {"from": old, "to": new,
+                           "delta": None if old is None or new is None else new - old}
+    return {
+        "from": f"{a['client']}/{a['model']}@{a['version']}", "to": f"{b['client']}/{b['model']}@{b['version']}",
+        "base_model": {"from": a["base_model"], "to": b["base_model"], "changed": a["base_model"] != b["base_model"]},
+        "adapter_hash": {"from": a["adapter_hash"], "to": b["adapter_hash"]},
+        "tensor_summary": summary, "tensors": tensors,
+        "training_config": _dict_changes(a["training_config"], b["training_config"]),
+        "inference_config": _dict_changes(a["inference_config"], b["inference_config"]),
+        "adapter_settings": _dict_changes(a["adapter_settings"], b["adapter_settings"]),
+        "training_data_changed": a["training_data_hash"] != b["training_data_hash"],
+        "metrics": metrics,
+    }
+
+
+def changelog(registry: Registry, ref_a: str, ref_b: str) -> str:
+    """The seeds' client-facing change log (Markdown) for moving from A to B."""
+    a, b = registry.version_record(ref_a), registry.version_record(ref_b)
+    if parse_version(b["version"]) <= parse_version(a["version"]) and a["model"] == b["model"]:
+        raise InvalidParameter(f"changelog goes from an older to a newer version: {ref_a} is not older than {ref_b}")
+    d = diff(registry, ref_a, ref_b)
+    what = [f"- {b['change_description']}"]
+    if d["base_model"]["changed"]:
+        what.append(f"- Moved to base model {b['base_model']} (was {a['base_model']})")
+    changed = d["tensor_summary"]["changed"]["count"] + d["tensor_summary"]["added"]["count"]
+    if changed:
+        what.append(f"- Retrained adapter weights: {changed} of {len(d['tensors'])} tensors updated")
+    else:
+        what.append("- Adapter weights unchanged")
+    if d["training_data_changed"]:
+        what.append("- Trained on an updated dataset")
+    for key, change in d["inference_config"].items():
+        what.append(f"- Serving: {key} {change['from']} → {change['to']}")
+    rows = [f"| {m} | {_metric(v['from'])} | {_metric(v['to'])} |" for m, v in d["metrics"].items()]
+    return "\n".join([
+        f"## Model Update: {b['client']}/{b['model']} {b['version']}",
+        "",
+        f"**Date:** {b['created_at'][:10]}",
+        f"**Type:** {TYPE_OF_CHANGE[b['change']]}",
+        "",
+        "### What Changed",
+        *what,
+        "",
+        "### Performance Comparison",
+        f"| Metric | Previous ({a['version']}) | Updated ({b['version']}) |",
+        "|--------|-------------------|-------------------|",
+        *rows,
+        "",
+        "### Rollback Plan",
+        f"Previous version ({a['version']}) is available for instant rollback if any issues arise.",
+        "",
+    ])

@@ -1,0 +1,122 @@
+"""A model's registry state and its audit entries: immutable objects, chained by their ids.
+
+Each model has one mutable ref, ``registry/refs/<client>/<model>.json`` = ``{"state": "b3:…"}``,
+moved only by compare-and-swap. It names an immutable *state* object holding the model's versions,
+pointers and pins, the audit entries of the change that produced it, and its parent state: the
+chain of states is the hash-chained audit log. See docs/format.md, "Registry".
+"""
+
+import getpass
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ..content.manifest import canonical_json
+from ..errors import CorruptObject
+from .pointers import CANARY, KINDS
+from .refs import ModelName, parse_version
+
+STATE_CONTEXT = "artifactstore 2026-11 model state v1"
+VERSION_CONTEXT = "artifactstore 2026-11 version record v1"
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def default_actor() -> str:
+    return os.environ.get("ARTIFACTSTORE_ACTOR") or f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def ref_key(model: ModelName) -> str:
+    return f"registry/refs/{model.client}/{model.model}.json"
+
+
+def object_key(object_id: bytes) -> str:
+    hex_id = object_id.hex()
+    return f"registry/objects/{hex_id[:2]}/{hex_id}.json"
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    seq: int
+    at: str
+    actor: str
+    action: str
+    pointer: str | None
+    from_: str | None
+    to: str | None
+    reason: str
+    percent: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        entry = {"seq": self.seq, "at": self.at, "actor": self.actor, "action": self.action,
+                 "pointer": self.pointer, "from": self.from_, "to": self.to, "reason": self.reason}
+        if self.percent is not None:
+            entry["percent"] = self.percent
+        return entry
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "AuditEntry":
+        return cls(obj["seq"], obj["at"], obj["actor"], obj["action"], obj["pointer"], obj["from"], obj["to"],
+                   obj["reason"], obj.get("percent"))
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """One model's registry at one moment. ``entries`` are the audit entries that made it."""
+
+    model: ModelName
+    versions: dict[str, str] = field(default_factory=dict)  # version -> version record id
+    pointers: dict[str, str] = field(default_factory=dict)  # production/staging/rollback_target -> version
+    canary: dict[str, Any] | None = None  # {"version": ..., "percent": ...}
+    pins: tuple[str, ...] = ()
+    seq: int = 0
+    parent: str | None = None
+    entries: tuple[AuditEntry, ...] = ()
+    id: str | None = None  # the id this state is stored under; not part of its bytes
+
+    def encode(self) -> bytes:
+        return canonical_json({
+            "kind": "model-state", "client": self.model.client, "model": self.model.model,
+            "versions": self.versions, "pointers": self.pointers, "canary": self.canary,
+            "pins": list(self.pins), "seq": self.seq, "parent": self.parent,
+            "entries": [e.to_json() for e in self.entries]})
+
+    @classmethod
+    def decode(cls, data: bytes, where: str) -> "ModelState":
+        try:
+            obj = json.loads(data)
+            if obj["kind"] != "model-state":
+                raise ValueError("not a model state")
+            return cls(ModelName(obj["client"], obj["model"]), dict(obj["versions"]), dict(obj["pointers"]),
+                       obj["canary"], tuple(obj["pins"]), obj["seq"], obj["parent"],
+                       tuple(AuditEntry.from_json(e) for e in obj["entries"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptObject(f"{where}: malformed model state ({exc})") from None
+
+    def pointer(self, name: str) -> str | None:
+        """The version a pointer names, if it is set."""
+        if name == CANARY:
+            return self.canary["version"] if self.canary else None
+        return self.pointers.get(name)
+
+    def pointer_fields(self) -> dict[str, Any]:
+        """Every pointer by name (None when unset); one that carries a percent as
+        ``{"version": …, "percent": …}``, as the canary is stored."""
+        return {kind.name: self.canary if kind.carries_percent else self.pointer(kind.name) for kind in KINDS}
+
+    def where(self, version: str) -> list[str]:
+        """The pointers and pins that name ``version``."""
+        names = [f"{kind.name} ({self.canary['percent']}%)" if kind.carries_percent and self.canary else kind.name
+                 for kind in KINDS if self.pointer(kind.name) == version]
+        if version in self.pins:
+            names.append("pinned")
+        return names
+
+    def sorted_versions(self) -> list[str]:
+        return sorted(self.versions, key=parse_version)
+

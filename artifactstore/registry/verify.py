@@ -1,0 +1,39 @@
+"""Integrity check of the registry: every audit chain, its numbering, and every pointer."""
+
+from ..errors import CorruptObject, NotFound
+from .pointers import KINDS
+from .registry import Registry
+
+
+def verify_registry(registry: Registry) -> list[str]:
+    """Problems found: a broken or tampered audit chain, a gap in its numbering, a pointer or pin
+    naming a version that does not exist, a version record that does not match its version."""
+    problems = []
+    for model in registry.models():
+        try:
+            current = registry.state(model)
+            chain = list(registry.states(model))
+        except (CorruptObject, NotFound) as exc:
+            problems.append(f"registry {model}: {exc}")
+            continue
+        expected_seq = current.seq
+        for state_id, state in chain:
+            for entry in reversed(state.entries):
+                if entry.seq != expected_seq:
+                    problems.append(f"registry {model}: audit entry {entry.seq} found where {expected_seq} belongs "
+                                    f"(state {state_id})")
+                expected_seq = entry.seq - 1
+        if expected_seq != 0:
+            problems.append(f"registry {model}: audit log ends at entry {expected_seq + 1}, not 1")
+        named = [current.pointer(kind.name) for kind in KINDS] + list(current.pins)
+        for version in filter(None, named):
+            if version not in current.versions:
+                problems.append(f"registry {model}: a pointer names {version}, which does not exist")
+        for version, record_id in current.versions.items():
+            try:
+                record = registry.record(current, version)
+                if record["version"] != version:
+                    raise CorruptObject(f"record {record_id} is for {record['version']}")
+            except (CorruptObject, NotFound, ValueError, KeyError) as exc:
+                problems.append(f"registry {model}@{version}: {exc}")
+    return problems

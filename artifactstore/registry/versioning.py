@@ -1,0 +1,75 @@
+"""The versioning rules: what changed between two versions, and what its number must say.
+
+major = a different base model; minor = retrained adapter weights (any tensor, or the adapter
+settings); patch = nothing in the weights (inference config, prompt, eval, changelog).
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InvalidParameter
+from .bundle import Bundle
+from .refs import parse_version
+from .state import ModelState
+
+CHANGE_KINDS = ("major", "minor", "patch")
+
+
+@dataclass(frozen=True)
+class Change:
+    """What differs between two versions' bundles, as the versioning rules see it."""
+
+    base_model: bool
+    tensors_changed: int
+    tensors_total: int
+    adapter_settings: bool
+    serving: bool
+
+    @property
+    def kind(self) -> str:
+        if self.base_model:
+            return "major"
+        if self.tensors_changed or self.adapter_settings:
+            return "minor"
+        return "patch"
+
+    def describe(self) -> str:
+        if self.base_model:
+            return "the base model changed"
+        if self.tensors_changed:
+            return f"the adapter weights changed ({self.tensors_changed} of {self.tensors_total} tensors differ)"
+        if self.adapter_settings:
+            return "the adapter config changed"
+        if self.serving:
+            return "only the inference config changed; the weights are identical"
+        return "the weights and inference config are identical"
+
+
+def compare(previous: dict[str, Any], bundle: Bundle) -> Change:
+    old_tensors = previous["tensors"]
+    new_tensors = {name: t.__dict__ | {"shape": list(t.shape)} for name, t in bundle.tensors.items()}
+    names = set(old_tensors) | set(new_tensors)
+    return Change(
+        base_model=previous["base_model"] != bundle.metadata.base_model,
+        tensors_changed=sum(old_tensors.get(n) != new_tensors.get(n) for n in names),
+        tensors_total=len(names),
+        adapter_settings=previous["adapter_settings"] != bundle.adapter_settings,
+        serving=previous["inference_config"] != bundle.inference_config)
+
+
+def previous_version(state: ModelState, version: str) -> str | None:
+    """The highest existing version below ``version``: what a push of it is compared with."""
+    below = [v for v in state.sorted_versions() if parse_version(v) < parse_version(version)]
+    return below[-1] if below else None
+
+
+def check_label(version: str, previous: str | None, change: Change | None) -> None:
+    """Refuse a version number that does not say what changed since ``previous``."""
+    if previous is None:
+        return
+    label = parse_version(version).kind_of_bump_from(parse_version(previous))
+    if label != change.kind:
+        expected = parse_version(previous).bump(change.kind)
+        said = f"a {label} bump over {previous}" if label else f"not a valid bump over {previous}"
+        raise InvalidParameter(f"{version} is {said}, but {change.describe()}: push it as {expected} "
+                               f"(a {change.kind} bump)")
