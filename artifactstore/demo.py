@@ -100,7 +100,7 @@ def write_bundle(version: Version, directory: Path) -> Path:
 
 def unique_tensor_bytes(history: list[Version]) -> int:
     """The ideal stored size of a history: every distinct tensor once."""
-    seen = {}
+    seen: dict[bytes, int] = {}
     for version in history:
         for tensor in version.tensors.values():
             seen.setdefault(blake3.blake3(tensor.tobytes()).digest(), tensor.nbytes)
@@ -167,6 +167,7 @@ def live_rollback(store: Store) -> None:
     server = subprocess.Popen([sys.executable, "-m", "artifactstore", "follow", "acme/support@production",
                                "--store", str(store.path), "--poll-ms", "1", "--probe", probe],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert server.stdin is not None and server.stdout is not None
     try:
         print(f"serving {json.loads(server.stdout.readline())['version']}; "
               f"resident: {', '.join(json.loads(server.stdout.readline())['resident'])}")

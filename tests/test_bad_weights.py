@@ -8,9 +8,9 @@ from conftest import snapshot
 from test_tensorfile import INVALID
 
 from artifactstore import InvalidInput
-from artifactstore.registry.bundle import WEIGHTS
 from artifactstore.cli import main
 from artifactstore.demo import adapter_history, write_bundle
+from artifactstore.registry.bundle import WEIGHTS
 
 FIRST = adapter_history(layers=1, scale=16)[0]
 

@@ -16,10 +16,10 @@ from conftest import guards_match_hot_packs, make_tree, random_bytes, snapshot
 import artifactstore.lifecycle.gc
 from artifactstore import Conflict, CorruptObject, InvalidParameter, Store, StoreError
 from artifactstore.backends.local import LocalBackend
-from artifactstore.demo import adapter_history, write_bundle
 from artifactstore.content.condemned import CONDEMNED_KEY, condemned_times
-from artifactstore.ids import digest
 from artifactstore.content.manifest import manifest_key
+from artifactstore.demo import adapter_history, write_bundle
+from artifactstore.ids import digest
 
 HISTORY = adapter_history(layers=4, scale=8)
 

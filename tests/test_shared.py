@@ -6,13 +6,13 @@ import sys
 import textwrap
 
 import pytest
-from conftest import guards_match_hot_packs, run_cli, snapshot
+from conftest import run_cli, snapshot
 
 from artifactstore import Store, StoreError
-from artifactstore.demo import adapter_history, write_bundle
-from artifactstore.serving import Follower
 from artifactstore.content.index import ChunkIndex, write_index
 from artifactstore.content.pack import pack_key
+from artifactstore.demo import adapter_history, write_bundle
+from artifactstore.serving import Follower
 
 HISTORY = adapter_history(layers=4, scale=8)
 

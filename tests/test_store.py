@@ -7,9 +7,9 @@ import pytest
 from conftest import make_tree, random_bytes, snapshot
 
 from artifactstore import CorruptObject, InvalidInput, InvalidParameter, NotFound, Store, StoreError
-from artifactstore.ids import format_id, tree_digest
 from artifactstore.content.manifest import canonical_json, manifest_key
 from artifactstore.content.pack import TARGET_SIZE
+from artifactstore.ids import format_id, tree_digest
 
 
 def test_file_round_trip_and_id_is_the_blake3_of_the_content(store, tmp_path):

@@ -15,7 +15,6 @@ import pytest
 import safetensors
 from safetensors.numpy import save
 
-from artifactstore.errors import InvalidInput
 from artifactstore.content.tensorfile import (
     DTYPE_BITS,
     MAX_HEADER_SIZE,
@@ -26,6 +25,7 @@ from artifactstore.content.tensorfile import (
     read_header,
     read_header_from_path,
 )
+from artifactstore.errors import InvalidInput
 
 SAVEABLE_DTYPES = [
     np.bool_, np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.uint64, np.int64,

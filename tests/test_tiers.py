@@ -10,8 +10,8 @@ import pytest
 from conftest import guards_match_hot_packs, run_cli, snapshot
 
 from artifactstore import Store
-from artifactstore.demo import adapter_history, write_bundle
 from artifactstore.content.pack import pack_id_from_key
+from artifactstore.demo import adapter_history, write_bundle
 
 HISTORY = adapter_history(layers=4, scale=8)  # tiny tensors, 5 versions
 

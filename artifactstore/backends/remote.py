@@ -19,7 +19,7 @@ import io
 import os
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any, overload
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import ArtifactStoreError, Conflict, NotFound, StoreError
@@ -52,7 +52,7 @@ def mask_secrets(config: dict) -> dict:
     ``key`` (an access key id) are shortened; URLs lose their passwords. Paths to secrets
     (``AWS_SHARED_CREDENTIALS_FILE``) are shown. Nested dicts are masked too.
     """
-    masked = {}
+    masked: dict[str, Any] = {}
     for name, value in config.items():
         lowered = str(name).lower()
         if isinstance(value, dict):
@@ -66,6 +66,12 @@ def mask_secrets(config: dict) -> dict:
         else:
             masked[name] = mask_url(value) if "://" in value else value
     return masked
+
+
+@overload
+def mask_url(url: str) -> str: ...
+@overload
+def mask_url(url: None) -> None: ...
 
 
 def mask_url(url: str | None) -> str | None:
@@ -108,7 +114,12 @@ class FsspecBackend:
         self.url = url.rstrip("/")
         protocol = fsspec.utils.get_protocol(url)
         self._s3 = protocol in ("s3", "s3a")
+        # On a filesystem with directories and rename (a local directory reached through fsspec),
+        # a write is a temporary file renamed into place: one PUT is atomic, a file write is not.
+        self._renames = protocol in ("file", "local")
         options = _s3_options(storage_options or {}) if self._s3 else dict(storage_options or {})
+        if self._renames:
+            options.setdefault("auto_mkdir", True)
         try:
             self._fs, root = fsspec.url_to_fs(url, **options)
         except (ImportError, ValueError) as exc:  # no such protocol, or its package is missing
@@ -154,7 +165,16 @@ class FsspecBackend:
         return results
 
     def write(self, key: str, data: bytes) -> None:
-        self._call(key, self._fs.pipe_file, self._path(key), data)
+        if not self._renames:
+            self._call(key, self._fs.pipe_file, self._path(key), data)
+            return
+        temporary = self._path(f"tmp/w-{uuid.uuid4().hex}")
+        try:
+            self._call(key, self._fs.pipe_file, temporary, data)
+            self._call(key, self._fs.mv, temporary, self._path(key))
+        finally:
+            if self._fs.exists(temporary):
+                self._fs.rm_file(temporary)
 
     def open_writer(self) -> FsspecWriter:
         return FsspecWriter(self)

@@ -18,7 +18,6 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ..errors import InvalidParameter
-
 from ..native import _fastcdc
 
 __all__ = ["DEFAULT_PARAMS", "ChunkerParams", "cut", "cut_stream"]
@@ -125,7 +124,7 @@ def _bytes_of(data: Any) -> memoryview:
     if isinstance(data, np.ndarray):
         if not data.flags.c_contiguous:
             raise InvalidParameter("cut needs a C-contiguous array")
-        return memoryview(data.reshape(-1).view(np.uint8))
+        return data.reshape(-1).view(np.uint8).data
     view = memoryview(data)
     if not view.c_contiguous:
         raise InvalidParameter("cut needs a C-contiguous buffer")

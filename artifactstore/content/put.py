@@ -8,7 +8,7 @@ and publishes packs and then one index file listing them.
 import mmap
 import os
 import stat
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
@@ -128,6 +128,7 @@ class PackSession:
 
     def _close_pack(self) -> None:
         writer, self._writer = self._writer, None
+        assert writer is not None
         pack_id = writer.seal()
         self._index.add_pack(pack_id, writer.entries)  # the caller drops the index if the put fails
         self._in_open_pack.clear()
@@ -187,7 +188,8 @@ def _ingest_buffer(data: memoryview, chunker: chunking.ChunkerParams, session: P
                 progress(lengths[i])
                 chunk_ids.append(chunk)
     except BaseException:
-        for task in [*hashed, file_digest]:  # they read ``data``: let them finish before it is released
+        tasks: list[Future] = [*hashed, file_digest]
+        for task in tasks:  # they read ``data``: let them finish before it is released
             task.cancel() or task.exception()
         raise
     return file_digest.result(), FileManifest(len(data), list(zip(chunk_ids, lengths)))

@@ -385,9 +385,13 @@ class ContentStore:
     # -- stats -------------------------------------------------------------------------------
 
     def stats(self) -> StoreStats:
-        files, trees = {}, {}
+        files: dict[bytes, FileManifest] = {}
+        trees: dict[bytes, TreeManifest] = {}
         for object_id, manifest in self.manifests():
-            (files if isinstance(manifest, FileManifest) else trees)[object_id] = manifest
+            if isinstance(manifest, FileManifest):
+                files[object_id] = manifest
+            else:
+                trees[object_id] = manifest
         in_trees = {e.file for t in trees.values() for e in t.entries}
         logical = sum(t.size for t in trees.values()) + sum(
             m.size for object_id, m in files.items() if object_id not in in_trees)

@@ -14,8 +14,8 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterator
-from itertools import accumulate
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 from ..errors import InvalidInput

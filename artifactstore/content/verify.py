@@ -35,7 +35,8 @@ def verify_content(store: ContentStore, progress: Progress, *, tier: str = "all"
     repairs: list[str] = []
     picked = (lambda: True) if sample >= 100 else (lambda: random.random() * 100 < sample)
     tiers = {"hot": store.hot, "cold": store.cold}
-    packs, damaged_chunks = {}, set()
+    packs: dict[bytes, dict[bytes, PackEntry]] = {}
+    damaged_chunks: set[bytes] = set()
     for name, backend in tiers.items():
         if backend is None:
             continue
@@ -64,7 +65,7 @@ def verify_content(store: ContentStore, progress: Progress, *, tier: str = "all"
             damaged_chunks |= bad_chunks
             if entries is not None:
                 packs.setdefault(pack_id, {e.chunk: e for e in entries})
-            if not found and backend is store.hot:
+            if not found and entries is not None and backend is store.hot:
                 _verify_guard(backend, pack_id, data, entries, repair, problems, repairs)
     for home in {id(b): b for b in (store.home, store.hot)}.values():
         _verify_indexes(home, packs, problems)

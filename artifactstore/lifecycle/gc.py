@@ -170,7 +170,7 @@ def _sweep(content: ContentStore, report: GcReport, homes: list[IndexFiles], liv
     condemned = condemned_times(content.home)
     if not report.dry_run:
         report.repacked_bytes = _repack_sparse(content, index, old, live_chunks, set(condemned))
-    keep = _packs_to_keep(index, live_chunks, {pack_id_from_key(k) for k in condemned})
+    keep = _packs_to_keep(index, live_chunks, {p for p in map(pack_id_from_key, condemned) if p})
     dead = {pack_key(p) for p in index.pack_entries if pack_key(p) in old and p not in keep}
     dead |= {k for k in old if k.startswith("manifests/") and k not in live_keys}
     dead |= {k for k in old if k.startswith("packs/") and pack_id_from_key(k) not in index.pack_entries}
@@ -197,7 +197,7 @@ def _repack_sparse(content: ContentStore, index: ChunkIndex, old: dict[str, int]
                    condemned: set[str]) -> int:
     """Copy the live chunks out of old packs that are mostly garbage into new packs, so that
     the old ones become wholly unused; returns the bytes copied."""
-    copies = []
+    copies: list[tuple[bytes, int]] = []
     for pack_id, entries in index.pack_entries.items():
         key = pack_key(pack_id)
         live = [e for e in entries if e.chunk in live_chunks]
@@ -258,8 +258,9 @@ def _delete_unused(content: ContentStore, key: str, written_at: dict[str, float]
     """Delete a pack from every tier, or a manifest; False if a push wrote it again a moment ago."""
     if _rewritten(content.home, key, written_at):
         return False
-    if key.startswith("packs/"):
-        content.hot.delete(guard_key(pack_id_from_key(key)))
+    pack_id = pack_id_from_key(key)
+    if pack_id is not None:
+        content.hot.delete(guard_key(pack_id))
     for tier in {id(t): t for t in (content.home, content.hot, content.cold) if t is not None}.values():
         if tier is content.home or key.startswith("packs/"):
             tier.delete(key)

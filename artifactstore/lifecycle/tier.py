@@ -75,7 +75,8 @@ def tier(content: ContentStore, roots: Roots, *, dry_run: bool = False, progress
     hot = hot_chunks(roots, ContentGraph.read(content))
     index = content.index
     local = content.hot_packs
-    rehome, evict = [], []
+    rehome: list[tuple[bytes, int]] = []
+    evict: list[bytes] = []
     for pack_id in sorted(local & set(index.pack_entries)):
         entries = index.pack_entries[pack_id]
         hot_bytes = sum(e.length for e in entries if e.chunk in hot)

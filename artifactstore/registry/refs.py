@@ -75,12 +75,12 @@ class Ref:
     """What a ref names: a model and a version or pointer, or a content id."""
 
     model: ModelName | None = None
-    target: str | None = None  # a version string, a pointer name or "latest"
+    target: str = ""  # a version string, a pointer name or "latest"; "" for a content id
     object_id: str | None = None
 
     @property
     def is_version(self) -> bool:
-        return self.target is not None and VERSION.fullmatch(self.target) is not None
+        return VERSION.fullmatch(self.target) is not None
 
     def __str__(self) -> str:
         return self.object_id or f"{self.model}@{self.target}"

@@ -21,8 +21,7 @@ from ..ids import format_id, parse_id
 from .bundle import WEIGHTS, Bundle, load_bundle
 from .pointers import CANARY, NAMES, PRODUCTION, ROLLBACK_TARGET, STAGING, Transition, TransitionRule
 from .refs import LATEST, ModelName, Ref, parse_version
-from .state import (STATE_CONTEXT, VERSION_CONTEXT, AuditEntry, ModelState, default_actor, now, object_key,
-                    ref_key)
+from .state import STATE_CONTEXT, VERSION_CONTEXT, AuditEntry, ModelState, default_actor, now, object_key, ref_key
 from .versioning import check_label, compare, previous_version
 
 Move = dict[str, Any]  # one audit entry's fields before it is numbered: action, pointer, from, to, ...
@@ -185,20 +184,18 @@ class Registry:
         store pick the next version from what changed. A version whose label disagrees with
         what changed, or an existing version with other content, is refused.
         """
-        model, version = _push_target(ref, bump)
+        model, requested = _push_target(ref, bump)
         bundle = load_bundle(Path(bundle_dir))
         actor = actor or default_actor()
-        state, _ = self._read_state(model)
-        state = state or ModelState(model)
-        if version in state.versions:
-            existing = self.record(state, version)
+        state = self._read_state(model)[0] or ModelState(model)
+        if requested in state.versions:
+            existing = self.record(state, requested)
             if existing["bundle"] != self.content.identify(bundle.path):
-                raise Conflict(f"{model}@{version} already exists with different content; versions are immutable: "
+                raise Conflict(f"{model}@{requested} already exists with different content; versions are immutable: "
                                f"push a new version")
-            return PushResult(f"{model}@{version}", version, existing["bundle"], existing["adapter_hash"],
+            return PushResult(f"{model}@{requested}", requested, existing["bundle"], existing["adapter_hash"],
                               existing["change"], False, 0, 0)
-        if bump == "auto":
-            version = self._next_version(state, bundle)
+        version = requested or self._next_version(state, bundle)
         previous = previous_version(state, version)
         change = compare(self.record(state, previous), bundle) if previous else None
         check_label(version, previous, change)
@@ -206,7 +203,7 @@ class Registry:
             raise InvalidParameter(f"metadata.yaml says version {bundle.metadata.version}, but the push is {version}")
         stored = self.content.put(bundle.path)
         adapter_hash = self._file_id_in_tree(stored.id, WEIGHTS)
-        record = {
+        record: dict[str, Any] = {
             "kind": "version", "client": model.client, "model": model.model, "version": version,
             "base_model": bundle.metadata.base_model, "adapter_hash": adapter_hash, "bundle": stored.id,
             "training_data_hash": bundle.training_data_hash, "training_config": bundle.training_config,
@@ -335,7 +332,7 @@ class Registry:
         """Remove a version (a data removal request); refused while a pointer or pin names it.
         gc then reclaims what only it used."""
         parsed = Ref.parse(ref)
-        if not parsed.is_version or parsed.model is None or parsed.target is None:
+        if not parsed.is_version or parsed.model is None:
             raise InvalidParameter(f"delete takes client/model@vX.Y.Z, not {ref}")
         version = parsed.target
 

@@ -65,7 +65,7 @@ def previous_version(state: ModelState, version: str) -> str | None:
 
 def check_label(version: str, previous: str | None, change: Change | None) -> None:
     """Refuse a version number that does not say what changed since ``previous``."""
-    if previous is None:
+    if previous is None or change is None:
         return
     label = parse_version(version).kind_of_bump_from(parse_version(previous))
     if label != change.kind:

@@ -58,7 +58,7 @@ class Follower:
         parsed = Ref.parse(ref)
         if parsed.model is None or parsed.is_version:
             raise InvalidParameter(f"a follower follows a pointer (client/model@production), not {ref}")
-        self.store, self.ref = store, parsed
+        self.store, self.ref, self.model = store, parsed, parsed.model
         self._load_options = {"device": device, "framework": framework}
         shared = store.registry.backend.capabilities.local_directory is None
         self.keep_newest = keep_newest
@@ -86,12 +86,12 @@ class Follower:
         tries again without waiting for the next move.
         """
         with self._lock:
-            signature = self.store.registry.ref_signature(self.ref.model)
+            signature = self.store.registry.ref_signature(self.model)
             if signature == self._seen_ref and not force:
                 return False
             self._seen_ref = signature
             try:
-                return self._follow(self.store.registry.state(self.ref.model))
+                return self._follow(self.store.registry.state(self.model))
             except ArtifactStoreError as exc:
                 self._fail(f"{self.ref}: {exc}")
                 return False

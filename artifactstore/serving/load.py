@@ -103,6 +103,7 @@ class _Segment:
     of the pack's mapping, at its file offset minus ``base``."""
 
     pack: bytes
+    mapping: np.ndarray  # the pack's
     last: int  # index of its last chunk in the file
     base: int  # file offset - pack offset
     tensors: list[TensorInfo] = field(default_factory=list)
@@ -135,7 +136,7 @@ class Loader:
             files = [self._stored_file(path, manifest, packs) for path, manifest in self._weight_files(object_id, label)]
             wanted = _select(files, names, label)
             placed = [self._place_tensors(file, tensors, packs, pool, converter) for file, tensors in wanted]
-        result = {}
+        result: dict[str, Any] = {}
         for (file, _), groups in zip(wanted, placed):
             for buffer, base, tensors in groups:
                 result.update(converter.tensors(buffer, base, tensors, file.label))
@@ -194,7 +195,7 @@ class Loader:
         mapped = [segment for segment in segments if segment.tensors]
         in_segment = {id(t) for segment in mapped for t in segment.tensors}
         copied = [t for t in tensors if id(t) not in in_segment]
-        groups = [(converter.wrap(packs.mapping(segment.pack)), segment.base, segment.tensors) for segment in mapped]
+        groups = [(converter.wrap(segment.mapping), segment.base, segment.tensors) for segment in mapped]
         if copied or not mapped:
             buffer, base = self._read_tensors(file, copied, packs, pool, converter.allocate, checks)
             groups.append((buffer, base, copied))
@@ -226,7 +227,7 @@ class Loader:
             last = segments[-1] if segments else None
             base = file.chunk_starts[i] - location.offset
             if last is None or (last.pack, last.last, last.base) != (location.pack, i - 1, base):
-                last = _Segment(location.pack, i, base)
+                last = _Segment(location.pack, mapping, i, base)
                 segments.append(last)
             last.last = i
             home[i] = (last, chunk, location.offset, length)
@@ -268,7 +269,7 @@ class Loader:
         else:
             base = end = data_start
         buffer, host = allocate(end - base)
-        landing = memoryview(host)
+        landing = host.data
         checks.extend(pool.submit(_read_and_check, packs, run, landing)
                       for run in self._plan_runs(file, needed, base, packs))
         return buffer, base
@@ -426,7 +427,7 @@ class _PackFiles:
             mapping = None
             try:
                 size = os.fstat(fd).st_size if fd is not None else 0
-                if size:
+                if fd is not None and size:
                     mapping = np.frombuffer(_mapping.FileMapping(fd, size), np.uint8)
             except OSError:
                 pass

@@ -1,0 +1,11 @@
+"""The ``artifactstore`` command. User errors become one line on stderr and exit status 1.
+
+Commands live in one module per wing; importing them adds them to the ``cli`` group.
+"""
+
+from . import content, lifecycle, registry, serving  # noqa: F401 - each adds its commands to cli
+from .base import cli, run_reporting_errors
+
+
+def main() -> None:
+    run_reporting_errors(cli)

@@ -1,0 +1,77 @@
+"""What every command module shares: the ``cli`` group, common options and output helpers."""
+
+import json
+import sys
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import click
+from tqdm import tqdm
+
+from ..errors import ArtifactStoreError
+
+store_option = click.option(
+    "--store", "store_path", envvar="ARTIFACTSTORE_STORE", required=True, metavar="PATH|URL",
+    help="The store: a directory, or s3://bucket/prefix for a store shared by many machines "
+         "(or set ARTIFACTSTORE_STORE; a shared store's local cache is $ARTIFACTSTORE_CACHE).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object, nothing else.")
+
+
+def audit_options(command):
+    """--by and --reason, recorded in the audit log by every registry change."""
+    command = click.option("--reason", default="", help="Why; recorded in the audit log.")(command)
+    return click.option("--by", "actor", metavar="WHO",
+                        help="Who; recorded in the audit log (default: $ARTIFACTSTORE_ACTOR or user@host).")(command)
+
+
+def move_options(command):
+    """--by, --reason and --expect, shared by every pointer move."""
+    return audit_options(click.option("--expect", metavar="VERSION",
+                                      help="Refuse unless the pointer being moved is at VERSION now.")(command))
+
+
+@contextmanager
+def progress_bar(total: int | None, description: str, quiet: bool):
+    """A byte progress bar on stderr when it is a terminal; a no-op callback otherwise."""
+    if quiet or not sys.stderr.isatty():
+        yield lambda _: None
+        return
+    with tqdm(total=total, desc=description, unit="B", unit_scale=True, unit_divisor=1024,
+              file=sys.stderr, leave=False) as bar:
+        yield bar.update
+
+
+def emit_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=None, sort_keys=True))
+
+
+def human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="artifactstore")
+def cli() -> None:
+    """Content-addressed store for model weights: dedup by FastCDC chunks, BLAKE3 ids."""
+
+
+def run_reporting_errors(command: Callable[..., None]) -> None:
+    try:
+        command(standalone_mode=False)
+    except ArtifactStoreError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except OSError as exc:
+        click.echo(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
+        sys.exit(1)

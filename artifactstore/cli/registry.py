@@ -1,0 +1,242 @@
+"""Registry commands: push, pointer moves, pins, delete, and the queries."""
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from ..registry.pointers import KINDS
+from ..store import Store
+from .base import (
+    audit_options,
+    cli,
+    emit_json,
+    human_bytes,
+    json_option,
+    move_options,
+    store_option,
+)
+
+
+def report_state(state, as_json: bool) -> None:
+    summary = {"model": str(state.model), **state.pointer_fields(), "pins": list(state.pins),
+               "entries": [e.to_json() for e in state.entries]}
+    if as_json:
+        emit_json(summary)
+        return
+    for e in state.entries:
+        share = f" ({e.percent}%)" if e.percent is not None else ""
+        if e.pointer is None:
+            click.echo(f"{state.model}: {e.action} {e.to or e.from_}")
+        else:
+            click.echo(f"{state.model}@{e.pointer}: {e.from_ or '-'} -> {e.to or '-'}{share}")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("ref")
+@click.option("--bump", type=click.Choice(["auto"]), help="Pick the next version from what changed.")
+@click.option("--by", "actor", metavar="WHO", help="Who pushes (default: $ARTIFACTSTORE_ACTOR or user@host).")
+@click.option("--reason", default="", help="Recorded in the audit log (default: the change description).")
+@store_option
+@json_option
+def push(bundle: Path, ref: str, bump: str | None, actor: str | None, reason: str, store_path: str,
+         as_json: bool) -> None:
+    """Store BUNDLE as version REF (client/model@vX.Y.Z, or client/model with --bump auto)."""
+    result = Store(store_path).push(bundle, ref, bump=bump, actor=actor, reason=reason)
+    if as_json:
+        emit_json(asdict(result))
+    elif result.created:
+        click.echo(f"{result.ref} ({result.change}) {result.bundle}")
+        click.echo(f"{human_bytes(result.logical_bytes)} logical, {human_bytes(result.new_bytes)} new", err=True)
+    else:
+        click.echo(f"{result.ref} already exists with identical content; nothing changed")
+
+
+@cli.command()
+@click.argument("ref")
+@move_options
+@store_option
+@json_option
+def stage(ref, actor, reason, expect, store_path, as_json) -> None:
+    """Point staging at REF."""
+    report_state(Store(store_path).stage(ref, actor=actor, reason=reason, expect=expect), as_json)
+
+
+@cli.command()
+@click.argument("ref")
+@move_options
+@store_option
+@json_option
+def promote(ref, actor, reason, expect, store_path, as_json) -> None:
+    """Point production at REF; the previous production becomes the rollback target."""
+    report_state(Store(store_path).promote(ref, actor=actor, reason=reason, expect=expect), as_json)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--to", "to", metavar="VERSION", help="Roll back to VERSION instead of the rollback target.")
+@move_options
+@store_option
+@json_option
+def rollback(model, to, actor, reason, expect, store_path, as_json) -> None:
+    """Point MODEL's production back at its rollback target (or --to VERSION)."""
+    report_state(Store(store_path).rollback(model, to=to, actor=actor, reason=reason, expect=expect), as_json)
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--percent", type=int, required=True, help="Share of traffic for REF; 0 ends the canary.")
+@move_options
+@store_option
+@json_option
+def canary(ref, percent, actor, reason, expect, store_path, as_json) -> None:
+    """Route PERCENT of traffic to REF as a canary."""
+    report_state(Store(store_path).set_canary(ref, percent, actor=actor, reason=reason, expect=expect), as_json)
+
+
+@cli.command()
+@click.argument("ref")
+@audit_options
+@store_option
+@json_option
+def pin(ref, actor, reason, store_path, as_json) -> None:
+    """Pin REF: kept in the hot tier and by garbage collection."""
+    report_state(Store(store_path).pin(ref, actor=actor, reason=reason), as_json)
+
+
+@cli.command()
+@click.argument("ref")
+@audit_options
+@store_option
+@json_option
+def unpin(ref, actor, reason, store_path, as_json) -> None:
+    """Remove REF's pin."""
+    report_state(Store(store_path).unpin(ref, actor=actor, reason=reason), as_json)
+
+
+@cli.command()
+@click.argument("ref")
+@audit_options
+@store_option
+@json_option
+def delete(ref, actor, reason, store_path, as_json) -> None:
+    """Remove version REF from the registry; gc then reclaims what only it used."""
+    report_state(Store(store_path).delete(ref, actor=actor, reason=reason), as_json)
+
+
+@cli.command()
+@click.argument("ref")
+@store_option
+@json_option
+def show(ref: str, store_path: str, as_json: bool) -> None:
+    """Everything recorded about version REF."""
+    info = Store(store_path).show(ref)
+    if as_json:
+        emit_json(info)
+        return
+    for key, value in info.items():
+        shown = json.dumps(value) if isinstance(value, (dict, list)) else value
+        click.echo(f"{key:20} {shown}")
+
+
+@cli.command(name="ls")
+@click.argument("model", required=False)
+@store_option
+@json_option
+def list_models(model: str | None, store_path: str, as_json: bool) -> None:
+    """Clients, models, versions, and where each pointer is."""
+    listing = Store(store_path).ls(model)
+    if as_json:
+        emit_json({"models": listing})
+        return
+    for entry in listing:
+        click.echo(entry["model"])
+        for version in entry["versions"]:
+            names = []
+            for kind in KINDS:
+                named = entry[kind.name]
+                if kind.carries_percent and named and named["version"] == version:
+                    names.append(f"{kind.name} {named['percent']}%")
+                elif named == version:
+                    names.append(kind.name)
+            if version in entry["pins"]:
+                names.append("pinned")
+            click.echo(f"  {version:12} {', '.join(names)}")
+
+
+@cli.command()
+@click.argument("model")
+@store_option
+@json_option
+def log(model: str, store_path: str, as_json: bool) -> None:
+    """MODEL's audit log: every push and pointer move, oldest first."""
+    entries = Store(store_path).log(model)
+    if as_json:
+        emit_json({"model": model, "entries": [e.to_json() for e in entries]})
+        return
+    for e in entries:
+        target = f"{e.pointer or ''} {e.from_ or '-'} -> {e.to or '-'}"
+        click.echo(f"{e.seq:4} {e.at} {e.actor:24} {e.action:9} {target:40} {e.reason}")
+
+
+@cli.group()
+def registry() -> None:
+    """The registry as a whole."""
+
+
+@registry.command(name="export")
+@store_option
+def export_registry(store_path: str) -> None:
+    """Print the registry YAML (clients, models, pointers, available versions)."""
+    click.echo(Store(store_path).export_registry(), nl=False)
+
+
+@cli.command()
+@click.option("--training-data", metavar="HASH")
+@click.option("--adapter", metavar="HASH")
+@click.option("--base-model", metavar="NAME")
+@store_option
+@json_option
+def lineage(training_data, adapter, base_model, store_path, as_json) -> None:
+    """Versions trained on a dataset, with an adapter hash, or on a base model."""
+    found = Store(store_path).lineage(training_data=training_data, adapter=adapter, base_model=base_model)
+    if as_json:
+        emit_json({"versions": found})
+        return
+    for entry in found:
+        click.echo(f"{entry['ref']:32} {entry['created_at']} {entry['base_model']}")
+
+
+@cli.command()
+@click.argument("ref_a")
+@click.argument("ref_b")
+@store_option
+@json_option
+def diff(ref_a, ref_b, store_path, as_json) -> None:
+    """What changed from REF_A to REF_B: base model, tensors, configs, metrics."""
+    d = Store(store_path).diff(ref_a, ref_b)
+    if as_json:
+        emit_json(d)
+        return
+    base = d["base_model"]
+    click.echo(f"{d['from']} -> {d['to']}")
+    click.echo(f"base model: {base['from']}" + (f" -> {base['to']}" if base["changed"] else " (unchanged)"))
+    for status, counts in d["tensor_summary"].items():
+        click.echo(f"tensors {status:10} {counts['count']:5}  {human_bytes(counts['bytes'])}")
+    for section in ("adapter_settings", "training_config", "inference_config"):
+        for key, change in d[section].items():
+            click.echo(f"{section}.{key}: {change['from']} -> {change['to']}")
+    for metric, m in d["metrics"].items():
+        delta = "" if m["delta"] is None else f" ({m['delta']:+.4g})"
+        click.echo(f"metric {metric}: {m['from']} -> {m['to']}{delta}")
+
+
+@cli.command()
+@click.argument("ref_a")
+@click.argument("ref_b")
+@store_option
+def changelog(ref_a, ref_b, store_path) -> None:
+    """The client-facing change log (Markdown) from REF_A to REF_B."""
+    click.echo(Store(store_path).changelog(ref_a, ref_b), nl=False)

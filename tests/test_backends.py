@@ -1,0 +1,139 @@
+"""The backend contract: every backend keeps the same promises, checked by one suite.
+
+Like zarr-python's ``StoreTests``: each backend (a local directory, a directory through fsspec,
+S3 on a real S3-protocol server, memory) runs every test here. A backend that declares it has no
+conditional writes must refuse ref swaps clearly; the others must compare-and-swap.
+"""
+
+import os
+import uuid
+
+import pytest
+
+from artifactstore.backends import Backend, open_backend, probe
+from artifactstore.backends.local import LocalBackend
+from artifactstore.backends.memory import MemoryBackend
+from artifactstore.backends.remote import FsspecBackend
+from artifactstore.errors import Conflict, NotFound, StoreError
+
+KINDS = ["local", "fsspec-directory", "s3", "memory"]
+REF = "registry/refs/acme/support.json"
+
+
+@pytest.fixture(params=KINDS)
+def backend(request, tmp_path) -> Backend:
+    if request.param == "local":
+        return LocalBackend(tmp_path / "store")
+    if request.param == "fsspec-directory":
+        return FsspecBackend(f"file://{tmp_path}/store")
+    if request.param == "s3":
+        return FsspecBackend(f"{request.getfixturevalue('s3_bucket')}/{uuid.uuid4().hex[:8]}")
+    return MemoryBackend()
+
+
+def test_every_object_method_round_trips(backend):
+    objects = {"packs/cd/cd02.pack": b"two", "packs/ab/ab01.pack": b"one", "index/x.idx": b"idx",
+               "packs-other/y": b"not under packs/", "artifactstore.json": b"{}"}
+    for key, data in objects.items():
+        backend.write(key, data)
+    assert backend.read("packs/ab/ab01.pack") == b"one"
+    assert backend.exists("packs/cd/cd02.pack")
+    assert not backend.exists("packs/cd") and not backend.exists("packs/zz/zz99.pack")
+    assert backend.size("packs/cd/cd02.pack") == 3
+    assert list(backend.list("packs")) == ["packs/ab/ab01.pack", "packs/cd/cd02.pack"]
+    assert list(backend.list("index")) == ["index/x.idx"]
+    assert list(backend.list("nothing")) == []
+    backend.write("packs/ab/ab01.pack", b"replaced")  # a whole new object under the key
+    assert backend.read("packs/ab/ab01.pack") == b"replaced"
+    backend.delete("packs/ab/ab01.pack")
+    backend.delete("packs/ab/ab01.pack")  # deleting what is gone is not an error
+    assert list(backend.list("packs")) == ["packs/cd/cd02.pack"]
+
+
+def test_modification_times_are_the_backends_clock(backend):
+    backend.write("manifests/aa/x.json", b"{}")
+    first = backend.modified("manifests/aa/x.json")
+    assert isinstance(first, float) and abs(first - __import__("time").time()) < 3600
+    with pytest.raises(NotFound):
+        backend.modified("manifests/aa/none.json")
+
+
+def test_ranged_reads(backend):
+    data = os.urandom(300_000)
+    backend.write("packs/aa/big.pack", data)
+    assert backend.read_range("packs/aa/big.pack", 1000, 5000) == data[1000:6000]
+    assert backend.read_range("packs/aa/big.pack", len(data) - 12, 12) == data[-12:]
+    requests = [("packs/aa/big.pack", 3000 * i, 1000 + i) for i in range(8)]
+    assert backend.read_ranges(requests) == [data[o:o + n] for _, o, n in requests]
+    assert backend.read_ranges([]) == []
+
+
+def test_missing_keys_are_not_found(backend):
+    with pytest.raises(NotFound, match="packs/no/such.pack"):
+        backend.read("packs/no/such.pack")
+    with pytest.raises(NotFound):
+        backend.read_range("packs/no/such.pack", 0, 10)
+    with pytest.raises(NotFound):
+        backend.size("packs/no/such.pack")
+    backend.write("packs/aa/here.pack", b"here")
+    with pytest.raises(NotFound, match="packs/no/such.pack"):
+        backend.read_ranges([("packs/aa/here.pack", 0, 2), ("packs/no/such.pack", 0, 2)])
+    assert not backend.exists("packs/no/such.pack")
+    assert backend.read_ref("registry/refs/no/such.json") == (None, None)
+
+
+def test_a_writer_publishes_whole_or_nothing(backend):
+    writer = backend.open_writer()
+    writer.write(b"abc")
+    writer.write(memoryview(b"def"))
+    assert not backend.exists("packs/ab/w.pack")
+    writer.publish("packs/ab/w.pack")
+    assert backend.read("packs/ab/w.pack") == b"abcdef"
+    discarded = backend.open_writer()
+    discarded.write(b"never")
+    discarded.discard()
+    assert list(backend.list("packs")) == ["packs/ab/w.pack"]
+
+
+def test_refs_compare_and_swap_where_the_backend_says_it_can(backend):
+    assert backend.read_ref(REF) == (None, None)
+    if not backend.capabilities.conditional_writes:
+        with pytest.raises(StoreError, match="conditional writes"):
+            backend.swap_ref(REF, b'{"state":"1"}', None)
+        return
+    first = backend.swap_ref(REF, b'{"state":"1"}', None)
+    assert backend.read_ref(REF) == (b'{"state":"1"}', first)
+    with pytest.raises(Conflict):
+        backend.swap_ref(REF, b'{"state":"other"}', None)  # create when it exists
+    second = backend.swap_ref(REF, b'{"state":"2"}', first)
+    assert second != first
+    with pytest.raises(Conflict):
+        backend.swap_ref(REF, b'{"state":"stale"}', first)
+    assert backend.read_ref(REF) == (b'{"state":"2"}', second)
+    backend.delete(REF)
+    with pytest.raises(Conflict):
+        backend.swap_ref(REF, b'{"state":"3"}', second)  # update of a ref that is gone
+
+
+def test_a_local_directory_is_declared_and_true(backend):
+    directory = backend.capabilities.local_directory
+    backend.write("packs/ab/f.pack", b"bytes")
+    if directory is not None:
+        assert (directory / "packs" / "ab" / "f.pack").read_bytes() == b"bytes"
+
+
+def test_a_probe_leaves_nothing_behind(backend):
+    probe(backend)
+    assert list(backend.list("tmp")) == []
+
+
+def test_describe_names_the_place_without_secrets(backend):
+    described = backend.describe()
+    assert described and "testing" not in described
+
+
+def test_open_backend_picks_by_location(tmp_path):
+    assert isinstance(open_backend(str(tmp_path)), LocalBackend)
+    assert open_backend(f"file://{tmp_path}").capabilities.local_directory == tmp_path
+    with pytest.raises(StoreError, match="nosuchprotocol"):
+        open_backend("nosuchprotocol://x")
