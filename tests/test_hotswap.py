@@ -1,6 +1,8 @@
 """The hot-swap follower, checkout, and the serving object's resistance to bad input."""
 
 import json
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -128,3 +130,18 @@ def test_load_refuses_malformed_weights_through_the_api(store, tmp_path):
     with pytest.raises(InvalidInput, match="safetensors"):
         store.load(file_id)
     assert store.verify().ok
+
+
+def test_follow_command_prints_each_swap(served):
+    server = subprocess.Popen([sys.executable, "-m", "artifactstore", "follow", "acme/support@production",
+                               "--store", str(served.path), "--poll-ms", "1", "--probe", PROBE],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = json.loads(server.stdout.readline())
+        assert first["version"] == "v1.0.0" and first["probe"] == float(expected(0).reshape(-1)[0])
+        assert "v1.0.0" in json.loads(server.stdout.readline())["resident"]
+        served.promote("acme/support@v1.1.0")
+        assert json.loads(server.stdout.readline())["version"] == "v1.1.0"
+    finally:
+        server.stdin.close()
+        assert server.wait(timeout=30) == 0, server.stderr.read()

@@ -39,7 +39,7 @@ def follow(ref, framework, device, poll_ms, probe, store_path) -> None:
     per swap ({"version", "bundle", "at": monotonic seconds, "probe"}), until stdin closes.
 
     Once the hot versions are loaded it prints {"resident": [versions]}."""
-    from .serving.follower import Follower
+    from ..serving.follower import Follower
 
     def announce(_, live) -> None:
         value = float(live.tensors[probe].reshape(-1)[0].item()) if probe else None
