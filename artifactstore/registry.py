@@ -296,14 +296,20 @@ class RegistryOperations:
         _check_label(version, previous, change)
         if bundle.metadata.version not in (None, version):
             raise InvalidParameter(f"metadata.yaml says version {bundle.metadata.version}, but the push is {version}")
+        from_bundle = {
+            "base_model": bundle.metadata.base_model, "training_data_hash": bundle.training_data_hash,
+            "training_config": bundle.training_config, "eval_scores": bundle.eval_scores,
+            "inference_config": bundle.inference_config, "adapter_settings": bundle.adapter_settings,
+            "change_description": bundle.metadata.change_description,
+        }
+        # load_bundle admits only data canonical JSON holds; encoding it here as well means that if it
+        # ever admits more, the push fails before its first write instead of after the packs are stored.
+        canonical_json(from_bundle)
         stored = self.put(bundle.path)
         adapter_hash = self._file_id_in_tree(stored.id, WEIGHTS)
-        record = {
+        record = from_bundle | {
             "kind": "version", "client": model.client, "model": model.model, "version": version,
-            "base_model": bundle.metadata.base_model, "adapter_hash": adapter_hash, "bundle": stored.id,
-            "training_data_hash": bundle.training_data_hash, "training_config": bundle.training_config,
-            "eval_scores": bundle.eval_scores, "inference_config": bundle.inference_config,
-            "adapter_settings": bundle.adapter_settings, "change_description": bundle.metadata.change_description,
+            "adapter_hash": adapter_hash, "bundle": stored.id,
             "change": change.kind if change else "initial", "previous": previous,
             "created_at": now(), "created_by": actor,
             "tensors": {name: t.__dict__ | {"shape": list(t.shape)} for name, t in bundle.tensors.items()},

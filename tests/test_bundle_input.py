@@ -8,6 +8,8 @@ import math
 import shutil
 import tempfile
 import time
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from hypothesis import strategies as st
 
 from artifactstore import InvalidInput, Store
 from artifactstore import bundle as bundle_module
+from artifactstore import registry
 from artifactstore.bundle import ADAPTER_CONFIG, load_bundle
 from artifactstore.demo import adapter_history, write_bundle
 from artifactstore.manifest import canonical_json
@@ -313,3 +316,12 @@ def test_pythons_own_yaml_parser_gets_the_same_checks(bundle, monkeypatch, conte
     assert says in str(error.value) and len(str(error.value).splitlines()) == 1
     assert time.monotonic() - started < 10
 
+
+def test_push_encodes_the_bundles_data_before_its_first_write(store, bundle, monkeypatch):
+    """Should load_bundle ever admit what canonical JSON cannot hold, the push still writes nothing."""
+    loaded = replace(load_bundle(bundle), training_config={"when": datetime(2024, 1, 1, 10)})
+    monkeypatch.setattr(registry, "load_bundle", lambda root: loaded)
+    before = snapshot(store.path)
+    with pytest.raises(TypeError, match="datetime is not JSON serializable"):
+        store.push(bundle, REF)
+    assert snapshot(store.path) == before
