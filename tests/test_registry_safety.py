@@ -130,3 +130,17 @@ def test_registry_cli_round_trip_and_one_line_errors(tmp_path):
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 1 and len(lines) == 1 and message in lines[0], (args, result.stderr)
     assert snapshot(store.path) == before
+
+
+def test_an_actor_or_reason_that_is_not_utf8_is_refused_before_any_write(tmp_path):
+    store = Store.init(tmp_path / "store")
+    bundle = write_bundle(HISTORY[0], tmp_path / "bundles" / "v1.0.0")
+    before = snapshot(store.path)
+    pushed = run_cli("push", bundle, "acme/support@v1.0.0", "--store", store.path,
+                     env={"ARTIFACTSTORE_ACTOR": "ci\udcff"})  # the byte 0xff, as Python sees it
+    assert pushed.returncode == 1 and pushed.stderr.count("\n") == 1 and "--by" in pushed.stderr
+    assert snapshot(store.path) == before
+    store.push(bundle, "acme/support@v1.0.0")
+    moved = run_cli("promote", "acme/support@v1.0.0", "--store", store.path, "--reason", "ok\udcff")
+    assert moved.returncode == 1 and "--reason" in moved.stderr and "Traceback" not in moved.stderr
+    assert store.state("acme/support").pointer("production") is None

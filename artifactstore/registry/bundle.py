@@ -8,7 +8,9 @@ changelog.md  metadata.yaml
 """
 
 import json
+import math
 import mmap
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +20,14 @@ from typing import Any
 import blake3
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictFloat, StrictInt, ValidationError
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
+from yaml.events import AliasEvent, CollectionStartEvent
+from yaml.nodes import MappingNode, ScalarNode, SequenceNode
+from yaml.parser import Parser
+from yaml.reader import Reader
+from yaml.resolver import Resolver
+from yaml.scanner import Scanner
 
 from ..content.tensorfile import read_header_from_path
 from ..errors import InvalidInput
@@ -26,6 +36,10 @@ WEIGHTS = "adapter_weights/adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_weights/adapter_config.json"
 DATA_HASH = re.compile(r"(sha256:[0-9a-f]{64}|b3:[0-9a-f]{64})")
 COMPUTED_FIELDS = ("adapter_hash", "created_at", "created_by", "pushed_by", "deployed_at", "deployed_by")
+# Limits on every file but the weights (docs/format.md, "What a bundle's files may contain").
+MAX_FILE_BYTES = 1 << 20
+MAX_DEPTH = 64
+MAX_NODES = 100_000
 
 
 class Metadata(BaseModel):
@@ -88,7 +102,15 @@ def _read_text(root: Path, name: str, problems: list[str]) -> str | None:
         problems.append(f"{name}: missing")
         return None
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            # The size is known before a byte is read: a 50 MB config is refused, not parsed for minutes.
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(MAX_FILE_BYTES + 1) if size <= MAX_FILE_BYTES else b""
+        size = max(size, len(data))  # a file that grew after the fstat is still read no further
+        if size > MAX_FILE_BYTES:
+            problems.append(f"{name}: {size:,} bytes, more than the limit of {MAX_FILE_BYTES:,}")
+            return None
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         problems.append(f"{name}: not UTF-8 text")
     except OSError as exc:
@@ -99,17 +121,245 @@ def _read_text(root: Path, name: str, problems: list[str]) -> str | None:
 _MISSING = object()
 
 
-def _load(root: Path, name: str, loader, problems: list[str]):
+class _Refused(Exception):
+    """Content outside what docs/format.md allows in a bundle's YAML and JSON files."""
+
+
+def _brief(text: str) -> str:
+    """User text inside a one-line message: quoted, escaped, never longer than a line."""
+    return repr(text if len(text) <= 40 else text[:37] + "...")
+
+
+def _path(parts) -> str:
+    """Where in a document, `a.b[2]`; a key that could break the line or run long is quoted."""
+    shown = ""
+    for part in parts:
+        if isinstance(part, int):
+            shown += f"[{part}]"
+        else:
+            shown += ("." if shown else "") + (part if part.isprintable() and 0 < len(part) <= 40 else _brief(part))
+    return shown
+
+
+_TAG = "tag:yaml.org,2002:"
+_STR, _MERGE = _TAG + "str", _TAG + "merge"
+_SCALAR_TAGS = {_TAG + t for t in ("str", "int", "float", "bool", "null")}
+_COLLECTION_TAGS = {SequenceNode: _TAG + "seq", MappingNode: _TAG + "map"}
+
+
+def _short(tag: str) -> str:
+    return tag.replace(_TAG, "!!")
+
+
+class _BundleYaml(Composer, SafeConstructor, Resolver):
+    """YAML that holds JSON data only, checked node by node while it is composed.
+
+    The parser it is mixed with delivers events one at a time without recursing, so the depth is
+    counted before the (recursive) composer could exhaust the stack, and an alias counts as every
+    node it repeats: "billion laughs" stops after MAX_NODES, a recursive alias at once.
+    """
+
+    # A timestamp stays the text written, as JSON has no dates; "=" (YAML 1.1's value key) is text too.
+    yaml_implicit_resolvers = {first: [(tag, regexp) for tag, regexp in resolvers
+                                       if tag not in (_TAG + "timestamp", _TAG + "value")]
+                               for first, resolvers in Resolver.yaml_implicit_resolvers.items()}
+
+    def __init__(self):
+        Composer.__init__(self)
+        SafeConstructor.__init__(self)
+        Resolver.__init__(self)
+        self._nodes = self._depth = self._peak = 0
+        self._open: set[str] = set()  # anchors of collections still being composed
+        self._sizes: dict[str, tuple[int, int]] = {}  # anchor -> (nodes, nesting) of what it names
+
+    def _count(self, nodes: int, nesting: int, mark) -> None:
+        self._nodes += nodes
+        if self._nodes > MAX_NODES:
+            raise _Refused(f"line {mark.line + 1}: more than {MAX_NODES:,} nodes (an alias counts all it repeats)")
+        if self._depth + nesting > MAX_DEPTH:
+            raise _Refused(f"line {mark.line + 1}: nested deeper than {MAX_DEPTH} levels")
+        self._peak = max(self._peak, self._depth + nesting)
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, AliasEvent):
+            if event.anchor in self._open:
+                raise _Refused(f"line {event.start_mark.line + 1}: alias *{event.anchor} is inside what it names")
+            node = super().compose_node(parent, index)
+            self._count(*self._sizes[event.anchor], event.start_mark)
+        else:
+            nested, start, outer_peak = isinstance(event, CollectionStartEvent), self._nodes, self._peak
+            self._peak = self._depth
+            self._count(1, nested, event.start_mark)
+            self._depth += nested
+            if event.anchor is not None:
+                self._open.add(event.anchor)
+            node = super().compose_node(parent, index)
+            self._depth -= nested
+            if event.anchor is not None:
+                self._open.discard(event.anchor)
+                self._sizes[event.anchor] = (self._nodes - start, self._peak - self._depth)
+            self._peak = max(outer_peak, self._peak)
+        self._check_tag(node, key=isinstance(parent, MappingNode) and index is None)
+        return node
+
+    def _check_tag(self, node, key: bool) -> None:
+        line, scalar = node.start_mark.line + 1, isinstance(node, ScalarNode)
+        if key:
+            if scalar and node.tag in (_STR, _MERGE):
+                return
+            # JSON keys are text; stringifying would turn `on:` into "true", and `1:` and "1": into one key
+            if scalar:
+                raise _Refused(f"line {line}: mapping key {_brief(node.value)} reads as {_short(node.tag)}: "
+                               f"quote it to make it text")
+            raise _Refused(f"line {line}: mapping key is not text")
+        if not scalar:
+            if node.tag != _COLLECTION_TAGS[type(node)]:
+                raise _Refused(f"line {line}: {_short(node.tag)} is not JSON data")
+            return
+        if node.tag == _STR:
+            return
+        reading = self.resolve(ScalarNode, node.value, (True, False))
+        if node.tag == reading:
+            if reading not in _SCALAR_TAGS:  # `<<` outside a key
+                raise _Refused(f"line {line}: {_brief(node.value)} reads as {_short(reading)}: "
+                               f"quote it to make it text")
+            return
+        if node.tag in _SCALAR_TAGS:
+            # An explicit !!int or !!bool stands only where the text reads so anyway: PyYAML's constructors
+            # fail with KeyError or IndexError on `!!bool maybe` or `!!int ''`.
+            raise _Refused(f"line {line}: {_short(node.tag)} {_brief(node.value)}: the text does not read as that")
+        raise _Refused(f"line {line}: {_short(node.tag)} is not JSON data")
+
+    def compose_mapping_node(self, anchor):
+        node = super().compose_mapping_node(anchor)
+        seen = set()
+        for key, _ in node.value:  # every key is a text scalar by now
+            if key.value in seen:
+                raise _Refused(f"line {key.start_mark.line + 1}: duplicate key {_brief(key.value)}")
+            seen.add(key.value)
+        return node
+
+
+class _PyYamlLoader(_BundleYaml, Reader, Scanner, Parser):
+    def __init__(self, text: str):
+        Reader.__init__(self, text)
+        Scanner.__init__(self)
+        Parser.__init__(self)
+        _BundleYaml.__init__(self)
+
+
+_YamlLoader: Any  # the fastest parser this PyYAML has, under the checks above
+try:
+    from yaml._yaml import CParser
+except ImportError:  # PyYAML built without libyaml
+    _YamlLoader = _PyYamlLoader
+else:
+    class _YamlLoader(_BundleYaml, CParser):  # type: ignore[no-redef]
+        """libyaml's parser (scanning a 1 MiB file in milliseconds, not seconds) under the checks above."""
+
+        def __init__(self, text: str):
+            CParser.__init__(self, text)
+            _BundleYaml.__init__(self)
+
+
+def _parse_yaml(text: str):
+    parser = _YamlLoader(text)
+    try:
+        return parser.get_single_data()
+    finally:
+        parser.dispose()
+
+
+_JSON_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[][{}]')
+
+
+def _parse_json(text: str):
+    # json.loads recurses once per bracket. Strings are skipped exactly as JSON reads them, so on
+    # any prefix json.loads gets through, this count is its depth.
+    depth = 0
+    for token in _JSON_TOKENS.finditer(text):
+        if token[0] in ("[", "{"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise _Refused(f"nested deeper than {MAX_DEPTH} levels")
+        elif token[0] in ("]", "}"):
+            depth -= 1
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):  # json.loads would keep the last silently
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Refused(f"duplicate key {_brief(key)}")
+            seen.add(key)
+    return obj
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_INT_RANGE = range(-(1 << 63), 1 << 64)  # int64 and uint64: wider ones are mistakes, and past 4300
+# digits (a YAML hex literal gets there) Python refuses to print an int at all
+
+
+def _check_json_data(data) -> None:
+    """Refuse what canonical JSON cannot store exactly. Iterative: walks any nesting or sharing safely."""
+    nodes = 0
+    stack: list[tuple[Any, tuple[str | int, ...], int]] = [(data, (), 0)]
+    while stack:
+        value, parts, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise _Refused(f"more than {MAX_NODES:,} nodes")
+        at = f"{_path(parts)}: " if parts else ""
+        if type(value) is dict or type(value) is list:
+            if depth == MAX_DEPTH:
+                raise _Refused(f"{at}nested deeper than {MAX_DEPTH} levels")
+            if type(value) is list:
+                stack.extend((item, parts + (i,), depth + 1) for i, item in enumerate(value))
+                continue
+            assert isinstance(value, dict)
+            for key, item in value.items():
+                if type(key) is not str:
+                    raise _Refused(f"{at}mapping key of type {type(key).__name__}, not text")
+                nodes += 1
+                stack.append((key, parts, depth + 1))
+                stack.append((item, parts + (key,), depth + 1))
+        elif type(value) is str:
+            if _SURROGATE.search(value):
+                # only an escape (\ud800) makes one; UTF-8, and so the stored record, cannot hold it
+                raise _Refused(f"{at}text with a lone surrogate")
+        elif type(value) is float:
+            if not math.isfinite(value):
+                raise _Refused(f"{at}{json.dumps(value)} is not a finite number")
+        elif type(value) is int:
+            if value not in _INT_RANGE:
+                raise _Refused(f"{at}integer outside -2**63 .. 2**64-1")
+        elif not (value is None or type(value) is bool):
+            raise _Refused(f"{at}{type(value).__name__} is not JSON data")
+
+
+def _load(root: Path, name: str, parse, problems: list[str]):
     """The parsed content of a JSON or YAML file, or _MISSING after noting the problem."""
     text = _read_text(root, name, problems)
     if text is None:
         return _MISSING
     try:
-        return loader(text)
+        data = parse(text)
+        _check_json_data(data)
+        return data
+    except _Refused as exc:
+        problems.append(f"{name}: {exc}")
+    except yaml.MarkedYAMLError as exc:  # its first line alone is often only "while parsing a flow sequence"
+        where = f"line {exc.problem_mark.line + 1}: " if exc.problem_mark else ""
+        said = ": ".join(part.splitlines()[0] for part in (exc.context, exc.problem) if part)
+        problems.append(f"{name}: not valid YAML ({where}{said})")
     except (ValueError, yaml.YAMLError) as exc:
         problems.append(f"{name}: not valid {'JSON' if name.endswith('.json') else 'YAML'} "
                         f"({str(exc).splitlines()[0]})")
-        return _MISSING
+    return _MISSING
 
 
 def _validate(name: str, data, model: type[BaseModel], problems: list[str]):
@@ -119,8 +369,7 @@ def _validate(name: str, data, model: type[BaseModel], problems: list[str]):
         return model.model_validate(data)
     except ValidationError as exc:
         for error in exc.errors():
-            where = ".".join(str(part) for part in error["loc"]) or "(top level)"
-            problems.append(f"{name}: {where}: {error['msg']}")
+            problems.append(f"{name}: {_path(error['loc']) or '(top level)'}: {error['msg']}")
     return None
 
 
@@ -144,19 +393,19 @@ def load_bundle(root: Path) -> Bundle:
     if not root.is_dir():
         raise InvalidInput(f"bundle {root} is not a directory")
     problems: list[str] = []
-    raw_metadata = _load(root, "metadata.yaml", yaml.safe_load, problems)
+    raw_metadata = _load(root, "metadata.yaml", _parse_yaml, problems)
     if isinstance(raw_metadata, dict):
         for field in COMPUTED_FIELDS:
             if raw_metadata.pop(field, None) is not None:
                 problems.append(f"metadata.yaml: {field}: computed by the store, remove it from the file")
     metadata = _validate("metadata.yaml", raw_metadata, Metadata, problems)
-    adapter_config = _validate(ADAPTER_CONFIG, _load(root, ADAPTER_CONFIG, json.loads, problems),
+    adapter_config = _validate(ADAPTER_CONFIG, _load(root, ADAPTER_CONFIG, _parse_json, problems),
                                AdapterConfig, problems)
-    training_config = _validate("training_config.yaml", _load(root, "training_config.yaml", yaml.safe_load,
+    training_config = _validate("training_config.yaml", _load(root, "training_config.yaml", _parse_yaml,
                                                               problems), Mapping, problems)
-    inference_config = _validate("inference_config.yaml", _load(root, "inference_config.yaml", yaml.safe_load,
+    inference_config = _validate("inference_config.yaml", _load(root, "inference_config.yaml", _parse_yaml,
                                                                problems), Mapping, problems)
-    eval_scores = _validate("eval_results.json", _load(root, "eval_results.json", json.loads, problems),
+    eval_scores = _validate("eval_results.json", _load(root, "eval_results.json", _parse_json, problems),
                             EvalScores, problems)
     changelog = _read_text(root, "changelog.md", problems)
     if changelog is not None and not changelog.strip():
@@ -182,6 +431,9 @@ def load_bundle(root: Path) -> Bundle:
             problems.append(f"{WEIGHTS}: {exc}")
     if problems:
         raise InvalidInput(f"bundle {root} is invalid: " + "; ".join(problems))
+    # with no problem noted, every part was read
+    assert metadata and adapter_config and training_config and inference_config and eval_scores
+    assert changelog is not None and data_hash is not None and tensors is not None
     return Bundle(root, metadata, adapter_config.model_dump(), training_config.root, data_hash,
                   eval_scores.root, inference_config.root, changelog, tensors)
 

@@ -117,6 +117,7 @@ class Registry:
             current = ModelState(model)
         moves = change(current)
         at, actor = now(), actor or default_actor()
+        _check_audit_text(actor, reason)
         for move in moves:
             if move.get("pointer") in NAMES:
                 transition = Transition(model, move["action"], move["pointer"], move.get("from"), move.get("to"),
@@ -187,6 +188,7 @@ class Registry:
         model, requested = _push_target(ref, bump)
         bundle = load_bundle(Path(bundle_dir))
         actor = actor or default_actor()
+        _check_audit_text(actor, reason)
         state = self._read_state(model)[0] or ModelState(model)
         if requested in state.versions:
             existing = self.record(state, requested)
@@ -201,14 +203,20 @@ class Registry:
         check_label(version, previous, change)
         if bundle.metadata.version not in (None, version):
             raise InvalidParameter(f"metadata.yaml says version {bundle.metadata.version}, but the push is {version}")
+        from_bundle = {
+            "base_model": bundle.metadata.base_model, "training_data_hash": bundle.training_data_hash,
+            "training_config": bundle.training_config, "eval_scores": bundle.eval_scores,
+            "inference_config": bundle.inference_config, "adapter_settings": bundle.adapter_settings,
+            "change_description": bundle.metadata.change_description,
+        }
+        # load_bundle admits only data canonical JSON holds; encoding it here as well means that if it
+        # ever admits more, the push fails before its first write instead of after the packs are stored.
+        canonical_json(from_bundle)
         stored = self.content.put(bundle.path)
         adapter_hash = self._file_id_in_tree(stored.id, WEIGHTS)
-        record: dict[str, Any] = {
+        record: dict[str, Any] = from_bundle | {
             "kind": "version", "client": model.client, "model": model.model, "version": version,
-            "base_model": bundle.metadata.base_model, "adapter_hash": adapter_hash, "bundle": stored.id,
-            "training_data_hash": bundle.training_data_hash, "training_config": bundle.training_config,
-            "eval_scores": bundle.eval_scores, "inference_config": bundle.inference_config,
-            "adapter_settings": bundle.adapter_settings, "change_description": bundle.metadata.change_description,
+            "adapter_hash": adapter_hash, "bundle": stored.id,
             "change": change.kind if change else "initial", "previous": previous,
             "created_at": now(), "created_by": actor,
             "tensors": {name: t.__dict__ | {"shape": list(t.shape)} for name, t in bundle.tensors.items()},
@@ -412,6 +420,16 @@ def _check_expected(state: ModelState, pointer: str, expect: str | None) -> None
     current = state.pointer(pointer)
     if current != expect:
         raise Conflict(f"{state.model}@{pointer} is {current or 'unset'}, not {expect} as expected; nothing changed")
+
+
+def _check_audit_text(actor: str, reason: str) -> None:
+    """Refuse who and why that the audit log (UTF-8 JSON) cannot hold, before anything is written:
+    an environment variable or argument with bytes that are not UTF-8 arrives with surrogates."""
+    for option, text in (("--by", actor), ("--reason", reason)):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidParameter(f"{option} {text!r} is not valid UTF-8 text") from None
 
 
 def _check_known(state: ModelState, version: str) -> None:
