@@ -14,6 +14,7 @@ from typing import Any
 
 import blake3
 
+from ..clock import timestamp
 from ..content.manifest import canonical_json
 from ..content.store import ContentStore
 from ..errors import Conflict, CorruptObject, InvalidParameter, NotFound
@@ -21,7 +22,7 @@ from ..ids import format_id, parse_id
 from .bundle import WEIGHTS, Bundle, load_bundle
 from .pointers import CANARY, NAMES, PRODUCTION, ROLLBACK_TARGET, STAGING, Transition, TransitionRule
 from .refs import LATEST, ModelName, Ref, parse_version
-from .state import STATE_CONTEXT, VERSION_CONTEXT, AuditEntry, ModelState, default_actor, now, object_key, ref_key
+from .state import STATE_CONTEXT, VERSION_CONTEXT, AuditEntry, ModelState, default_actor, object_key, ref_key
 from .versioning import check_label, compare, previous_version
 
 Move = dict[str, Any]  # one audit entry's fields before it is numbered: action, pointer, from, to, ...
@@ -116,7 +117,7 @@ class Registry:
                 raise NotFound(f"no model {model} in the registry")
             current = ModelState(model)
         moves = change(current)
-        at, actor = now(), actor or default_actor()
+        at, actor = timestamp(), actor or default_actor()
         _check_audit_text(actor, reason)
         for move in moves:
             if move.get("pointer") in NAMES:
@@ -218,7 +219,7 @@ class Registry:
             "kind": "version", "client": model.client, "model": model.model, "version": version,
             "adapter_hash": adapter_hash, "bundle": stored.id,
             "change": change.kind if change else "initial", "previous": previous,
-            "created_at": now(), "created_by": actor,
+            "created_at": timestamp(), "created_by": actor,
             "tensors": {name: t.__dict__ | {"shape": list(t.shape)} for name, t in bundle.tensors.items()},
         }
         record_id = self.write_object(canonical_json(record), VERSION_CONTEXT)

@@ -11,7 +11,6 @@ import json
 import os
 import socket
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from ..content.manifest import canonical_json
@@ -21,10 +20,6 @@ from .refs import ModelName, parse_version
 
 STATE_CONTEXT = "artifactstore 2026-11 model state v1"
 VERSION_CONTEXT = "artifactstore 2026-11 version record v1"
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def default_actor() -> str:

@@ -1,0 +1,34 @@
+"""The current time, which every command reads from ``ARTIFACTSTORE_NOW`` when it is set.
+
+Release control runs on hours and days (a canary held 24 h, a drill due monthly); tests and demos
+set ``ARTIFACTSTORE_NOW`` (ISO 8601, e.g. ``2026-11-26T10:00:00Z``) to run such a plan in seconds.
+"""
+
+import os
+from datetime import UTC, datetime
+
+from .errors import InvalidParameter
+
+NOW_VARIABLE = "ARTIFACTSTORE_NOW"
+
+
+def now() -> datetime:
+    """The current time in UTC (aware), or ``$ARTIFACTSTORE_NOW``."""
+    text = os.environ.get(NOW_VARIABLE)
+    if not text:
+        return datetime.now(UTC)
+    return parse_time(text, NOW_VARIABLE)
+
+
+def parse_time(text: str, what: str) -> datetime:
+    """An ISO 8601 time; one without a zone is UTC."""
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidParameter(f"{what}: not an ISO 8601 time: {text!r} (e.g. 2026-11-26T10:00:00Z)") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def timestamp(moment: datetime | None = None) -> str:
+    """``moment`` (default: now) as the registry writes times: UTC, microseconds, ``Z``."""
+    return (moment or now()).astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
