@@ -326,3 +326,17 @@ def test_repacking_refuses_to_copy_a_damaged_chunk(history_store):
     first_pack.write_bytes(bytes(data))
     with pytest.raises(CorruptObject, match="verify --repair"):
         Store(history_store.path).gc(grace="0s")
+
+
+def test_a_long_lived_reader_reads_chunks_gc_moved_into_new_packs(history_store, tmp_path):
+    reader = Store(history_store.path)
+    assert set(reader.load("acme/support@v1.1.0")) == set(HISTORY[1].tensors)  # its index is read now
+    history_store.delete("acme/support@v1.0.0")
+    history_store.delete("acme/support@v1.2.0")
+    first = Store(history_store.path).gc(grace="0s")
+    second = Store(history_store.path).gc(grace="0s")
+    assert first.repacked_bytes and second.deleted_packs, "the live chunks moved and their old pack went"
+    tensors = reader.load("acme/support@v1.1.0")
+    assert all((tensors[name] == HISTORY[1].tensors[name]).all() for name in HISTORY[1].tensors)
+    reader.get(reader.resolve("acme/support@v1.1.1"), tmp_path / "out")
+    assert snapshot(tmp_path / "out") == snapshot(tmp_path / "bundles" / "v1.1.1")

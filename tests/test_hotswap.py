@@ -1,9 +1,11 @@
 """The hot-swap follower, checkout, and the serving object's resistance to bad input."""
 
+import dataclasses
 import json
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -145,3 +147,20 @@ def test_follow_command_prints_each_swap(served):
     finally:
         server.stdin.close()
         assert server.wait(timeout=30) == 0, server.stderr.read()
+
+
+def test_a_follower_keeps_to_its_base_model(served, tmp_path):
+    new_base = dataclasses.replace(HISTORY[0], name="v2.0.0", base_model="mistralai/Mistral-7B-Instruct-v0.3",
+                                   description="moved to Mistral")
+    with Follower(served, "acme/support@production", poll_interval=0.001) as follower:
+        served.push(write_bundle(new_base, tmp_path / "bundles" / "v2.0.0"), "acme/support@v2.0.0")
+        served.promote("acme/support@v1.1.0")  # the newest version is now for another base model
+        follower.wait_for("v1.1.0")
+        assert "v2.0.0" not in follower.resident
+        assert "v2.0.0" in follower.last_error and "base model" in follower.last_error
+        served.promote("acme/support@v2.0.0")
+        deadline = time.monotonic() + 10
+        while "v2.0.0 is for base model" not in (follower.last_error or "") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert follower.current.version == "v1.1.0", "an adapter for another base model never goes live"
+        assert "stays live" in follower.last_error and "v2.0.0" not in follower.resident

@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 from s3server import create_bucket, s3_environment, start_s3_server, start_s3_server_with_auth
 
 from artifactstore.backends.remote import FsspecBackend, mask_secrets, mask_url
@@ -414,3 +415,15 @@ def test_mask_url():
     assert mask_url("s3://bucket/prefix") == "s3://bucket/prefix"
     assert mask_url("https://u:pw@host/p?X-Amz-Signature=abc&part=1") == \
         "https://u:****@host/p?X-Amz-Signature=****&part=1"
+
+
+def test_init_with_an_unreachable_cold_tier_is_refused_and_writes_nothing(auth_server, tmp_path):
+    url, credentials = auth_server
+    wrong = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": credentials["AWS_ACCESS_KEY_ID"],
+             "AWS_SECRET_ACCESS_KEY": "wrong-secret-0123456789"}
+    refused = run_cli("init", tmp_path / "store", "--cold", "s3://guarded/cold", env=wrong)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "access denied" in refused.stderr and "wrong-secret" not in refused.stderr
+    assert not (tmp_path / "store").exists()
+    right = {**wrong, "AWS_SECRET_ACCESS_KEY": credentials["AWS_SECRET_ACCESS_KEY"]}
+    assert run_cli("init", tmp_path / "store", "--cold", "s3://guarded/cold", env=right).returncode == 0

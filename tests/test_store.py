@@ -4,7 +4,7 @@ import stat
 
 import blake3
 import pytest
-from conftest import make_tree, random_bytes, snapshot
+from conftest import make_tree, random_bytes, run_cli, snapshot
 
 from artifactstore import CorruptObject, InvalidInput, InvalidParameter, NotFound, Store, StoreError
 from artifactstore.content.manifest import canonical_json, manifest_key
@@ -214,3 +214,14 @@ def test_a_version_1_store_is_read_and_a_put_upgrades_it(store, tmp_path):
     config_path.write_text(json.dumps({**config, "version": 3}))
     with pytest.raises(StoreError, match="unsupported store format: 3"):
         Store(store.path)
+
+
+@pytest.mark.parametrize("damage", [("min_size", "min_sire"), ('"tiers"', '"ti%rs"'), ("keep_hot", "keep_hat"),
+                                    ('"format"', '"formet"')])
+def test_a_damaged_configuration_is_one_line_naming_the_file(store, damage):
+    config = store.path / "artifactstore.json"
+    config.write_text(config.read_text().replace(*damage, 1))
+    for command in (["ls"], ["verify"], ["stats"], ["config"]):
+        done = run_cli(*command, "--store", store.path)
+        assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+        assert "artifactstore.json" in done.stderr and "Traceback" not in done.stderr

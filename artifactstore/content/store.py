@@ -10,11 +10,12 @@ storage tier, if any (a shared store's bucket, or a directory store's ``--cold``
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import blake3
 
@@ -32,6 +33,7 @@ from .pack import pack_id_from_key, pack_key, read_trailer
 from .put import PackSession, collect_inputs, ingest_file, root_object
 
 READ_SEGMENT = 16 << 20
+T = TypeVar("T")
 LAYOUT = ("tmp", "packs", "index", "manifests")
 
 
@@ -167,6 +169,16 @@ class ContentStore:
             changed = changed or bool(new)
         return changed
 
+    def with_fresh_index(self, read: Callable[[], T]) -> T:
+        """Run ``read``; if a pack it needed is gone because gc moved its live chunks into new
+        packs since this index was read, read the index afresh and run it once more."""
+        try:
+            return read()
+        except NotFound:
+            if not self.refresh_index():
+                raise
+            return read()
+
     def forget_index(self) -> None:
         """Drop the index: it may name packs a failed or finished writer of this process sealed
         but that are no longer, or never were, published."""
@@ -279,7 +291,7 @@ class ContentStore:
         manifest = self.read_manifest(object_id)
         target = _new_destination(dest)
         if isinstance(manifest, FileManifest):
-            self._get_file(parse_id(object_id), manifest, target, progress)
+            self.with_fresh_index(lambda: self._get_file(parse_id(object_id), manifest, target, progress))
         else:
             self.materialize(manifest, target, progress)
 
@@ -292,6 +304,9 @@ class ContentStore:
     def materialize(self, tree: TreeManifest, dest: str | os.PathLike, progress: Progress = no_progress) -> Path:
         """Write the files of ``tree`` under ``dest``, which must not exist yet; all or nothing."""
         target = _new_destination(dest)
+        return self.with_fresh_index(lambda: self._materialize(tree, target, progress))
+
+    def _materialize(self, tree: TreeManifest, target: Path, progress: Progress) -> Path:
         files = [(e, self.read_manifest(format_id(e.file))) for e in tree.entries]
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
         try:

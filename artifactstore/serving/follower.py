@@ -49,10 +49,15 @@ class Follower:
     and the failure is kept in ``last_error`` and passed to ``on_error``. ``poll_interval`` is how
     often ``start()``'s thread looks at the pointer: a local ref costs one ``stat`` per look (default
     every 2 ms), a ref in object storage one GET (default every 0.5 s).
+
+    An adapter is only useful on the base model it was trained for: the follower serves one base
+    model (``base_model``, by default that of the first version it serves). It never swaps to, or
+    keeps resident, a version for another one, and says so in ``last_error``.
     """
 
-    def __init__(self, store: VersionSource, ref: str, *, device: str = "cpu", framework: str = "numpy", keep_newest: int = 1,
-                 poll_interval: float | None = None, smoke_check: SmokeCheck | None = None,
+    def __init__(self, store: VersionSource, ref: str, *, device: str = "cpu", framework: str = "numpy",
+                 keep_newest: int = 1, base_model: str | None = None, poll_interval: float | None = None,
+                 smoke_check: SmokeCheck | None = None,
                  on_swap: Callable[[LoadedVersion | None, LoadedVersion], None] | None = None,
                  on_error: Callable[[str], None] | None = None):
         parsed = Ref.parse(ref)
@@ -62,6 +67,8 @@ class Follower:
         self._load_options = {"device": device, "framework": framework}
         shared = store.registry.backend.capabilities.local_directory is None
         self.keep_newest = keep_newest
+        self.base_model = base_model
+        self._base_models: dict[str, str] = {}  # version -> its base model (records are immutable)
         self.poll_interval = poll_interval or (REMOTE_POLL if shared else LOCAL_POLL)
         self.smoke_check, self.on_swap, self.on_error = smoke_check, on_swap, on_error
         self.resident: dict[str, LoadedVersion] = {}
@@ -103,6 +110,10 @@ class Follower:
             return False
         swapped = False
         if self._current is None or self._current.version != target:
+            if self.base_model is None:
+                self.base_model = self._base_model_of(state, target)
+            if not self._serves_base_model_of(state, target):
+                return False
             candidate = self._resident(state, target)
             if not self._passes_smoke_check(candidate):
                 return False
@@ -137,10 +148,26 @@ class Follower:
             return False
         return True
 
+    def _base_model_of(self, state: ModelState, version: str) -> str:
+        if version not in self._base_models:
+            self._base_models[version] = self.store.registry.record(state, version)["base_model"]
+        return self._base_models[version]
+
+    def _serves_base_model_of(self, state: ModelState, version: str) -> bool:
+        """Whether ``version`` is for this follower's base model; if not, say so."""
+        base_model = self._base_model_of(state, version)
+        if base_model == self.base_model:
+            return True
+        live = self._current.version if self._current else "nothing"
+        self._fail(f"{self.ref}: {version} is for base model {base_model}, and this server serves "
+                   f"{self.base_model}: {live} stays live (a new base model needs a new server)")
+        return False
+
     def _keep_hot(self, state: ModelState) -> None:
         hot = {self._current.version} if self._current else set()
-        hot.update(v for v in (state.pointer(ROLLBACK_TARGET), state.pointer(self.ref.target)) if v)
-        hot.update(state.sorted_versions()[-self.keep_newest:] if self.keep_newest else [])
+        likely = [state.pointer(ROLLBACK_TARGET), state.pointer(self.ref.target),
+                  *(state.sorted_versions()[-self.keep_newest:] if self.keep_newest else [])]
+        hot.update(v for v in dict.fromkeys(likely) if v and v not in hot and self._serves_base_model_of(state, v))
         for version in list(self.resident):
             if version not in hot:
                 del self.resident[version]

@@ -131,7 +131,10 @@ class Loader:
         name found in two files of a tree, raises ``InvalidInput``; an unknown name ``NotFound``.
         """
         converter = _converter(framework, device)
-        label = label or object_id
+        return self.content.with_fresh_index(lambda: self._load(object_id, converter, names, label or object_id))
+
+    def _load(self, object_id: str, converter: _NumpyArrays | _TorchTensors, names: Iterable[str] | None,
+              label: str) -> dict[str, Any]:
         with _PackFiles(self.content) as packs, ThreadPoolExecutor(2) as pool:
             files = [self._stored_file(path, manifest, packs) for path, manifest in self._weight_files(object_id, label)]
             wanted = _select(files, names, label)
