@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import StoreError
+from ..errors import NotFound, StoreError
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,16 @@ def probe(backend: Backend) -> None:
         backend.delete(key)
     except OSError as exc:
         raise StoreError(f"{backend.describe()}: cannot write there ({exc.strerror or exc})") from None
+
+
+def written_since(backend: Backend, key: str, modified: dict[str, float]) -> bool:
+    """Whether ``key`` was written (again) since its modification time was read into ``modified``
+    (a key that is gone was not)."""
+    try:
+        now = backend.modified(key)
+    except NotFound:
+        return False
+    return modified.get(key) != now
 
 
 def is_url(location: str) -> bool:

@@ -7,9 +7,10 @@ is named by the BLAKE3 of its bytes.
 
 import struct
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import NamedTuple
 
-from ..backends import Backend
+from ..backends import Backend, written_since
 from ..errors import CorruptObject, NotFound
 from ..ids import DIGEST_SIZE, digest
 from .pack import PackEntry
@@ -159,3 +160,31 @@ def write_index(backend: Backend, packs: list[tuple[bytes, list[PackEntry]]]) ->
     key = index_key(digest(data))
     backend.write(key, data)  # even if it exists: a fresh write tells gc it is in use
     return key
+
+
+@dataclass
+class IndexFiles:
+    """The index files of one place (the store, or a shared store's cache) as read at one moment."""
+
+    tier: Backend
+    index: ChunkIndex
+    modified: dict[str, float]  # key -> modification time when read
+
+    @classmethod
+    def read(cls, tier: Backend) -> "IndexFiles":
+        modified = {key: tier.modified(key) for key in tier.list("index")}
+        index = cls(tier, ChunkIndex(), modified)
+        index.index.read_files(tier)
+        return index
+
+    def replace(self, drop: frozenset[bytes] = frozenset()) -> tuple[str | None, list[str]]:
+        """Write one index file listing every pack the files read list, except ``drop``, then delete
+        the files read, except any written again since. Returns the new file's key (None: no pack
+        left) and the keys deleted. Callers hold the maintenance lock: a gc deleting packs
+        meanwhile could leave the new file listing packs that are gone."""
+        kept = [(p, e) for p, e in self.index.pack_entries.items() if p not in drop]
+        new_key = write_index(self.tier, kept) if kept else None
+        deleted = [key for key in sorted(set(self.modified) - {new_key}) if not written_since(self.tier, key, self.modified)]
+        for key in deleted:
+            self.tier.delete(key)
+        return new_key, deleted

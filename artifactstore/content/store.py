@@ -7,6 +7,7 @@ itself for a store in a directory, a cache directory for a shared store); ``cold
 storage tier, if any (a shared store's bucket, or a directory store's ``--cold``).
 """
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -27,12 +28,15 @@ from ..progress import Progress, no_progress
 from .chunking import DEFAULT_PARAMS, ChunkerParams
 from .condemned import condemned_packs, condemned_times
 from .config import CONFIG_KEY, DEFAULT_KEEP_HOT, FORMAT_VERSION, StoreConfig
-from .index import ChunkIndex, Location, write_index
+from .index import ChunkIndex, IndexFiles, Location, write_index
 from .manifest import FileManifest, TreeEntry, TreeManifest, decode_manifest, manifest_key
 from .pack import pack_id_from_key, pack_key, read_trailer
 from .put import PackSession, collect_inputs, ingest_file, root_object
 
 READ_SEGMENT = 16 << 20
+# A put that finds this many index files in a place merges them into one (under the maintenance
+# lock), so that opening a store reads a bounded number of files however many puts it has seen.
+INDEX_FILES_MERGED_AT = 16
 T = TypeVar("T")
 LAYOUT = ("tmp", "packs", "index", "manifests")
 
@@ -228,6 +232,7 @@ class ContentStore:
         inputs = collect_inputs(root)
         self.refresh_index()  # another process (gc, above all) may have changed it since
         self._index_orphan_packs()
+        self._merge_index_files()
         with self.pack_session() as session, ThreadPoolExecutor(2) as pool:
             files = [(f, *ingest_file(f.source, self.config.chunker, session, pool, progress)) for f in inputs]
         for _, file_id, manifest in files:
@@ -268,6 +273,42 @@ class ContentStore:
                 self.index.add_pack(pack_id, entries)
         if orphans:
             self.index.mark_read(self.home, write_index(self.home, orphans))
+
+    def _merge_index_files(self) -> None:
+        """Merge the index files of a place that has INDEX_FILES_MERGED_AT or more into one, unless
+        gc (or another merge) holds the maintenance lock: gc merges them anyway."""
+        crowded = [home for home in self._index_homes()
+                   if sum(1 for _ in home.list("index")) >= INDEX_FILES_MERGED_AT]
+        if not crowded:
+            return
+        with self.maintenance_lock() as held:
+            if not held:
+                return
+            for home in crowded:
+                self.replace_index_files(IndexFiles.read(home))
+        self.forget_index()
+
+    def replace_index_files(self, files: IndexFiles, drop: frozenset[bytes] = frozenset()) -> None:
+        """One index file instead of ``files``, without the packs in ``drop``; the cold tier's
+        copies of the files replaced go too. The caller holds the maintenance lock."""
+        _, deleted = files.replace(drop)
+        if files.tier is self.home and self.cold is not None and not self.shared:
+            for key in deleted:
+                self.cold.delete(key)
+
+    @contextmanager
+    def maintenance_lock(self) -> Iterator[bool]:
+        """The lock that gc and index merging hold on this machine (an ``flock`` in this machine's
+        directory of the store); yields whether it was free. Puts never take it."""
+        path = self.path / "gc" / "lock"
+        path.parent.mkdir(exist_ok=True)
+        with open(path, "a+b") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -12,19 +12,18 @@ still, the union after the last pass is used: anything it misses is only condemn
 run spares it). Objects younger than the grace period are never touched.
 """
 
-import fcntl
 import re
 import time
 from dataclasses import dataclass, field
 
-from ..backends import Backend
+from ..backends import written_since
 from ..content.condemned import condemned_records, condemned_times, write_condemned
 from ..content.guard import guard_key
-from ..content.index import ChunkIndex, write_index
+from ..content.index import ChunkIndex, IndexFiles
 from ..content.manifest import manifest_key
 from ..content.pack import pack_id_from_key, pack_key
 from ..content.store import ContentStore
-from ..errors import CorruptObject, InvalidParameter, NotFound, StoreError
+from ..errors import CorruptObject, InvalidParameter, StoreError
 from ..ids import digest, format_id, parse_id
 from ..progress import Progress, no_progress
 from ..registry.registry import Registry
@@ -41,20 +40,6 @@ def parse_duration(text: str) -> float:
     if match is None:
         raise InvalidParameter(f"not a duration: {text!r} (expected a number and s, m, h or d, e.g. 6h)")
     return int(match.group(1)) * UNITS[match.group(2)]
-
-
-@dataclass
-class IndexFiles:
-    """The index files of one place (the store, or a shared store's cache) as gc read them."""
-
-    tier: Backend
-    index: ChunkIndex
-    modified: dict[str, float]  # key -> modification time
-
-    @classmethod
-    def read(cls, tier: Backend) -> "IndexFiles":
-        modified = {key: tier.modified(key) for key in tier.list("index")}
-        return cls(tier, ChunkIndex.load(tier), modified)
 
 
 @dataclass
@@ -86,13 +71,9 @@ def collect_garbage(content: ContentStore, registry: Registry, *, dry_run: bool 
     """Condemn what nothing uses; delete what was condemned more than ``grace`` ago and is still unused."""
     grace_seconds = parse_duration(grace)
     report = GcReport(dry_run, grace_seconds)
-    lock_path = content.path / "gc" / "lock"
-    lock_path.parent.mkdir(exist_ok=True)
-    with open(lock_path, "a+b") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StoreError(f"another gc is running on {content.location}") from None
+    with content.maintenance_lock() as held:
+        if not held:
+            raise StoreError(f"another gc (or an index consolidation) is running on {content.location}")
         # the store's index files (every pack, condemned ones included), and a shared store's
         # cache's, which list this machine's copies of packs
         homes = [IndexFiles.read(tier) for tier in {id(t): t for t in (content.home, content.hot)}.values()]
@@ -183,6 +164,11 @@ def _sweep(content: ContentStore, report: GcReport, homes: list[IndexFiles], liv
         report.pending_bytes += old[key]
     if not report.dry_run and due:
         due = _delete(content, due, homes, set(manifests.trees), progress, old, written_at)
+    elif not report.dry_run:
+        for home in homes:  # nothing to delete: still leave one index file where there were several
+            if len(home.modified) > 1:
+                content.replace_index_files(home)
+        content.forget_index()
     for key in sorted(due):
         (report.deleted_packs if key.startswith("packs/") else report.deleted_manifests).append(key)
         report.reclaimed_bytes += old[key]
@@ -233,20 +219,13 @@ def _delete(content: ContentStore, keys: set[str], homes: list[IndexFiles], tree
     the same content) is left alone; a push that re-writes a pack also writes an index file
     listing it.
     """
-    keys = {k for k in keys if not _rewritten(content.home, k, written_at)}
+    keys = {k for k in keys if not written_since(content.home, k, written_at)}
     manifests = sorted((k for k in keys if k.startswith("manifests/")), key=lambda k: (k not in tree_keys, k))
     deleted = {k for k in manifests if _delete_unused(content, k, written_at, sizes, progress)}
     packs = sorted(k for k in keys if k.startswith("packs/"))
     doomed = {pack_id_from_key(k) for k in packs}
     for home in homes:
-        kept = [(p, e) for p, e in home.index.pack_entries.items() if p not in doomed]
-        new_index = write_index(home.tier, kept) if kept else None
-        for key in sorted(set(home.modified) - {new_index}):
-            if _rewritten(home.tier, key, home.modified):
-                continue
-            home.tier.delete(key)
-            if home.tier is content.home and content.cold is not None and not content.shared:
-                content.cold.delete(key)
+        content.replace_index_files(home, frozenset(p for p in doomed if p))
     deleted |= {k for k in packs if _delete_unused(content, k, written_at, sizes, progress)}
     content.forget_index()
     content.rescan_hot_tier()
@@ -256,7 +235,7 @@ def _delete(content: ContentStore, keys: set[str], homes: list[IndexFiles], tree
 def _delete_unused(content: ContentStore, key: str, written_at: dict[str, float], sizes: dict[str, int],
                    progress: Progress) -> bool:
     """Delete a pack from every tier, or a manifest; False if a push wrote it again a moment ago."""
-    if _rewritten(content.home, key, written_at):
+    if written_since(content.home, key, written_at):
         return False
     pack_id = pack_id_from_key(key)
     if pack_id is not None:
@@ -300,12 +279,3 @@ def _packs_to_keep(index: ChunkIndex, live_chunks: set[bytes], condemned: set[by
             continue
         keep.add(max(packs, key=lambda p: (p not in condemned, density[p])))
     return keep
-
-
-def _rewritten(tier, key: str, written_at: dict[str, float]) -> bool:
-    """Whether ``key`` was written (again) in ``tier`` since the sweep read the times."""
-    try:
-        modified = tier.modified(key)
-    except NotFound:
-        return False
-    return written_at.get(key) != modified
