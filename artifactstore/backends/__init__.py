@@ -14,6 +14,7 @@ conditional writes refuses ``swap_ref`` with a ``StoreError``.
 Callers ask ``backend.capabilities`` what a backend can do; they never test its type.
 """
 
+import io
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,6 +44,25 @@ class ObjectWriter(Protocol):
     def write(self, data) -> None: ...
     def publish(self, key: str) -> None: ...
     def discard(self) -> None: ...
+
+
+class BufferedWriter:
+    """A new object built in memory and published with one ``backend.write``: for backends whose
+    whole-object write is atomic (one PUT) and that have no rename to publish a file by."""
+
+    def __init__(self, backend: "Backend"):
+        self._backend = backend
+        self._buffer = io.BytesIO()
+
+    def write(self, data) -> None:
+        self._buffer.write(data)
+
+    def publish(self, key: str) -> None:
+        self._backend.write(key, self._buffer.getvalue())
+        self._buffer.close()
+
+    def discard(self) -> None:
+        self._buffer.close()
 
 
 class Backend(Protocol):

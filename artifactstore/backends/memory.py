@@ -4,30 +4,13 @@ It keeps every promise of the protocol (atomic writes, compare-and-swap refs, mo
 so that the backend contract suite can run it beside the real ones.
 """
 
-import io
 import threading
 import time
 from collections.abc import Iterator
 
 from ..errors import Conflict, NotFound
 from ..ids import digest
-from . import Capabilities
-
-
-class MemoryWriter:
-    def __init__(self, backend: "MemoryBackend"):
-        self._backend = backend
-        self._buffer = io.BytesIO()
-
-    def write(self, data) -> None:
-        self._buffer.write(data)
-
-    def publish(self, key: str) -> None:
-        self._backend.write(key, self._buffer.getvalue())
-        self._buffer.close()
-
-    def discard(self) -> None:
-        self._buffer.close()
+from . import BufferedWriter, Capabilities
 
 
 class MemoryBackend:
@@ -60,8 +43,8 @@ class MemoryBackend:
     def write(self, key: str, data: bytes) -> None:
         self._objects[key] = (bytes(data), time.time())
 
-    def open_writer(self) -> MemoryWriter:
-        return MemoryWriter(self)
+    def open_writer(self) -> BufferedWriter:
+        return BufferedWriter(self)
 
     def exists(self, key: str) -> bool:
         return key in self._objects

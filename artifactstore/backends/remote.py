@@ -15,7 +15,6 @@ fsspec, s3fs and botocore are imported only when a remote backend is opened: tog
 about half a second to import, which every command on a local store would otherwise pay.
 """
 
-import io
 import os
 import uuid
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import ArtifactStoreError, Conflict, NotFound, StoreError
 from ..ids import digest
-from . import Capabilities
+from . import BufferedWriter, Capabilities
 
 WRITE_ID = "artifactstore-write-id"  # object metadata of refs: which swap wrote this version
 
@@ -85,24 +84,6 @@ def mask_url(url: str | None) -> str | None:
         netloc = f"{user.partition(':')[0]}:****@{host}"
     query = urlencode(mask_secrets(dict(parse_qsl(parts.query, keep_blank_values=True))), safe="*")
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-class FsspecWriter:
-    """An object built in memory and published with one PUT: S3 has no rename to publish by."""
-
-    def __init__(self, backend: "FsspecBackend"):
-        self._backend = backend
-        self._buffer = io.BytesIO()
-
-    def write(self, data) -> None:
-        self._buffer.write(data)
-
-    def publish(self, key: str) -> None:
-        self._backend.write(key, self._buffer.getvalue())
-        self._buffer.close()
-
-    def discard(self) -> None:
-        self._buffer.close()
 
 
 class FsspecBackend:
@@ -176,8 +157,9 @@ class FsspecBackend:
             if self._fs.exists(temporary):
                 self._fs.rm_file(temporary)
 
-    def open_writer(self) -> FsspecWriter:
-        return FsspecWriter(self)
+    def open_writer(self) -> BufferedWriter:
+        # S3 has no rename to publish by: the object is built in memory and published with one PUT
+        return BufferedWriter(self)
 
     def exists(self, key: str) -> bool:
         try:
