@@ -161,6 +161,8 @@ def _before_named_state(scan: RegistryScan, states: dict[str, ModelState], named
         notes.append(f"the damaged state still names {head.id} as its parent")
     else:
         head = _newest_committed(candidates, notes)
+        notes.append(f"the parent of {named} could not be read: {head.id} is taken for it "
+                     "(a state that lost a race to it would look the same)")
     readable = _as_state(damaged)
     if readable is not None and readable.parent == head.id and readable.entries:
         entries = _entries(readable.entries[0].seq, readable.seq)  # its id no longer vouches for them
