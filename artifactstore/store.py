@@ -24,6 +24,7 @@ from .lifecycle.tier import tier as tier_packs
 from .progress import Progress, no_progress
 from .registry import queries
 from .registry.registry import PushResult, Registry
+from .registry.repair import repair_refs
 from .registry.state import AuditEntry, ModelState
 from .registry.verify import verify_registry
 from .serving.load import WEIGHTS_DIR, Loader
@@ -132,9 +133,14 @@ class Store:
                progress: Progress = no_progress) -> VerifyReport:
         """Re-hash chunks and check index files, manifests and the registry; name what is damaged.
 
-        See ``verify_content`` for ``tier``, ``sample`` and ``repair``.
+        See ``verify_content`` for ``tier``, ``sample`` and ``repair``; ``repair`` also rebuilds
+        damaged or missing refs (``repair_refs``).
         """
         problems, repairs = verify_content(self.content, progress, tier=tier, sample=sample, repair=repair)
+        if repair:
+            rebuilt, unrepairable = repair_refs(self.registry)
+            repairs += rebuilt
+            problems += unrepairable
         problems += verify_registry(self.registry)
         problems += missing_roots(self.registry, self.content)
         return VerifyReport(not problems, problems, repairs)

@@ -64,18 +64,20 @@ class Registry:
         digest = parse_id(object_id)
         encoded = self.backend.read(object_key(digest))
         if blake3.blake3(encoded, derive_key_context=context).digest() != digest:
-            raise CorruptObject(f"registry object {object_id} does not match its id (tampered or damaged)")
+            raise CorruptObject(f"registry object {object_id} ({object_key(digest)}) does not match its id "
+                                "(tampered or damaged)")
         return encoded
 
     def _read_state(self, model: ModelName) -> tuple[ModelState | None, str | None]:
         data, token = self.backend.read_ref(ref_key(model))
         if data is None:
             return None, None
+        state_id = ref_target(data, ref_key(model))
         try:
-            state_id = json.loads(data)["state"]
-        except (ValueError, KeyError, TypeError):
-            raise CorruptObject(f"{ref_key(model)}: malformed ref") from None
-        return replace(self.read_state_object(state_id), id=state_id), token
+            state = self.read_state_object(state_id)
+        except NotFound:
+            raise CorruptObject(f"{ref_key(model)}: names state {state_id}, which is missing") from None
+        return replace(state, id=state_id), token
 
     def read_state_object(self, state_id: str) -> ModelState:
         return ModelState.decode(self.read_object(state_id, STATE_CONTEXT), state_id)
@@ -377,6 +379,16 @@ class Registry:
                 client, model = key.removeprefix("registry/refs/").removesuffix(".json").split("/")
                 found.append(ModelName(client, model))
         return sorted(found, key=str)
+
+
+def ref_target(data: bytes, key: str) -> str:
+    """The state id a ref's bytes name; anything else is a damaged ref, named by its key."""
+    try:
+        state_id = json.loads(data)["state"]
+        parse_id(state_id)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # parse_id's InvalidParameter is a ValueError
+        raise CorruptObject(f"{key}: malformed ref ({exc})") from None
+    return state_id
 
 
 def _push_target(ref: str, bump: str | None) -> tuple[ModelName, str | None]:

@@ -1,15 +1,21 @@
-"""Integrity check of the registry: every audit chain, its numbering, and every pointer."""
+"""Integrity check of the registry: every ref, every audit chain, its numbering, and every pointer."""
 
 from ..errors import CorruptObject, NotFound
 from .pointers import KINDS
 from .registry import Registry
+from .repair import scan_registry
+from .state import ref_key
 
 
 def verify_registry(registry: Registry) -> list[str]:
     """Problems found: a broken or tampered audit chain, a gap in its numbering, a pointer or pin
-    naming a version that does not exist, a version record that does not match its version."""
+    naming a version that does not exist, a version record that does not match its version, a ref
+    that is missing while its model has committed states."""
     problems = []
-    for model in registry.models():
+    models = registry.models()
+    for model in scan_registry(registry).committed_without_ref(models):
+        problems.append(f"registry {model}: {ref_key(model)} is missing, but committed states of the model exist")
+    for model in models:
         try:
             current = registry.state(model)
             chain = list(registry.states(model))
