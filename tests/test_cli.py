@@ -1,4 +1,7 @@
 import json
+import stat
+import subprocess
+import sys
 
 from conftest import make_tree, random_bytes, run_cli, snapshot
 
@@ -72,3 +75,31 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
 def test_missing_store_option_is_a_usage_error(tmp_path):
     result = run_cli("stats", env={"ARTIFACTSTORE_STORE": ""})
     assert result.returncode == 2 and "--store" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_store_before_or_after_the_command_or_from_the_environment(tmp_path):
+    store = tmp_path / "store"
+    assert run_cli("init", store).returncode == 0
+    for args, env, source in ((["--store", store, "config", "--json"], None, "--store"),
+                              (["config", "--store", store, "--json"], None, "--store"),
+                              (["config", "--json"], {"ARTIFACTSTORE_STORE": str(store)}, "ARTIFACTSTORE_STORE")):
+        done = run_cli(*args, env=env)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["store_from"] == source
+    missing = run_cli("ls", env={"ARTIFACTSTORE_STORE": ""})
+    assert missing.returncode == 2
+    assert missing.stderr == "error: no store given: use --store PATH|URL or set ARTIFACTSTORE_STORE\n"
+    assert "[required]" not in run_cli("ls", "--help").stdout
+
+
+def test_get_and_checkout_honour_the_umask(tmp_path):
+    store = tmp_path / "store"
+    run_cli("init", store)
+    tree = make_tree(tmp_path / "tree", {"adapter_weights/a.bin": random_bytes(1000, 1)})
+    object_id = run_cli("put", tree, "--store", store).stdout.strip()
+    done = subprocess.run(["sh", "-c", f'umask 022 && "{sys.executable}" -m artifactstore get {object_id} '
+                                       f'"{tmp_path / "out"}" --store "{store}"'], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode)
+             for p in [tmp_path / "out", *(tmp_path / "out").rglob("*")]}
+    assert modes == {"out": 0o755, "out/adapter_weights": 0o755, "out/adapter_weights/a.bin": 0o644}

@@ -274,14 +274,13 @@ def test_a_push_during_the_sweep_keeps_what_it_rewrote(history_store, tmp_path, 
     history_store.delete("acme/support@v1.2.0")
     history_store.gc(grace="0s")
     bundle = tmp_path / "bundles" / "v1.2.0"
-    repack_sparse = artifactstore.lifecycle.gc._repack_sparse
+    repack = artifactstore.lifecycle.gc._repack
 
     def push_during_sweep(content, *args):
-        copied = repack_sparse(content, *args)
+        repack(content, *args)
         Store(content.path).push(bundle, "acme/support@v1.2.0")  # another process, mid-sweep
-        return copied
 
-    monkeypatch.setattr(artifactstore.lifecycle.gc, "_repack_sparse", push_during_sweep)
+    monkeypatch.setattr(artifactstore.lifecycle.gc, "_repack", push_during_sweep)
     Store(history_store.path).gc(grace="0s")
     final = Store(history_store.path)
     assert final.verify().ok
@@ -340,3 +339,13 @@ def test_a_long_lived_reader_reads_chunks_gc_moved_into_new_packs(history_store,
     assert all((tensors[name] == HISTORY[1].tensors[name]).all() for name in HISTORY[1].tensors)
     reader.get(reader.resolve("acme/support@v1.1.1"), tmp_path / "out")
     assert snapshot(tmp_path / "out") == snapshot(tmp_path / "bundles" / "v1.1.1")
+
+
+def test_a_dry_run_reports_what_the_run_does_repacking_included(history_store):
+    history_store.delete("acme/support@v1.0.0")
+    history_store.delete("acme/support@v1.2.0")
+    dry = Store(history_store.path).gc(grace="0s", dry_run=True)
+    real = Store(history_store.path).gc(grace="0s")
+    assert real.repacked_bytes > 0, "the case the dry run used to miss"
+    for field in ("condemned_packs", "condemned_manifests", "pending_bytes", "repacked_bytes"):
+        assert getattr(dry, field) == getattr(real, field), field

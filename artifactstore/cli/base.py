@@ -1,6 +1,7 @@
 """What every command module shares: the ``cli`` group, common options and output helpers."""
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -10,10 +11,31 @@ from tqdm import tqdm
 
 from ..errors import ArtifactStoreError
 
-store_option = click.option(
-    "--store", "store_path", envvar="ARTIFACTSTORE_STORE", required=True, metavar="PATH|URL",
-    help="The store: a directory, or s3://bucket/prefix for a store shared by many machines "
-         "(or set ARTIFACTSTORE_STORE; a shared store's local cache is $ARTIFACTSTORE_CACHE).")
+STORE_VARIABLE = "ARTIFACTSTORE_STORE"
+STORE_HELP = ("The store: a directory, or s3://bucket/prefix for a store shared by many machines (or set "
+              f"{STORE_VARIABLE}; a shared store's local cache is $ARTIFACTSTORE_CACHE). Before or after the command.")
+
+
+def _store_location(ctx: click.Context, _: click.Parameter, value: str | None) -> str:
+    """--store after the command, else --store before it, else $ARTIFACTSTORE_STORE; where it came
+    from is kept for ``config``."""
+    given_before = ctx.find_root().params.get("store_path")
+    for source, location in (("--store", value), ("--store", given_before),
+                             (STORE_VARIABLE, os.environ.get(STORE_VARIABLE))):
+        if location:
+            ctx.meta["store_source"] = source
+            return location
+    raise OneLineUsageError(f"no store given: use --store PATH|URL or set {STORE_VARIABLE}")
+
+
+class OneLineUsageError(click.UsageError):
+    """A usage error (exit status 2) said in one line, like every other error."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+store_option = click.option("--store", "store_path", metavar="PATH|URL", callback=_store_location, help=STORE_HELP)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object, nothing else.")
 
 
@@ -56,7 +78,8 @@ def human_bytes(n: int) -> str:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="artifactstore")
-def cli() -> None:
+@click.option("--store", "store_path", metavar="PATH|URL", help=STORE_HELP)
+def cli(store_path: str | None) -> None:
     """Content-addressed store for model weights: dedup by FastCDC chunks, BLAKE3 ids."""
 
 

@@ -33,8 +33,9 @@ def init(path: str, cold: str | None, keep_hot: int) -> None:
 @store_option
 @json_option
 def config(store_path: str, as_json: bool) -> None:
-    """The store's effective configuration (secrets masked)."""
-    effective = Store(store_path).effective_config()
+    """The store's effective configuration (secrets masked), and where the store's location came from."""
+    effective = {**Store(store_path).effective_config(),
+                 "store_from": click.get_current_context().meta["store_source"]}
     if as_json:
         emit_json(effective)
         return

@@ -66,6 +66,7 @@ def gc(dry_run: bool, grace: str, store_path: str, as_json: bool) -> None:
     verb = "would " if dry_run else ""
     click.echo(f"live chunks: {report.live_chunks} (marked in {report.mark_passes} pass"
                f"{'es' if report.mark_passes > 1 else ''})")
+    click.echo(f"{verb}repack:  {human_bytes(report.repacked_bytes)} of live chunks out of mostly dead packs")
     click.echo(f"{verb}condemn: {len(report.condemned_packs)} packs, {len(report.condemned_manifests)} manifests, "
                f"{human_bytes(report.pending_bytes)}")
     click.echo(f"{verb}delete:  {len(report.deleted_packs)} packs, {len(report.deleted_manifests)} manifests, "

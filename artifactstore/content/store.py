@@ -10,7 +10,7 @@ storage tier, if any (a shared store's bucket, or a directory store's ``--cold``
 import fcntl
 import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -349,7 +349,10 @@ class ContentStore:
 
     def _materialize(self, tree: TreeManifest, target: Path, progress: Progress) -> Path:
         files = [(e, self.read_manifest(format_id(e.file))) for e in tree.entries]
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
+        # os.mkdir, not mkdtemp (always 0700): the directory gets the umask's mode, like every file
+        # in it, so that a server running as another user (vLLM, say) can read a checkout
+        staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:12]}"
+        staging.mkdir()
         try:
             for entry, file_manifest in files:
                 if not isinstance(file_manifest, FileManifest):

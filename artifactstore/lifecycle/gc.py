@@ -149,9 +149,14 @@ def _sweep(content: ContentStore, report: GcReport, homes: list[IndexFiles], liv
                 if tier is content.home:
                     written_at[key] = modified
     condemned = condemned_times(content.home)
+    copies = _sparse_pack_copies(index, old, live_chunks, set(condemned))
+    report.repacked_bytes = sum(n for _, n in copies)
     if not report.dry_run:
-        report.repacked_bytes = _repack_sparse(content, index, old, live_chunks, set(condemned))
-    keep = _packs_to_keep(index, live_chunks, {p for p in map(pack_id_from_key, condemned) if p})
+        _repack(content, index, copies)
+    # a dry run reports what the run would do: the chunks it would copy out of sparse packs get new
+    # homes then, so those packs are homes of nothing
+    homed = live_chunks - {c for c, _ in copies} if report.dry_run else live_chunks
+    keep = _packs_to_keep(index, homed, {p for p in map(pack_id_from_key, condemned) if p})
     dead = {pack_key(p) for p in index.pack_entries if pack_key(p) in old and p not in keep}
     dead |= {k for k in old if k.startswith("manifests/") and k not in live_keys}
     dead |= {k for k in old if k.startswith("packs/") and pack_id_from_key(k) not in index.pack_entries}
@@ -179,10 +184,10 @@ def _sweep(content: ContentStore, report: GcReport, homes: list[IndexFiles], liv
     write_condemned(content.home, remaining)
 
 
-def _repack_sparse(content: ContentStore, index: ChunkIndex, old: dict[str, int], live_chunks: set[bytes],
-                   condemned: set[str]) -> int:
-    """Copy the live chunks out of old packs that are mostly garbage into new packs, so that
-    the old ones become wholly unused; returns the bytes copied."""
+def _sparse_pack_copies(index: ChunkIndex, old: dict[str, int], live_chunks: set[bytes],
+                        condemned: set[str]) -> list[tuple[bytes, int]]:
+    """(chunk, length) of the live chunks to copy out of old packs that are mostly garbage, so that
+    those packs become wholly unused (chunks with a copy elsewhere need none)."""
     copies: list[tuple[bytes, int]] = []
     for pack_id, entries in index.pack_entries.items():
         key = pack_key(pack_id)
@@ -193,8 +198,13 @@ def _repack_sparse(content: ContentStore, index: ChunkIndex, old: dict[str, int]
             continue
         copies.extend((e.chunk, e.length) for e in live
                       if all(loc.pack == pack_id for loc in index.all_locations(e.chunk)))
+    return copies
+
+
+def _repack(content: ContentStore, index: ChunkIndex, copies: list[tuple[bytes, int]]) -> None:
+    """Copy ``copies`` into new packs (each chunk checked), indexed."""
     if not copies:
-        return 0
+        return
     with content.pack_session(restore=True, target=content.home) as session:
         for chunk, length in copies:
             data = content.read_pack(index[chunk].pack, index[chunk].offset, length)
@@ -205,7 +215,6 @@ def _repack_sparse(content: ContentStore, index: ChunkIndex, old: dict[str, int]
     for pack_id, entries in session.finished:
         index.add_pack(pack_id, entries)
     content.forget_index()
-    return sum(n for _, n in copies)
 
 
 def _delete(content: ContentStore, keys: set[str], homes: list[IndexFiles], tree_keys: set[str],
