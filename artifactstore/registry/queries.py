@@ -5,6 +5,7 @@ from typing import Any
 import yaml
 
 from ..errors import InvalidParameter
+from .bundle import metric_values
 from .pointers import PRODUCTION, ROLLBACK_TARGET, STAGING
 from .refs import ModelName, parse_version
 from .registry import Registry
@@ -96,8 +97,9 @@ def diff(registry: Registry, ref_a: str, ref_b: str) -> dict[str, Any]:
                    "bytes": sum(t["bytes"] for t in tensors if t["status"] == s)}
                for s in ("changed", "unchanged", "added", "removed")}
     metrics = {}
-    for metric in sorted(set(a["eval_scores"]) | set(b["eval_scores"])):
-        old, new = a["eval_scores"].get(metric), b["eval_scores"].get(metric)
+    scores_a, scores_b = metric_values(a["eval_scores"]), metric_values(b["eval_scores"])
+    for metric in sorted(set(scores_a) | set(scores_b)):
+        old, new = scores_a.get(metric), scores_b.get(metric)
         metrics[metric] = {"from": old, "to": new,
                            "delta": None if old is None or new is None else new - old}
     return {
