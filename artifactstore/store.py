@@ -25,6 +25,7 @@ from .progress import Progress, no_progress
 from .registry import queries
 from .registry.checks import release_rule
 from .registry.gate import GateResult, run_gate
+from .registry.hooks import announce, deliver_pending, hook_log
 from .registry.notices import notice
 from .registry.policy import set_policy, show_policy
 from .registry.registry import PushResult, Registry
@@ -156,11 +157,11 @@ class Store:
 
     def promote(self, ref: str, *, actor: str | None = None, reason: str = "", expect: str | None = None,
                 force: bool = False) -> ModelState:
-        return self.registry.promote(ref, actor=actor, reason=reason, expect=expect, force=force)
+        return self._announced(self.registry.promote(ref, actor=actor, reason=reason, expect=expect, force=force))
 
     def rollback(self, model: str, *, to: str | None = None, actor: str | None = None, reason: str = "",
                  expect: str | None = None) -> ModelState:
-        return self.registry.rollback(model, to=to, actor=actor, reason=reason, expect=expect)
+        return self._announced(self.registry.rollback(model, to=to, actor=actor, reason=reason, expect=expect))
 
     def set_canary(self, ref: str, percent: int, *, actor: str | None = None, reason: str = "",
                    expect: str | None = None, force: bool = False) -> ModelState:
@@ -230,13 +231,29 @@ class Store:
 
     def gate(self, ref: str, *, accept: Iterable[str] = (), reason: str = "", actor: str | None = None,
              record: bool = True) -> GateResult:
-        return run_gate(self.registry, ref, accept=tuple(accept), reason=reason, actor=actor, record=record)[0]
+        result, state = run_gate(self.registry, ref, accept=tuple(accept), reason=reason, actor=actor, record=record)
+        if state is not None:
+            self._announced(state)
+        return result
 
     def review(self, ref: str, *, approve: bool, actor: str, samples: int, notes: str = "") -> Review:
-        return record_review(self.registry, ref, approve=approve, actor=actor, samples=samples, notes=notes)[0]
+        review, state = record_review(self.registry, ref, approve=approve, actor=actor, samples=samples, notes=notes)
+        self._announced(state)
+        return review
 
     def notice(self, ref: str, kind: str) -> dict[str, Any]:
         return notice(self.registry, ref, kind)  # type: ignore[arg-type]
+
+    def deliver_hooks(self) -> dict[str, Any]:
+        return deliver_pending(self.registry)
+
+    def hook_log(self, *, limit: int | None = None) -> list[dict[str, Any]]:
+        return hook_log(self.registry, limit=limit)
+
+    def _announced(self, state: ModelState) -> ModelState:
+        """``state``, after the events of its audit entries went to the model's hooks."""
+        announce(self.registry, state)
+        return state
 
     # -- lifecycle --------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Release control commands: policy, gate, review, target, notice (docs/release.md)."""
+"""Release control commands: policy, gate, review, target, notice, hooks (docs/release.md)."""
 
 import sys
 from dataclasses import asdict
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import ArtifactStoreError
 from ..registry.policy import policy_yaml
 from ..store import Store
 from .base import audit_options, cli, emit_json, json_option, store_option
@@ -155,3 +156,40 @@ def notice(ref, kind, store_path, as_json) -> None:
         emit_json(message)
     else:
         click.echo(message["text"], nl=False)
+
+
+@cli.group()
+def hooks() -> None:
+    """Deliveries of events to the hooks of models' policies."""
+
+
+@hooks.command(name="deliver")
+@store_option
+@json_option
+def deliver(store_path, as_json) -> None:
+    """Retry every undelivered event, with backoff; exit status 1 while some stay undelivered."""
+    report = Store(store_path).deliver_hooks()
+    if as_json:
+        emit_json(report)
+    else:
+        click.echo(f"delivered {report['delivered']}, still pending {report['pending']}")
+    if report["pending"]:
+        if not as_json:
+            raise ArtifactStoreError(f"{report['pending']} deliveries still pending (see `artifactstore hooks log`)")
+        sys.exit(1)
+
+
+@hooks.command(name="log")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Only the newest N deliveries.")
+@store_option
+@json_option
+def log(limit, store_path, as_json) -> None:
+    """Deliveries, newest first: pending and delivered, with their attempts."""
+    deliveries = Store(store_path).hook_log(limit=limit)
+    if as_json:
+        emit_json({"deliveries": deliveries})
+        return
+    for d in deliveries:
+        error = f"  last error: {d['last_error']}" if d["status"] == "pending" and d["last_error"] else ""
+        click.echo(f"{d['created_at']} {d['status']:9} {d['event']:15} {d['model']}@{d['version'] or '-'} "
+                   f"-> {d['hook']} ({d['attempts']} attempts){error}")
