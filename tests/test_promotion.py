@@ -201,3 +201,17 @@ def test_deleting_a_version_drops_its_checks(gated):
     assert "v1.1.0" in gated.state("acme/support").checks
     gated.delete("acme/support@v1.1.0", reason="data removal")
     assert "v1.1.0" not in gated.state("acme/support").checks and gated.verify().ok
+
+
+def test_verify_names_a_damaged_gate_result_or_policy(gated):
+    result = gated.gate("acme/support@v1.1.0")
+    state = gated.state("acme/support")
+    assert gated.verify().ok
+    for object_id in (result.id, state.policy):
+        path = gated.path / "registry" / "objects" / object_id[3:5] / f"{object_id[3:]}.json"
+        good = path.read_bytes()
+        path.write_bytes(good.replace(b'"', b"'", 1))
+        report = gated.verify()
+        assert not report.ok and any(object_id in p and "does not match its id" in p for p in report.problems)
+        path.write_bytes(good)
+    assert gated.verify().ok

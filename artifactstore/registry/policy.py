@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ..backends.remote import mask_url
 from ..content.manifest import canonical_json
 from ..errors import Conflict, CorruptObject, InvalidParameter
 from .bundle import read_data_file
@@ -176,12 +177,16 @@ def set_policy(registry: Registry, model: ModelName | str, path: str | os.PathLi
 
 
 def show_policy(registry: Registry, model: ModelName | str) -> dict[str, Any]:
-    """The model's policy id and its settings (every field, defaults included), and who set it when."""
+    """The model's policy id and its settings (every field, defaults included; hook URLs without their
+    passwords and secret-looking query values), and who set it when."""
     name = ModelName.parse(model) if isinstance(model, str) else model
     state = registry.state(name)
     policy = policy_of(registry, state)
     set_by = next((e for e in reversed(registry.log(name)) if e.action == "policy"), None) if policy else None
-    return {"model": str(name), "policy": state.policy, "settings": policy.model_dump(mode="json") if policy else None,
+    settings = policy.model_dump(mode="json") if policy else None
+    for hook in settings["hooks"] if settings else []:
+        hook["url"] = mask_url(hook["url"])
+    return {"model": str(name), "policy": state.policy, "settings": settings,
             "set_at": set_by.at if set_by else None, "set_by": set_by.actor if set_by else None,
             "reason": set_by.reason if set_by else None}
 
