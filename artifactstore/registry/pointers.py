@@ -46,7 +46,7 @@ class Transition:
     """One pointer move, as the rules see it before it happens."""
 
     model: "ModelName"
-    action: str  # the command: stage, promote, rollback, canary
+    action: str  # the command: stage, promote, rollback, canary, target
     pointer: str
     from_: str | None
     to: str | None  # None: the pointer is cleared
