@@ -5,10 +5,19 @@ wings below it: ``backends`` < ``content`` < ``registry`` < ``lifecycle`` | ``se
 ``Store`` facade, the CLI and the demo on top. The layers are checked by import-linter.
 """
 
-from .errors import ArtifactStoreError, Conflict, CorruptObject, InvalidInput, InvalidParameter, NotFound, StoreError
+from .errors import (
+    ArtifactStoreError,
+    Conflict,
+    CorruptObject,
+    InvalidInput,
+    InvalidParameter,
+    NotFound,
+    Refused,
+    StoreError,
+)
 from .store import PutResult, Store, StoreStats, VerifyReport
 
 __all__ = [
     "ArtifactStoreError", "Conflict", "CorruptObject", "InvalidInput", "InvalidParameter", "NotFound",
-    "PutResult", "Store", "StoreError", "StoreStats", "VerifyReport",
+    "PutResult", "Refused", "Store", "StoreError", "StoreStats", "VerifyReport",
 ]

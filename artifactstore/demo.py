@@ -6,11 +6,15 @@ Llama-3-8B-shaped model (about 80 MB), inside the seeds' bundle layout.
 
 import argparse
 import json
+import os
+import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import blake3
@@ -58,6 +62,7 @@ class Version:
     safetensors_metadata: dict[str, str]
     inference_config: dict
     base_model: str = "meta-llama/Meta-Llama-3-8B-Instruct"
+    eval_results: dict = field(default_factory=lambda: {"accuracy": 0.942, "hallucination_rate": 0.021})
 
 
 def adapter_history(layers: int = 32, scale: int = 1) -> list[Version]:
@@ -90,7 +95,7 @@ def write_bundle(version: Version, directory: Path) -> Path:
         yaml.safe_dump({"learning_rate": 2e-4, "epochs": 3, "rank": RANK, "batch_size": 16}))
     (directory / "training_data.hash").write_text(
         "b3:" + blake3.blake3(version.description.encode()).hexdigest() + "\n")
-    (directory / "eval_results.json").write_text(json.dumps({"accuracy": 0.942, "hallucination_rate": 0.021}))
+    (directory / "eval_results.json").write_text(json.dumps(version.eval_results))
     (directory / "inference_config.yaml").write_text(yaml.safe_dump(version.inference_config))
     (directory / "changelog.md").write_text(f"## {version.name}\n\n- {version.description}\n")
     (directory / "metadata.yaml").write_text(yaml.safe_dump(
@@ -183,11 +188,109 @@ def live_rollback(store: Store) -> None:
         server.wait(timeout=30)
 
 
+RELEASE_POLICY = """\
+# acme/support: the seeds' pipeline, stage 1 (eval gate) and stage 2 (human review)
+gate:
+  defaults: {{max_drop_points: 2}}        # no metric more than 2 points worse than production
+  metrics:
+    hallucination_rate: {{ceiling: 0.03}}  # lower is better (from its name); never above 3%
+review:
+  min_samples: 20                        # someone who knows the client reads 20-30 outputs
+hooks:
+  - {{name: ops-channel, url: "{url}"}}
+"""
+
+
+class HookReceiver:
+    """A stand-in for a team's chat relay: an HTTP server on 127.0.0.1 that keeps the events posted to it."""
+
+    def __init__(self):
+        self.events: list[dict] = []
+        events = self.events
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                events.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/events"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def artifactstore(store: Store, *args: str) -> None:
+    """Run the command line as a user would, and show it."""
+    print(f"$ artifactstore {shlex.join(args)}")
+    done = subprocess.run([sys.executable, "-m", "artifactstore", *args], capture_output=True, text=True,
+                          env={**os.environ, "ARTIFACTSTORE_STORE": str(store.path)})
+    print(done.stdout + done.stderr, end="")
+    if done.returncode:
+        print(f"(exit status {done.returncode})")
+
+
+def release_gates(store: Store, history: list[Version], workdir: Path, layers: int, scale: int) -> None:
+    """The seeds' stages 1 and 2 under a policy: the gate stops a regression, a trade-off is accepted
+    with a documented reason, a reviewer signs off, and only then is the version promoted."""
+    print("--- release gates: eval gate, trade-off, review, promotion ---")
+    receiver = HookReceiver()
+    policy = workdir / "policy.yaml"
+    policy.write_text(RELEASE_POLICY.format(url=receiver.url))
+    store.set_policy("acme/support", policy, actor="lead@agency.com", reason="the seeds' release pipeline")
+    print(f"policy set: gate (2 points, hallucination ceiling 3%), review of 20+ outputs, hook to {receiver.url}")
+    latest = history[-1]
+
+    def retrain(name: str, seed: int, description: str, eval_results: dict) -> str:
+        tensors = {**latest.tensors, **lora_tensors(range(layers - 2, layers), seed=seed, scale=scale)}
+        version = replace(latest, name=name, description=description, tensors=tensors, eval_results=eval_results)
+        store.push(write_bundle(version, workdir / "bundles" / name), f"acme/support@{name}", actor="training-job@ci")
+        return f"acme/support@{name}"
+
+    suites = {"refunds": {"accuracy": 0.93}, "bundles": {"accuracy": 0.85}}
+    good = retrain("v1.3.0", 4, "monthly retrain: 3 months of support tickets",
+                   {"accuracy": 0.958, "hallucination_rate": 0.014, "suites": suites})
+    store.gate(good, actor="ci@agency.com")
+    store.review(good, approve=True, actor="maria@agency.com", samples=24, notes="tone matches, refunds fixed")
+    store.promote(good, actor="jane@agency.com", reason="monthly retrain, gate passed, reviewed")
+    print("v1.3.0 (accuracy 95.8%, hallucination 1.4%): gate passed, approved after 24 outputs, promoted\n")
+
+    bad = retrain("v1.4.0", 5, "retrain with scraped forum data",
+                  {"accuracy": 0.910, "hallucination_rate": 0.050, "suites": suites})
+    print("v1.4.0 is a regression. The gate stops it, and so does promote:")
+    artifactstore(store, "gate", bad, "--by", "ci@agency.com")
+    artifactstore(store, "promote", bad, "--by", "intern@agency.com", "--reason", "yolo")
+
+    traded = retrain("v1.5.0", 6, "retrain with refund policies; bundle questions regress",
+                     {"accuracy": 0.962, "hallucination_rate": 0.012,
+                      "suites": {"refunds": {"accuracy": 0.96}, "bundles": {"accuracy": 0.81}}})
+    print("\nv1.5.0 is better overall, but bundle questions drop 4 points: a trade-off, accepted with a reason:")
+    artifactstore(store, "gate", traded, "--accept", "suites.bundles.accuracy", "--by", "jane@agency.com",
+                  "--reason", "bundle questions are rare for acme; fixed in the next retrain; client informed")
+    artifactstore(store, "review", traded, "--approve", "--by", "maria@agency.com", "--samples", "25",
+                  "--notes", "refund answers much better")
+    artifactstore(store, "promote", traded, "--by", "jane@agency.com", "--reason", "refund handling")
+    print()
+    artifactstore(store, "notice", "acme/support@production", "--kind", "update")
+    receiver.close()
+    print(f"\nhook events received by {receiver.url}:")
+    for event in receiver.events:
+        print(f"  {event['event']:16} {event['model']}@{event['version']}  by {event['actor']}")
+    print()
+
+
 def run(workdir: Path, small: bool) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     print(f"generating an adapter history in {workdir} ...")
-    history = adapter_history(layers=8 if small else 32, scale=4 if small else 1)
+    layers, scale = (8, 4) if small else (32, 1)
+    history = adapter_history(layers=layers, scale=scale)
     bundles = [write_bundle(v, workdir / "bundles" / v.name) for v in history]
     store = Store.init(workdir / "store", cold=str(workdir / "object-store"), keep_hot=1)
     print(f"store: {store.path} (cold tier: {store.cold_url})\n")
@@ -195,6 +298,7 @@ def run(workdir: Path, small: bool) -> None:
     three_am(store)
     tiering(store)
     live_rollback(store)
+    release_gates(store, history, workdir, layers, scale)
     started = time.perf_counter()
     report = store.verify()
     print(f"verify: {'ok' if report.ok else report.problems} ({time.perf_counter() - started:.2f} s)")

@@ -34,3 +34,12 @@ class CorruptObject(ArtifactStoreError):
 
 class Conflict(ArtifactStoreError):
     """A compare-and-swap lost: someone else changed the pointer or version first."""
+
+
+class Refused(ArtifactStoreError):
+    """A rule refused a pointer move (a release policy: a version without the gate or review it needs).
+    ``--force`` with a ``--reason`` overrides it, and the audit entry records ``refusal`` as the override."""
+
+    def __init__(self, refusal: str):
+        super().__init__(f"{refusal} (or --force with a --reason, recorded as an override)")
+        self.refusal = refusal

@@ -23,8 +23,14 @@ from .lifecycle.tier import PullReport, TierReport, pull
 from .lifecycle.tier import tier as tier_packs
 from .progress import Progress, no_progress
 from .registry import queries
+from .registry.checks import release_rule
+from .registry.gate import GateResult, run_gate
+from .registry.hooks import announce, deliver_pending, hook_log
+from .registry.notices import notice
+from .registry.policy import set_policy, show_policy
 from .registry.registry import PushResult, Registry
 from .registry.repair import repair_refs
+from .registry.review import Review, record_review
 from .registry.state import AuditEntry, ModelState
 from .registry.verify import verify_registry
 from .serving.load import WEIGHTS_DIR, Loader
@@ -47,7 +53,8 @@ class Store:
     def __init__(self, location: str | os.PathLike, *, cache: str | os.PathLike | None = None):
         """See ``ContentStore.open`` for ``location`` and ``cache``."""
         self.content = ContentStore.open(location, cache=cache)
-        self.registry = Registry(self.content)
+        # the release rule refuses production / canary moves a model's policy does not allow
+        self.registry = Registry(self.content, [release_rule])
 
     @classmethod
     def init(cls, location: str | os.PathLike, chunker: ChunkerParams = DEFAULT_PARAMS, *, cold: str | None = None,
@@ -154,16 +161,21 @@ class Store:
     def stage(self, ref: str, *, actor: str | None = None, reason: str = "", expect: str | None = None) -> ModelState:
         return self.registry.stage(ref, actor=actor, reason=reason, expect=expect)
 
-    def promote(self, ref: str, *, actor: str | None = None, reason: str = "", expect: str | None = None) -> ModelState:
-        return self.registry.promote(ref, actor=actor, reason=reason, expect=expect)
+    def promote(self, ref: str, *, actor: str | None = None, reason: str = "", expect: str | None = None,
+                force: bool = False) -> ModelState:
+        return self._announced(self.registry.promote(ref, actor=actor, reason=reason, expect=expect, force=force))
 
     def rollback(self, model: str, *, to: str | None = None, actor: str | None = None, reason: str = "",
                  expect: str | None = None) -> ModelState:
-        return self.registry.rollback(model, to=to, actor=actor, reason=reason, expect=expect)
+        return self._announced(self.registry.rollback(model, to=to, actor=actor, reason=reason, expect=expect))
 
     def set_canary(self, ref: str, percent: int, *, actor: str | None = None, reason: str = "",
-                   expect: str | None = None) -> ModelState:
-        return self.registry.set_canary(ref, percent, actor=actor, reason=reason, expect=expect)
+                   expect: str | None = None, force: bool = False) -> ModelState:
+        return self.registry.set_canary(ref, percent, actor=actor, reason=reason, expect=expect, force=force)
+
+    def set_rollback_target(self, ref: str, *, actor: str | None = None, reason: str = "",
+                            expect: str | None = None) -> ModelState:
+        return self.registry.set_rollback_target(ref, actor=actor, reason=reason, expect=expect)
 
     def pin(self, ref: str, *, actor: str | None = None, reason: str = "") -> ModelState:
         return self.registry.pin(ref, actor=actor, reason=reason)
@@ -213,6 +225,41 @@ class Store:
 
     def changelog(self, ref_a: str, ref_b: str) -> str:
         return queries.changelog(self.registry, ref_a, ref_b)
+
+    # -- release control (docs/release.md) --------------------------------------------------
+
+    def set_policy(self, model: str, path: str | os.PathLike, *, expect: str | None = None,
+                   actor: str | None = None, reason: str = "") -> ModelState:
+        return set_policy(self.registry, model, path, expect=expect, actor=actor, reason=reason)
+
+    def policy(self, model: str) -> dict[str, Any]:
+        return show_policy(self.registry, model)
+
+    def gate(self, ref: str, *, accept: Iterable[str] = (), reason: str = "", actor: str | None = None,
+             record: bool = True) -> GateResult:
+        result, state = run_gate(self.registry, ref, accept=tuple(accept), reason=reason, actor=actor, record=record)
+        if state is not None:
+            self._announced(state)
+        return result
+
+    def review(self, ref: str, *, approve: bool, actor: str, samples: int, notes: str = "") -> Review:
+        review, state = record_review(self.registry, ref, approve=approve, actor=actor, samples=samples, notes=notes)
+        self._announced(state)
+        return review
+
+    def notice(self, ref: str, kind: str) -> dict[str, Any]:
+        return notice(self.registry, ref, kind)  # type: ignore[arg-type]
+
+    def deliver_hooks(self) -> dict[str, Any]:
+        return deliver_pending(self.registry)
+
+    def hook_log(self, *, limit: int | None = None) -> list[dict[str, Any]]:
+        return hook_log(self.registry, limit=limit)
+
+    def _announced(self, state: ModelState) -> ModelState:
+        """``state``, after the events of its audit entries went to the model's hooks."""
+        announce(self.registry, state)
+        return state
 
     # -- lifecycle --------------------------------------------------------------------------
 

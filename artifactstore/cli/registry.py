@@ -18,6 +18,10 @@ from .base import (
     store_option,
 )
 
+force_option = click.option("--force", is_flag=True,
+                            help="Move even where the model's release policy refuses; needs --reason, and the "
+                                 "audit log records the override.")
+
 
 def report_state(state, as_json: bool) -> None:
     summary = {"model": str(state.model), **state.pointer_fields(), "pins": list(state.pins),
@@ -31,6 +35,8 @@ def report_state(state, as_json: bool) -> None:
             click.echo(f"{state.model}: {e.action} {e.to or e.from_}")
         else:
             click.echo(f"{state.model}@{e.pointer}: {e.from_ or '-'} -> {e.to or '-'}{share}")
+        if e.override:
+            click.echo(f"  override recorded: {e.override}")
 
 
 @cli.command()
@@ -67,11 +73,12 @@ def stage(ref, actor, reason, expect, store_path, as_json) -> None:
 @cli.command()
 @click.argument("ref")
 @move_options
+@force_option
 @store_option
 @json_option
-def promote(ref, actor, reason, expect, store_path, as_json) -> None:
+def promote(ref, actor, reason, expect, force, store_path, as_json) -> None:
     """Point production at REF; the previous production becomes the rollback target."""
-    report_state(Store(store_path).promote(ref, actor=actor, reason=reason, expect=expect), as_json)
+    report_state(Store(store_path).promote(ref, actor=actor, reason=reason, expect=expect, force=force), as_json)
 
 
 @cli.command()
@@ -89,11 +96,13 @@ def rollback(model, to, actor, reason, expect, store_path, as_json) -> None:
 @click.argument("ref")
 @click.option("--percent", type=int, required=True, help="Share of traffic for REF; 0 ends the canary.")
 @move_options
+@force_option
 @store_option
 @json_option
-def canary(ref, percent, actor, reason, expect, store_path, as_json) -> None:
+def canary(ref, percent, actor, reason, expect, force, store_path, as_json) -> None:
     """Route PERCENT of traffic to REF as a canary."""
-    report_state(Store(store_path).set_canary(ref, percent, actor=actor, reason=reason, expect=expect), as_json)
+    report_state(Store(store_path).set_canary(ref, percent, actor=actor, reason=reason, expect=expect, force=force),
+                 as_json)
 
 
 @cli.command()
@@ -178,7 +187,8 @@ def log(model: str, store_path: str, as_json: bool) -> None:
         return
     for e in entries:
         target = f"{e.pointer or ''} {e.from_ or '-'} -> {e.to or '-'}"
-        click.echo(f"{e.seq:4} {e.at} {e.actor:24} {e.action:9} {target:40} {e.reason}")
+        override = f" [override: {e.override}]" if e.override else ""
+        click.echo(f"{e.seq:4} {e.at} {e.actor:24} {e.action:9} {target:40} {e.reason}{override}")
 
 
 @cli.group()
@@ -231,6 +241,10 @@ def diff(ref_a, ref_b, store_path, as_json) -> None:
     for metric, m in d["metrics"].items():
         delta = "" if m["delta"] is None else f" ({m['delta']:+.4g})"
         click.echo(f"metric {metric}: {m['from']} -> {m['to']}{delta}")
+    if d["gate"]:
+        gate = d["gate"]
+        failed = f": {', '.join(gate['failed'] or list(gate['accepted']))}" if gate["verdict"] != "pass" else ""
+        click.echo(f"gate of {d['to']}: {gate['verdict']} against {gate['production'] or 'no production'}{failed}")
 
 
 @cli.command()

@@ -12,6 +12,8 @@ import math
 import mmap
 import os
 import re
+from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 
 import blake3
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictFloat, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictInt, ValidationError
 from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
 from yaml.events import AliasEvent, CollectionStartEvent
@@ -66,8 +68,32 @@ class Mapping(RootModel[dict[str, Any]]):
     pass
 
 
-class EvalScores(RootModel[dict[str, StrictFloat | StrictInt]]):
-    pass
+
+
+def metric_values(scores: dict[str, Any]) -> dict[str, float | int]:
+    """Every metric of eval results by its dotted path (``{"qa": {"f1": 0.9}}`` -> ``{"qa.f1": 0.9}``)."""
+    return dict(_metrics(scores, ()))
+
+
+def _metrics(scores: dict[str, Any], parts: tuple[str, ...]) -> Iterator[tuple[str, Any]]:
+    for key, value in scores.items():
+        if isinstance(value, dict):
+            yield from _metrics(value, parts + (key,))
+        else:
+            yield ".".join(parts + (key,)), value
+
+
+def _check_metrics(scores: dict[str, Any], problems: list[str]) -> None:
+    """eval_results.json holds numbers, or mappings of them nested to any depth (the file is at most
+    64 deep); a metric's dotted path must name one metric only."""
+    named: Counter[str] = Counter()
+    for path, value in _metrics(scores, ()):
+        named[path] += 1
+        if type(value) not in (int, float):
+            kind = "text" if isinstance(value, str) else "null" if value is None else f"a {type(value).__name__}"
+            problems.append(f"eval_results.json: {_path((path,))}: {kind}, not a number or a mapping of numbers")
+    for path in sorted(p for p, count in named.items() if count > 1):
+        problems.append(f"eval_results.json: {_path((path,))}: named twice (a key with a dot, and nested keys)")
 
 
 @dataclass(frozen=True)
@@ -85,7 +111,7 @@ class Bundle:
     adapter_config: dict[str, Any]
     training_config: dict[str, Any]
     training_data_hash: str
-    eval_scores: dict[str, float]
+    eval_scores: dict[str, Any]  # numbers, or mappings of them: ``metric_values`` reads them
     inference_config: dict[str, Any]
     changelog: str
     tensors: dict[str, TensorDigest]
@@ -369,8 +395,21 @@ def _validate(name: str, data, model: type[BaseModel], problems: list[str]):
         return model.model_validate(data)
     except ValidationError as exc:
         for error in exc.errors():
-            problems.append(f"{name}: {_path(error['loc']) or '(top level)'}: {error['msg']}")
+            said = "unknown field (refused, not ignored)" if error["type"] == "extra_forbidden" else error["msg"]
+            problems.append(f"{name}: {_path(error['loc']) or '(top level)'}: {said}")
     return None
+
+
+def read_data_file(path: Path, model: type[BaseModel]) -> Any:
+    """A YAML or JSON file outside a bundle (a release policy, say) read under a bundle file's rules
+    and validated by ``model``: InvalidInput names every problem on one line, each after the file's name."""
+    problems: list[str] = []
+    path = path.resolve()  # a symlink to the file is fine here: nothing is stored from the path
+    data = _load(path.parent, path.name, _parse_json if path.name.endswith(".json") else _parse_yaml, problems)
+    parsed = _validate(path.name, data, model, problems)
+    if problems:
+        raise InvalidInput("; ".join(problems))
+    return parsed
 
 
 def tensor_digests(path: Path) -> dict[str, TensorDigest]:
@@ -406,7 +445,9 @@ def load_bundle(root: Path) -> Bundle:
     inference_config = _validate("inference_config.yaml", _load(root, "inference_config.yaml", _parse_yaml,
                                                                problems), Mapping, problems)
     eval_scores = _validate("eval_results.json", _load(root, "eval_results.json", _parse_json, problems),
-                            EvalScores, problems)
+                            Mapping, problems)
+    if eval_scores is not None:
+        _check_metrics(eval_scores.root, problems)
     changelog = _read_text(root, "changelog.md", problems)
     if changelog is not None and not changelog.strip():
         problems.append("changelog.md: empty")

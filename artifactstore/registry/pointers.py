@@ -4,8 +4,10 @@ A pointer names a version of a model for a purpose. The CLI, the reports, tierin
 follower loop over ``KINDS`` instead of naming pointers, so a new kind is added here alone.
 
 Every pointer move a registry command makes is offered, as a ``Transition``, to the registry's
-rules before anything is written; a rule that raises ``Refused`` stops the whole command. This is
-where release policies (an eval gate, a human review, canary rules) plug in.
+rules before anything is written; a rule that raises ``Refused`` stops the whole command, unless
+the command is forced with a reason: the move is then made and its audit entry records the
+refusal as ``override`` (``Registry.transact``). This is where release policies (an eval gate, a
+human review, canary rules) plug in: ``checks.release_rule``.
 """
 
 from collections.abc import Callable
@@ -44,7 +46,7 @@ class Transition:
     """One pointer move, as the rules see it before it happens."""
 
     model: "ModelName"
-    action: str  # the command: stage, promote, rollback, canary
+    action: str  # the command: stage, promote, rollback, canary, target
     pointer: str
     from_: str | None
     to: str | None  # None: the pointer is cleared

@@ -5,12 +5,16 @@ from typing import Any
 import yaml
 
 from ..errors import InvalidParameter
+from .bundle import metric_values
+from .gate import gate_result
 from .pointers import PRODUCTION, ROLLBACK_TARGET, STAGING
 from .refs import ModelName, parse_version
 from .registry import Registry
+from .review import review_of
 
 TYPE_OF_CHANGE = {"major": "Base model upgrade", "minor": "Retraining", "patch": "Configuration update",
                   "initial": "Initial release"}
+GATE_OUTCOME = {"pass": "passed", "accepted": "passed with accepted trade-offs", "fail": "failed"}
 
 
 def _dict_changes(old: dict, new: dict) -> dict[str, dict[str, Any]]:
@@ -37,7 +41,13 @@ def show(registry: Registry, ref: str) -> dict[str, Any]:
         "pointers": state.where(version),
         "deployed_at": deployed[-1].at if deployed else None,
         "deployed_by": deployed[-1].actor if deployed else None,
+        "gate": _summary(gate_result(registry, state, version)),
+        "review": _summary(review_of(registry, state, version)),
     }
+
+
+def _summary(check) -> dict[str, Any] | None:
+    return None if check is None else check.summary()
 
 
 def ls(registry: Registry, model: str | None = None) -> list[dict[str, Any]]:
@@ -57,9 +67,15 @@ def export_registry(registry: Registry) -> str:
     clients: dict[str, Any] = {}
     for entry in ls(registry):
         client, model = entry["model"].split("/")
-        clients.setdefault(client, {"models": {}})["models"][model] = {
+        exported = clients.setdefault(client, {"models": {}})["models"][model] = {
             "production": entry[PRODUCTION], "staging": entry[STAGING],
             "available_versions": entry["versions"], "rollback_target": entry[ROLLBACK_TARGET]}
+        state = registry.state(entry["model"])
+        if state.policy is not None:
+            exported["policy"] = state.policy
+        gates = {v: result.verdict for v in entry["versions"] if (result := gate_result(registry, state, v))}
+        if gates:
+            exported["gate"] = gates  # each version's latest gate verdict: pass, accepted or fail
     return yaml.safe_dump({"clients": clients}, sort_keys=False)
 
 
@@ -96,8 +112,9 @@ def diff(registry: Registry, ref_a: str, ref_b: str) -> dict[str, Any]:
                    "bytes": sum(t["bytes"] for t in tensors if t["status"] == s)}
                for s in ("changed", "unchanged", "added", "removed")}
     metrics = {}
-    for metric in sorted(set(a["eval_scores"]) | set(b["eval_scores"])):
-        old, new = a["eval_scores"].get(metric), b["eval_scores"].get(metric)
+    scores_a, scores_b = metric_values(a["eval_scores"]), metric_values(b["eval_scores"])
+    for metric in sorted(set(scores_a) | set(scores_b)):
+        old, new = scores_a.get(metric), scores_b.get(metric)
         metrics[metric] = {"from": old, "to": new,
                            "delta": None if old is None or new is None else new - old}
     return {
@@ -110,11 +127,13 @@ def diff(registry: Registry, ref_a: str, ref_b: str) -> dict[str, Any]:
         "adapter_settings": _dict_changes(a["adapter_settings"], b["adapter_settings"]),
         "training_data_changed": a["training_data_hash"] != b["training_data_hash"],
         "metrics": metrics,
+        "gate": _summary(gate_result(registry, *registry.resolve_version(ref_b))),
     }
 
 
 def changelog(registry: Registry, ref_a: str, ref_b: str) -> str:
-    """The seeds' client-facing change log (Markdown) for moving from A to B."""
+    """The seeds' client-facing change log (Markdown) for moving from A to B; B's gate result, if it
+    has one, adds its verdict, and its accepted trade-offs become the known limitations."""
     a, b = registry.version_record(ref_a), registry.version_record(ref_b)
     if parse_version(b["version"]) <= parse_version(a["version"]) and a["model"] == b["model"]:
         raise InvalidParameter(f"changelog goes from an older to a newer version: {ref_a} is not older than {ref_b}")
@@ -132,11 +151,18 @@ def changelog(registry: Registry, ref_a: str, ref_b: str) -> str:
     for key, change in d["inference_config"].items():
         what.append(f"- Serving: {key} {change['from']} → {change['to']}")
     rows = [f"| {m} | {_metric(v['from'])} | {_metric(v['to'])} |" for m, v in d["metrics"].items()]
+    gate = gate_result(registry, *registry.resolve_version(ref_b))
+    verdict = [] if gate is None else [f"**Evaluation gate:** {GATE_OUTCOME[gate.verdict]} against "
+                                       f"{gate.production or 'no production version'}"]
+    limitations = [] if gate is None else [
+        f"- {m.metric}: {_metric(m.production)} → {_metric(m.candidate)} ({m.accepted['reason']})"
+        for m in gate.metrics if m.verdict == "accepted" and m.accepted]
     return "\n".join([
         f"## Model Update: {b['client']}/{b['model']} {b['version']}",
         "",
         f"**Date:** {b['created_at'][:10]}",
         f"**Type:** {TYPE_OF_CHANGE[b['change']]}",
+        *verdict,
         "",
         "### What Changed",
         *what,
@@ -146,6 +172,7 @@ def changelog(registry: Registry, ref_a: str, ref_b: str) -> str:
         "|--------|-------------------|-------------------|",
         *rows,
         "",
+        *(["### Known Limitations", *limitations, ""] if limitations else []),
         "### Rollback Plan",
         f"Previous version ({a['version']}) is available for instant rollback if any issues arise.",
         "",

@@ -17,7 +17,7 @@ import blake3
 from ..clock import timestamp
 from ..content.manifest import canonical_json
 from ..content.store import ContentStore
-from ..errors import Conflict, CorruptObject, InvalidParameter, NotFound
+from ..errors import Conflict, CorruptObject, InvalidParameter, NotFound, Refused
 from ..ids import format_id, parse_id
 from .bundle import WEIGHTS, Bundle, load_bundle
 from .pointers import CANARY, NAMES, PRODUCTION, ROLLBACK_TARGET, STAGING, Transition, TransitionRule
@@ -26,6 +26,7 @@ from .state import STATE_CONTEXT, VERSION_CONTEXT, AuditEntry, ModelState, defau
 from .versioning import check_label, compare, previous_version
 
 Move = dict[str, Any]  # one audit entry's fields before it is numbered: action, pointer, from, to, ...
+# A move that changes no pointer may carry "state": {field: value} of ModelState to replace (policy, checks).
 
 
 @dataclass(frozen=True)
@@ -106,30 +107,39 @@ class Registry:
         return {str(m): self.backend.read_ref(ref_key(m))[1] for m in self.models()}
 
     def transact(self, model: ModelName, change: Callable[[ModelState], list[Move]], actor: str | None,
-                 reason: str, create: bool = False) -> ModelState:
+                 reason: str, create: bool = False, force: bool = False) -> ModelState:
         """Apply ``change`` (returning audit fields) to the current state and swap the ref once.
 
-        Every pointer move passes the registry's rules first. The new state records the current one
-        as its parent: the hash chain of the audit log. Losing the compare-and-swap raises
-        Conflict; nothing is retried behind the caller's back.
+        Every pointer move passes the registry's rules first; with ``force`` (and a reason) a move a
+        rule refused is made all the same, the refusal recorded in its audit entry as ``override``.
+        The new state records the current one as its parent: the hash chain of the audit log. Losing
+        the compare-and-swap raises Conflict; nothing is retried behind the caller's back.
         """
+        if force and not reason.strip():
+            raise InvalidParameter("--force needs a --reason: the override is recorded in the audit log")
         current, token = self._read_state(model)
         if current is None:
             if not create:
                 raise NotFound(f"no model {model} in the registry")
             current = ModelState(model)
-        moves = change(current)
         at, actor = timestamp(), actor or default_actor()
         _check_audit_text(actor, reason)
+        moves = change(current)
         for move in moves:
             if move.get("pointer") in NAMES:
                 transition = Transition(model, move["action"], move["pointer"], move.get("from"), move.get("to"),
                                         move.get("percent"), actor, reason)
                 for rule in self.rules:
-                    rule(self, current, transition)
+                    try:
+                        rule(self, current, transition)
+                    except Refused as refusal:
+                        if not force:
+                            raise
+                        move["override"] = "; ".join(filter(None, [move.get("override"), refusal.refusal]))
         updated = _apply(current, moves)
         entries = tuple(AuditEntry(current.seq + i + 1, at, actor, m["action"], m.get("pointer"), m.get("from"),
-                                   m.get("to"), reason, m.get("percent")) for i, m in enumerate(moves))
+                                   m.get("to"), reason, m.get("percent"), m.get("override"))
+                        for i, m in enumerate(moves))
         updated = replace(updated, seq=current.seq + len(entries), entries=entries, parent=current.id, id=None)
         state_id = self.write_object(updated.encode(), STATE_CONTEXT)
         try:
@@ -253,11 +263,18 @@ class Registry:
         """Point ``staging`` at a version."""
         return self._move(ref, "stage", STAGING, actor, reason, expect)
 
-    def promote(self, ref: str, *, actor: str | None = None, reason: str = "", expect: str | None = None) -> ModelState:
-        """Point ``production`` at a version; the previous production becomes the rollback target."""
-        return self._move(ref, "promote", PRODUCTION, actor, reason, expect)
+    def promote(self, ref: str, *, actor: str | None = None, reason: str = "", expect: str | None = None,
+                force: bool = False) -> ModelState:
+        """Point ``production`` at a version; the previous production becomes the rollback target.
+        ``force`` overrides a rule's refusal (see ``transact``)."""
+        return self._move(ref, "promote", PRODUCTION, actor, reason, expect, force)
 
-    def _move(self, ref: str, action: str, pointer: str, actor, reason, expect) -> ModelState:
+    def set_rollback_target(self, ref: str, *, actor: str | None = None, reason: str = "",
+                            expect: str | None = None) -> ModelState:
+        """Name the version a rollback returns production to (the seeds: name it for each client)."""
+        return self._move(ref, "target", ROLLBACK_TARGET, actor, reason, expect)
+
+    def _move(self, ref: str, action: str, pointer: str, actor, reason, expect, force: bool = False) -> ModelState:
         state, version = self.resolve_version(ref)
 
         def move(current: ModelState) -> list[Move]:
@@ -266,6 +283,9 @@ class Registry:
             old = current.pointer(pointer)
             if old == version:
                 raise InvalidParameter(f"{current.model}@{pointer} is already {version}")
+            if pointer == ROLLBACK_TARGET and current.pointer(PRODUCTION) == version:
+                raise InvalidParameter(f"{version} is {current.model}@production: a rollback target must be another "
+                                       f"version")
             moves = [{"action": action, "pointer": pointer, "from": old, "to": version}]
             if pointer == PRODUCTION:
                 if old is not None:
@@ -275,7 +295,7 @@ class Registry:
                     moves.append({"action": action, "pointer": CANARY, "from": version, "to": None})
             return moves
 
-        return self.transact(state.model, move, actor, reason)
+        return self.transact(state.model, move, actor, reason, force=force)
 
     def rollback(self, model: str, *, to: str | None = None, actor: str | None = None, reason: str = "",
                  expect: str | None = None) -> ModelState:
@@ -302,8 +322,8 @@ class Registry:
         return self.transact(name, move, actor, reason)
 
     def set_canary(self, ref: str, percent: int, *, actor: str | None = None, reason: str = "",
-                   expect: str | None = None) -> ModelState:
-        """Send ``percent`` of traffic to a version; 0 ends the canary."""
+                   expect: str | None = None, force: bool = False) -> ModelState:
+        """Send ``percent`` of traffic to a version; 0 ends the canary. ``force``: see ``transact``."""
         if not 0 <= percent <= 100:
             raise InvalidParameter(f"canary percent must be between 0 and 100, not {percent}")
         state, version = self.resolve_version(ref)
@@ -318,7 +338,7 @@ class Registry:
                 return [{"action": "canary", "pointer": CANARY, "from": old, "to": None}]
             return [{"action": "canary", "pointer": CANARY, "from": old, "to": version, "percent": percent}]
 
-        return self.transact(state.model, move, actor, reason)
+        return self.transact(state.model, move, actor, reason, force=force)
 
     def pin(self, ref: str, *, actor: str | None = None, reason: str = "") -> ModelState:
         """Keep a version in the hot tier and out of garbage collection."""
@@ -409,11 +429,15 @@ def _push_target(ref: str, bump: str | None) -> tuple[ModelName, str | None]:
 def _apply(state: ModelState, moves: list[Move]) -> ModelState:
     versions, pointers = dict(state.versions), dict(state.pointers)
     canary, pins = state.canary, set(state.pins)
+    fields: dict[str, Any] = {}
     for m in moves:
-        if m["action"] == "push":
+        if "state" in m:
+            fields.update(m["state"])
+        elif m["action"] == "push":
             versions[m["to"]] = m["version_record"]
         elif m["action"] == "delete":
             del versions[m["from"]]
+            fields["checks"] = {v: c for v, c in fields.get("checks", state.checks).items() if v != m["from"]}
         elif m["pointer"] == CANARY:
             canary = {"version": m["to"], "percent": m["percent"]} if m["to"] else None
         elif m["pointer"] == "pins":
@@ -423,7 +447,7 @@ def _apply(state: ModelState, moves: list[Move]) -> ModelState:
         else:
             pointers[m["pointer"]] = m["to"]
     return replace(state, versions=versions, pointers=pointers, canary=canary,
-                   pins=tuple(sorted(pins, key=parse_version)))
+                   pins=tuple(sorted(pins, key=parse_version)), **fields)
 
 
 def _check_expected(state: ModelState, pointer: str, expect: str | None) -> None:

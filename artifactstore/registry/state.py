@@ -46,18 +46,21 @@ class AuditEntry:
     to: str | None
     reason: str
     percent: int | None = None
+    override: str | None = None  # the refusal a forced move overrode (a release policy's, say)
 
     def to_json(self) -> dict[str, Any]:
         entry = {"seq": self.seq, "at": self.at, "actor": self.actor, "action": self.action,
                  "pointer": self.pointer, "from": self.from_, "to": self.to, "reason": self.reason}
         if self.percent is not None:
             entry["percent"] = self.percent
+        if self.override is not None:
+            entry["override"] = self.override
         return entry
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> "AuditEntry":
         return cls(obj["seq"], obj["at"], obj["actor"], obj["action"], obj["pointer"], obj["from"], obj["to"],
-                   obj["reason"], obj.get("percent"))
+                   obj["reason"], obj.get("percent"), obj.get("override"))
 
 
 @dataclass(frozen=True)
@@ -73,13 +76,21 @@ class ModelState:
     parent: str | None = None
     entries: tuple[AuditEntry, ...] = ()
     id: str | None = None  # the id this state is stored under; not part of its bytes
+    policy: str | None = None  # the release policy object's id (registry/policy.py), if the model has one
+    checks: dict[str, dict[str, str]] = field(default_factory=dict)  # version -> {"gate"|"review": record id}
 
     def encode(self) -> bytes:
-        return canonical_json({
+        fields = {
             "kind": "model-state", "client": self.model.client, "model": self.model.model,
             "versions": self.versions, "pointers": self.pointers, "canary": self.canary,
             "pins": list(self.pins), "seq": self.seq, "parent": self.parent,
-            "entries": [e.to_json() for e in self.entries]})
+            "entries": [e.to_json() for e in self.entries]}
+        # written only when set, so that a state without them has the bytes it had before they existed
+        if self.policy is not None:
+            fields["policy"] = self.policy
+        if self.checks:
+            fields["checks"] = self.checks
+        return canonical_json(fields)
 
     @classmethod
     def decode(cls, data: bytes, where: str) -> "ModelState":
@@ -89,7 +100,8 @@ class ModelState:
                 raise ValueError("not a model state")
             return cls(ModelName(obj["client"], obj["model"]), dict(obj["versions"]), dict(obj["pointers"]),
                        obj["canary"], tuple(obj["pins"]), obj["seq"], obj["parent"],
-                       tuple(AuditEntry.from_json(e) for e in obj["entries"]))
+                       tuple(AuditEntry.from_json(e) for e in obj["entries"]), policy=obj.get("policy"),
+                       checks={v: dict(c) for v, c in obj.get("checks", {}).items()})
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptObject(f"{where}: malformed model state ({exc})") from None
 

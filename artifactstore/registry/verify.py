@@ -1,9 +1,13 @@
-"""Integrity check of the registry: every ref, every audit chain, its numbering, and every pointer."""
+"""Integrity check of the registry: every ref, every audit chain, its numbering, every pointer, and the
+release records (policy, gate results, reviews) each model's state names."""
 
 from ..errors import CorruptObject, NotFound
+from .gate import gate_result
 from .pointers import KINDS
+from .policy import policy_of
 from .registry import Registry
 from .repair import scan_registry
+from .review import review_of
 from .state import ref_key
 
 
@@ -41,5 +45,25 @@ def verify_registry(registry: Registry) -> list[str]:
                 if record["version"] != version:
                     raise CorruptObject(f"record {record_id} is for {record['version']}")
             except (CorruptObject, NotFound, ValueError, KeyError) as exc:
+                problems.append(f"registry {model}@{version}: {exc}")
+        problems += _release_problems(registry, model, current)
+    return problems
+
+
+def _release_problems(registry: Registry, model, state) -> list[str]:
+    """The policy and the gate results and reviews the current state names must read back intact
+    (promote reads them)."""
+    problems = []
+    try:
+        policy_of(registry, state)
+    except (CorruptObject, NotFound) as exc:
+        problems.append(f"registry {model}: policy: {exc}")
+    for version in state.checks:
+        if version not in state.versions:
+            problems.append(f"registry {model}: checks name {version}, which does not exist")
+        for read in (gate_result, review_of):
+            try:
+                read(registry, state, version)
+            except (CorruptObject, NotFound) as exc:
                 problems.append(f"registry {model}@{version}: {exc}")
     return problems

@@ -1,0 +1,60 @@
+"""What a version must have passed before it serves traffic, and the transition rule that enforces it.
+
+``release_rule`` is a ``TransitionRule`` (pointers.py): a ``Registry`` given it refuses, with
+``Refused``, to point ``production`` or the canary at a version that lacks a check its model's
+policy requires. A model without a policy is never refused, and neither is a rollback: restoring
+the previous version must always be possible.
+"""
+
+from ..errors import Refused
+from .gate import gate_result
+from .pointers import CANARY, PRODUCTION, Transition
+from .policy import Policy, policy_of
+from .registry import Registry
+from .review import review_of
+from .state import ModelState
+
+
+def missing_checks(registry: Registry, state: ModelState, version: str, policy: Policy | None = None) -> list[str]:
+    """What ``version`` lacks, under ``policy`` (default: the model's), to take production's traffic
+    now: a gate passed (or its failures accepted) against the current production under the current
+    gate settings, and an approval on enough outputs. Empty: nothing."""
+    policy = policy or policy_of(registry, state)
+    if policy is None:
+        return []
+    missing = []
+    if policy.gate.required:
+        result = gate_result(registry, state, version)
+        production = state.pointer(PRODUCTION)
+        if result is None:
+            missing.append("no gate result (run `artifactstore gate`)")
+        elif result.production != production:
+            missing.append(f"the gate compared it with {result.production or 'no production'}, but production is "
+                           f"{production or 'unset'} now (run the gate again)")
+        elif result.settings != policy.gate.model_dump(mode="json"):
+            missing.append("the gate ran under other gate settings than the policy's now (run it again)")
+        elif not result.passed:
+            missing.append(f"the gate failed on {', '.join(result.failed())} "
+                           f"(fix them, or accept a trade-off: gate --accept METRIC --reason TEXT)")
+    if policy.review.required:
+        review = review_of(registry, state, version)
+        if review is None:
+            missing.append(f"no review (approve after at least {policy.review.min_samples} outputs: "
+                           f"`artifactstore review`)")
+        elif not review.approved:
+            missing.append(f"rejected by {review.by} at {review.at}")
+        elif review.samples < policy.review.min_samples:
+            missing.append(f"approved after {review.samples} outputs; the policy asks for "
+                           f"{policy.review.min_samples}")
+    return missing
+
+
+def release_rule(registry: Registry, state: ModelState, transition: Transition) -> None:
+    """Refuse a move of production or the canary to a version that lacks its required checks."""
+    if state.policy is None or transition.to is None or transition.action == "rollback" \
+            or transition.pointer not in (PRODUCTION, CANARY):
+        return
+    missing = missing_checks(registry, state, transition.to)
+    if missing:
+        raise Refused(f"{transition.model}@{transition.to} may not become {transition.pointer} under its policy: "
+                      f"{'; '.join(missing)}")

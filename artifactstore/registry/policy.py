@@ -1,0 +1,203 @@
+"""A model's release policy: what a version must pass before it serves traffic, and whom to tell.
+
+The policy is a YAML (or JSON) file read under the rules of a bundle's files (JSON data only,
+bounded size and depth), validated field by field, and refused whole if any section or field is
+unknown. It is stored as an immutable registry object and the model's state names it
+(``ModelState.policy``), so setting it is one audited transaction like a pointer move, and a
+version's gate result can say which policy it ran under. docs/release.md explains every field.
+
+Sections: ``gate`` (the eval gate, gate.py), ``review`` (human sign-off, review.py), ``hooks``
+(who hears about events, hooks.py). A later section is one more field of ``Policy``.
+"""
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..backends.remote import mask_url
+from ..content.manifest import canonical_json
+from ..errors import Conflict, CorruptObject, InvalidParameter
+from .bundle import read_data_file
+from .refs import ModelName
+from .registry import Move, Registry
+from .state import ModelState
+
+POLICY_CONTEXT = "artifactstore 2026-11 release policy v1"
+NO_POLICY = "none"  # what --expect says for a model without a policy
+
+# The events a hook may ask for. The canary and drill events (issue 11) and drift alerts (issue 12)
+# are added here by the code that emits them.
+EVENTS = ("gate_passed", "gate_failed", "review_recorded", "promoted", "rolled_back")
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+_HEADER = re.compile(r"[A-Za-z0-9-]{1,64}")
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+class _Section(BaseModel):
+    # strict: "2" is not the number 2 and 1 is not true; extra="forbid": an unknown field is refused,
+    # never ignored, so a misspelt threshold cannot silently fall back to a default
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+LIMITS = ("max_drop_points", "max_drop", "max_drop_percent")
+
+
+class Tolerance(_Section):
+    """How much worse than production a metric may get, and what its absence means."""
+
+    max_drop_points: float | None = Field(default=None, ge=0)  # percentage points of a rate
+    max_drop: float | None = Field(default=None, ge=0)  # in the metric's own units
+    max_drop_percent: float | None = Field(default=None, ge=0)  # percent of production's value
+    missing: Literal["fail", "pass"] | None = None
+
+    @model_validator(mode="after")
+    def _one_limit(self):
+        given = [name for name in LIMITS if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of {', '.join(given)}, not several")
+        return self
+
+
+class MetricRule(Tolerance):
+    """One metric of the gate, by dotted path into eval_results.json."""
+
+    direction: Literal["higher", "lower"] | None = None  # which way is better; default: from the name
+    scale: Literal["fraction", "percent"] | None = None  # how a rate is written; default: from its values
+    floor: float | None = None  # the candidate fails below this, whatever production had
+    ceiling: float | None = None  # the candidate fails above this
+
+    @model_validator(mode="after")
+    def _floor_below_ceiling(self):
+        if self.floor is not None and self.ceiling is not None and self.floor > self.ceiling:
+            raise ValueError(f"floor {self.floor} is above ceiling {self.ceiling}")
+        return self
+
+
+MetricPath = Annotated[str, Field(pattern=r"^[^.]+(\.[^.]+)*$", max_length=256)]
+
+
+class GateSection(_Section):
+    required: bool = True  # production (and a canary) takes only a version whose gate passed
+    defaults: Tolerance = Tolerance()  # for every metric a rule below does not settle
+    metrics: dict[MetricPath, MetricRule] = {}
+    unlisted: Literal["check", "ignore"] = "check"  # metrics found in the results but not listed above
+
+
+class ReviewSection(_Section):
+    required: bool = True  # production (and a canary) takes only an approved version
+    min_samples: int = Field(default=20, ge=1)  # outputs an approval must have looked at (seed: 20-30)
+
+
+class Hook(_Section):
+    """Where events go: an HTTP endpoint (JSON POST) or a command (the event JSON on stdin)."""
+
+    name: str = Field(pattern=_NAME.pattern)
+    url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", max_length=2048)
+    command: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+    events: list[Literal[EVENTS]] | None = None  # type: ignore[valid-type]  # None: every event
+    timeout: float = Field(default=2.0, gt=0, le=30)  # seconds per attempt
+    retries: int = Field(default=3, ge=0, le=10)  # further attempts of `hooks deliver` after a failed one
+    backoff: float = Field(default=1.0, ge=0, le=60)  # seconds before the first retry, doubled before each next
+    env_headers: dict[Annotated[str, Field(pattern=_HEADER.pattern)],
+                      Annotated[str, Field(pattern=_VARIABLE.pattern)]] = {}  # header -> environment variable
+
+    @model_validator(mode="after")
+    def _one_target(self):
+        if (self.url is None) == (self.command is None):
+            raise ValueError("give a url or a command (one of them)")
+        if self.env_headers and self.url is None:
+            raise ValueError("env_headers go with a url")
+        return self
+
+
+class Policy(_Section):
+    """A model's release policy; a section left out takes its defaults."""
+
+    gate: GateSection = GateSection()
+    review: ReviewSection = ReviewSection()
+    hooks: list[Hook] = []
+
+    @model_validator(mode="after")
+    def _unique_hook_names(self):
+        names = [hook.name for hook in self.hooks]
+        if len(names) != len(set(names)):
+            raise ValueError(f"hook names must differ: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+        return self
+
+    def encode(self) -> bytes:
+        return canonical_json({"kind": "release-policy", "policy": self.model_dump(mode="json")})
+
+
+def read_policy_file(path: str | os.PathLike) -> Policy:
+    """A policy file, validated; InvalidInput names every problem (file and field) on one line."""
+    return read_data_file(Path(path), Policy)
+
+
+def read_policy(registry: Registry, policy_id: str) -> Policy:
+    encoded = registry.read_object(policy_id, POLICY_CONTEXT)
+    try:
+        return Policy.model_validate(json.loads(encoded)["policy"])
+    except (ValueError, KeyError, TypeError, ValidationError) as exc:
+        raise CorruptObject(f"policy {policy_id}: malformed ({str(exc).splitlines()[0]})") from None
+
+
+def policy_of(registry: Registry, state: ModelState) -> Policy | None:
+    """The policy ``state`` names, or None: the model has none."""
+    return None if state.policy is None else read_policy(registry, state.policy)
+
+
+def set_policy(registry: Registry, model: ModelName | str, path: str | os.PathLike, *, expect: str | None = None,
+               actor: str | None = None, reason: str = "") -> ModelState:
+    """Store the policy in ``path`` and make it ``model``'s, in one transaction (a model that does not
+    exist yet is created, so guardrails can come before the first push). ``expect``: refuse unless
+    the current policy is this id (``"none"``: no policy)."""
+    name = ModelName.parse(model) if isinstance(model, str) else model
+    policy = read_policy_file(path)
+    if expect is not None and expect != NO_POLICY and not re.fullmatch(r"b3:[0-9a-f]{64}", expect):
+        raise InvalidParameter(f"--expect takes a policy id (b3:<64 hex>) or {NO_POLICY!r}, not {expect!r}")
+    encoded = policy.encode()
+
+    def change(current: ModelState) -> list[Move]:
+        if expect is not None and (current.policy or NO_POLICY) != expect:
+            raise Conflict(f"{name}'s policy is {current.policy or NO_POLICY}, not {expect} as expected; "
+                           "nothing changed")
+        if current.policy is not None and registry.read_object(current.policy, POLICY_CONTEXT) == encoded:
+            raise InvalidParameter(f"{name}'s policy is already {current.policy}")
+        policy_id = registry.write_object(encoded, POLICY_CONTEXT)  # only a lost race leaves it unnamed
+        return [{"action": "policy", "pointer": None, "from": current.policy, "to": policy_id,
+                 "state": {"policy": policy_id}}]
+
+    return registry.transact(name, change, actor, reason, create=True)
+
+
+def show_policy(registry: Registry, model: ModelName | str) -> dict[str, Any]:
+    """The model's policy id and its settings (every field, defaults included; hook URLs without their
+    passwords and secret-looking query values), and who set it when."""
+    name = ModelName.parse(model) if isinstance(model, str) else model
+    state = registry.state(name)
+    policy = policy_of(registry, state)
+    set_by = next((e for e in reversed(registry.log(name)) if e.action == "policy"), None) if policy else None
+    settings = policy.model_dump(mode="json") if policy else None
+    for hook in settings["hooks"] if settings else []:
+        hook["url"] = mask_url(hook["url"])
+    return {"model": str(name), "policy": state.policy, "settings": settings,
+            "set_at": set_by.at if set_by else None, "set_by": set_by.actor if set_by else None,
+            "reason": set_by.reason if set_by else None}
+
+
+def policy_yaml(settings: dict[str, Any]) -> str:
+    """A policy's settings as YAML a person reads (and could set again), unset fields left out."""
+    def without_nulls(value):
+        if isinstance(value, dict):
+            return {k: without_nulls(v) for k, v in value.items() if v is not None}
+        if isinstance(value, list):
+            return [without_nulls(v) for v in value]
+        return value
+
+    return yaml.safe_dump(without_nulls(settings), sort_keys=False)
