@@ -86,15 +86,20 @@ def write_bundle(version: Version, directory: Path) -> Path:
                       "lora_alpha": 32, "lora_dropout": 0.05, "task_type": "CAUSAL_LM",
                       "target_modules": sorted(m.split(".")[1] for m in LINEAR_SHAPES)}
     (weights / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+    return write_bundle_files(directory, version.name, version.base_model, version.description,
+                              version.inference_config)
+
+
+def write_bundle_files(directory: Path, name: str, base_model: str, description: str, inference_config: dict) -> Path:
+    """Every file of the seeds' bundle layout but ``adapter_weights/`` (a PEFT save directory, say)."""
     (directory / "training_config.yaml").write_text(
         yaml.safe_dump({"learning_rate": 2e-4, "epochs": 3, "rank": RANK, "batch_size": 16}))
-    (directory / "training_data.hash").write_text(
-        "b3:" + blake3.blake3(version.description.encode()).hexdigest() + "\n")
+    (directory / "training_data.hash").write_text("b3:" + blake3.blake3(description.encode()).hexdigest() + "\n")
     (directory / "eval_results.json").write_text(json.dumps({"accuracy": 0.942, "hallucination_rate": 0.021}))
-    (directory / "inference_config.yaml").write_text(yaml.safe_dump(version.inference_config))
-    (directory / "changelog.md").write_text(f"## {version.name}\n\n- {version.description}\n")
+    (directory / "inference_config.yaml").write_text(yaml.safe_dump(inference_config))
+    (directory / "changelog.md").write_text(f"## {name}\n\n- {description}\n")
     (directory / "metadata.yaml").write_text(yaml.safe_dump(
-        {"version": version.name, "base_model": version.base_model, "change_description": version.description}))
+        {"version": name, "base_model": base_model, "change_description": description}))
     return directory
 
 

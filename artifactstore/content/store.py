@@ -8,8 +8,8 @@ storage tier, if any (a shared store's bucket, or a directory store's ``--cold``
 """
 
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -293,7 +293,10 @@ class ContentStore:
         """Write the files of ``tree`` under ``dest``, which must not exist yet; all or nothing."""
         target = _new_destination(dest)
         files = [(e, self.read_manifest(format_id(e.file))) for e in tree.entries]
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
+        # Not mkdtemp, whose 0700 would become the checkout's mode: a server running as another user
+        # must be able to read it. A plain mkdir gives what the umask allows, as for the files.
+        staging = target.parent / f".{target.name}.partial-{secrets.token_hex(8)}"
+        staging.mkdir()
         try:
             for entry, file_manifest in files:
                 if not isinstance(file_manifest, FileManifest):

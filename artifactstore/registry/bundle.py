@@ -53,13 +53,24 @@ class Metadata(BaseModel):
 
 
 class AdapterConfig(BaseModel):
-    """adapter_config.json in PEFT's layout; PEFT's many other fields are kept as they are."""
+    """adapter_config.json in PEFT's layout; PEFT's many other fields are kept as they are.
+
+    ``base_model_name_or_path`` is what PEFT saw: ``null`` for a base built from a config, a
+    directory for one loaded from disk. metadata.yaml's ``base_model`` names the base model; a
+    name here must agree with it (``names_base_model``).
+    """
 
     model_config = ConfigDict(extra="allow")
     peft_type: str = Field(min_length=1)
-    base_model_name_or_path: str = Field(min_length=1)
+    base_model_name_or_path: str | None = Field(min_length=1)
     r: StrictInt = Field(gt=0)
     target_modules: list[str] | str
+
+
+def names_base_model(base_model_name_or_path: str | None) -> bool:
+    """Whether PEFT's ``base_model_name_or_path`` is a model name (compared with metadata.yaml's
+    ``base_model``), not ``null`` or a directory, which says where a base was loaded from."""
+    return base_model_name_or_path is not None and not base_model_name_or_path.startswith(("/", "~", "./", "../"))
 
 
 class Mapping(RootModel[dict[str, Any]]):
@@ -93,7 +104,18 @@ class Bundle:
     @property
     def adapter_settings(self) -> dict[str, Any]:
         """The adapter config without the base model: together with the tensors, "the weights"."""
-        return {k: v for k, v in self.adapter_config.items() if k != "base_model_name_or_path"}
+        return canonical_settings({k: v for k, v in self.adapter_config.items() if k != "base_model_name_or_path"})
+
+
+# PEFT keeps these as sets and saves them in hash order, which differs between processes
+# (PYTHONHASHSEED): the same adapter saved twice lists its target modules in another order.
+UNORDERED_SETTINGS = ("target_modules", "exclude_modules")
+
+
+def canonical_settings(adapter_settings: dict[str, Any]) -> dict[str, Any]:
+    """Adapter settings with PEFT's sets sorted, so that equal settings compare equal."""
+    return adapter_settings | {key: sorted(value, key=repr) for key, value in adapter_settings.items()
+                               if key in UNORDERED_SETTINGS and isinstance(value, list)}
 
 
 def _read_text(root: Path, name: str, problems: list[str]) -> str | None:
@@ -418,6 +440,7 @@ def load_bundle(root: Path) -> Bundle:
         elif metadata is not None and metadata.training_data_hash not in (None, data_hash):
             problems.append("metadata.yaml: training_data_hash differs from training_data.hash")
     if metadata is not None and adapter_config is not None \
+            and names_base_model(adapter_config.base_model_name_or_path) \
             and metadata.base_model != adapter_config.base_model_name_or_path:
         problems.append(f"metadata.yaml: base_model {metadata.base_model!r} differs from "
                         f"adapter_config.json's base_model_name_or_path {adapter_config.base_model_name_or_path!r}")
