@@ -24,6 +24,7 @@ from .lifecycle.tier import tier as tier_packs
 from .progress import Progress, no_progress
 from .registry import queries
 from .registry.registry import PushResult, Registry
+from .registry.routing import route_ref
 from .registry.state import AuditEntry, ModelState
 from .registry.verify import verify_registry
 from .serving.load import WEIGHTS_DIR, Loader
@@ -185,6 +186,11 @@ class Store:
 
     def resolve_version(self, ref) -> tuple[ModelState, str]:
         return self.registry.resolve_version(ref)
+
+    def route(self, ref: str, key: str | None = None) -> str:
+        """The immutable name (``client/model@vX.Y.Z``) that serves a request for ``ref`` from
+        ``key``: a canary gets its share of keys, each key keeps its version; see registry/routing.py."""
+        return route_ref(self.registry, ref, key)
 
     def version_record(self, ref) -> dict[str, Any]:
         return self.registry.version_record(ref)

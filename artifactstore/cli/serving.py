@@ -1,4 +1,4 @@
-"""Commands for inference servers: checkout, follow."""
+"""Commands for inference servers: checkout, follow, route."""
 
 import json
 import sys
@@ -10,6 +10,8 @@ import click
 from ..store import Store
 from .base import (
     cli,
+    emit_json,
+    json_option,
     progress_bar,
     store_option,
 )
@@ -56,3 +58,19 @@ def follow(ref, framework, device, poll_ms, probe, store_path) -> None:
         click.echo(json.dumps({"resident": sorted(follower.resident)}))
         sys.stdout.flush()
         sys.stdin.read()
+
+
+@cli.command()
+@click.argument("ref", metavar="CLIENT/MODEL@POINTER")
+@click.option("--key", help="The request's key (a user or session id): a key keeps its version while the canary "
+                            "stands. Without one, each call draws a random key.")
+@store_option
+@json_option
+def route(ref, key, store_path, as_json) -> None:
+    """Print the immutable name (client/model@vX.Y.Z) that serves a request for REF: the canary's
+    share of keys go to the canary, the rest to production."""
+    routed = Store(store_path).route(ref, key)
+    if as_json:
+        emit_json({"ref": ref, "key": key, "routed": routed, "version": routed.partition("@")[2]})
+    else:
+        click.echo(routed)

@@ -3,6 +3,6 @@
 Owns: refs and names (refs), pointer kinds and the transition rules a move must pass (pointers),
 bundles (bundle), states and audit entries (state), the versioning rules (versioning), the
 ``Registry`` and its transactions (registry), read-only queries (queries), registry verification
-(verify). May import: ``content`` (bundles are stored as content; registry objects live in the
+(verify), which version serves a request (routing). May import: ``content`` (bundles are stored as content; registry objects live in the
 content store's home), ``backends`` and the base modules. Never ``lifecycle``, ``serving`` or above.
 """
