@@ -16,7 +16,6 @@ from .content.chunking import DEFAULT_PARAMS, ChunkerParams
 from .content.config import DEFAULT_KEEP_HOT
 from .content.store import ContentStore, PutResult, StoreStats
 from .content.verify import verify_content
-from .errors import NotFound
 from .lifecycle.gc import GcReport, collect_garbage
 from .lifecycle.roots import Roots, missing_roots, read_roots
 from .lifecycle.tier import PullReport, TierReport, pull
@@ -27,7 +26,8 @@ from .registry.registry import PushResult, Registry
 from .registry.routing import route_ref
 from .registry.state import AuditEntry, ModelState
 from .registry.verify import verify_registry
-from .serving.load import WEIGHTS_DIR, Loader
+from .serving.adapters import check_out
+from .serving.load import Loader
 
 
 @dataclass(frozen=True)
@@ -124,10 +124,7 @@ class Store:
 
     def checkout(self, ref: str, dest: str | os.PathLike, *, progress: Progress = no_progress) -> Path:
         """Write a version's ``adapter_weights/`` as a PEFT / vLLM adapter directory at ``dest``."""
-        tree = self.content.subtree(self.resolve(ref), WEIGHTS_DIR)
-        if not tree.entries:
-            raise NotFound(f"{ref} has no {WEIGHTS_DIR} to check out")
-        return self.content.materialize(tree, dest, progress)
+        return check_out(self.content, self.resolve(ref), dest, label=ref, progress=progress)
 
     def verify(self, *, tier: str = "all", sample: float = 100.0, repair: bool = False,
                progress: Progress = no_progress) -> VerifyReport:

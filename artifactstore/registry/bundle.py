@@ -33,6 +33,7 @@ from ..content.tensorfile import read_header_from_path
 from ..errors import InvalidInput
 
 WEIGHTS = "adapter_weights/adapter_model.safetensors"
+METADATA = "metadata.yaml"
 ADAPTER_CONFIG = "adapter_weights/adapter_config.json"
 DATA_HASH = re.compile(r"(sha256:[0-9a-f]{64}|b3:[0-9a-f]{64})")
 COMPUTED_FIELDS = ("adapter_hash", "created_at", "created_by", "pushed_by", "deployed_at", "deployed_by")
@@ -368,6 +369,10 @@ def _load(root: Path, name: str, parse, problems: list[str]):
     text = _read_text(root, name, problems)
     if text is None:
         return _MISSING
+    return _parse(text, name, parse, problems)
+
+
+def _parse(text: str, name: str, parse, problems: list[str]):
     try:
         data = parse(text)
         _check_json_data(data)
@@ -393,6 +398,23 @@ def _validate(name: str, data, model: type[BaseModel], problems: list[str]):
         for error in exc.errors():
             problems.append(f"{name}: {_path(error['loc']) or '(top level)'}: {error['msg']}")
     return None
+
+
+def read_metadata(data: bytes, where: str) -> Metadata:
+    """A stored bundle's metadata.yaml, read by the rules a push reads it with; ``where`` names the bundle."""
+    problems: list[str] = []
+    if len(data) > MAX_FILE_BYTES:
+        problems.append(f"{METADATA}: {len(data):,} bytes, more than the limit of {MAX_FILE_BYTES:,}")
+    else:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            problems.append(f"{METADATA}: not UTF-8 text")
+        else:
+            metadata = _validate(METADATA, _parse(text, METADATA, _parse_yaml, problems), Metadata, problems)
+            if metadata is not None:
+                return metadata
+    raise InvalidInput(f"{where}: " + "; ".join(problems))
 
 
 def tensor_digests(path: Path) -> dict[str, TensorDigest]:
