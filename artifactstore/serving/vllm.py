@@ -20,7 +20,7 @@ from typing import Any
 from ..content.store import ContentStore
 from ..errors import InvalidInput, InvalidParameter, NotFound
 from ..ids import PREFIX, parse_id
-from ..registry.bundle import read_metadata
+from ..registry.bundle import METADATA, read_metadata
 from ..registry.pointers import NAMES
 from ..registry.refs import Ref
 from ..registry.registry import Registry
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 RESOLVER_NAME = "artifactstore"
 DEFAULT_CACHE_SIZE = "10GiB"
-METADATA = "metadata.yaml"
 
 
 class StoreResolver:
