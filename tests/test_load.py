@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import safetensors
 import safetensors.numpy
-from artifactstore._mapping import FileMapping
 from conftest import guards_match_hot_packs, make_tree, snapshot
 from test_tensorfile import INVALID, VALID, build, entry, random_tensors
 
 import artifactstore.serving.load
 from artifactstore import CorruptObject, InvalidInput, InvalidParameter, NotFound
+from artifactstore._mapping import FileMapping
 from artifactstore.content.guard import checksum, decode_guard, encode_guard, guard_key
 from artifactstore.content.pack import TARGET_SIZE, pack_key
 from artifactstore.demo import Version, lora_tensors, write_bundle
