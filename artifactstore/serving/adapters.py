@@ -136,7 +136,7 @@ class AdapterCache:
         it exclusively; a lock taken on a file that is no longer at its path is taken again."""
         path = self._lock_path(name)
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)  # flock needs no write access
             try:
                 fcntl.flock(fd, operation)
                 if os.fstat(fd).st_ino == os.stat(path).st_ino:
