@@ -26,6 +26,7 @@ from safetensors.numpy import save_file
 from .store import Store
 
 RANK = 16
+DEFAULT_EVAL_RESULTS = {"accuracy": 0.942, "hallucination_rate": 0.021}
 HIDDEN, INTERMEDIATE, KV = 4096, 14336, 1024
 LINEAR_SHAPES = {  # module -> (in_features, out_features)
     "self_attn.q_proj": (HIDDEN, HIDDEN),
@@ -62,7 +63,7 @@ class Version:
     safetensors_metadata: dict[str, str]
     inference_config: dict
     base_model: str = "meta-llama/Meta-Llama-3-8B-Instruct"
-    eval_results: dict = field(default_factory=lambda: {"accuracy": 0.942, "hallucination_rate": 0.021})
+    eval_results: dict = field(default_factory=lambda: dict(DEFAULT_EVAL_RESULTS))
 
 
 def adapter_history(layers: int = 32, scale: int = 1) -> list[Version]:
@@ -91,15 +92,21 @@ def write_bundle(version: Version, directory: Path) -> Path:
                       "lora_alpha": 32, "lora_dropout": 0.05, "task_type": "CAUSAL_LM",
                       "target_modules": sorted(m.split(".")[1] for m in LINEAR_SHAPES)}
     (weights / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+    return write_bundle_files(directory, version.name, version.base_model, version.description,
+                              version.inference_config, version.eval_results)
+
+
+def write_bundle_files(directory: Path, name: str, base_model: str, description: str, inference_config: dict,
+                       eval_results: dict | None = None) -> Path:
+    """Every file of the seeds' bundle layout but ``adapter_weights/`` (a PEFT save directory, say)."""
     (directory / "training_config.yaml").write_text(
         yaml.safe_dump({"learning_rate": 2e-4, "epochs": 3, "rank": RANK, "batch_size": 16}))
-    (directory / "training_data.hash").write_text(
-        "b3:" + blake3.blake3(version.description.encode()).hexdigest() + "\n")
-    (directory / "eval_results.json").write_text(json.dumps(version.eval_results))
-    (directory / "inference_config.yaml").write_text(yaml.safe_dump(version.inference_config))
-    (directory / "changelog.md").write_text(f"## {version.name}\n\n- {version.description}\n")
+    (directory / "training_data.hash").write_text("b3:" + blake3.blake3(description.encode()).hexdigest() + "\n")
+    (directory / "eval_results.json").write_text(json.dumps(eval_results or DEFAULT_EVAL_RESULTS))
+    (directory / "inference_config.yaml").write_text(yaml.safe_dump(inference_config))
+    (directory / "changelog.md").write_text(f"## {name}\n\n- {description}\n")
     (directory / "metadata.yaml").write_text(yaml.safe_dump(
-        {"version": version.name, "base_model": version.base_model, "change_description": version.description}))
+        {"version": name, "base_model": base_model, "change_description": description}))
     return directory
 
 

@@ -16,7 +16,6 @@ from .content.chunking import DEFAULT_PARAMS, ChunkerParams
 from .content.config import DEFAULT_KEEP_HOT
 from .content.store import ContentStore, PutResult, StoreStats
 from .content.verify import verify_content
-from .errors import NotFound
 from .lifecycle.gc import GcReport, collect_garbage
 from .lifecycle.roots import Roots, missing_roots, read_roots
 from .lifecycle.tier import PullReport, TierReport, pull
@@ -31,9 +30,11 @@ from .registry.policy import set_policy, show_policy
 from .registry.registry import PushResult, Registry
 from .registry.repair import repair_refs
 from .registry.review import Review, record_review
+from .registry.routing import route_ref
 from .registry.state import AuditEntry, ModelState
 from .registry.verify import verify_registry
-from .serving.load import WEIGHTS_DIR, Loader
+from .serving.adapters import check_out
+from .serving.load import Loader
 
 
 @dataclass(frozen=True)
@@ -131,10 +132,7 @@ class Store:
 
     def checkout(self, ref: str, dest: str | os.PathLike, *, progress: Progress = no_progress) -> Path:
         """Write a version's ``adapter_weights/`` as a PEFT / vLLM adapter directory at ``dest``."""
-        tree = self.content.subtree(self.resolve(ref), WEIGHTS_DIR)
-        if not tree.entries:
-            raise NotFound(f"{ref} has no {WEIGHTS_DIR} to check out")
-        return self.content.materialize(tree, dest, progress)
+        return check_out(self.content, self.resolve(ref), dest, label=ref, progress=progress)
 
     def verify(self, *, tier: str = "all", sample: float = 100.0, repair: bool = False,
                progress: Progress = no_progress) -> VerifyReport:
@@ -203,6 +201,11 @@ class Store:
 
     def resolve_version(self, ref) -> tuple[ModelState, str]:
         return self.registry.resolve_version(ref)
+
+    def route(self, ref: str, key: str | None = None) -> str:
+        """The immutable name (``client/model@vX.Y.Z``) that serves a request for ``ref`` from
+        ``key``: a canary gets its share of keys, each key keeps its version; see registry/routing.py."""
+        return route_ref(self.registry, ref, key)
 
     def version_record(self, ref) -> dict[str, Any]:
         return self.registry.version_record(ref)

@@ -1,4 +1,4 @@
-"""Commands for inference servers: checkout, follow."""
+"""Commands for inference servers: checkout, follow, route, gateway."""
 
 import json
 import sys
@@ -7,9 +7,12 @@ from pathlib import Path
 
 import click
 
+from ..errors import ArtifactStoreError
 from ..store import Store
 from .base import (
     cli,
+    emit_json,
+    json_option,
     progress_bar,
     store_option,
 )
@@ -56,3 +59,45 @@ def follow(ref, framework, device, poll_ms, probe, store_path) -> None:
         click.echo(json.dumps({"resident": sorted(follower.resident)}))
         sys.stdout.flush()
         sys.stdin.read()
+
+
+@cli.command()
+@click.argument("ref", metavar="CLIENT/MODEL@POINTER")
+@click.option("--key", help="The request's key (a user or session id): a key keeps its version while the canary "
+                            "stands. Without one, each call draws a random key.")
+@store_option
+@json_option
+def route(ref, key, store_path, as_json) -> None:
+    """Print the immutable name (client/model@vX.Y.Z) that serves a request for REF: the canary's
+    share of keys go to the canary, the rest to production."""
+    routed = Store(store_path).route(ref, key)
+    if as_json:
+        emit_json({"ref": ref, "key": key, "routed": routed, "version": routed.partition("@")[2]})
+    else:
+        click.echo(routed)
+
+
+@cli.command()
+@click.option("--upstream", required=True, metavar="URL",
+              help="The OpenAI-compatible server requests go to (vLLM), e.g. http://127.0.0.1:8000.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="The port to listen on; 0 picks a free one.")
+@store_option
+def gateway(upstream, host, port, store_path) -> None:
+    """Serve an OpenAI-compatible gateway: the model client/model@POINTER of /v1/completions and
+    /v1/chat/completions is routed to a version per request (key: the X-Artifactstore-Key header,
+    else the request's "user") and the request forwarded to --upstream, streaming included.
+
+    Prints {"listening": URL, "upstream": URL} on stdout once it accepts connections."""
+    try:
+        from ..serving.gateway import serve
+    except ImportError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        raise ArtifactStoreError(f"the gateway needs {missing}: pip install 'artifactstore[serve]'") from None
+
+    def announce(url: str) -> None:
+        click.echo(json.dumps({"listening": url, "upstream": upstream}))
+        sys.stdout.flush()
+
+    serve(Store(store_path).registry, upstream, host, port, announce)

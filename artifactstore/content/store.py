@@ -336,6 +336,16 @@ class ContentStore:
         else:
             self.materialize(manifest, target, progress)
 
+    def read_file(self, file_id: bytes) -> bytes:
+        """A stored file's bytes, checked against its id; for small files (it is read into memory)."""
+        manifest = self.read_manifest(format_id(file_id))
+        if not isinstance(manifest, FileManifest):
+            raise InvalidParameter(f"{format_id(file_id)} is a tree, not a file")
+        data = self.with_fresh_index(lambda: b"".join(self.read_segments(manifest)))
+        if digest(data) != file_id:
+            raise CorruptObject(self._describe_damage(file_id, manifest))
+        return data
+
     def subtree(self, tree_id: str, prefix: str) -> TreeManifest:
         """The entries of a tree under ``prefix`` (a directory, ending in ``/``), relative to it."""
         tree = self.read_manifest(tree_id)

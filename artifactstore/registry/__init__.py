@@ -5,6 +5,7 @@ bundles (bundle), states and audit entries (state), the versioning rules (versio
 ``Registry`` and its transactions (registry), read-only queries (queries), registry verification
 (verify), and release control: a model's policy (policy), the eval gate (gate), human review
 (review), the rule that enforces them (checks), event hooks and their outbox (hooks), client
-notices (notices). May import: ``content`` (bundles are stored as content; registry objects live in the
-content store's home), ``backends`` and the base modules. Never ``lifecycle``, ``serving`` or above.
+notices (notices); which version serves a request (routing). May import: ``content`` (bundles are
+stored as content; registry objects live in the content store's home), ``backends`` and the base
+modules. Never ``lifecycle``, ``serving`` or above.
 """

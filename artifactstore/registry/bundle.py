@@ -35,6 +35,7 @@ from ..content.tensorfile import read_header_from_path
 from ..errors import InvalidInput
 
 WEIGHTS = "adapter_weights/adapter_model.safetensors"
+METADATA = "metadata.yaml"
 ADAPTER_CONFIG = "adapter_weights/adapter_config.json"
 DATA_HASH = re.compile(r"(sha256:[0-9a-f]{64}|b3:[0-9a-f]{64})")
 COMPUTED_FIELDS = ("adapter_hash", "created_at", "created_by", "pushed_by", "deployed_at", "deployed_by")
@@ -55,13 +56,24 @@ class Metadata(BaseModel):
 
 
 class AdapterConfig(BaseModel):
-    """adapter_config.json in PEFT's layout; PEFT's many other fields are kept as they are."""
+    """adapter_config.json in PEFT's layout; PEFT's many other fields are kept as they are.
+
+    ``base_model_name_or_path`` is what PEFT saw: ``null`` for a base built from a config, a
+    directory for one loaded from disk. metadata.yaml's ``base_model`` names the base model; a
+    name here must agree with it (``names_base_model``).
+    """
 
     model_config = ConfigDict(extra="allow")
     peft_type: str = Field(min_length=1)
-    base_model_name_or_path: str = Field(min_length=1)
+    base_model_name_or_path: str | None = Field(min_length=1)
     r: StrictInt = Field(gt=0)
     target_modules: list[str] | str
+
+
+def names_base_model(base_model_name_or_path: str | None) -> bool:
+    """Whether PEFT's ``base_model_name_or_path`` is a model name (compared with metadata.yaml's
+    ``base_model``), not ``null`` or a directory, which says where a base was loaded from."""
+    return base_model_name_or_path is not None and not base_model_name_or_path.startswith(("/", "~", "./", "../"))
 
 
 class Mapping(RootModel[dict[str, Any]]):
@@ -119,7 +131,18 @@ class Bundle:
     @property
     def adapter_settings(self) -> dict[str, Any]:
         """The adapter config without the base model: together with the tensors, "the weights"."""
-        return {k: v for k, v in self.adapter_config.items() if k != "base_model_name_or_path"}
+        return canonical_settings({k: v for k, v in self.adapter_config.items() if k != "base_model_name_or_path"})
+
+
+# PEFT keeps these as sets and saves them in hash order, which differs between processes
+# (PYTHONHASHSEED): the same adapter saved twice lists its target modules in another order.
+UNORDERED_SETTINGS = ("target_modules", "exclude_modules")
+
+
+def canonical_settings(adapter_settings: dict[str, Any]) -> dict[str, Any]:
+    """Adapter settings with PEFT's sets sorted, so that equal settings compare equal."""
+    return adapter_settings | {key: sorted(value, key=repr) for key, value in adapter_settings.items()
+                               if key in UNORDERED_SETTINGS and isinstance(value, list)}
 
 
 def _read_text(root: Path, name: str, problems: list[str]) -> str | None:
@@ -372,6 +395,10 @@ def _load(root: Path, name: str, parse, problems: list[str]):
     text = _read_text(root, name, problems)
     if text is None:
         return _MISSING
+    return _parse(text, name, parse, problems)
+
+
+def _parse(text: str, name: str, parse, problems: list[str]):
     try:
         data = parse(text)
         _check_json_data(data)
@@ -410,6 +437,23 @@ def read_data_file(path: Path, model: type[BaseModel]) -> Any:
     if problems:
         raise InvalidInput("; ".join(problems))
     return parsed
+
+
+def read_metadata(data: bytes, where: str) -> Metadata:
+    """A stored bundle's metadata.yaml, read by the rules a push reads it with; ``where`` names the bundle."""
+    problems: list[str] = []
+    if len(data) > MAX_FILE_BYTES:
+        problems.append(f"{METADATA}: {len(data):,} bytes, more than the limit of {MAX_FILE_BYTES:,}")
+    else:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            problems.append(f"{METADATA}: not UTF-8 text")
+        else:
+            metadata = _validate(METADATA, _parse(text, METADATA, _parse_yaml, problems), Metadata, problems)
+            if metadata is not None:
+                return metadata
+    raise InvalidInput(f"{where}: " + "; ".join(problems))
 
 
 def tensor_digests(path: Path) -> dict[str, TensorDigest]:
@@ -459,6 +503,7 @@ def load_bundle(root: Path) -> Bundle:
         elif metadata is not None and metadata.training_data_hash not in (None, data_hash):
             problems.append("metadata.yaml: training_data_hash differs from training_data.hash")
     if metadata is not None and adapter_config is not None \
+            and names_base_model(adapter_config.base_model_name_or_path) \
             and metadata.base_model != adapter_config.base_model_name_or_path:
         problems.append(f"metadata.yaml: base_model {metadata.base_model!r} differs from "
                         f"adapter_config.json's base_model_name_or_path {adapter_config.base_model_name_or_path!r}")

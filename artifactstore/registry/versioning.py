@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidParameter
-from .bundle import Bundle
+from .bundle import Bundle, canonical_settings
 from .refs import parse_version
 from .state import ModelState
 
@@ -53,7 +53,8 @@ def compare(previous: dict[str, Any], bundle: Bundle) -> Change:
         base_model=previous["base_model"] != bundle.metadata.base_model,
         tensors_changed=sum(old_tensors.get(n) != new_tensors.get(n) for n in names),
         tensors_total=len(names),
-        adapter_settings=previous["adapter_settings"] != bundle.adapter_settings,
+        # canonical_settings: records written before settings were stored sorted compare correctly too
+        adapter_settings=canonical_settings(previous["adapter_settings"]) != bundle.adapter_settings,
         serving=previous["inference_config"] != bundle.inference_config)
 
 
