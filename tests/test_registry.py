@@ -211,3 +211,66 @@ def test_export_lineage_diff_and_changelog(pushed, bundles):
     assert text.startswith("## Model Update: acme/support v1.2.0")
     assert "| Metric | Previous (v1.1.1) | Updated (v1.2.0) |" in text and "| accuracy | 94.2% | 94.2% |" in text
     assert "14 of 28 tensors updated" in text and "Previous version (v1.1.1)" in text
+
+
+@pytest.fixture
+def five(store, bundles):
+    """acme/support with all five versions of the demo history."""
+    for name in bundles:
+        store.push(bundles[name], f"acme/support@{name}")
+    return store
+
+
+def targets(store) -> tuple:
+    state = store.state("acme/support")
+    return state.pointer("production"), state.pointer("rollback_target")
+
+
+def test_the_rollback_target_after_the_first_promote_is_none_and_rollback_says_what_to_do(five):
+    five.promote("acme/support@v1.0.0")
+    assert targets(five) == ("v1.0.0", None)
+    with pytest.raises(InvalidParameter, match=r"v1.0.0 is the first version it had in production.*--to VERSION"):
+        five.rollback("acme/support")
+
+
+def test_each_rollback_goes_one_production_further_back(five):
+    for version in ("v1.0.0", "v1.1.0", "v1.2.0"):
+        five.promote(f"acme/support@{version}")
+    assert targets(five) == ("v1.2.0", "v1.1.0")
+    five.rollback("acme/support")
+    assert targets(five) == ("v1.1.0", "v1.0.0"), "a second rollback goes further back, not forward to the bad one"
+    five.rollback("acme/support")
+    assert targets(five) == ("v1.0.0", None)
+    five.promote("acme/support@v1.2.0")
+    assert targets(five) == ("v1.2.0", "v1.0.0")
+
+
+def test_rollback_to_a_named_version_and_an_explicit_target(five):
+    for version in ("v1.0.0", "v1.1.0", "v1.1.1", "v1.2.0"):
+        five.promote(f"acme/support@{version}")
+    five.rollback("acme/support", to="v1.1.0")  # skip back past v1.1.1
+    assert targets(five) == ("v1.1.0", "v1.0.0")
+    five.promote("acme/support@v1.2.1")
+    five.set_rollback_target("acme/support@v1.0.0")  # the seeds: name it explicitly
+    five.rollback("acme/support")
+    assert targets(five) == ("v1.0.0", None)
+
+
+def test_the_production_chain_passes_over_a_deleted_version(five):
+    for version in ("v1.0.0", "v1.1.0", "v1.1.1", "v1.2.0"):
+        five.promote(f"acme/support@{version}")
+    five.set_rollback_target("acme/support@v1.0.0")
+    five.delete("acme/support@v1.1.1")
+    assert five.state("acme/support").previous_production("v1.2.0") == "v1.1.0"
+    five.set_rollback_target("acme/support@v1.1.0")
+    five.rollback("acme/support")
+    assert targets(five) == ("v1.1.0", "v1.0.0")
+
+
+def test_promote_without_a_version_promotes_staging_and_clears_it(five):
+    with pytest.raises(InvalidParameter, match="nothing staged"):
+        five.promote("acme/support")
+    five.stage("acme/support@v1.1.0")
+    state = five.promote("acme/support", reason="staging looked good")
+    assert state.pointer("production") == "v1.1.0" and state.pointer("staging") is None
+    assert [(e.pointer, e.to) for e in state.entries] == [("production", "v1.1.0"), ("staging", None)]

@@ -265,8 +265,14 @@ class Registry:
 
     def promote(self, ref: str, *, actor: str | None = None, reason: str = "", expect: str | None = None,
                 force: bool = False) -> ModelState:
-        """Point ``production`` at a version; the previous production becomes the rollback target.
+        """Point ``production`` at a version (``client/model`` alone: the staged one); the previous
+        production becomes the rollback target, and staging is cleared if it named this version.
         ``force`` overrides a rule's refusal (see ``transact``)."""
+        if "@" not in ref:
+            model = ModelName.parse(ref)
+            if self.state(model).pointer(STAGING) is None:
+                raise InvalidParameter(f"{model} has nothing staged: promote {model}@VERSION")
+            ref = f"{model}@{STAGING}"
         return self._move(ref, "promote", PRODUCTION, actor, reason, expect, force)
 
     def set_rollback_target(self, ref: str, *, actor: str | None = None, reason: str = "",
@@ -291,15 +297,18 @@ class Registry:
                 if old is not None:
                     moves.append({"action": action, "pointer": ROLLBACK_TARGET,
                                   "from": current.pointer(ROLLBACK_TARGET), "to": old})
-                if current.pointer(CANARY) == version:
-                    moves.append({"action": action, "pointer": CANARY, "from": version, "to": None})
+                for cleared in (CANARY, STAGING):  # a version in production is no candidate any more
+                    if current.pointer(cleared) == version:
+                        moves.append({"action": action, "pointer": cleared, "from": version, "to": None})
             return moves
 
         return self.transact(state.model, move, actor, reason, force=force)
 
     def rollback(self, model: str, *, to: str | None = None, actor: str | None = None, reason: str = "",
                  expect: str | None = None) -> ModelState:
-        """Point ``production`` back at the rollback target (or ``to``); the target is then cleared."""
+        """Point ``production`` back at the rollback target (or ``to``). The rollback target then
+        becomes the production version before the one rolled back to (a second rollback goes
+        further back), or is cleared if there was none."""
         name = ModelName.parse(model)
         if to is not None:
             parse_version(to)
@@ -308,15 +317,19 @@ class Registry:
             _check_expected(current, PRODUCTION, expect)
             target = to or current.pointer(ROLLBACK_TARGET)
             if target is None:
-                raise InvalidParameter(f"{name} has no rollback target: name a version with --to")
+                live = current.pointer(PRODUCTION)
+                why = f"{live} is the first version it had in production" if live else "nothing is in production"
+                raise InvalidParameter(f"{name} has no rollback target ({why}): roll back with --to VERSION, or "
+                                       f"name one with `artifactstore target set`")
             _check_known(current, target)
             old = current.pointer(PRODUCTION)
             if old == target:
                 raise InvalidParameter(f"{name}@production is already {target}")
             moves = [{"action": "rollback", "pointer": PRODUCTION, "from": old, "to": target}]
-            if current.pointer(ROLLBACK_TARGET) is not None:
+            next_target = current.previous_production(target, skipping=old)
+            if current.pointer(ROLLBACK_TARGET) != next_target:
                 moves.append({"action": "rollback", "pointer": ROLLBACK_TARGET,
-                              "from": current.pointer(ROLLBACK_TARGET), "to": None})
+                              "from": current.pointer(ROLLBACK_TARGET), "to": next_target})
             return moves
 
         return self.transact(name, move, actor, reason)
@@ -428,7 +441,7 @@ def _push_target(ref: str, bump: str | None) -> tuple[ModelName, str | None]:
 
 def _apply(state: ModelState, moves: list[Move]) -> ModelState:
     versions, pointers = dict(state.versions), dict(state.pointers)
-    canary, pins = state.canary, set(state.pins)
+    canary, pins, predecessors = state.canary, set(state.pins), dict(state.predecessors)
     fields: dict[str, Any] = {}
     for m in moves:
         if "state" in m:
@@ -437,6 +450,7 @@ def _apply(state: ModelState, moves: list[Move]) -> ModelState:
             versions[m["to"]] = m["version_record"]
         elif m["action"] == "delete":
             del versions[m["from"]]
+            predecessors = _without(predecessors, m["from"])
             fields["checks"] = {v: c for v, c in fields.get("checks", state.checks).items() if v != m["from"]}
         elif m["pointer"] == CANARY:
             canary = {"version": m["to"], "percent": m["percent"]} if m["to"] else None
@@ -446,8 +460,18 @@ def _apply(state: ModelState, moves: list[Move]) -> ModelState:
             pointers.pop(m["pointer"], None)
         else:
             pointers[m["pointer"]] = m["to"]
+            if m["pointer"] == PRODUCTION and m["action"] != "rollback" and m["from"]:
+                predecessors[m["to"]] = m["from"]
     return replace(state, versions=versions, pointers=pointers, canary=canary,
-                   pins=tuple(sorted(pins, key=parse_version)), **fields)
+                   pins=tuple(sorted(pins, key=parse_version)), predecessors=predecessors, **fields)
+
+
+def _without(predecessors: dict[str, str], deleted: str) -> dict[str, str]:
+    """The production chain without a deleted version: what came after it now follows what came
+    before it."""
+    before = predecessors.get(deleted)
+    rewired = {v: before if p == deleted else p for v, p in predecessors.items() if v != deleted}
+    return {v: p for v, p in rewired.items() if p is not None}
 
 
 def _check_expected(state: ModelState, pointer: str, expect: str | None) -> None:

@@ -78,6 +78,10 @@ class ModelState:
     id: str | None = None  # the id this state is stored under; not part of its bytes
     policy: str | None = None  # the release policy object's id (registry/policy.py), if the model has one
     checks: dict[str, dict[str, str]] = field(default_factory=dict)  # version -> {"gate"|"review": record id}
+    # version -> the production version it replaced when it last went to production: where a
+    # rollback to it leaves the next rollback target (the seeds: "usually the previous production
+    # version, but sometimes you want to skip back further")
+    predecessors: dict[str, str] = field(default_factory=dict)
 
     def encode(self) -> bytes:
         fields = {
@@ -90,6 +94,8 @@ class ModelState:
             fields["policy"] = self.policy
         if self.checks:
             fields["checks"] = self.checks
+        if self.predecessors:
+            fields["predecessors"] = self.predecessors
         return canonical_json(fields)
 
     @classmethod
@@ -101,7 +107,8 @@ class ModelState:
             return cls(ModelName(obj["client"], obj["model"]), dict(obj["versions"]), dict(obj["pointers"]),
                        obj["canary"], tuple(obj["pins"]), obj["seq"], obj["parent"],
                        tuple(AuditEntry.from_json(e) for e in obj["entries"]), policy=obj.get("policy"),
-                       checks={v: dict(c) for v, c in obj.get("checks", {}).items()})
+                       checks={v: dict(c) for v, c in obj.get("checks", {}).items()},
+                       predecessors=dict(obj.get("predecessors", {})))
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptObject(f"{where}: malformed model state ({exc})") from None
 
@@ -123,6 +130,18 @@ class ModelState:
         if version in self.pins:
             names.append("pinned")
         return names
+
+    def previous_production(self, version: str, skipping: str | None = None) -> str | None:
+        """The production version before ``version`` (what it replaced when it last went to
+        production), passing over ``skipping``."""
+        seen = {version}
+        previous = self.predecessors.get(version)
+        while previous is not None and previous == skipping:
+            if previous in seen:
+                return None
+            seen.add(previous)
+            previous = self.predecessors.get(previous)
+        return previous
 
     def sorted_versions(self) -> list[str]:
         return sorted(self.versions, key=parse_version)
