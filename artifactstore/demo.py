@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import blake3
 import ml_dtypes
@@ -77,8 +78,10 @@ def adapter_history(layers: int = 32, scale: int = 1) -> list[Version]:
     ]
 
 
-def write_bundle(version: Version, directory: Path) -> Path:
-    """The seeds' bundle layout for one version."""
+def write_bundle(version: Version, directory: Path, *, eval_samples: str | None = None,
+                 training_examples: int | None = None) -> Path:
+    """The seeds' bundle layout for one version; ``eval_samples`` (JSON Lines) and
+    ``training_examples`` are optional parts (docs/monitoring.md)."""
     weights = directory / "adapter_weights"
     weights.mkdir(parents=True)
     save_file(version.tensors, weights / "adapter_model.safetensors", metadata=version.safetensors_metadata)
@@ -93,8 +96,13 @@ def write_bundle(version: Version, directory: Path) -> Path:
     (directory / "eval_results.json").write_text(json.dumps({"accuracy": 0.942, "hallucination_rate": 0.021}))
     (directory / "inference_config.yaml").write_text(yaml.safe_dump(version.inference_config))
     (directory / "changelog.md").write_text(f"## {version.name}\n\n- {version.description}\n")
-    (directory / "metadata.yaml").write_text(yaml.safe_dump(
-        {"version": version.name, "base_model": version.base_model, "change_description": version.description}))
+    metadata: dict[str, Any] = {"version": version.name, "base_model": version.base_model,
+                                "change_description": version.description}
+    if training_examples is not None:
+        metadata["training_examples"] = training_examples
+    (directory / "metadata.yaml").write_text(yaml.safe_dump(metadata))
+    if eval_samples is not None:
+        (directory / "eval_samples.jsonl").write_text(eval_samples)
     return directory
 
 
