@@ -1,8 +1,9 @@
 """Drift alerts: a window whose PSI crosses a threshold is delivered once, not every window.
 
-For each feature, the windows that are over (their end is past) are walked in time order; a
-window whose status ranks above the previous non-empty window's (fine < watch < investigate)
-raises an alert with its status. The alerts raised are recorded in
+For each feature, the windows that are over are walked in time order; a window whose status
+ranks above the previous non-empty window's (fine < watch < investigate) raises an alert with its
+status. A window is over ``SETTLE_SECONDS`` after its end, so that every node has flushed its
+counts of it before it is judged (a node flushes when its window ends). The alerts raised are recorded in
 ``monitoring/<client>/<model>/alerts.json``, a ref moved by compare-and-swap like the registry's:
 an alert is claimed there before it is delivered, so that of several nodes flushing at once only
 one delivers it, and released again if its delivery fails, so that the next check retries it.
@@ -24,6 +25,7 @@ from .psi import EMPTY, RANK, WATCH, Thresholds
 from .report import DriftReport, drift_report, iso
 
 CLAIM_ATTEMPTS = 20
+SETTLE_SECONDS = 300
 
 
 @dataclass(frozen=True)
@@ -55,9 +57,10 @@ def alerts_key(model: ModelName) -> str:
     return f"{PREFIX}/{model.client}/{model.model}/alerts.json"
 
 
-def crossings(report: DriftReport, now: float) -> list[Alert]:
-    """Every upward crossing in the windows of ``report`` that are over at ``now``."""
-    over = report.starts + report.window_seconds <= now
+def crossings(report: DriftReport, now: float, settle: float = SETTLE_SECONDS) -> list[Alert]:
+    """Every upward crossing in the windows of ``report`` that are over at ``now``: ended ``settle``
+    seconds before it."""
+    over = report.starts + report.window_seconds + settle <= now
     starts, values, statuses = report.starts[over], report.psi[over], report.statuses()[over]
     found = []
     for f, feature in enumerate(report.features):

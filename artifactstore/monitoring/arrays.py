@@ -33,7 +33,7 @@ from .baseline import Baseline, Feature
 
 PREFIX = "monitoring"
 FORMAT = 1
-CHUNK_ROWS = 256
+CHUNK_ROWS = 1024
 ROOT_MARK = "artifactstore-monitoring"
 ZARR_JSON = "zarr.json"
 DEFAULT_WINDOW = 3600

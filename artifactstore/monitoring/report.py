@@ -43,14 +43,13 @@ class DriftReport:
                        psi=self.psi[:, keep])
 
     def to_json(self) -> dict:
-        statuses = self.statuses()
-        windows = [{"start": iso(start), "counts": dict(zip(self.features, map(int, counts))),
-                    "psi": {f: None if math.isnan(v) else round(float(v), 6) for f, v in zip(self.features, row)},
-                    "status": dict(zip(self.features, map(str, status)))}
-                   for start, counts, row, status in zip(self.starts.tolist(), self.counts, self.psi, statuses)]
+        """Columns of windows: ``psi[w][f]`` (null where empty), ``status[w][f]`` and ``counts[w][f]``
+        belong to window ``windows[w]`` and feature ``features[f]``."""
         return {"model": self.model, "version": self.version, "against": self.against,
                 "thresholds": self.thresholds.as_json(), "window_seconds": self.window_seconds,
-                "features": self.features, "windows": windows}
+                "features": self.features, "windows": [iso(start) for start in self.starts.tolist()],
+                "psi": [[None if math.isnan(v) else v for v in row] for row in self.psi.round(6).tolist()],
+                "status": self.statuses().tolist(), "counts": self.counts.tolist()}
 
 
 def iso(seconds: float) -> str:
@@ -73,13 +72,16 @@ def window_counts(arrays: MonitoringArrays, model: ModelName, version: str, base
     in time order. Rows of a torn append (all zero) add nothing and are dropped."""
     place = arrays.locate(model, version)
     parts = [rows for _, rows in arrays.read_rows(place, version_path(model, version), "counts")] if place else []
-    rows = np.concatenate(parts) if parts else np.zeros((0, 1 + baseline.width), dtype=np.int64)
-    rows = rows[rows.any(axis=1)]
-    if not len(rows):
-        return np.zeros(0, dtype=np.int64), np.zeros((0, baseline.width), dtype=np.int64)
-    rows = rows[np.argsort(rows[:, 0], kind="stable")]
-    first = np.flatnonzero(np.diff(rows[:, 0], prepend=rows[0, 0] - 1))
-    return rows[first, 0], np.add.reduceat(rows[:, 1:], first, axis=0)
+    parts = [rows[rows.any(axis=1)] for rows in parts]
+    starts = np.unique(np.concatenate([rows[:, 0] for rows in parts] + [np.zeros(0, dtype=np.int64)]))
+    total = np.zeros((len(starts), baseline.width), dtype=np.int64)
+    for rows in parts:
+        at = np.searchsorted(starts, rows[:, 0])
+        if (np.diff(at) > 0).all():  # the usual case: a node flushed each window once, in time order
+            total[at] += rows[:, 1:]
+        else:
+            np.add.at(total, at, rows[:, 1:])
+    return starts, total
 
 
 def _report(model: ModelName, version: str, against: str, thresholds: Thresholds, window: int,
