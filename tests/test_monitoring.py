@@ -204,6 +204,10 @@ def test_three_nodes_recording_concurrently_into_s3_lose_no_count(tmp_path, s3_b
     assert sorted(node for node, _ in rows) == ["node-0", "node-1", "node-2"]
     assert all(len(r) == flushes for _, r in rows)
     assert reader.verify().ok
+    command = cli("drift", "acme/support@v1.0.0", "--json", "--store", url,
+                  env={"ARTIFACTSTORE_CACHE": str(tmp_path / "cache")})
+    assert command.returncode == 0 and command.stderr == ""  # no word from the S3 sessions Zarr opened
+    assert json.loads(command.stdout)["windows"] == [at(0), at(1)]
 
 
 # -- alerts ---------------------------------------------------------------------------------------

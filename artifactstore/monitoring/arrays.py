@@ -11,6 +11,7 @@ same node name, or a ``tier`` and a ``record``, take turns.
 Zarr (and fsspec) are imported only when monitoring data is touched.
 """
 
+import atexit
 import fcntl
 import json
 import re
@@ -43,6 +44,22 @@ def default_node() -> str:
     """This machine's node name: its host name, as a name (lowercase letters, digits, '.', '_', '-')."""
     name = re.sub(r"[^a-z0-9._-]", "-", socket.gethostname().lower()).lstrip("._-")[:63]
     return name or "node"
+
+
+def _close_at_exit(filesystem) -> None:
+    """Close an S3 filesystem's HTTP session at exit: Zarr opens s3fs asynchronously, and s3fs then
+    leaves that to its user (unclosed, aiohttp reports it on stderr)."""
+    def close() -> None:
+        creator = getattr(filesystem, "_s3creator", None)
+        if creator is not None:
+            from zarr.core.sync import sync
+
+            try:
+                sync(creator.__aexit__(None, None, None))
+            except Exception:  # exiting anyway: a session that does not close is no error of the command
+                pass
+
+    atexit.register(close)
 
 
 def check_node(node: str) -> str:
@@ -126,8 +143,10 @@ class MonitoringArrays:
             else:
                 from ..backends.remote import fsspec_options
 
-                self._zarr_stores[place.name] = zarr.storage.FsspecStore.from_url(
-                    f"{place.location.rstrip('/')}/{PREFIX}", storage_options=fsspec_options(place.location))
+                store = zarr.storage.FsspecStore.from_url(f"{place.location.rstrip('/')}/{PREFIX}",
+                                                          storage_options=fsspec_options(place.location))
+                _close_at_exit(store.fs)
+                self._zarr_stores[place.name] = store
         return self._zarr_stores[place.name]
 
     @contextmanager
