@@ -184,9 +184,10 @@ class MonitoringArrays:
     def root_attributes(self, place: Place, path: str) -> dict[str, Any]:
         key = place.root_key(path)
         try:
-            attributes = json.loads(place.backend.read(key)).get("attributes", {})
+            metadata = json.loads(place.backend.read(key))
         except ValueError:
             raise CorruptObject(f"{place.name} {key} is not JSON") from None
+        attributes = metadata.get("attributes") if isinstance(metadata, dict) else None
         if not isinstance(attributes, dict) or attributes.get(ROOT_MARK) != FORMAT:
             raise CorruptObject(f"{place.name} {key}: not the root of a version's monitoring data, format {FORMAT}")
         return attributes

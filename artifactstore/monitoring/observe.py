@@ -45,10 +45,6 @@ class BaselineReport:
     taken_at: str
 
 
-def _report(version: Served, baseline: Baseline, window: int) -> BaselineReport:
-    return BaselineReport(version.ref, baseline.names, baseline.samples, window, baseline.source, baseline.taken_at)
-
-
 def take_file_baseline(registry: Registry, arrays: MonitoringArrays, ref: str, path: Path | None, *,
                        window: str = "1h", like: str | None = None) -> BaselineReport:
     """Freeze ``ref``'s baseline: the bins of the requests in ``path`` (JSON Lines), or those of
@@ -58,21 +54,18 @@ def take_file_baseline(registry: Registry, arrays: MonitoringArrays, ref: str, p
     seconds = int(parse_duration(window))
     if seconds < 60:
         raise InvalidParameter(f"--window {window}: a window lasts at least a minute")
-    if path is None and like is None:
-        raise InvalidParameter("a baseline needs --from FILE.jsonl, --like REF, or both")
-    samples = read_samples(path) if path is not None else None
-    if like is not None:
+    if like is None:
+        if path is None:
+            raise InvalidParameter("a baseline needs --from FILE.jsonl, --like REF, or both")
+        baseline = take_baseline(read_samples(path), timestamp(), path.name)
+    else:
         other = served(registry, like)
         _, frozen, seconds = read_baseline(arrays, other.model, other.version)
-        baseline = replace(frozen, source=f"like {other.ref}: {frozen.source}", taken_at=timestamp())
-        if samples is not None:
-            assert path is not None
-            baseline = _count_in(frozen, samples, source=f"{path.name} in the bins of {other.ref}")
-    else:
-        assert samples is not None and path is not None
-        baseline = take_baseline(samples, timestamp(), path.name)
+        baseline = replace(frozen, source=f"like {other.ref}: {frozen.source}", taken_at=timestamp()) \
+            if path is None else _count_in(frozen, read_samples(path), f"{path.name} in the bins of {other.ref}")
     _write(arrays, version, baseline, seconds)
-    return _report(version, baseline, seconds)
+    return BaselineReport(version.ref, baseline.names, baseline.samples, seconds, baseline.source,
+                          baseline.taken_at)
 
 
 def _count_in(frozen: Baseline, samples: Samples, source: str) -> Baseline:
