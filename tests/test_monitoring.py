@@ -463,6 +463,23 @@ def test_a_move_that_stopped_halfway_is_finished_by_the_next_tier(tmp_path):
     assert store.verify().ok
 
 
+def test_an_append_killed_after_the_shape_was_written_leaves_data_that_reads_and_verifies(tmp_path, store):
+    rng = np.random.default_rng(15)
+    store.take_baseline("acme/support@v1.0.0", write_jsonl(tmp_path / "ref.jsonl", traffic(rng, 300)))
+    record_some(store, tmp_path, "v1.0.0", rng)
+    before = store.drift("acme/support@v1.0.0")
+    counts = zarr.open_array(zarr.storage.LocalStore(store.path / PREFIX), path="acme/support/v1.0.0/nodes/n1/counts",
+                             mode="r+")
+    counts.resize((counts.shape[0] + 2, counts.shape[1]))  # Zarr's append: the shape first, then the chunk
+    after = store.drift("acme/support@v1.0.0")
+    np.testing.assert_array_equal(after.counts, before.counts)
+    np.testing.assert_array_equal(after.starts, before.starts)
+    assert store.verify().ok
+    record_some(store, tmp_path, "v1.0.0", rng, hour=1)  # the next append continues after the torn rows
+    assert store.drift("acme/support@v1.0.0").starts.tolist() == [T0, T0 + 3600]
+    assert store.verify().ok
+
+
 def test_verify_names_damaged_monitoring_data(tmp_path, store):
     rng = np.random.default_rng(12)
     store.take_baseline("acme/support@v1.0.0", write_jsonl(tmp_path / "ref.jsonl", traffic(rng, 300)))
