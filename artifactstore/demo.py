@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import blake3
 import ml_dtypes
@@ -83,8 +84,10 @@ def adapter_history(layers: int = 32, scale: int = 1) -> list[Version]:
     ]
 
 
-def write_bundle(version: Version, directory: Path) -> Path:
-    """The seeds' bundle layout for one version."""
+def write_bundle(version: Version, directory: Path, *, eval_samples: str | None = None,
+                 training_examples: int | None = None) -> Path:
+    """The seeds' bundle layout for one version; ``eval_samples`` (JSON Lines) and
+    ``training_examples`` are optional parts (docs/monitoring.md)."""
     weights = directory / "adapter_weights"
     weights.mkdir(parents=True)
     save_file(version.tensors, weights / "adapter_model.safetensors", metadata=version.safetensors_metadata)
@@ -93,11 +96,13 @@ def write_bundle(version: Version, directory: Path) -> Path:
                       "target_modules": sorted(m.split(".")[1] for m in LINEAR_SHAPES)}
     (weights / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
     return write_bundle_files(directory, version.name, version.base_model, version.description,
-                              version.inference_config, version.eval_results)
+                              version.inference_config, version.eval_results, eval_samples=eval_samples,
+                              training_examples=training_examples)
 
 
 def write_bundle_files(directory: Path, name: str, base_model: str, description: str, inference_config: dict,
-                       eval_results: dict | None = None) -> Path:
+                       eval_results: dict | None = None, *, eval_samples: str | None = None,
+                       training_examples: int | None = None) -> Path:
     """Every file of the seeds' bundle layout but ``adapter_weights/`` (a PEFT save directory, say)."""
     (directory / "training_config.yaml").write_text(
         yaml.safe_dump({"learning_rate": 2e-4, "epochs": 3, "rank": RANK, "batch_size": 16}))
@@ -105,8 +110,12 @@ def write_bundle_files(directory: Path, name: str, base_model: str, description:
     (directory / "eval_results.json").write_text(json.dumps(eval_results or DEFAULT_EVAL_RESULTS))
     (directory / "inference_config.yaml").write_text(yaml.safe_dump(inference_config))
     (directory / "changelog.md").write_text(f"## {name}\n\n- {description}\n")
-    (directory / "metadata.yaml").write_text(yaml.safe_dump(
-        {"version": name, "base_model": base_model, "change_description": description}))
+    metadata: dict[str, Any] = {"version": name, "base_model": base_model, "change_description": description}
+    if training_examples is not None:
+        metadata["training_examples"] = training_examples
+    (directory / "metadata.yaml").write_text(yaml.safe_dump(metadata))
+    if eval_samples is not None:
+        (directory / "eval_samples.jsonl").write_text(eval_samples)
     return directory
 
 
@@ -292,19 +301,96 @@ def release_gates(store: Store, history: list[Version], workdir: Path, layers: i
     print()
 
 
+TRAINING_EXAMPLES = 12_000
+LANGUAGES, CATEGORIES = ["en", "de", "fr"], ["billing", "technical", "account", "shipping"]
+
+
+def client_traffic(rng, n: int, drift: float = 0.0) -> dict[str, np.ndarray]:
+    """``n`` requests of a support client as feature columns; ``drift`` (0..1) moves them towards
+    long shipping questions, which the adapter answers at more length and with less confidence."""
+    mix = (1 - drift) * np.array([0.4, 0.3, 0.2, 0.1]) + drift * np.array([0.15, 0.15, 0.1, 0.6])
+    length = rng.lognormal(4.2 + 0.6 * drift, 0.5, n).round()
+    return {"inputs.length": length, "inputs.language": rng.choice(LANGUAGES, n, p=[0.7, 0.2, 0.1]),
+            "inputs.category": rng.choice(CATEGORIES, n, p=mix),
+            "outputs.length": (length * 1.6 + rng.normal(60, 20, n)).round(),
+            "outputs.confidence": rng.beta(8 - 2 * drift, 2, n).round(3), "outputs.refused": rng.random(n) < 0.03}
+
+
+def eval_samples(rng, n: int = 2000) -> str:
+    """The eval set's requests as JSON Lines: a bundle's eval_samples.jsonl, the drift baseline at promotion."""
+    columns = client_traffic(rng, n)
+    lines = []
+    for i in range(n):
+        request: dict[str, dict] = {"inputs": {}, "outputs": {}}
+        for name, values in columns.items():
+            section, feature = name.split(".")
+            request[section][feature] = values[i].item()
+        lines.append(json.dumps(request))
+    return "\n".join(lines) + "\n"
+
+
+def drift(store: Store, workdir: Path) -> None:
+    """The second seed: PSI against the baseline frozen at promotion, alerts, the retrain decision."""
+    print("\n--- drift: a client's traffic shifts under the production adapter ---")
+    version = store.version_record("acme/support@production")["version"]
+    report = store.drift("acme/support")
+    print(f"production is {version}; its drift baseline was frozen at promotion from the bundle's "
+          f"eval_samples.jsonl ({len(report.features)} features)")
+    rng = np.random.default_rng(1)
+    hours, per_node = 48, 400
+    first = (int(time.time()) // 3600 - hours - 1) * 3600
+    monitors = [store.monitor("acme/support", node=f"node-{i}") for i in range(3)]
+    print(f"3 serving nodes count {per_node} requests an hour each for {hours} hours, flushing every hour; from "
+          "hour 24 the client sends more and longer shipping questions. Each crossing alerts once:")
+    for hour in range(hours):
+        for monitor in monitors:
+            monitor.observe_batch(client_traffic(rng, per_node, drift=max(0.0, (hour - 24) / 24)),
+                                  at=first + hour * 3600 + 1800)
+            monitor.flush()
+        store.raise_alerts("acme/support", lambda alert: print(f"  alert: {alert.message()}"))
+    report = store.drift("acme/support")
+    shown = ["inputs.length", "inputs.category", "inputs.language", "outputs.length", "outputs.confidence"]
+    columns = [report.features.index(f) for f in shown]
+    statuses = report.statuses()
+    print(f"\n{'window (UTC)':17} " + " ".join(f"{f:>20}" for f in shown))
+    for w in range(0, len(report.starts), 6):
+        start = time.strftime("%Y-%m-%d %H:%M", time.gmtime(int(report.starts[w])))
+        print(f"{start:17} " + " ".join(f"{report.psi[w, c]:8.3f} {statuses[w, c]:>11}" for c in columns))
+    from .monitoring.plot import plot_drift
+
+    print(f"plot: {plot_drift(report, workdir / 'drift.png').resolve()}")
+    scores = workdir / "eval-run.json"
+    scores.write_text(json.dumps({"accuracy": 0.921, "hallucination_rate": 0.024}))
+    change = store.record_eval("acme/support@production", scores).changes()["accuracy"]
+    print(f"eval run: accuracy {change['latest']} ({change['relative']:+.1%} against the launch baseline "
+          f"{change['launch']})")
+    labelled = store.record_labelled("acme/support", 15_600)
+    print(f"labelled data: {labelled.examples:,} examples, {labelled.growth:+.0%} over the "
+          f"{labelled.training_examples:,} at training")
+    check = store.retrain_check("acme/support")
+    print("retrain-check acme/support:")
+    for trigger in check.triggers:
+        mark = "FIRED" if trigger.fired else "no" if trigger.measured else "n/a"
+        print(f"  {mark:5}  {trigger.name:16} {trigger.evidence}")
+    print(f"=> {check.verdict()}\n")
+
+
 def run(workdir: Path, small: bool) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     print(f"generating an adapter history in {workdir} ...")
     layers, scale = (8, 4) if small else (32, 1)
     history = adapter_history(layers=layers, scale=scale)
-    bundles = [write_bundle(v, workdir / "bundles" / v.name) for v in history]
+    samples = eval_samples(np.random.default_rng(0))
+    bundles = [write_bundle(v, workdir / "bundles" / v.name, eval_samples=samples, training_examples=TRAINING_EXAMPLES)
+               for v in history]
     store = Store.init(workdir / "store", cold=str(workdir / "object-store"), keep_hot=1)
     print(f"store: {store.path} (cold tier: {store.cold_url})\n")
     store_history(store, history, bundles)
     three_am(store)
     tiering(store)
     live_rollback(store)
+    drift(store, workdir)
     release_gates(store, history, workdir, layers, scale)
     started = time.perf_counter()
     report = store.verify()

@@ -2,7 +2,7 @@
 
 A thin facade: it opens a content store and a registry over it and hands each call to the wing
 that does the work (docs/architecture.md). Everything it offers can also be done by composing
-``ContentStore``, ``Registry`` and the functions of ``lifecycle`` and ``serving`` directly.
+``ContentStore``, ``Registry`` and the functions of ``lifecycle``, ``monitoring`` and ``serving`` directly.
 """
 
 import os
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends.remote import mask_secrets, mask_url
+from .clock import now
 from .content.chunking import DEFAULT_PARAMS, ChunkerParams
 from .content.config import DEFAULT_KEEP_HOT
 from .content.store import ContentStore, PutResult, StoreStats
@@ -20,12 +21,38 @@ from .lifecycle.gc import GcReport, collect_garbage
 from .lifecycle.roots import Roots, missing_roots, read_roots
 from .lifecycle.tier import PullReport, TierReport, pull
 from .lifecycle.tier import tier as tier_packs
+from .monitoring.alerts import Alert, Deliver, raise_alerts
+from .monitoring.arrays import MonitoringArrays
+from .monitoring.observe import (
+    BaselineReport,
+    Monitor,
+    RecordReport,
+    promotion_baseline,
+    record_file,
+    take_file_baseline,
+)
+from .monitoring.psi import Thresholds
+from .monitoring.report import DriftReport, drift_of
+from .monitoring.signals import (
+    EvalTrend,
+    LabelledData,
+    RetrainCheck,
+    RetrainPolicy,
+    eval_trend,
+    labelled_data,
+    record_eval,
+    record_labelled,
+    retrain_check,
+)
+from .monitoring.verify import verify_monitoring
+from .monitoring.versions import served
 from .progress import Progress, no_progress
 from .registry import queries
 from .registry.checks import release_rule
 from .registry.gate import GateResult, run_gate
 from .registry.hooks import announce, deliver_pending, hook_log
 from .registry.notices import notice
+from .registry.pointers import PRODUCTION
 from .registry.policy import set_policy, show_policy
 from .registry.registry import PushResult, Registry
 from .registry.repair import repair_refs
@@ -56,6 +83,7 @@ class Store:
         self.content = ContentStore.open(location, cache=cache)
         # the release rule refuses production / canary moves a model's policy does not allow
         self.registry = Registry(self.content, [release_rule])
+        self.monitoring = MonitoringArrays(self.content)
 
     @classmethod
     def init(cls, location: str | os.PathLike, chunker: ChunkerParams = DEFAULT_PARAMS, *, cold: str | None = None,
@@ -148,6 +176,7 @@ class Store:
             problems += unrepairable
         problems += verify_registry(self.registry)
         problems += missing_roots(self.registry, self.content)
+        problems += verify_monitoring(self.monitoring)
         return VerifyReport(not problems, problems, repairs)
 
     # -- registry ---------------------------------------------------------------------------
@@ -161,7 +190,13 @@ class Store:
 
     def promote(self, ref: str, *, actor: str | None = None, reason: str = "", expect: str | None = None,
                 force: bool = False) -> ModelState:
-        return self._announced(self.registry.promote(ref, actor=actor, reason=reason, expect=expect, force=force))
+        """Move production (``registry.promote``); a version without a drift baseline gets one from
+        its bundle's eval_samples.jsonl, when it carries one."""
+        state = self._announced(self.registry.promote(ref, actor=actor, reason=reason, expect=expect, force=force))
+        baseline = promotion_baseline(self.registry, self.monitoring, f"{state.model}@{state.pointer(PRODUCTION)}")
+        if baseline is not None:
+            baseline.write(self.monitoring)
+        return state
 
     def rollback(self, model: str, *, to: str | None = None, actor: str | None = None, reason: str = "",
                  expect: str | None = None) -> ModelState:
@@ -280,6 +315,50 @@ class Store:
 
     def gc(self, *, dry_run: bool = False, grace: str = "1h", progress: Progress = no_progress) -> GcReport:
         return collect_garbage(self.content, self.registry, dry_run=dry_run, grace=grace, progress=progress)
+
+    # -- monitoring ---------------------------------------------------------------------------
+
+    def take_baseline(self, ref: str, samples: str | os.PathLike | None = None, *, window: str = "1h",
+                      like: str | None = None) -> BaselineReport:
+        """Freeze a version's drift baseline from a JSON Lines file of requests (and/or the bins of
+        version ``like``); see ``take_file_baseline``."""
+        return take_file_baseline(self.registry, self.monitoring, ref, Path(samples) if samples else None,
+                                  window=window, like=like)
+
+    def monitor(self, ref: str, *, node: str | None = None, deliver: Deliver | None = None,
+                thresholds: Thresholds = Thresholds()) -> Monitor:
+        """A ``Monitor`` counting the requests that version ``ref`` serves on this node."""
+        return Monitor(self.monitoring, served(self.registry, ref), node=node, deliver=deliver, thresholds=thresholds)
+
+    def record(self, ref: str, samples: str | os.PathLike, *, node: str | None = None,
+               deliver: Deliver | None = None, thresholds: Thresholds = Thresholds()) -> RecordReport:
+        return record_file(self.registry, self.monitoring, ref, Path(samples), node=node, deliver=deliver,
+                           thresholds=thresholds)
+
+    def drift(self, ref: str, *, since: str | float | None = None, against: str | None = None, prefix: str = "",
+              thresholds: Thresholds = Thresholds()) -> DriftReport:
+        """PSI per feature and window (``client/model``: its production version); see ``drift_of``."""
+        return drift_of(self.registry, self.monitoring, ref, since=since, against=against, prefix=prefix,
+                        thresholds=thresholds)
+
+    def raise_alerts(self, ref: str, deliver: Deliver, thresholds: Thresholds = Thresholds()) -> list[Alert]:
+        version = served(self.registry, ref)
+        return raise_alerts(self.monitoring, version.model, version.version, deliver, now().timestamp(), thresholds)
+
+    def record_eval(self, ref: str, scores: str | os.PathLike, *, node: str | None = None) -> EvalTrend:
+        return record_eval(self.registry, self.monitoring, ref, Path(scores), node=node)
+
+    def eval_trend(self, ref: str) -> EvalTrend:
+        return eval_trend(self.registry, self.monitoring, ref)
+
+    def record_labelled(self, model: str, examples: int, *, node: str | None = None) -> LabelledData:
+        return record_labelled(self.registry, self.monitoring, model, examples, node=node)
+
+    def labelled_data(self, model: str) -> LabelledData:
+        return labelled_data(self.registry, self.monitoring, model)
+
+    def retrain_check(self, model: str, policy: RetrainPolicy = RetrainPolicy()) -> RetrainCheck:
+        return retrain_check(self.registry, self.monitoring, model, policy)
 
     # -- serving ----------------------------------------------------------------------------
 

@@ -336,6 +336,15 @@ class _OutcomeUnknown(Exception):
     """A conditional PUT that may or may not have been applied: read the ref back to know."""
 
 
+def fsspec_options(url: str) -> dict:
+    """The options artifactstore opens ``url`` with through fsspec, for other libraries (Zarr) that
+    reach the same place: on S3 its timeouts and retries, and no instance or listing cache (an
+    s3fs instance cached by another library's event loop fails on this one)."""
+    import fsspec
+
+    return _s3_options({}) if fsspec.utils.get_protocol(url) in ("s3", "s3a") else {}
+
+
 def _s3_options(storage_options: dict) -> dict:
     """s3fs options: ours for timeouts and retries unless given, and no caches that could go stale."""
     options = {"skip_instance_cache": True, "use_listings_cache": False, **storage_options}

@@ -32,6 +32,9 @@ def tier(dry_run: bool, store_path: str, as_json: bool) -> None:
                f"({human_bytes(report.bytes_to_cold)} uploaded; {human_bytes(report.rehomed_bytes)} of hot chunks "
                f"copied out of them first)")
     click.echo(f"{verb} to hot:  {report.fetched_chunks} chunks, {human_bytes(report.bytes_from_cold)}")
+    for direction, versions in (("cold", report.monitoring_to_cold), ("hot", report.monitoring_to_hot)):
+        if versions:
+            click.echo(f"{verb} the monitoring data of {', '.join(versions)} to {direction}")
 
 
 @cli.command()
@@ -73,3 +76,5 @@ def gc(dry_run: bool, grace: str, store_path: str, as_json: bool) -> None:
                f"{human_bytes(report.reclaimed_bytes)} reclaimed")
     if report.spared:
         click.echo(f"spared: {len(report.spared)} condemned objects are in use again")
+    if report.deleted_monitoring:
+        click.echo(f"{verb}delete monitoring data: {', '.join(report.deleted_monitoring)}")

@@ -346,6 +346,12 @@ class ContentStore:
             raise CorruptObject(self._describe_damage(file_id, manifest))
         return data
 
+    def read_tree_file(self, tree_id: str, path: str) -> bytes | None:
+        """The bytes of the file at ``path`` in a stored tree, checked; None if the tree has none."""
+        tree = self.read_manifest(tree_id)
+        entry = next((e for e in getattr(tree, "entries", ()) if e.path == path), None)
+        return None if entry is None else self.read_file(entry.file)
+
     def subtree(self, tree_id: str, prefix: str) -> TreeManifest:
         """The entries of a tree under ``prefix`` (a directory, ending in ``/``), relative to it."""
         tree = self.read_manifest(tree_id)

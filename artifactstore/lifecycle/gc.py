@@ -12,34 +12,25 @@ still, the union after the last pass is used: anything it misses is only condemn
 run spares it). Objects younger than the grace period are never touched.
 """
 
-import re
 import time
 from dataclasses import dataclass, field
 
 from ..backends import written_since
+from ..clock import parse_duration
 from ..content.condemned import condemned_records, condemned_times, write_condemned
 from ..content.guard import guard_key
 from ..content.index import ChunkIndex, IndexFiles
 from ..content.manifest import manifest_key
 from ..content.pack import pack_id_from_key, pack_key
 from ..content.store import ContentStore
-from ..errors import CorruptObject, InvalidParameter, StoreError
+from ..errors import CorruptObject, StoreError
 from ..ids import digest, format_id, parse_id
+from ..monitoring.arrays import MonitoringArrays
 from ..progress import Progress, no_progress
 from ..registry.registry import Registry
-from .roots import ContentGraph, live_objects, read_roots
+from .roots import ContentGraph, live_model, live_monitoring, live_objects, read_roots
 
-DURATION = re.compile(r"(\d+)([smhd])")
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MARK_ATTEMPTS = 20
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``30s``, ``15m``, ``6h``, ``7d``."""
-    match = DURATION.fullmatch(text.strip())
-    if match is None:
-        raise InvalidParameter(f"not a duration: {text!r} (expected a number and s, m, h or d, e.g. 6h)")
-    return int(match.group(1)) * UNITS[match.group(2)]
 
 
 @dataclass
@@ -64,6 +55,7 @@ class GcReport:
     pending_bytes: int = 0
     repacked_bytes: int = 0
     mark_passes: int = 0
+    deleted_monitoring: list[str] = field(default_factory=list)  # "<place> <client>/<model>[/<version>]"
 
 
 def collect_garbage(content: ContentStore, registry: Registry, *, dry_run: bool = False, grace: str = "1h",
@@ -90,7 +82,31 @@ def collect_garbage(content: ContentStore, registry: Registry, *, dry_run: bool 
                              "gc deletes nothing until every live chunk is indexed")
         report.live_chunks = len(live_chunks)
         _sweep(content, report, homes, live_keys, live_chunks, manifests, progress)
+        _collect_monitoring(content, registry, report)
     return report
+
+
+def _collect_monitoring(content: ContentStore, registry: Registry, report: GcReport) -> None:
+    """Delete the monitoring data of deleted versions and of models without versions, and what a
+    delete or move that stopped halfway left (keys under a version without its root there).
+
+    Nothing re-uses monitoring data, so it needs no grace period. The roots are read after the
+    listing: a version whose data was listed existed before, so a version pushed meanwhile is safe.
+    """
+    arrays = MonitoringArrays(content)
+    with arrays.writing():
+        listed = [(place, arrays.stored_versions(place), arrays.stored_prefixes(place), arrays.stored_models(place))
+                  for place in arrays.places]
+        roots = read_roots(registry, 0)
+        for place, stored, prefixes, models in listed:
+            dead_models = {m for m in models if not live_model(roots, m)}
+            doomed = {f"{m.client}/{m.model}" for m in dead_models}
+            doomed |= {s.path for s in stored if s.model not in dead_models and not live_monitoring(roots, s)}
+            doomed |= {p for p in prefixes - {s.path for s in stored} if p.rsplit("/", 1)[0] not in doomed}
+            for path in sorted(doomed):
+                if not report.dry_run:
+                    arrays.delete(place, path)
+                report.deleted_monitoring.append(f"{place.name} {path}")
 
 
 def _mark(content: ContentStore, registry: Registry, report: GcReport) -> tuple[set[str], set[bytes], Manifests]:

@@ -5,6 +5,10 @@ pointers, pins and recency keep on local disk) and what was stored without the r
 version ever named, files no tree lists). gc keeps what is live, ``tier`` keeps what is hot in the
 hot tier, and verify checks that every root is present. A new kind of registry-owned object
 becomes live by being named here.
+
+Monitoring data (drift counts, eval runs) belongs to its version: it is live while that version
+exists with the bundle it was recorded for, and hot while that version is; a model's labelled-data
+counts and alert record are live while the model has a version.
 """
 
 from collections.abc import Callable
@@ -14,7 +18,9 @@ from ..content.manifest import FileManifest, TreeManifest
 from ..content.store import ContentStore
 from ..errors import CorruptObject, NotFound
 from ..ids import format_id
+from ..monitoring.arrays import StoredVersion
 from ..registry.pointers import KINDS
+from ..registry.refs import ModelName
 from ..registry.registry import Registry
 
 
@@ -108,6 +114,22 @@ def hot_chunks(roots: Roots, graph: ContentGraph) -> set[bytes]:
     extra_trees, extra_files = stored_without_registry(roots, graph)
     trees = (roots.hot_bundles & set(graph.trees)) | extra_trees
     return graph.chunks_of(graph.files_of(trees) | extra_files)
+
+
+def live_monitoring(roots: Roots, stored: StoredVersion) -> bool:
+    """gc keeps a version's monitoring data while the version exists with the bundle it was written for
+    (a version deleted and pushed again under its number is another version)."""
+    return stored.bundle is not None and roots.bundles.get(stored.key) == stored.bundle
+
+
+def hot_monitoring(roots: Roots, stored: StoredVersion) -> bool:
+    """``tier`` keeps a version's monitoring data in the store while the version is hot."""
+    return stored.key in roots.hot_versions
+
+
+def live_model(roots: Roots, model: ModelName) -> bool:
+    """gc keeps a model's own monitoring data (labelled-data counts, alerts raised) while it has a version."""
+    return any(key.partition("@")[0] == str(model) for key in roots.bundles)
 
 
 def missing_roots(registry: Registry, content: ContentStore) -> list[str]:

@@ -20,8 +20,9 @@ from ..content.pack import decode_trailer, pack_key
 from ..content.store import ContentStore
 from ..errors import CorruptObject, InvalidParameter, NotFound
 from ..ids import format_id
+from ..monitoring.arrays import MonitoringArrays
 from ..progress import Progress, no_progress
-from .roots import ContentGraph, Roots, hot_chunks
+from .roots import ContentGraph, Roots, hot_chunks, hot_monitoring, live_monitoring
 
 MERGE_GAP = 1 << 20  # read over a gap this small rather than issue another request
 MAX_RANGE = 16 << 20
@@ -38,6 +39,9 @@ class TierReport:
     fetched_chunks: int = 0
     bytes_from_cold: int = 0
     rehomed_bytes: int = 0
+    monitoring_to_cold: list[str] = field(default_factory=list)  # versions whose monitoring data moved
+    monitoring_to_hot: list[str] = field(default_factory=list)
+    monitoring_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,7 @@ def tier(content: ContentStore, roots: Roots, *, dry_run: bool = False, progress
         if not cold.exists(key) or cold.size(key) != size:
             report.uploaded.append(format_id(pack_id))
             report.bytes_to_cold += size
+    _tier_monitoring(content, roots, report)
     if dry_run:
         return report
     _copy_into_hot(content, [(c, n, content.hot) for c, n in rehome] + [(c, n, cold) for c, n in fetch], progress)
@@ -113,6 +118,33 @@ def tier(content: ContentStore, roots: Roots, *, dry_run: bool = False, progress
                 cold.write(key, content.home.read(key))
     content.rescan_hot_tier()
     return report
+
+
+def _tier_monitoring(content: ContentStore, roots: Roots, report: TierReport) -> None:
+    """Move the monitoring data of live versions with them: into the cold tier when the version
+    leaves the hot set, back when it returns. Data of the hot set stays in the store (it is being
+    appended to); a record for a cold version appends in the cold tier. Deleted versions' data is gc's."""
+    arrays = MonitoringArrays(content)
+    cold = arrays.cold
+    if cold is None:
+        return
+    with arrays.writing():
+        for stored in arrays.stored_versions(arrays.store):
+            if not live_monitoring(roots, stored):
+                continue
+            if hot_monitoring(roots, stored):
+                if cold.has_root(stored.path) and not report.dry_run:
+                    arrays.delete(cold, stored.path)  # a stale copy: a move back stopped before deleting it
+                continue
+            report.monitoring_to_cold.append(stored.key)
+            if not report.dry_run:
+                report.monitoring_bytes += arrays.move(stored.path, arrays.store, cold)
+        for stored in arrays.stored_versions(cold):
+            if live_monitoring(roots, stored) and hot_monitoring(roots, stored) and \
+                    not arrays.store.has_root(stored.path):
+                report.monitoring_to_hot.append(stored.key)
+                if not report.dry_run:
+                    report.monitoring_bytes += arrays.move(stored.path, cold, arrays.store)
 
 
 def pull(content: ContentStore, object_id: str, *, progress: Progress = no_progress) -> PullReport:

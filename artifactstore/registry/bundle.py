@@ -3,7 +3,7 @@
 ```
 adapter_weights/adapter_model.safetensors   adapter_weights/adapter_config.json
 training_config.yaml  training_data.hash  eval_results.json  inference_config.yaml
-changelog.md  metadata.yaml
+changelog.md  metadata.yaml  [eval_samples.jsonl]
 ```
 """
 
@@ -33,6 +33,7 @@ from yaml.scanner import Scanner
 
 from ..content.tensorfile import read_header_from_path
 from ..errors import InvalidInput
+from .samples import MAX_SAMPLES_BYTES, SAMPLES_FILE, read_samples
 
 WEIGHTS = "adapter_weights/adapter_model.safetensors"
 METADATA = "metadata.yaml"
@@ -53,6 +54,8 @@ class Metadata(BaseModel):
     change_description: str = Field(min_length=1)
     version: str | None = None
     training_data_hash: str | None = None
+    # labelled examples the adapter was trained on: what retrain-check measures data growth against
+    training_examples: StrictInt | None = Field(default=None, ge=0)
 
 
 class AdapterConfig(BaseModel):
@@ -471,6 +474,23 @@ def tensor_digests(path: Path) -> dict[str, TensorDigest]:
             data.release()
 
 
+def _check_eval_samples(root: Path, problems: list[str]) -> None:
+    """The optional eval_samples.jsonl (requests of the eval set, the default drift baseline at promotion)."""
+    path = root / SAMPLES_FILE
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_file() or path.is_symlink():
+        problems.append(f"{SAMPLES_FILE}: not a regular file")
+    elif path.stat().st_size > MAX_SAMPLES_BYTES:
+        problems.append(f"{SAMPLES_FILE}: {path.stat().st_size:,} bytes, more than the limit of {MAX_SAMPLES_BYTES:,}")
+    else:
+        try:
+            if not len(read_samples(path)):
+                problems.append(f"{SAMPLES_FILE}: holds no request")
+        except InvalidInput as exc:
+            problems.append(str(exc).replace(str(path), SAMPLES_FILE, 1))
+
+
 def load_bundle(root: Path) -> Bundle:
     """Read and validate every file of the bundle; InvalidInput names every problem at once."""
     if not root.is_dir():
@@ -507,6 +527,7 @@ def load_bundle(root: Path) -> Bundle:
             and metadata.base_model != adapter_config.base_model_name_or_path:
         problems.append(f"metadata.yaml: base_model {metadata.base_model!r} differs from "
                         f"adapter_config.json's base_model_name_or_path {adapter_config.base_model_name_or_path!r}")
+    _check_eval_samples(root, problems)
     tensors = None
     if not (root / WEIGHTS).is_file() or (root / WEIGHTS).is_symlink():
         problems.append(f"{WEIGHTS}: missing")

@@ -216,12 +216,14 @@ class Registry:
         check_label(version, previous, change)
         if bundle.metadata.version not in (None, version):
             raise InvalidParameter(f"metadata.yaml says version {bundle.metadata.version}, but the push is {version}")
-        from_bundle = {
+        from_bundle: dict[str, Any] = {
             "base_model": bundle.metadata.base_model, "training_data_hash": bundle.training_data_hash,
             "training_config": bundle.training_config, "eval_scores": bundle.eval_scores,
             "inference_config": bundle.inference_config, "adapter_settings": bundle.adapter_settings,
             "change_description": bundle.metadata.change_description,
         }
+        if bundle.metadata.training_examples is not None:
+            from_bundle["training_examples"] = bundle.metadata.training_examples
         # load_bundle admits only data canonical JSON holds; encoding it here as well means that if it
         # ever admits more, the push fails before its first write instead of after the packs are stored.
         canonical_json(from_bundle)

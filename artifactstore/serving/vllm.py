@@ -87,12 +87,11 @@ class StoreResolver:
 
     def _bundle_base_model(self, bundle_id: str) -> str:
         """metadata.yaml's base model, read from the bundle itself (a bundle id names no version)."""
-        tree = self.content.read_manifest(bundle_id)
-        entry = next((e for e in getattr(tree, "entries", ()) if e.path == METADATA), None)
-        if entry is None:
+        data = self.content.read_tree_file(bundle_id, METADATA)
+        if data is None:
             raise NotFound(f"{bundle_id} is not a bundle (no {METADATA})")
         try:
-            return read_metadata(self.content.read_file(entry.file), bundle_id).base_model
+            return read_metadata(data, bundle_id).base_model
         except InvalidInput as exc:  # a client named a tree no push would take: its request is wrong
             raise InvalidParameter(str(exc)) from None
 

@@ -1,0 +1,308 @@
+"""Observing a version: its baseline, the ``Monitor`` that counts served requests, recording a file.
+
+A ``Monitor`` bins each request's features against the frozen baseline of the version that
+served it, counts them per window in memory, and on ``flush`` appends one row per window to this
+node's array (docs/monitoring.md, "Observation"). Batches of feature values are binned with numpy:
+a binary search per value and one ``bincount`` per feature and batch.
+"""
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..clock import now, parse_duration, timestamp
+from ..errors import Conflict, InvalidInput, InvalidParameter, NotFound
+from ..registry.registry import Registry
+from ..registry.samples import NUMERIC, SAMPLES_FILE, Samples, SamplesBuilder, parse_samples, read_samples
+from .alerts import Alert, Deliver, raise_alerts
+from .arrays import DEFAULT_WINDOW, MonitoringArrays, check_node, default_node, version_path
+from .baseline import Baseline, take_baseline
+from .psi import Thresholds
+from .report import iso, read_baseline
+from .versions import Served, check_stamp, served
+
+BUFFERED_REQUESTS = 4096  # single requests are binned in batches of this many
+
+
+# -- baselines ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BaselineReport:
+    ref: str
+    features: list[str]
+    samples: int
+    window_seconds: int
+    source: str
+    taken_at: str
+
+
+def take_file_baseline(registry: Registry, arrays: MonitoringArrays, ref: str, path: Path | None, *,
+                       window: str = "1h", like: str | None = None) -> BaselineReport:
+    """Freeze ``ref``'s baseline: the bins of the requests in ``path`` (JSON Lines), or those of
+    version ``like`` (with ``path``: the file's requests counted in them; without: a copy of its
+    baseline, so that the two versions' counts compare window by window)."""
+    version = served(registry, ref)
+    seconds = int(parse_duration(window))
+    if seconds < 60:
+        raise InvalidParameter(f"--window {window}: a window lasts at least a minute")
+    if like is None:
+        if path is None:
+            raise InvalidParameter("a baseline needs --from FILE.jsonl, --like REF, or both")
+        baseline = take_baseline(read_samples(path), timestamp(), path.name)
+    else:
+        other = served(registry, like)
+        _, frozen, seconds = read_baseline(arrays, other.model, other.version)
+        baseline = replace(frozen, source=f"like {other.ref}: {frozen.source}", taken_at=timestamp()) \
+            if path is None else _count_in(frozen, read_samples(path), f"{path.name} in the bins of {other.ref}")
+    _write(arrays, version, baseline, seconds)
+    return BaselineReport(version.ref, baseline.names, baseline.samples, seconds, baseline.source,
+                          baseline.taken_at)
+
+
+def _count_in(frozen: Baseline, samples: Samples, source: str) -> Baseline:
+    """``samples`` counted in ``frozen``'s bins: a reference for another version with the same bins."""
+    reference = np.zeros(frozen.width, dtype=np.int64)
+    for name, column in samples.columns.items():
+        i = frozen.find(name)
+        if i is None:
+            continue
+        feature = frozen.features[i]
+        _check_kind(feature.kind, name, column.kind, samples, column.rows[0])
+        values = np.array(column.values, dtype=np.float64) if feature.kind == NUMERIC else column.values
+        reference[frozen.offsets[i]:frozen.offsets[i] + feature.bins] += np.bincount(feature.bin(values),
+                                                                                       minlength=feature.bins)
+    return Baseline(frozen.features, reference, len(samples), timestamp(), source)
+
+
+def _write(arrays: MonitoringArrays, version: Served, baseline: Baseline, window: int) -> None:
+    with arrays.writing():
+        place = arrays.locate(version.model, version.version)
+        if place is not None:
+            check_stamp(arrays, place, version)
+            existing = arrays.read_baseline(place, version.model, version.version)
+            if existing is not None:
+                raise Conflict(f"{version.ref} already has a drift baseline (taken {existing[0].taken_at} from "
+                               f"{existing[0].source}): a baseline is frozen, so that every window compares alike")
+        place = arrays.ensure_root(version.model, version.version, version.bundle)
+        arrays.write_baseline(place, version.model, version.version, baseline, window)
+
+
+@dataclass(frozen=True)
+class PendingBaseline:
+    """A default baseline computed before a promotion and written after it."""
+
+    version: Served
+    baseline: Baseline
+
+    def write(self, arrays: MonitoringArrays) -> None:
+        try:
+            _write(arrays, self.version, self.baseline, DEFAULT_WINDOW)
+        except Conflict:  # someone took one meanwhile: theirs stands
+            pass
+
+
+def promotion_baseline(registry: Registry, arrays: MonitoringArrays, ref: str) -> PendingBaseline | None:
+    """The default baseline of the version ``ref`` names, from its bundle's eval_samples.jsonl, when it
+    has none yet and its bundle carries that file."""
+    version = served(registry, ref)
+    place = arrays.locate(version.model, version.version)
+    if place is not None and arrays.read_baseline(place, version.model, version.version) is not None:
+        return None
+    data = registry.content.read_tree_file(version.bundle, SAMPLES_FILE)
+    if data is None:
+        return None
+    try:
+        samples = parse_samples(data.decode("utf-8").splitlines(), f"{version.ref} {SAMPLES_FILE}")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{version.ref} {SAMPLES_FILE}: not UTF-8 text") from None
+    return PendingBaseline(version, take_baseline(samples, timestamp(), SAMPLES_FILE))
+
+
+# -- the monitor ----------------------------------------------------------------------------------
+
+
+def _check_kind(kind: str, name: str, given: str, samples: Samples, row: int) -> None:
+    if kind != given:
+        said = "a number" if given == NUMERIC else "text or true/false"
+        raise InvalidInput(f"{samples.where} line {samples.lines[row]}: {name} is {said}, but the baseline "
+                           f"counts it as a {kind} feature")
+
+
+def _seconds(at: datetime | float | None) -> float:
+    if at is None:
+        return now().timestamp()
+    return at.timestamp() if isinstance(at, datetime) else float(at)
+
+
+class Monitor:
+    """Counts the features of requests one version served, per window, for one node.
+
+    ``observe`` takes one request, ``observe_batch`` many as columns (one array per feature);
+    ``flush`` appends what was counted to this node's array, then (given ``deliver``) raises the
+    drift alerts of the version's finished windows. Use it as a context manager to flush at the end.
+    Not thread-safe: a server gives each thread its own, or a lock.
+    """
+
+    def __init__(self, arrays: MonitoringArrays, version: Served, *, node: str | None = None,
+                 deliver: Deliver | None = None, thresholds: Thresholds = Thresholds()):
+        place, self.baseline, self.window_seconds = read_baseline(arrays, version.model, version.version)
+        check_stamp(arrays, place, version)
+        self.arrays, self.version = arrays, version
+        self.node = check_node(node or default_node())
+        self.deliver, self.thresholds = deliver, thresholds
+        self.ignored: set[str] = set()  # features that are not in the baseline
+        self.values = 0  # values counted
+        self._index = {f.name: i for i, f in enumerate(self.baseline.features)}
+        self._offsets = self.baseline.offsets
+        self._pending: dict[int, np.ndarray] = {}  # window start -> counts
+        self._requests = SamplesBuilder(f"a request to {version.ref}")
+
+    def __enter__(self) -> "Monitor":
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.flush()
+
+    @property
+    def windows(self) -> list[int]:
+        """The starts of the windows counted and not flushed yet."""
+        return sorted(self._pending)
+
+    def observe(self, inputs: Mapping | None = None, outputs: Mapping | None = None,
+                at: datetime | float | None = None) -> None:
+        """One request (features as in the JSON Lines form); ``at``: a datetime or seconds since
+        the epoch, default now."""
+        self._requests.add({"inputs": inputs, "outputs": outputs}, len(self._requests) + 1, _seconds(at))
+        if len(self._requests) >= BUFFERED_REQUESTS:
+            self._count_requests()
+
+    def observe_batch(self, features: Mapping[str, Any], at=None) -> None:
+        """Many requests as columns: ``features`` maps a feature's name to one value per request (NaN or
+        None where a request has none), ``at`` is one time for all (datetime or seconds; default
+        now) or an array of seconds, one per request."""
+        times = np.asarray(at, dtype=np.float64) if isinstance(at, np.ndarray | list | tuple) else _seconds(at)
+        windows = self._windows(times)
+        for name, values in features.items():
+            i = self._index.get(name)
+            if i is None:
+                self.ignored.add(name)
+                continue
+            feature = self.baseline.features[i]
+            rows = None
+            if feature.kind == NUMERIC:
+                try:
+                    values = np.asarray(values, dtype=np.float64)
+                except (TypeError, ValueError):
+                    raise InvalidParameter(f"{name} is a numeric feature: its values must be numbers") from None
+                present = ~np.isnan(values)
+                if not present.all():
+                    rows = np.flatnonzero(present)
+                    values = values[rows]
+            elif not isinstance(values, np.ndarray) or values.dtype.kind == "O":
+                values = list(values)
+                if any(v is None for v in values):
+                    rows = np.array([r for r, v in enumerate(values) if v is not None], dtype=np.intp)
+                    values = [values[r] for r in rows]
+            self._add(i, feature.bin(values), windows, rows)
+
+    def observe_samples(self, samples: Samples, default_at: float | None = None) -> None:
+        """Requests parsed from JSON Lines; those without "at" count at ``default_at`` (default now).
+        A feature whose kind differs from the baseline's is refused naming its first line."""
+        for name, column in samples.columns.items():
+            i = self._index.get(name)
+            if i is None:
+                self.ignored.add(name)
+            else:
+                _check_kind(self.baseline.features[i].kind, name, column.kind, samples, column.rows[0])
+        times = np.where(np.isnan(samples.at), _seconds(default_at), samples.at)
+        windows = self._windows(times)
+        for name, column in samples.columns.items():
+            i = self._index.get(name)
+            if i is not None:
+                feature = self.baseline.features[i]
+                values = np.array(column.values, dtype=np.float64) if feature.kind == NUMERIC else column.values
+                self._add(i, feature.bin(values), windows, np.array(column.rows, dtype=np.intp))
+
+    def flush(self) -> list[Alert]:
+        """Append the counted windows to this node's array (one row each); returns the alerts delivered."""
+        self._count_requests()
+        rows = [[start, *counts] for start, counts in sorted(self._pending.items()) if counts.any()]
+        if rows:
+            version = self.version
+            with self.arrays.writing():
+                place = self.arrays.locate(version.model, version.version)
+                if place is None:
+                    raise NotFound(f"the monitoring data of {version.ref} is gone (was the version deleted?)")
+                self.arrays.append(place, f"{version_path(version.model, version.version)}/nodes/{self.node}/counts",
+                                   np.array(rows, dtype=np.int64), 0)
+        self._pending.clear()
+        if self.deliver is None or not rows:
+            return []
+        return raise_alerts(self.arrays, self.version.model, self.version.version, self.deliver,
+                            now().timestamp(), self.thresholds)
+
+    def _windows(self, times) -> tuple[np.ndarray, np.ndarray] | int:
+        """The window start of scalar ``times``, or (window starts, each request's index into them)."""
+        if np.ndim(times) == 0:
+            return int(math.floor(float(times) / self.window_seconds)) * self.window_seconds
+        starts = (np.floor(np.asarray(times) / self.window_seconds) * self.window_seconds).astype(np.int64)
+        return np.unique(starts, return_inverse=True)
+
+    def _add(self, i: int, bins: np.ndarray, windows, rows: np.ndarray | None) -> None:
+        """Count feature ``i``'s ``bins`` (of the requests ``rows``, default all) in their windows."""
+        width, first, count = self.baseline.width, self._offsets[i], self.baseline.features[i].bins
+        self.values += len(bins)
+        if isinstance(windows, int):
+            counts = self._pending.get(windows)
+            if counts is None:
+                counts = self._pending[windows] = np.zeros(width, dtype=np.int64)
+            counts[first:first + count] += np.bincount(bins, minlength=count)
+            return
+        starts, inverse = windows
+        which = inverse if rows is None else inverse[rows]
+        block = np.bincount(which * count + bins, minlength=len(starts) * count).reshape(len(starts), count)
+        for start, counted in zip(starts.tolist(), block):
+            if counted.any():
+                counts = self._pending.get(start)
+                if counts is None:
+                    counts = self._pending[start] = np.zeros(width, dtype=np.int64)
+                counts[first:first + count] += counted
+
+    def _count_requests(self) -> None:
+        if len(self._requests):
+            self.observe_samples(self._requests.build())
+            self._requests = SamplesBuilder(self._requests.where)
+
+
+# -- recording a file -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordReport:
+    ref: str
+    node: str
+    requests: int
+    values: int
+    windows: list[str]
+    ignored_features: list[str]
+    alerts: list[dict] = field(default_factory=list)
+
+
+def record_file(registry: Registry, arrays: MonitoringArrays, ref: str, path: Path, *, node: str | None = None,
+                deliver: Deliver | None = None, thresholds: Thresholds = Thresholds()) -> RecordReport:
+    """Count the requests of a JSON Lines file for ``ref`` and append them as this node's rows. Every
+    line is checked before anything is written."""
+    monitor = Monitor(arrays, served(registry, ref), node=node, deliver=deliver, thresholds=thresholds)
+    samples = read_samples(path)
+    monitor.observe_samples(samples)
+    windows = [iso(start) for start in monitor.windows]
+    alerts = monitor.flush()
+    return RecordReport(monitor.version.ref, monitor.node, len(samples), monitor.values, windows,
+                        sorted(monitor.ignored), [a.to_json() for a in alerts])
