@@ -171,14 +171,14 @@ def three_am(store: Store) -> None:
 
 
 def tiering(store: Store) -> None:
-    print("--- tiering: keep the hot set local, the rest in the object store ---")
+    print("\n--- tiering: keep the hot set local, the rest in the object store ---")
     report = store.tier()
     print(f"hot set: {', '.join(v.split('@')[1] for v in report.hot_versions)}")
     print(f"moved to {store.cold_url}: {len(report.evicted)} packs, {mib(report.bytes_evicted).strip()} "
           f"(each uploaded, read back and compared before the local copy went)")
     pulled = store.pull("acme/support@v1.0.0")
     print(f"pull v1.0.0 back: transferred {mib(pulled.transferred_bytes).strip()} of "
-          f"{mib(pulled.logical_bytes).strip()}\n")
+          f"{mib(pulled.logical_bytes).strip()}")
 
 
 def live_rollback(store: Store) -> None:
@@ -387,8 +387,8 @@ def run(workdir: Path, small: bool) -> None:
     store = Store.init(workdir / "store", cold=str(workdir / "object-store"), keep_hot=1)
     print(f"store: {store.path} (cold tier: {store.cold_url})\n")
     store_history(store, history, bundles)
-    three_am(store)
     tiering(store)
+    three_am(store)
     live_rollback(store)
     drift(store, workdir)
     release_gates(store, history, workdir, layers, scale)
