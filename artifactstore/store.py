@@ -255,8 +255,12 @@ class Store:
         return queries.export_registry(self.registry)
 
     def lineage(self, *, training_data: str | None = None, adapter: str | None = None,
-                base_model: str | None = None) -> list[dict[str, Any]]:
-        return queries.lineage(self.registry, training_data=training_data, adapter=adapter, base_model=base_model)
+                base_model: str | None = None, shares_tensors_with: str | None = None) -> list[dict[str, Any]]:
+        return queries.lineage(self.registry, training_data=training_data, adapter=adapter, base_model=base_model,
+                               shares_tensors_with=shares_tensors_with)
+
+    def sharing(self, ref: str) -> list[dict[str, Any]]:
+        return queries.sharing(self.registry, ref)
 
     def diff(self, ref_a: str, ref_b: str) -> dict[str, Any]:
         return queries.diff(self.registry, ref_a, ref_b)

@@ -3,7 +3,7 @@ from dataclasses import replace
 
 import pytest
 import yaml
-from conftest import snapshot
+from conftest import run_cli, snapshot
 
 from artifactstore import Conflict, CorruptObject, InvalidInput, InvalidParameter, NotFound
 from artifactstore.demo import adapter_history, write_bundle
@@ -274,3 +274,37 @@ def test_promote_without_a_version_promotes_staging_and_clears_it(five):
     state = five.promote("acme/support", reason="staging looked good")
     assert state.pointer("production") == "v1.1.0" and state.pointer("staging") is None
     assert [(e.pointer, e.to) for e in state.entries] == [("production", "v1.1.0"), ("staging", None)]
+
+
+def test_bump_auto_numbers_the_version_and_warns_when_metadata_says_another(store, bundles):
+    store.push(bundles["v1.0.0"], "acme/support", bump="auto")
+    result = store.push(bundles["v1.2.0"], "acme/support", bump="auto")  # its metadata.yaml says v1.2.0
+    assert result.version == "v1.1.0" and result.created
+    assert len(result.warnings) == 1
+    assert result.warnings[0].startswith("metadata.yaml says version v1.2.0; the store numbered it v1.1.0 (minor: ")
+    assert store.version_record("acme/support@v1.1.0")["version"] == "v1.1.0"
+    with pytest.raises(InvalidParameter, match="metadata.yaml says version v1.2.1, but the push is v1.1.1"):
+        store.push(bundles["v1.2.1"], "acme/support@v1.1.1")
+    cli = run_cli("push", bundles["v1.2.1"], "acme/support", "--bump", "auto", "--store", store.path)
+    assert cli.returncode == 0 and "warning: metadata.yaml says version v1.2.1; the store numbered it v1.1.1" \
+        in cli.stderr
+
+
+def test_lineage_by_any_dataset_shared_tensors_and_a_clear_miss(store, bundles, tmp_path):
+    extra = "sha256:" + "ab" * 32
+    hashes = bundles["v1.0.0"] / "training_data.hash"
+    hashes.write_text(hashes.read_text() + extra + "\n")  # trained on two datasets
+    for name in ("v1.0.0", "v1.1.0", "v1.2.0"):
+        store.push(bundles[name], f"acme/support@{name}")
+    assert [e["ref"] for e in store.lineage(training_data=extra)] == ["acme/support@v1.0.0"]
+    assert store.version_record("acme/support@v1.0.0")["training_data_hashes"][1] == extra
+    assert "training_data_hashes" not in store.version_record("acme/support@v1.1.0")
+    shared = store.lineage(shares_tensors_with="acme/support@v1.1.0")
+    assert [(e["ref"], e["shared_tensors"], e["of"]) for e in shared] == [("acme/support@v1.2.0", 14, 28)]
+    with pytest.raises(NotFound, match="no version matches --training-data"):
+        store.lineage(training_data="sha256:" + "00" * 32)
+    miss = run_cli("lineage", "--training-data", "nonsense", "--store", store.path)
+    assert miss.returncode == 1 and miss.stderr == "error: no version matches --training-data nonsense\n"
+    deleted = run_cli("delete", "acme/support@v1.1.0", "--reason", "GDPR request 42", "--store", store.path)
+    assert deleted.returncode == 0
+    assert "note: acme/support@v1.2.0 holds 14 of acme/support@v1.1.0's 28 tensors" in deleted.stderr

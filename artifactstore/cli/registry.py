@@ -23,11 +23,14 @@ force_option = click.option("--force", is_flag=True,
                                  "audit log records the override.")
 
 
+def state_summary(state) -> dict:
+    return {"model": str(state.model), **state.pointer_fields(), "pins": list(state.pins),
+            "entries": [e.to_json() for e in state.entries]}
+
+
 def report_state(state, as_json: bool) -> None:
-    summary = {"model": str(state.model), **state.pointer_fields(), "pins": list(state.pins),
-               "entries": [e.to_json() for e in state.entries]}
     if as_json:
-        emit_json(summary)
+        emit_json(state_summary(state))
         return
     for e in state.entries:
         share = f" ({e.percent}%)" if e.percent is not None else ""
@@ -51,6 +54,8 @@ def push(bundle: Path, ref: str, bump: str | None, actor: str | None, reason: st
          as_json: bool) -> None:
     """Store BUNDLE as version REF (client/model@vX.Y.Z, or client/model with --bump auto)."""
     result = Store(store_path).push(bundle, ref, bump=bump, actor=actor, reason=reason)
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
         emit_json(asdict(result))
     elif result.created:
@@ -131,8 +136,18 @@ def unpin(ref, actor, reason, store_path, as_json) -> None:
 @store_option
 @json_option
 def delete(ref, actor, reason, store_path, as_json) -> None:
-    """Remove version REF from the registry; gc then reclaims what only it used."""
-    report_state(Store(store_path).delete(ref, actor=actor, reason=reason), as_json)
+    """Remove version REF from the registry; gc then reclaims what only it used. Says which kept
+    versions hold some of its tensors: those bytes stay in the store."""
+    store = Store(store_path)
+    kept = store.sharing(ref)
+    state = store.delete(ref, actor=actor, reason=reason)
+    if as_json:
+        emit_json({**state_summary(state), "shared_with": kept})
+        return
+    report_state(state, as_json)
+    for entry in kept:
+        click.echo(f"note: {entry['ref']} holds {entry['shared_tensors']} of {ref}'s {entry['of']} tensors; "
+                   "their bytes stay in the store while it exists", err=True)
 
 
 @cli.command()
@@ -204,19 +219,24 @@ def export_registry(store_path: str) -> None:
 
 
 @cli.command()
-@click.option("--training-data", metavar="HASH")
-@click.option("--adapter", metavar="HASH")
-@click.option("--base-model", metavar="NAME")
+@click.option("--training-data", metavar="HASH", help="Versions trained on this dataset (sha256:… or b3:…).")
+@click.option("--adapter", metavar="HASH", help="Versions whose adapter_model.safetensors has this id (b3:…).")
+@click.option("--base-model", metavar="NAME", help="Versions built on this base model.")
+@click.option("--shares-tensors-with", metavar="REF",
+              help="Other versions holding some of REF's tensors: what a data removal of REF must consider.")
 @store_option
 @json_option
-def lineage(training_data, adapter, base_model, store_path, as_json) -> None:
-    """Versions trained on a dataset, with an adapter hash, or on a base model."""
-    found = Store(store_path).lineage(training_data=training_data, adapter=adapter, base_model=base_model)
+def lineage(training_data, adapter, base_model, shares_tensors_with, store_path, as_json) -> None:
+    """Versions trained on a dataset, with an adapter hash, on a base model, or sharing tensors with
+    a version. Exit status 1 when none matches."""
+    found = Store(store_path).lineage(training_data=training_data, adapter=adapter, base_model=base_model,
+                                      shares_tensors_with=shares_tensors_with)
     if as_json:
         emit_json({"versions": found})
         return
     for entry in found:
-        click.echo(f"{entry['ref']:32} {entry['created_at']} {entry['base_model']}")
+        shared = f"  shares {entry['shared_tensors']} of {entry['of']} tensors" if "shared_tensors" in entry else ""
+        click.echo(f"{entry['ref']:32} {entry['created_at']} {entry['base_model']}{shared}")
 
 
 @cli.command()

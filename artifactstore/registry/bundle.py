@@ -119,13 +119,30 @@ class TensorDigest:
     bytes: int
 
 
+def training_data_hashes(text: str | None, problems: list[str]) -> list[str]:
+    """training_data.hash: one dataset hash a line (a version trained on several datasets lists
+    each), ``sha256:<64 hex>`` or ``b3:<64 hex>``, none repeated."""
+    if text is None:
+        return []
+    hashes = [line.strip() for line in text.splitlines() if line.strip()]
+    bad = [h for h in hashes if DATA_HASH.fullmatch(h) is None]
+    if not hashes or bad:
+        problems.append("training_data.hash: expected one hash a line, 'sha256:<64 hex>' or 'b3:<64 hex>'"
+                        + (f", not {bad[0][:80]!r}" if bad else ""))
+        return []
+    if len(set(hashes)) != len(hashes):
+        problems.append("training_data.hash: a dataset hash is listed twice")
+        return []
+    return hashes
+
+
 @dataclass(frozen=True)
 class Bundle:
     path: Path
     metadata: Metadata
     adapter_config: dict[str, Any]
     training_config: dict[str, Any]
-    training_data_hash: str
+    training_data_hashes: list[str]  # one per dataset it was trained on
     eval_scores: dict[str, Any]  # numbers, or mappings of them: ``metric_values`` reads them
     inference_config: dict[str, Any]
     changelog: str
@@ -515,13 +532,9 @@ def load_bundle(root: Path) -> Bundle:
     changelog = _read_text(root, "changelog.md", problems)
     if changelog is not None and not changelog.strip():
         problems.append("changelog.md: empty")
-    data_hash = _read_text(root, "training_data.hash", problems)
-    if data_hash is not None:
-        data_hash = data_hash.strip()
-        if DATA_HASH.fullmatch(data_hash) is None:
-            problems.append("training_data.hash: expected one line 'sha256:<64 hex>' or 'b3:<64 hex>'")
-        elif metadata is not None and metadata.training_data_hash not in (None, data_hash):
-            problems.append("metadata.yaml: training_data_hash differs from training_data.hash")
+    data_hashes = training_data_hashes(_read_text(root, "training_data.hash", problems), problems)
+    if data_hashes and metadata is not None and metadata.training_data_hash not in (None, *data_hashes):
+        problems.append("metadata.yaml: training_data_hash is not one of training_data.hash's")
     if metadata is not None and adapter_config is not None \
             and names_base_model(adapter_config.base_model_name_or_path) \
             and metadata.base_model != adapter_config.base_model_name_or_path:
@@ -540,7 +553,7 @@ def load_bundle(root: Path) -> Bundle:
         raise InvalidInput(f"bundle {root} is invalid: " + "; ".join(problems))
     # with no problem noted, every part was read
     assert metadata and adapter_config and training_config and inference_config and eval_scores
-    assert changelog is not None and data_hash is not None and tensors is not None
-    return Bundle(root, metadata, adapter_config.model_dump(), training_config.root, data_hash,
+    assert changelog is not None and data_hashes and tensors is not None
+    return Bundle(root, metadata, adapter_config.model_dump(), training_config.root, data_hashes,
                   eval_scores.root, inference_config.root, changelog, tensors)
 

@@ -4,7 +4,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import InvalidParameter
+from ..errors import InvalidParameter, NotFound
 from .bundle import metric_values
 from .gate import gate_result
 from .pointers import PRODUCTION, ROLLBACK_TARGET, STAGING
@@ -79,23 +79,54 @@ def export_registry(registry: Registry) -> str:
     return yaml.safe_dump({"clients": clients}, sort_keys=False)
 
 
-def lineage(registry: Registry, *, training_data: str | None = None, adapter: str | None = None,
-            base_model: str | None = None) -> list[dict[str, Any]]:
-    """Versions trained on a dataset, carrying an adapter hash, or built on a base model."""
-    given = {"training_data_hash": training_data, "adapter_hash": adapter, "base_model": base_model}
-    wanted = {k: v for k, v in given.items() if v is not None}
-    if len(wanted) != 1:
-        raise InvalidParameter("lineage needs exactly one of --training-data, --adapter, --base-model")
-    (field, value), = wanted.items()
-    found = []
+def datasets(record: dict[str, Any]) -> list[str]:
+    """The training-data hashes of a version (records of one dataset carry only the first field)."""
+    return record.get("training_data_hashes") or [record["training_data_hash"]]
+
+
+def _every_record(registry: Registry):
     for name in registry.models():
         state = registry.state(name)
         for version in state.sorted_versions():
-            record = registry.record(state, version)
-            if record[field] == value:
-                found.append({"ref": f"{name}@{version}", "created_at": record["created_at"],
-                              "base_model": record["base_model"], "adapter_hash": record["adapter_hash"],
-                              "training_data_hash": record["training_data_hash"]})
+            yield f"{name}@{version}", registry.record(state, version)
+
+
+def lineage(registry: Registry, *, training_data: str | None = None, adapter: str | None = None,
+            base_model: str | None = None, shares_tensors_with: str | None = None) -> list[dict[str, Any]]:
+    """Versions trained on a dataset, carrying an adapter hash, built on a base model, or holding
+    tensors of another version (``shares_tensors_with``, a ref: what a data removal must also
+    consider). NotFound when none matches."""
+    given = {"--training-data": training_data, "--adapter": adapter, "--base-model": base_model,
+             "--shares-tensors-with": shares_tensors_with}
+    wanted = {k: v for k, v in given.items() if v is not None}
+    if len(wanted) != 1:
+        raise InvalidParameter(f"lineage needs exactly one of {', '.join(given)}")
+    (option, value), = wanted.items()
+    if option == "--shares-tensors-with":
+        found = sharing(registry, value)
+    else:
+        matches = {"--training-data": lambda r: value in datasets(r), "--adapter": lambda r: r["adapter_hash"] == value,
+                   "--base-model": lambda r: r["base_model"] == value}[option]
+        found = [{"ref": ref, "created_at": record["created_at"], "base_model": record["base_model"],
+                  "adapter_hash": record["adapter_hash"], "training_data": datasets(record)}
+                 for ref, record in _every_record(registry) if matches(record)]
+    if not found:
+        raise NotFound(f"no version matches {option} {value}")
+    return found
+
+
+def sharing(registry: Registry, ref: str) -> list[dict[str, Any]]:
+    """Every other version holding some of ``ref``'s tensors (the same bytes), with how many."""
+    state, version = registry.resolve_version(ref)
+    asked = f"{state.model}@{version}"
+    digests = {t["digest"] for t in registry.record(state, version)["tensors"].values()}
+    found = []
+    for other, record in _every_record(registry):
+        shared = sum(t["digest"] in digests for t in record["tensors"].values())
+        if other != asked and shared:
+            found.append({"ref": other, "created_at": record["created_at"], "base_model": record["base_model"],
+                          "adapter_hash": record["adapter_hash"], "training_data": datasets(record),
+                          "shared_tensors": shared, "of": len(digests)})
     return found
 
 
@@ -125,7 +156,7 @@ def diff(registry: Registry, ref_a: str, ref_b: str) -> dict[str, Any]:
         "training_config": _dict_changes(a["training_config"], b["training_config"]),
         "inference_config": _dict_changes(a["inference_config"], b["inference_config"]),
         "adapter_settings": _dict_changes(a["adapter_settings"], b["adapter_settings"]),
-        "training_data_changed": a["training_data_hash"] != b["training_data_hash"],
+        "training_data_changed": datasets(a) != datasets(b),
         "metrics": metrics,
         "gate": _summary(gate_result(registry, *registry.resolve_version(ref_b))),
     }

@@ -8,7 +8,7 @@ compute the new state, write it, compare-and-swap the ref (docs/format.md, "Regi
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ class PushResult:
     created: bool
     logical_bytes: int
     new_bytes: int
+    warnings: list[str] = field(default_factory=list)
 
 
 class Registry:
@@ -214,10 +215,17 @@ class Registry:
         previous = previous_version(state, version)
         change = compare(self.record(state, previous), bundle) if previous else None
         check_label(version, previous, change)
+        warnings = []
         if bundle.metadata.version not in (None, version):
-            raise InvalidParameter(f"metadata.yaml says version {bundle.metadata.version}, but the push is {version}")
+            said = f"metadata.yaml says version {bundle.metadata.version}"
+            if requested is not None:  # the user named a number that the bundle contradicts
+                raise InvalidParameter(f"{said}, but the push is {version}")
+            warnings.append(f"{said}; the store numbered it {version} ({change.kind if change else 'initial'}: "
+                            f"{change.describe() if change else 'the first version'})")
         from_bundle: dict[str, Any] = {
-            "base_model": bundle.metadata.base_model, "training_data_hash": bundle.training_data_hash,
+            "base_model": bundle.metadata.base_model, "training_data_hash": bundle.training_data_hashes[0],
+            # written only for several datasets, so that a record of one keeps the bytes it had before
+            **({"training_data_hashes": bundle.training_data_hashes} if len(bundle.training_data_hashes) > 1 else {}),
             "training_config": bundle.training_config, "eval_scores": bundle.eval_scores,
             "inference_config": bundle.inference_config, "adapter_settings": bundle.adapter_settings,
             "change_description": bundle.metadata.change_description,
@@ -247,7 +255,7 @@ class Registry:
 
         self.transact(model, add_version, actor, reason or bundle.metadata.change_description, create=True)
         return PushResult(f"{model}@{version}", version, stored.id, adapter_hash, record["change"], True,
-                          stored.logical_bytes, stored.new_bytes)
+                          stored.logical_bytes, stored.new_bytes, warnings)
 
     def _next_version(self, state: ModelState, bundle: Bundle) -> str:
         if not state.versions:
