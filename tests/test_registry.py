@@ -210,7 +210,8 @@ def test_export_lineage_diff_and_changelog(pushed, bundles):
     text = pushed.changelog("acme/support@v1.1.1", "acme/support@v1.2.0")
     assert text.startswith("## Model Update: acme/support v1.2.0")
     assert "| Metric | Previous (v1.1.1) | Updated (v1.2.0) |" in text and "| accuracy | 94.2% | 94.2% |" in text
-    assert "14 of 28 tensors updated" in text and "Previous version (v1.1.1)" in text
+    assert "- retrain of the upper half of the layers" in text and "tensors" not in text, "no technical lines"
+    assert "Previous version (v1.1.1) is available for instant rollback" in text
 
 
 @pytest.fixture
@@ -308,3 +309,31 @@ def test_lineage_by_any_dataset_shared_tensors_and_a_clear_miss(store, bundles, 
     deleted = run_cli("delete", "acme/support@v1.1.0", "--reason", "GDPR request 42", "--store", store.path)
     assert deleted.returncode == 0
     assert "note: acme/support@v1.2.0 holds 14 of acme/support@v1.1.0's 28 tensors" in deleted.stderr
+
+
+def test_the_change_log_speaks_to_the_client(store, bundles, tmp_path):
+    store.push(bundles["v1.0.0"], "acme/support@v1.0.0")
+    bundle = bundles["v1.1.0"]
+    (bundle / "eval_results.json").write_text(json.dumps({"accuracy": 0.958, "avg_response_time_s": 0.8,
+                                                         "internal_loss": 0.31}))
+    (bundle / "changelog.md").write_text("## v1.1.0\n\n### What Changed\n- Improved refund answers\n"
+                                         "- Fewer false escalations\n\n### Known Limitations\n"
+                                         "- Still weak on bundle questions\n")
+    store.push(bundle, "acme/support@v1.1.0")
+    plain = store.changelog("acme/support@v1.0.0", "acme/support@v1.1.0")
+    assert "- Improved refund answers\n- Fewer false escalations" in plain
+    assert "| avg_response_time_s | — | 0.8 |" in plain, "a time of 0.8 s is no 80%"
+    assert "### Known Limitations\n- Still weak on bundle questions" in plain
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("display:\n  avg_response_time_s: {label: Avg response time, unit: s}\n"
+                      "  accuracy: {label: Accuracy}\n  internal_loss: {hidden: true}\n"
+                      "gate: {required: false}\nreview: {required: false}\n")
+    store.set_policy("acme/support", policy)
+    styled = store.changelog("acme/support@v1.0.0", "acme/support@v1.1.0")
+    assert "| Avg response time | — | 0.8s |" in styled and "| Accuracy | 94.2% | 95.8% |" in styled
+    assert "internal_loss" not in styled
+    major = replace(HISTORY[1], name="v2.0.0", base_model="mistralai/Mistral-7B-v0.3")
+    store.push(write_bundle(major, tmp_path / "v2.0.0"), "acme/support@v2.0.0")
+    moved = store.changelog("acme/support@v1.1.0", "acme/support@v2.0.0")
+    assert "Moved to a new base model, mistralai/Mistral-7B-v0.3" in moved
+    assert "not an instant swap" in moved and "instant rollback" not in moved

@@ -7,7 +7,8 @@ unknown. It is stored as an immutable registry object and the model's state name
 version's gate result can say which policy it ran under. docs/release.md explains every field.
 
 Sections: ``gate`` (the eval gate, gate.py), ``review`` (human sign-off, review.py), ``hooks``
-(who hears about events, hooks.py). A later section is one more field of ``Policy``.
+(who hears about events, hooks.py), ``display`` (how metrics read in client-facing texts). A later
+section is one more field of ``Policy``.
 """
 
 import json
@@ -94,6 +95,16 @@ class ReviewSection(_Section):
     min_samples: int = Field(default=20, ge=1)  # outputs an approval must have looked at (seed: 20-30)
 
 
+class MetricDisplay(_Section):
+    """How a metric reads in what clients see (the change log, notices)."""
+
+    label: str | None = Field(default=None, min_length=1, max_length=80)  # default: the metric's path
+    unit: str = Field(default="", max_length=16)  # written after the value: "s", " ms", " tokens"
+    percent: bool | None = None  # a fraction shown as a percentage (0.958 -> 95.8%); default: by its name
+    decimals: int | None = Field(default=None, ge=0, le=6)  # default: 1 for percentages, else as needed
+    hidden: bool = False  # an internal metric clients need not see
+
+
 class Hook(_Section):
     """Where events go: an HTTP endpoint (JSON POST) or a command (the event JSON on stdin)."""
 
@@ -122,6 +133,7 @@ class Policy(_Section):
     gate: GateSection = GateSection()
     review: ReviewSection = ReviewSection()
     hooks: list[Hook] = []
+    display: dict[MetricPath, MetricDisplay] = {}
 
     @model_validator(mode="after")
     def _unique_hook_names(self):

@@ -1,5 +1,6 @@
 """Registry queries: show, ls, export, lineage, diff and the client-facing change log."""
 
+import re
 from typing import Any
 
 import yaml
@@ -8,6 +9,7 @@ from ..errors import InvalidParameter, NotFound
 from .bundle import metric_values
 from .gate import gate_result
 from .pointers import PRODUCTION, ROLLBACK_TARGET, STAGING
+from .policy import MetricDisplay, policy_of
 from .refs import ModelName, parse_version
 from .registry import Registry
 from .review import review_of
@@ -21,12 +23,28 @@ def _dict_changes(old: dict, new: dict) -> dict[str, dict[str, Any]]:
     return {k: {"from": old.get(k), "to": new.get(k)} for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
 
 
-def _metric(value) -> str:
+# A metric whose name says it is a rate reads as a percentage when written as a fraction; any
+# other number reads as written (a response time of 0.8 s is no 80%).
+_RATE_NAME = re.compile(r"(accuracy|rate|precision|recall|f1|ratio|share|pass)", re.IGNORECASE)
+
+
+def metric_label(path: str, display: MetricDisplay | None) -> str:
+    return display.label if display and display.label else path
+
+
+def metric_value(path: str, value, display: MetricDisplay | None) -> str:
+    """A metric's value as a client reads it, by the model's display settings (policy ``display``)."""
     if value is None:
         return "—"
-    if isinstance(value, float) and 0 <= value <= 1:
-        return f"{value * 100:.1f}%"
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return str(value)
+    percent = display.percent if display and display.percent is not None else \
+        bool(_RATE_NAME.search(path.rsplit(".", 1)[-1])) and 0 <= value <= 1
+    decimals = display.decimals if display and display.decimals is not None else None
+    unit = display.unit if display else ""
+    if percent:
+        return f"{value * 100:.{1 if decimals is None else decimals}f}%{unit}"
+    return (f"{value:g}" if decimals is None else f"{value:.{decimals}f}") + unit
 
 
 def show(registry: Registry, ref: str) -> dict[str, Any]:
@@ -163,31 +181,39 @@ def diff(registry: Registry, ref_a: str, ref_b: str) -> dict[str, Any]:
 
 
 def changelog(registry: Registry, ref_a: str, ref_b: str) -> str:
-    """The seeds' client-facing change log (Markdown) for moving from A to B; B's gate result, if it
-    has one, adds its verdict, and its accepted trade-offs become the known limitations."""
+    """The seeds' client-facing change log (Markdown) for moving from A to B: clear, non-technical,
+    about outcomes. What changed comes from B's changelog.md (its list items; a "Known Limitations"
+    section of it joins B's accepted gate trade-offs), metrics read by the model's display settings
+    (policy ``display``), and the rollback plan says when a rollback is no instant swap."""
     a, b = registry.version_record(ref_a), registry.version_record(ref_b)
     if parse_version(b["version"]) <= parse_version(a["version"]) and a["model"] == b["model"]:
         raise InvalidParameter(f"changelog goes from an older to a newer version: {ref_a} is not older than {ref_b}")
+    state_b, version_b = registry.resolve_version(ref_b)
+    policy = policy_of(registry, state_b)
+    display = policy.display if policy is not None else {}
     d = diff(registry, ref_a, ref_b)
-    what = [f"- {b['change_description']}"]
+    notes = _changelog_sections(registry, b)
+    what = notes.get("what changed") or [b["change_description"]]
     if d["base_model"]["changed"]:
-        what.append(f"- Moved to base model {b['base_model']} (was {a['base_model']})")
-    changed = d["tensor_summary"]["changed"]["count"] + d["tensor_summary"]["added"]["count"]
-    if changed:
-        what.append(f"- Retrained adapter weights: {changed} of {len(d['tensors'])} tensors updated")
-    else:
-        what.append("- Adapter weights unchanged")
-    if d["training_data_changed"]:
-        what.append("- Trained on an updated dataset")
-    for key, change in d["inference_config"].items():
-        what.append(f"- Serving: {key} {change['from']} → {change['to']}")
-    rows = [f"| {m} | {_metric(v['from'])} | {_metric(v['to'])} |" for m, v in d["metrics"].items()]
-    gate = gate_result(registry, *registry.resolve_version(ref_b))
+        what.append(f"Moved to a new base model, {b['base_model']}")
+    if d["training_data_changed"] and not notes.get("what changed"):
+        what.append("Trained on updated data")
+    rows = [f"| {metric_label(m, display.get(m))} | {metric_value(m, v['from'], display.get(m))} | "
+            f"{metric_value(m, v['to'], display.get(m))} |"
+            for m, v in d["metrics"].items() if not (display.get(m) and display[m].hidden)]
+    gate = gate_result(registry, state_b, version_b)
     verdict = [] if gate is None else [f"**Evaluation gate:** {GATE_OUTCOME[gate.verdict]} against "
                                        f"{gate.production or 'no production version'}"]
-    limitations = [] if gate is None else [
-        f"- {m.metric}: {_metric(m.production)} → {_metric(m.candidate)} ({m.accepted['reason']})"
-        for m in gate.metrics if m.verdict == "accepted" and m.accepted]
+    limitations = notes.get("known limitations", []) + ([] if gate is None else [
+        f"{metric_label(m.metric, display.get(m.metric))}: {metric_value(m.metric, m.production, display.get(m.metric))}"
+        f" → {metric_value(m.metric, m.candidate, display.get(m.metric))} ({m.accepted['reason']})"
+        for m in gate.metrics if m.verdict == "accepted" and m.accepted])
+    if d["base_model"]["changed"]:
+        rollback = (f"Previous version ({a['version']}) remains available. It runs on the previous base model "
+                    f"({a['base_model']}), so returning to it means switching base models: a planned restart of "
+                    "the serving processes, not an instant swap.")
+    else:
+        rollback = f"Previous version ({a['version']}) is available for instant rollback if any issues arise."
     return "\n".join([
         f"## Model Update: {b['client']}/{b['model']} {b['version']}",
         "",
@@ -196,15 +222,32 @@ def changelog(registry: Registry, ref_a: str, ref_b: str) -> str:
         *verdict,
         "",
         "### What Changed",
-        *what,
+        *(f"- {line}" for line in what),
         "",
         "### Performance Comparison",
         f"| Metric | Previous ({a['version']}) | Updated ({b['version']}) |",
         "|--------|-------------------|-------------------|",
         *rows,
         "",
-        *(["### Known Limitations", *limitations, ""] if limitations else []),
+        *(["### Known Limitations", *(f"- {line}" for line in limitations), ""] if limitations else []),
         "### Rollback Plan",
-        f"Previous version ({a['version']}) is available for instant rollback if any issues arise.",
+        rollback,
         "",
     ])
+
+
+def _changelog_sections(registry: Registry, record: dict[str, Any]) -> dict[str, list[str]]:
+    """The list items of a version's changelog.md by the heading they stand under ("what changed",
+    "known limitations"; items before any heading count as what changed)."""
+    data = registry.content.read_tree_file(record["bundle"], "changelog.md")
+    sections: dict[str, list[str]] = {}
+    heading = "what changed"
+    for line in (data or b"").decode("utf-8", "replace").splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            title = stripped.lstrip("#").strip().lower()
+            heading = "known limitations" if "limitation" in title else \
+                "what changed" if "change" in title or heading == "what changed" else title
+        elif stripped[:2] in ("- ", "* "):
+            sections.setdefault(heading, []).append(stripped[2:].strip())
+    return sections
