@@ -375,6 +375,30 @@ def drift(store: Store, workdir: Path) -> None:
     print(f"=> {check.verdict()}\n")
 
 
+TOUR_POLICY = """\
+# the seeds' pipeline, stages 1 and 2: docs/release.md explains every field
+gate:
+  defaults: {max_drop_points: 2}        # no metric more than 2 points worse than production
+  metrics:
+    hallucination_rate: {ceiling: 0.03}  # never above 3%
+review:
+  min_samples: 20                        # someone who knows the client reads 20-30 outputs
+"""
+
+
+def write_tour_files(directory: Path, small: bool = True) -> list[Path]:
+    """What the README's tour uses: the demo's bundles (``bundles/v1.0.0`` …), a release policy
+    (``policy.yaml``) and a day of served requests (``served.jsonl``); returns the paths written."""
+    layers, scale = (8, 4) if small else (32, 1)
+    samples = eval_samples(np.random.default_rng(0))
+    written = [write_bundle(v, directory / "bundles" / v.name, eval_samples=samples,
+                            training_examples=TRAINING_EXAMPLES)
+               for v in adapter_history(layers=layers, scale=scale)]
+    (directory / "policy.yaml").write_text(TOUR_POLICY)
+    (directory / "served.jsonl").write_text(eval_samples(np.random.default_rng(1), 500))
+    return [*written, directory / "policy.yaml", directory / "served.jsonl"]
+
+
 def run(workdir: Path, small: bool) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)

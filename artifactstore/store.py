@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from .backends.remote import mask_secrets, mask_url
-from .clock import now
+from .clock import now, timestamp
 from .content.chunking import DEFAULT_PARAMS, ChunkerParams
-from .content.config import DEFAULT_KEEP_HOT
+from .content.config import DEFAULT_KEEP_HOT, StoreConfig
 from .content.store import ContentStore, PutResult, StoreStats
 from .content.verify import verify_content
 from .lifecycle.gc import GcReport, collect_garbage
@@ -58,7 +58,7 @@ from .registry.registry import PushResult, Registry
 from .registry.repair import repair_refs
 from .registry.review import Review, record_review
 from .registry.routing import route_ref
-from .registry.state import AuditEntry, ModelState
+from .registry.state import AuditEntry, ModelState, default_actor
 from .registry.verify import verify_registry
 from .serving.adapters import check_out
 from .serving.load import Loader
@@ -140,6 +140,12 @@ class Store:
         return {"store": mask_url(self.location), "hot": str(self.path.resolve()),
                 "format_version": self.content.config.version, "chunker": self.chunker.as_kwargs(),
                 "cold": mask_url(self.cold_url), "keep_hot": self.keep_hot, "environment": mask_secrets(aws)}
+
+    def set_config(self, setting: str, value: str | int | None, *, actor: str | None = None,
+                   reason: str = "") -> StoreConfig:
+        """Change ``cold`` or ``keep_hot``; see ``ContentStore.change_setting``."""
+        return self.content.change_setting(setting, value, actor=actor or default_actor(), reason=reason,
+                                           at=timestamp())
 
     # -- content ----------------------------------------------------------------------------
 

@@ -103,3 +103,28 @@ def test_get_and_checkout_honour_the_umask(tmp_path):
     modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode)
              for p in [tmp_path / "out", *(tmp_path / "out").rglob("*")]}
     assert modes == {"out": 0o755, "out/adapter_weights": 0o755, "out/adapter_weights/a.bin": 0o644}
+
+
+def test_config_set_adds_a_cold_tier_later_and_records_who_and_why(tmp_path):
+    store = tmp_path / "store"
+    run_cli("init", store)
+    no_tier = run_cli("tier", "--store", store)
+    assert no_tier.returncode == 1 and "config set cold" in no_tier.stderr
+    (tmp_path / "file").write_text("")
+    unwritable = run_cli("config", "set", "cold", tmp_path / "file" / "below-a-file", "--store", store)
+    assert unwritable.returncode == 1 and unwritable.stderr.count("\n") == 1, unwritable.stderr
+    added = run_cli("config", "set", "cold", tmp_path / "archive", "--by", "admin", "--reason", "archive",
+                    "--store", store)
+    assert added.returncode == 0, added.stderr
+    assert run_cli("config", "set", "keep-hot", "5", "--store", store, "--by", "admin").returncode == 0
+    shown = json.loads(run_cli("config", "--json", "--store", store).stdout)
+    assert shown["cold"] == str(tmp_path / "archive") and shown["keep_hot"] == 5
+    assert [(c["setting"], c["actor"], c["to"]) for c in shown["changes"]] == [
+        ("cold", "admin", str(tmp_path / "archive")), ("keep_hot", "admin", 5)]
+    tree = make_tree(tmp_path / "tree", {"a.bin": random_bytes(300_000, 5)})
+    run_cli("put", tree, "--store", store)
+    (tmp_path / "archive" / "packs").mkdir(exist_ok=True)
+    (tmp_path / "archive" / "packs" / "x.pack").write_bytes(b"a pack the archive holds")
+    replaced = run_cli("config", "set", "cold", tmp_path / "elsewhere", "--store", store)
+    assert replaced.returncode == 1 and "holds packs" in replaced.stderr
+    assert json.loads(run_cli("config", "--json", "--store", store).stdout)["cold"] == str(tmp_path / "archive")

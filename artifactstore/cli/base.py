@@ -16,10 +16,13 @@ STORE_HELP = ("The store: a directory, or s3://bucket/prefix for a store shared 
               f"{STORE_VARIABLE}; a shared store's local cache is $ARTIFACTSTORE_CACHE). Before or after the command.")
 
 
-def _store_location(ctx: click.Context, _: click.Parameter, value: str | None) -> str:
+def resolve_store(ctx: click.Context, _: click.Parameter | None, value: str | None) -> str:
     """--store after the command, else --store before it, else $ARTIFACTSTORE_STORE; where it came
     from is kept for ``config``."""
-    given_before = ctx.find_root().params.get("store_path")
+    outer = ctx.parent
+    while outer is not None and not outer.params.get("store_path"):
+        outer = outer.parent
+    given_before = outer.params["store_path"] if outer is not None else None
     for source, location in (("--store", value), ("--store", given_before),
                              (STORE_VARIABLE, os.environ.get(STORE_VARIABLE))):
         if location:
@@ -35,7 +38,9 @@ class OneLineUsageError(click.UsageError):
         click.echo(f"error: {self.format_message()}", err=True)
 
 
-store_option = click.option("--store", "store_path", metavar="PATH|URL", callback=_store_location, help=STORE_HELP)
+store_option = click.option("--store", "store_path", metavar="PATH|URL", callback=resolve_store, help=STORE_HELP)
+# for a group whose subcommands take --store too: resolved only where it is used (resolve_store)
+group_store_option = click.option("--store", "store_path", metavar="PATH|URL", help=STORE_HELP)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object, nothing else.")
 
 

@@ -7,13 +7,17 @@ from pathlib import Path
 
 import click
 
+from ..errors import InvalidParameter
 from ..store import Store
 from .base import (
+    audit_options,
     cli,
     emit_json,
+    group_store_option,
     human_bytes,
     json_option,
     progress_bar,
+    resolve_store,
     store_option,
 )
 
@@ -29,18 +33,50 @@ def init(path: str, cold: str | None, keep_hot: int) -> None:
     click.echo(f"initialised store at {path}")
 
 
-@cli.command()
-@store_option
+@cli.group(invoke_without_command=True)
+@group_store_option
 @json_option
-def config(store_path: str, as_json: bool) -> None:
-    """The store's effective configuration (secrets masked), and where the store's location came from."""
-    effective = {**Store(store_path).effective_config(),
-                 "store_from": click.get_current_context().meta["store_source"]}
+@click.pass_context
+def config(ctx: click.Context, store_path: str | None, as_json: bool) -> None:
+    """The store's effective configuration (secrets masked), where the store's location came from,
+    and every change made with `config set`."""
+    if ctx.invoked_subcommand is not None:
+        return
+    store = Store(resolve_store(ctx, None, store_path))
+    effective = {**store.effective_config(), "store_from": ctx.meta["store_source"],
+                 "changes": list(store.content.config.changes)}
     if as_json:
         emit_json(effective)
         return
     for key, value in effective.items():
-        click.echo(f"{key:22} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+        if key != "changes":
+            click.echo(f"{key:22} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    for change in effective["changes"]:
+        click.echo(f"changed {change['at'][:19]} by {change['actor']}: {change['setting']} {change['from']} -> "
+                   f"{change['to']}  {change['reason']}")
+
+
+@config.command(name="set")
+@click.argument("setting", type=click.Choice(["cold", "keep-hot"]))
+@click.argument("value")
+@audit_options
+@store_option
+@json_option
+def set_config(setting: str, value: str, actor: str | None, reason: str, store_path: str, as_json: bool) -> None:
+    """Change a setting: `cold URL|DIRECTORY|none` (a cold tier for a store that has none; it must
+    take writes now) or `keep-hot N`. Recorded, with who and why, in the configuration."""
+    if setting == "keep-hot":
+        if not value.isdigit():
+            raise InvalidParameter(f"keep-hot must be a whole number >= 0, not {value!r}")
+        new_value: str | int | None = int(value)
+    else:
+        new_value = None if value == "none" else value
+    updated = Store(store_path).set_config(setting.replace("-", "_"), new_value, actor=actor, reason=reason)
+    change = updated.changes[-1]
+    if as_json:
+        emit_json(change)
+        return
+    click.echo(f"{change['setting']}: {change['from']} -> {change['to']}")
 
 
 @cli.command()

@@ -27,7 +27,7 @@ def tier(dry_run: bool, store_path: str, as_json: bool) -> None:
         emit_json(asdict(report))
         return
     verb = "would move" if dry_run else "moved"
-    click.echo(f"hot set: {len(report.hot_versions)} versions")
+    click.echo(f"hot set ({len(report.hot_versions)} versions): {', '.join(report.hot_versions) or 'none'}")
     click.echo(f"{verb} to cold: {len(report.evicted)} packs, {human_bytes(report.bytes_evicted)} "
                f"({human_bytes(report.bytes_to_cold)} uploaded; {human_bytes(report.rehomed_bytes)} of hot chunks "
                f"copied out of them first)")

@@ -201,9 +201,16 @@ def log(model: str, store_path: str, as_json: bool) -> None:
         emit_json({"model": model, "entries": [e.to_json() for e in entries]})
         return
     for e in entries:
-        target = f"{e.pointer or ''} {e.from_ or '-'} -> {e.to or '-'}"
         override = f" [override: {e.override}]" if e.override else ""
-        click.echo(f"{e.seq:4} {e.at} {e.actor:24} {e.action:9} {target:40} {e.reason}{override}")
+        click.echo(f"{e.seq:>4}  {e.at[:19]}  {e.actor:<20}  {e.action:<9}  {e.pointer or '-':<15}  "
+                   f"{_short(e.from_):>14} -> {_short(e.to):<14}  {e.reason}{override}")
+
+
+def _short(value: str | None) -> str:
+    """A version as it is; an id (a policy's) cut to what tells it apart at a glance."""
+    if value is None:
+        return "-"
+    return value[:15] + "…" if value.startswith("b3:") else value
 
 
 @cli.group()

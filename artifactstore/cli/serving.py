@@ -39,7 +39,8 @@ def checkout(ref: str, dest: Path, store_path: str) -> None:
 @store_option
 def follow(ref, framework, device, poll_ms, probe, store_path) -> None:
     """Follow pointer REF like an inference server: keep its hot versions loaded, print one JSON line
-    per swap ({"version", "bundle", "at": monotonic seconds, "probe"}), until stdin closes.
+    per swap ({"version", "bundle", "at": monotonic seconds, "probe"}), until stdin closes (Ctrl-D at a
+    terminal).
 
     Once the hot versions are loaded it prints {"resident": [versions]}."""
     from ..serving.follower import Follower
@@ -58,6 +59,8 @@ def follow(ref, framework, device, poll_ms, probe, store_path) -> None:
                   on_swap=announce, on_error=warn) as follower:
         click.echo(json.dumps({"resident": sorted(follower.resident)}))
         sys.stdout.flush()
+        if sys.stdin.isatty():
+            click.echo("following; Ctrl-D ends it", err=True)
         sys.stdin.read()
 
 

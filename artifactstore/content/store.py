@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -22,12 +22,13 @@ import blake3
 
 from ..backends import Backend, is_url, open_backend, probe
 from ..backends.local import LocalBackend
-from ..errors import CorruptObject, InvalidInput, InvalidParameter, NotFound, StoreError
+from ..backends.remote import mask_url
+from ..errors import Conflict, CorruptObject, InvalidInput, InvalidParameter, NotFound, StoreError
 from ..ids import digest, format_id, parse_id
 from ..progress import Progress, no_progress
 from .chunking import DEFAULT_PARAMS, ChunkerParams
 from .condemned import condemned_packs, condemned_times
-from .config import CONFIG_KEY, DEFAULT_KEEP_HOT, FORMAT_VERSION, StoreConfig
+from .config import CONFIG_KEY, DEFAULT_KEEP_HOT, FORMAT_VERSION, SETTINGS, StoreConfig
 from .index import ChunkIndex, IndexFiles, Location, write_index
 from .manifest import FileManifest, TreeEntry, TreeManifest, decode_manifest, manifest_key
 from .pack import pack_id_from_key, pack_key, read_trailer
@@ -130,6 +131,48 @@ class ContentStore:
             home = LocalBackend(root)
         home.write(CONFIG_KEY, StoreConfig(FORMAT_VERSION, chunker, cold, keep_hot).encode())
         return cls.open(location, cache=cache)
+
+    def change_setting(self, setting: str, value: str | int | None, *, actor: str, reason: str, at: str) -> StoreConfig:
+        """Change ``cold`` (a directory or URL, None: no cold tier) or ``keep_hot`` (whole number), with
+        who, when and why recorded in the configuration itself; one compare-and-swap of
+        ``artifactstore.json``. A new cold tier must take writes now; a cold tier that holds packs
+        cannot be replaced or dropped (they would be lost to the store)."""
+        if setting not in SETTINGS:
+            raise InvalidParameter(f"unknown setting {setting!r}: expected one of {', '.join(SETTINGS)}")
+        data, token = self.home.read_ref(CONFIG_KEY)
+        if data is None:
+            raise StoreError(f"{self.location}/{CONFIG_KEY} is gone")
+        current = StoreConfig.decode(data, f"{self.location}/{CONFIG_KEY}")
+        if setting == "keep_hot":
+            if type(value) is not int or value < 0:
+                raise InvalidParameter(f"keep-hot must be a whole number >= 0, not {value!r}")
+            updated = replace(current, keep_hot=value)
+        else:
+            if self.shared:
+                raise InvalidParameter("a shared store lives in object storage already: it has no separate cold tier")
+            cold = None if value is None else str(value) if is_url(str(value)) else str(Path(str(value)).resolve())
+            if current.cold is not None and current.cold != cold and any(open_backend(current.cold).list("packs")):
+                raise InvalidParameter(f"the cold tier {mask_url(current.cold)} holds packs: run `artifactstore "
+                                       "pull` for what must stay, or keep it; replacing it would lose them")
+            if cold is not None:
+                probe(open_backend(cold))
+            updated = replace(current, cold=cold)
+        before, after = getattr(current, setting), getattr(updated, setting)
+        if before == after:
+            raise InvalidParameter(f"{setting} is {before!r} already")
+        record = {"at": at, "actor": actor, "reason": reason, "setting": setting,
+                  "from": mask_url(before) if isinstance(before, str) else before,
+                  "to": mask_url(after) if isinstance(after, str) else after}
+        updated = replace(updated, changes=(*current.changes, record))
+        try:
+            self.home.swap_ref(CONFIG_KEY, updated.encode(), token)
+        except Conflict:
+            raise Conflict(f"{CONFIG_KEY} changed while this command ran: nothing was changed; retry") from None
+        self.config = updated
+        if setting == "cold":
+            self.cold_url = updated.cold
+            self.cold = open_backend(updated.cold) if updated.cold else None
+        return updated
 
     @property
     def shared(self) -> bool:

@@ -74,7 +74,7 @@ def tier(content: ContentStore, roots: Roots, *, dry_run: bool = False, progress
     """
     cold = content.cold
     if cold is None:
-        raise InvalidParameter(f"{content.path} has no cold tier: create the store with `init --cold URL`")
+        raise InvalidParameter(f"{content.path} has no cold tier: add one with `artifactstore config set cold URL`")
     report = TierReport(dry_run, hot_versions=roots.hot_versions)
     hot = hot_chunks(roots, ContentGraph.read(content))
     index = content.index
