@@ -50,10 +50,11 @@ from .progress import Progress, no_progress
 from .registry import queries
 from .registry.checks import release_rule
 from .registry.gate import GateResult, run_gate
-from .registry.hooks import announce, deliver_pending, hook_log
+from .registry.hooks import announce, deliver_pending, event_for, hook_log, send
 from .registry.notices import notice
 from .registry.pointers import PRODUCTION
-from .registry.policy import set_policy, show_policy
+from .registry.policy import DriftSection, policy_of, set_policy, show_policy
+from .registry.refs import ModelName
 from .registry.registry import PushResult, Registry
 from .registry.repair import repair_refs
 from .registry.review import Review, record_review
@@ -336,24 +337,50 @@ class Store:
                                   window=window, like=like)
 
     def monitor(self, ref: str, *, node: str | None = None, deliver: Deliver | None = None,
-                thresholds: Thresholds = Thresholds()) -> Monitor:
-        """A ``Monitor`` counting the requests that version ``ref`` serves on this node."""
-        return Monitor(self.monitoring, served(self.registry, ref), node=node, deliver=deliver, thresholds=thresholds)
+                thresholds: Thresholds | None = None) -> Monitor:
+        """A ``Monitor`` counting the requests that version ``ref`` serves on this node; its alerts go
+        to ``deliver`` and to the model's hooks, at the model's policy's thresholds unless given."""
+        version = served(self.registry, ref)
+        return Monitor(self.monitoring, version, node=node, deliver=self._alerting(version.model, deliver),
+                       thresholds=thresholds or self.drift_policy(version.model).thresholds)
 
     def record(self, ref: str, samples: str | os.PathLike, *, node: str | None = None,
-               deliver: Deliver | None = None, thresholds: Thresholds = Thresholds()) -> RecordReport:
-        return record_file(self.registry, self.monitoring, ref, Path(samples), node=node, deliver=deliver,
-                           thresholds=thresholds)
+               deliver: Deliver | None = None, thresholds: Thresholds | None = None) -> RecordReport:
+        model = served(self.registry, ref).model
+        return record_file(self.registry, self.monitoring, ref, Path(samples), node=node,
+                           deliver=self._alerting(model, deliver),
+                           thresholds=thresholds or self.drift_policy(model).thresholds)
 
     def drift(self, ref: str, *, since: str | float | None = None, against: str | None = None, prefix: str = "",
-              thresholds: Thresholds = Thresholds()) -> DriftReport:
+              thresholds: Thresholds | None = None) -> DriftReport:
         """PSI per feature and window (``client/model``: its production version); see ``drift_of``."""
         return drift_of(self.registry, self.monitoring, ref, since=since, against=against, prefix=prefix,
-                        thresholds=thresholds)
+                        thresholds=thresholds or self.drift_policy(served(self.registry, ref).model).thresholds)
 
-    def raise_alerts(self, ref: str, deliver: Deliver, thresholds: Thresholds = Thresholds()) -> list[Alert]:
+    def raise_alerts(self, ref: str, deliver: Deliver | None = None, thresholds: Thresholds | None = None) -> list[Alert]:
         version = served(self.registry, ref)
-        return raise_alerts(self.monitoring, version.model, version.version, deliver, now().timestamp(), thresholds)
+        return raise_alerts(self.monitoring, version.model, version.version, self._alerting(version.model, deliver),
+                            now().timestamp(), thresholds or self.drift_policy(version.model).thresholds)
+
+    def drift_policy(self, model: ModelName | str) -> RetrainPolicy:
+        """The model's drift thresholds and retrain limits: its policy's ``drift`` section, or the seed's."""
+        policy = policy_of(self.registry, self.registry.state(model))
+        drift = policy.drift if policy is not None else DriftSection()
+        return RetrainPolicy(Thresholds(drift.watch, drift.investigate), drift.eval_metric, drift.max_eval_drop,
+                             drift.min_data_growth)
+
+    def _alerting(self, model: ModelName, also: Deliver | None) -> Deliver:
+        """A drift alert to ``also`` (a printer, say) and, as a drift_watch or drift_investigate event,
+        to the hooks of the model's policy that want it."""
+        def deliver(alert: Alert) -> None:
+            if also is not None:
+                also(alert)
+            state = self.registry.state(model)
+            send(self.registry, state, lambda: [event_for(
+                f"drift_{alert.status}", state, alert.version, feature=alert.feature, window=alert.window,
+                psi=alert.psi, threshold=alert.threshold)])
+
+        return deliver
 
     def record_eval(self, ref: str, scores: str | os.PathLike, *, node: str | None = None) -> EvalTrend:
         return record_eval(self.registry, self.monitoring, ref, Path(scores), node=node)
@@ -367,8 +394,8 @@ class Store:
     def labelled_data(self, model: str) -> LabelledData:
         return labelled_data(self.registry, self.monitoring, model)
 
-    def retrain_check(self, model: str, policy: RetrainPolicy = RetrainPolicy()) -> RetrainCheck:
-        return retrain_check(self.registry, self.monitoring, model, policy)
+    def retrain_check(self, model: str, policy: RetrainPolicy | None = None) -> RetrainCheck:
+        return retrain_check(self.registry, self.monitoring, model, policy or self.drift_policy(model))
 
     # -- serving ----------------------------------------------------------------------------
 

@@ -1,7 +1,10 @@
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +68,41 @@ def s3_bucket(s3_server, monkeypatch) -> str:
     bucket = f"test-{time.monotonic_ns()}"
     create_bucket(s3_server, bucket)
     return f"s3://{bucket}"
+
+
+class Receiver:
+    """An HTTP server on 127.0.0.1 that records every POST; ``statuses`` are answered first, then 200;
+    with ``hang`` set it answers nothing until the test ends."""
+
+    def __init__(self, port: int = 0, statuses: tuple[int, ...] = (), hang: bool = False):
+        self.received: list[dict] = []
+        self.statuses, self.hang = list(statuses), hang
+        self.release = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if receiver.hang:
+                    receiver.release.wait(60)
+                    return
+                receiver.received.append({"path": self.path, "headers": dict(self.headers), "event": json.loads(body)})
+                self.send_response(receiver.statuses.pop(0) if receiver.statuses else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def events(self) -> list[str]:
+        return [r["event"]["event"] for r in self.received]
+
+    def close(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()

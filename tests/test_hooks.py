@@ -4,52 +4,12 @@ endpoint never blocks or fails a promote, and what was not delivered waits in th
 import json
 import socket
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import run_cli
+from conftest import Receiver, run_cli
 from test_gate import SEED_PRODUCTION, SEED_REGRESSION, push
 
 from artifactstore.registry.hooks import DELIVERED, OUTBOX, deliver_pending
-
-
-class Receiver:
-    """An HTTP server on 127.0.0.1 that records every POST; ``statuses`` are answered first, then 200;
-    with ``hang`` set it answers nothing until the test ends."""
-
-    def __init__(self, port: int = 0, statuses: tuple[int, ...] = (), hang: bool = False):
-        self.received: list[dict] = []
-        self.statuses, self.hang = list(statuses), hang
-        self.release = threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if receiver.hang:
-                    receiver.release.wait(60)
-                    return
-                receiver.received.append({"path": self.path, "headers": dict(self.headers), "event": json.loads(body)})
-                self.send_response(receiver.statuses.pop(0) if receiver.statuses else 200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def events(self) -> list[str]:
-        return [r["event"]["event"] for r in self.received]
-
-    def close(self):
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

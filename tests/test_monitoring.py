@@ -5,12 +5,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
+from conftest import Receiver
 
 from artifactstore import Conflict, InvalidInput, InvalidParameter, NotFound, Store
 from artifactstore.demo import adapter_history, write_bundle
@@ -588,3 +590,29 @@ def test_command_errors_are_one_line_and_change_nothing(tmp_path, store):
         "error: --plot needs matplotlib, which is not installed: pip install 'artifactstore[plot]'\n"
     assert monitoring_keys(store.path) == before
     assert not (tmp_path / "p.png").exists()
+
+
+def test_the_policy_sets_the_thresholds_and_its_hooks_hear_the_alerts(tmp_path, store):
+    receiver = Receiver()
+    try:
+        rng = np.random.default_rng(5)
+        store.take_baseline("acme/support@v1.0.0", write_jsonl(tmp_path / "ref.jsonl", traffic(rng, 2000)))
+        policy = tmp_path / "policy.yaml"
+        policy.write_text("gate: {required: false}\nreview: {required: false}\n"
+                          "drift: {watch: 0.02, investigate: 0.5, max_eval_drop: 0.03}\n"
+                          f"hooks:\n  - {{name: ml-team, url: '{receiver.url}', events: [drift_watch]}}\n")
+        store.set_policy("acme/support", policy, actor="lead")
+        requests = traffic(rng, 1500, shift=0.15, when=at(0, 10))  # about 0.1: watch at 0.02, fine at the seed's
+        store.record("acme/support@v1.0.0", write_jsonl(tmp_path / "h0.jsonl", requests), node="n1")
+        report = store.drift("acme/support@v1.0.0")
+        assert (report.thresholds.watch, report.thresholds.investigate) == (0.02, 0.5)
+        assert "watch" in report.only("inputs.length").statuses()[:, 0].tolist()
+        deadline = time.monotonic() + 10
+        while not receiver.received and time.monotonic() < deadline:
+            time.sleep(0.05)
+        events = [r["event"] for r in receiver.received]
+        assert events and {e["event"] for e in events} == {"drift_watch"}
+        assert {"feature", "window", "psi", "threshold"} <= set(events[0]) and events[0]["threshold"] == 0.02
+        assert store.drift_policy("acme/support").max_eval_drop == 0.03
+    finally:
+        receiver.close()

@@ -85,7 +85,8 @@ def _thresholds(text: str) -> Thresholds:
                    "production).")
 @click.option("--prefix", default="", metavar="PREFIX", help="Only features whose names start with PREFIX "
                                                              "(e.g. outputs.).")
-@click.option("--thresholds", "thresholds_text", default="0.1,0.2", show_default=True, metavar="WATCH,INVESTIGATE")
+@click.option("--thresholds", "thresholds_text", metavar="WATCH,INVESTIGATE",
+              help="PSI thresholds [default: the model's policy (drift section), else 0.1,0.2].")
 @click.option("--plot", type=click.Path(path_type=Path), metavar="FILE.png",
               help="Also draw the PSI over time, with both thresholds, as a PNG (needs matplotlib).")
 @store_option
@@ -94,7 +95,7 @@ def drift(ref, since, against, prefix, thresholds_text, plot, store_path, as_jso
     """PSI of each feature of REF (CLIENT/MODEL: its production version) in each window, with its status:
     fine below WATCH, watch up to INVESTIGATE, investigate above."""
     report = Store(store_path).drift(ref, since=since, against=against, prefix=prefix,
-                                     thresholds=_thresholds(thresholds_text))
+                                     thresholds=_thresholds(thresholds_text) if thresholds_text else None)
     if plot is not None:
         from ..monitoring.plot import plot_drift
 

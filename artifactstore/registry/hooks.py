@@ -93,11 +93,24 @@ def announce(registry: Registry, state: ModelState, *, wait: float = INLINE_WAIT
     """Put the events of a just-committed ``state`` in the outbox for each hook of the model's policy
     that wants them, and make one attempt at each, waiting at most ``wait`` seconds in all.
     Never raises for a hook: what is not delivered stays in the outbox for ``deliver_pending``."""
+    return send(registry, state, lambda: events_of(registry, state), wait=wait)
+
+
+def event_for(kind: str, state: ModelState, version: str | None, **fields: Any) -> dict[str, Any]:
+    """An event that no audit entry made (a drift alert, say), in the shape hooks receive."""
+    body = {"event": kind, "model": str(state.model), "version": version, "at": timestamp(), **fields}
+    return {"id": blake3.blake3(canonical_json(body)).hexdigest(), **body}
+
+
+def send(registry: Registry, state: ModelState, events: Callable[[], list[dict[str, Any]]], *,
+         wait: float = INLINE_WAIT) -> list[Delivery]:
+    """Put ``events()`` (computed only when the model's policy has hooks) in the outbox for each hook
+    that wants them, and make one attempt at each, as ``announce`` does."""
     deliveries: list[Delivery] = []
     try:
         policy = policy_of(registry, state)
         hooks = policy.hooks if policy is not None else []
-        for event in events_of(registry, state) if hooks else []:
+        for event in events() if hooks else []:
             for hook in hooks:
                 if hook.events is None or event["event"] in hook.events:
                     delivery: Delivery = {"kind": "hook-delivery", "id": f"{event['id'][:32]}-{hook.name}",

@@ -7,8 +7,9 @@ unknown. It is stored as an immutable registry object and the model's state name
 version's gate result can say which policy it ran under. docs/release.md explains every field.
 
 Sections: ``gate`` (the eval gate, gate.py), ``review`` (human sign-off, review.py), ``hooks``
-(who hears about events, hooks.py), ``display`` (how metrics read in client-facing texts). A later
-section is one more field of ``Policy``.
+(who hears about events, hooks.py), ``display`` (how metrics read in client-facing texts),
+``drift`` (PSI thresholds and retrain triggers, monitoring/). A later section is one more field of
+``Policy``.
 """
 
 import json
@@ -31,9 +32,9 @@ from .state import ModelState
 POLICY_CONTEXT = "artifactstore 2026-11 release policy v1"
 NO_POLICY = "none"  # what --expect says for a model without a policy
 
-# The events a hook may ask for. The canary and drill events (issue 11) and drift alerts (issue 12)
-# are added here by the code that emits them.
-EVENTS = ("gate_passed", "gate_failed", "review_recorded", "promoted", "rolled_back")
+# The events a hook may ask for; a drift alert is drift_watch or drift_investigate (monitoring/).
+EVENTS = ("gate_passed", "gate_failed", "review_recorded", "promoted", "rolled_back", "drift_watch",
+          "drift_investigate")
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _HEADER = re.compile(r"[A-Za-z0-9-]{1,64}")
@@ -105,6 +106,22 @@ class MetricDisplay(_Section):
     hidden: bool = False  # an internal metric clients need not see
 
 
+class DriftSection(_Section):
+    """Where drift stops being fine, and when the retrain check fires (docs/monitoring.md)."""
+
+    watch: float = Field(default=0.1, gt=0)  # PSI from which a feature is to watch (seed: 0.1)
+    investigate: float = Field(default=0.2, gt=0)  # PSI above which it is to investigate (seed: 0.2)
+    eval_metric: str = Field(default="accuracy", pattern=r"^[^.]+(\.[^.]+)*$", max_length=256)
+    max_eval_drop: float = Field(default=0.05, gt=0, lt=1)  # relative drop below launch (seed: 3-5% by risk tier)
+    min_data_growth: float = Field(default=0.2, gt=0)  # labelled data beyond training's, relative (seed: 20-30%)
+
+    @model_validator(mode="after")
+    def _watch_below_investigate(self):
+        if self.watch >= self.investigate:
+            raise ValueError(f"watch {self.watch} must be below investigate {self.investigate}")
+        return self
+
+
 class Hook(_Section):
     """Where events go: an HTTP endpoint (JSON POST) or a command (the event JSON on stdin)."""
 
@@ -134,6 +151,7 @@ class Policy(_Section):
     review: ReviewSection = ReviewSection()
     hooks: list[Hook] = []
     display: dict[MetricPath, MetricDisplay] = {}
+    drift: DriftSection = DriftSection()
 
     @model_validator(mode="after")
     def _unique_hook_names(self):
