@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import InvalidParameter
 from ..native import _fastcdc
 
-__all__ = ["DEFAULT_PARAMS", "ChunkerParams", "cut", "cut_stream"]
+__all__ = ["DEFAULT_PARAMS", "ChunkerParams", "cut", "cut_blocks", "cut_stream"]
 
 MIN_SIZE_RANGE = (64, 1_048_576)
 AVG_SIZE_RANGE = (256, 4_194_304)
@@ -163,6 +163,27 @@ def _cut_in_parallel(chunker: Any, view: memoryview, threads: int, max_size: int
                 break
             ends[meeting + 1:] = segment_ends[positions[ends[meeting]] + 1:]
     return [b - a for a, b in zip([0, *ends], ends)]
+
+
+def cut_blocks(data: Any, *, min_size: int, avg_size: int, max_size: int, normalization: int = 1, seed: int = 0,
+               block_size: int = 8 << 20) -> Iterator[list[int]]:
+    """``cut(data)``, a block of about ``block_size`` bytes at a time: the lengths of the chunks
+    that start in each block, in order, so that a caller can hash and store the first chunks
+    while the rest are still being cut. Concatenated, the blocks' lengths equal ``cut(data)``:
+    a cut point depends only on the ``max_size`` bytes after the chunk's start."""
+    params = ChunkerParams(min_size, avg_size, max_size, normalization, seed)
+    if type(block_size) is not int or block_size < 1:
+        raise InvalidParameter(f"block_size must be a positive integer, got {block_size!r}")
+    return _blocks(_chunker(params), _bytes_of(data), block_size, max_size)
+
+
+def _blocks(chunker: Any, view: memoryview, block_size: int, max_size: int) -> Iterator[list[int]]:
+    position = 0
+    while position < len(view):
+        stop = min(len(view), position + block_size + max_size)
+        lengths, consumed = chunker.cut(view[position:stop], stop == len(view))
+        yield lengths
+        position += consumed
 
 
 def cut_stream(stream: BinaryIO, *, min_size: int, avg_size: int, max_size: int,
