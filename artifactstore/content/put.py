@@ -32,9 +32,11 @@ CUT_BLOCK = 8 << 20
 LOOKAHEAD = 2  # blocks cut and being hashed beyond the one being stored
 PROBES = 8  # chunks probed (besides the first) to guess whether a file is stored whole
 PROBE_WINDOW_CHUNKS = 4  # each probe cuts this many maximal chunks' worth of bytes
-# A put lays each new chunk out at its file offset modulo this, padding the pack where needed:
-# safetensors aligns tensors in the file, and a tensor mapped from a pack keeps that alignment.
-PACK_ALIGNMENT = 64
+# A put lays each new chunk out at its file offset modulo this (a page), padding the pack where
+# needed: a load maps the pages of a file's packs side by side in one buffer laid out as the file
+# is, which works where chunks lie at the same offset modulo the page size in the pack as in the
+# file; tensors keep the alignment safetensors gave them in the file.
+PACK_ALIGNMENT = 4096
 
 
 FileChunk = tuple[bytes, int, int, int]  # digest, offset in its file, length, xxh3

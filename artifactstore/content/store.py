@@ -75,6 +75,7 @@ class ContentStore:
         self.config = config
         self._index: ChunkIndex | None = None
         self._hot_packs: set[bytes] | None = None
+        self._layout_changes = 0
 
     @classmethod
     def open(cls, location: str | os.PathLike, *, cache: str | os.PathLike | None = None) -> "ContentStore":
@@ -151,7 +152,15 @@ class ContentStore:
         assert self._index is not None
         return self._index
 
+    @property
+    def layout(self) -> tuple[int, int]:
+        """Changes whenever ``locate`` may answer differently for a chunk it located before (the
+        index was read again or grew, the hot tier was rescanned): what a reader that remembers
+        where chunks lie compares."""
+        return self._layout_changes, self.index.generation
+
     def _load_index(self) -> None:
+        self._layout_changes += 1
         self._index = ChunkIndex()
         for home in self._index_homes():
             self._index.read_files(home)
@@ -187,6 +196,7 @@ class ContentStore:
     def forget_index(self) -> None:
         """Drop the index: it may name packs a failed or finished writer of this process sealed
         but that are no longer, or never were, published."""
+        self._layout_changes += 1
         self._index = None
 
     def _index_homes(self) -> list[Backend]:
@@ -200,6 +210,7 @@ class ContentStore:
         return self._hot_packs
 
     def rescan_hot_tier(self) -> None:
+        self._layout_changes += 1
         self._hot_packs = None
 
     # -- writing -----------------------------------------------------------------------------
