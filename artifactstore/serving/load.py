@@ -25,6 +25,7 @@ import blake3
 import ml_dtypes
 import numpy as np
 
+from ..content.fetch import make_hot
 from ..content.guard import decode_guard, guard_key
 from ..content.index import Location
 from ..content.manifest import FileManifest
@@ -260,6 +261,9 @@ class Loader:
         offset its first byte stands for, the tensors in it) for each buffer."""
         plan = self._plans.get(key)
         if plan is None or plan.layout != self.content.layout:
+            if self.content.shared:  # the machine's cache first: its packs are mapped, and shared
+                make_hot(self.content, dict(file.manifest.chunks[i] for t in tensors
+                                            for i in _chunks_covering(file.chunk_starts, t.begin, t.end)).items())
             plan = self._plan(file, tensors, packs, converter.maps)
         try:
             placed = _execute(plan, packs, pool, converter)
