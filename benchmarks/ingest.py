@@ -52,21 +52,21 @@ def main() -> None:
         os.sync()  # the adapters' own writeback must not compete with the puts' fsyncs
         counter = iter(range(10**6))
 
-        def fresh_store() -> Store:
-            return Store.init(work / f"store{next(counter)}")
+        def fresh_store(name: str = "store") -> Store:
+            return Store.init(work / f"{name}{next(counter)}")
 
-        def holding_adapter() -> Store:
-            store = fresh_store()
+        def holding_adapter(name: str = "store") -> Store:
+            store = fresh_store(name)
             store.put(adapter)
             return store
 
-        def cleanup() -> None:  # stores of earlier repetitions: the disk is not ours alone
+        def cleanup() -> None:  # stores of earlier repetitions (not the re-put's): the disk is not ours alone
             for old in work.glob("store*"):
                 shutil.rmtree(old)
             for old in work.glob("copy*"):
                 old.unlink()
 
-        repeated = holding_adapter()
+        repeated = holding_adapter("repeated")
         load_before = load_average()
         times = interleaved(args.repeat, {
             "copy": (lambda: work / f"copy{next(counter)}", lambda dest: copy_with_fsync(adapter, dest)),
