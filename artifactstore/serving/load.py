@@ -281,31 +281,36 @@ class Loader:
         layout = self.content.layout
         located = {i: self.content.locate(*file.manifest.chunks[i])
                    for t in tensors for i in _chunks_covering(file.chunk_starts, t.begin, t.end)}
+        # each chunk's phase (file offset - pack offset, modulo the page size) where it can be mapped
+        phases = {i: (file.chunk_starts[i] - location.offset) % PAGE_SIZE if maps and packs.mappable(location)
+                  else None for i, location in located.items()}
         by_phase: dict[int | None, list[TensorInfo]] = {}
         for tensor in tensors:
-            by_phase.setdefault(_phase(file, tensor, located, packs) if maps else None, []).append(tensor)
+            by_phase.setdefault(_phase(file, tensor, phases), []).append(tensor)
         if not by_phase:
             by_phase[None] = []
-        buffers = [_plan_buffer(file, phase, members, located, packs) for phase, members in by_phase.items()]
+        buffers = [_plan_buffer(file, phase, members, located, phases, packs) for phase, members in by_phase.items()]
         reusable = all(not run.checks.unvouched for buffer in buffers for run in buffer.runs)
         return _FilePlan(buffers, layout, reusable)
 
 
-def _phase(file: _StoredFile, tensor: TensorInfo, located: dict[int, Location], packs: _PackFiles) -> int | None:
-    """The phase (file offset - pack offset, modulo the page size) of the mappable chunks holding
-    most of a tensor's bytes; None if no chunk of it is mappable."""
+def _phase(file: _StoredFile, tensor: TensorInfo, phases: dict[int, int | None]) -> int | None:
+    """The phase of the mappable chunks holding most of a tensor's bytes; None if none is."""
+    covering = _chunks_covering(file.chunk_starts, tensor.begin, tensor.end)
+    found = {phases[i] for i in covering} - {None}
+    if len(found) < 2:  # the usual case: one phase for the whole file
+        return next(iter(found), None)
     votes: dict[int, int] = {}
-    for i in _chunks_covering(file.chunk_starts, tensor.begin, tensor.end):
-        location = located[i]
-        if packs.mappable(location):
-            phase = (file.chunk_starts[i] - location.offset) % PAGE_SIZE
+    for i in covering:
+        phase = phases[i]
+        if phase is not None:
             overlap = min(tensor.end, file.chunk_starts[i + 1]) - max(tensor.begin, file.chunk_starts[i])
             votes[phase] = votes.get(phase, 0) + overlap
-    return max(votes, key=votes.__getitem__) if votes else None
+    return max(votes, key=votes.__getitem__)
 
 
 def _plan_buffer(file: _StoredFile, phase: int | None, tensors: list[TensorInfo], located: dict[int, Location],
-                 packs: _PackFiles) -> _BufferPlan:
+                 phases: dict[int, int | None], packs: _PackFiles) -> _BufferPlan:
     """The buffer of ``tensors``: where it starts (at ``phase`` modulo the page size, so that pack
     pages of that phase can be mapped into it; a buffer that maps nothing starts at phase 0, which
     keeps the file's alignment), the whole pages mapped from stretches of chunks back to back in
@@ -320,7 +325,7 @@ def _plan_buffer(file: _StoredFile, phase: int | None, tensors: list[TensorInfo]
         stretch: list = []  # pack, file offset - pack offset, file offsets begin and end
         for i in needed:
             location, start = located[i], file.chunk_starts[i]
-            if packs.mappable(location) and (start - location.offset) % PAGE_SIZE == phase:
+            if phases[i] == phase:
                 if stretch[:2] == [location.pack, start - location.offset] and stretch[3] == start:
                     stretch[3] = start + location.length
                     continue
