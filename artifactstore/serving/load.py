@@ -28,12 +28,12 @@ import numpy as np
 from ..content.fetch import make_hot
 from ..content.guard import decode_guard, guard_key
 from ..content.index import Location
-from ..content.manifest import FileManifest
+from ..content.manifest import FileManifest, manifest_key
 from ..content.pack import pack_key
 from ..content.store import ContentStore
 from ..content.tensorfile import SafetensorsHeader, TensorInfo, read_header
 from ..errors import CorruptObject, InvalidInput, InvalidParameter, NotFound
-from ..ids import format_id
+from ..ids import format_id, parse_id
 from ..native import _checksum, _mapping
 
 WEIGHTS_DIR = "adapter_weights/"
@@ -208,8 +208,8 @@ class Loader:
     def _weight_files(self, object_id: str, label: str) -> list[tuple[str, str, FileManifest | None]]:
         """(label, file id, its manifest if read already) of the safetensors file ``object_id``, or
         of a tree's weights."""
-        if self._files.get(object_id) is not None:
-            return [(object_id, object_id, None)]
+        if self._files.get(object_id) is not None and self.content.home.exists(manifest_key(parse_id(object_id))):
+            return [(object_id, object_id, None)]  # remembered, and not collected since
         manifest = self.content.read_manifest(object_id)
         if isinstance(manifest, FileManifest):
             return [(object_id, object_id, manifest)]
