@@ -98,16 +98,17 @@ class PackWriter:
         self.entries: list[PackEntry] = []
         self.size = 0
 
-    def add(self, chunk: bytes, data, *, data_checksum: int | None = None) -> None:
-        """Append a chunk. ``data_checksum``: its xxh3 if the caller computed it before it
-        computed ``chunk`` from the same bytes (data that may change under us, such as a mapped
-        input file): the guard vouches for the bytes that were hashed, not for a later read, and
-        bytes written that differ from them are refused (InvalidInput) instead of stored damaged."""
-        self.add_run(data, [(chunk, len(data), data_checksum)])
+    def add(self, chunk: bytes, data) -> None:
+        """Append a chunk whose bytes were checked against ``chunk``."""
+        self.add_run(data, [(chunk, len(data), None)])
 
     def add_run(self, data, chunks: list[tuple[bytes, int, int | None]]) -> None:
         """Append chunks that lie back to back in ``data`` with one write: (digest, length,
-        ``data_checksum`` as in ``add``) for each, in order."""
+        ``data_checksum``) for each, in order. ``data_checksum``: the chunk's xxh3 if the caller
+        took it before it computed the digest from the same bytes (data that may change under us,
+        such as a mapped input file): the guard vouches for the bytes that were hashed, not for a
+        later read, and bytes written that differ from them are refused (InvalidInput) instead of
+        stored damaged. None: bytes just checked against the digest, whose xxh3 is taken here."""
         view = memoryview(data).cast("B")
         start = self.size
         self._writer.write(view)

@@ -35,8 +35,10 @@ PROBE_WINDOW_CHUNKS = 4  # each probe cuts this many maximal chunks' worth of by
 # A put lays each new chunk out at its file offset modulo this (a page), padding the pack where
 # needed: a load maps the pages of a file's packs side by side in one buffer laid out as the file
 # is, which works where chunks lie at the same offset modulo the page size in the pack as in the
-# file; tensors keep the alignment safetensors gave them in the file.
+# file; tensors keep the alignment safetensors gave them in the file. A file smaller than a page
+# has no page to map: its chunk is only kept at its offset modulo SMALL_FILE_ALIGNMENT.
 PACK_ALIGNMENT = 4096
+SMALL_FILE_ALIGNMENT = 64
 
 
 FileChunk = tuple[bytes, int, int, int]  # digest, offset in its file, length, xxh3
@@ -117,24 +119,25 @@ class PackSession:
         self.index_file: str | None = None  # the key of the index file commit wrote
         self.new_bytes = 0
 
-    def add(self, chunk: bytes, data, *, data_checksum: int | None = None, file_offset: int | None = None) -> None:
-        """Store a chunk unless it is stored already. ``file_offset``: where it lies in its file,
-        to lay it out at the same offset modulo PACK_ALIGNMENT (so that tensors mapped from the
-        pack are as aligned as in the file). ``data_checksum``: see ``PackWriter.add``."""
+    def add(self, chunk: bytes, data) -> None:
+        """Store a chunk, already checked against its digest, unless it is stored already."""
         if not self._wanted(chunk):
             return
-        writer = self._writer_at(file_offset)
-        writer.add(chunk, data, data_checksum=data_checksum)
+        if self._writer is None:
+            self._writer = PackWriter(self._backend, guarded=self.guarded)
+        self._writer.add(chunk, data)
         self._in_open_pack.add(chunk)
         self.new_bytes += len(data)
-        if writer.size >= TARGET_SIZE:
+        if self._writer.size >= TARGET_SIZE:
             self._close_pack()
 
     def add_file_chunks(self, data: memoryview, chunks: list[FileChunk]) -> list[FileChunk]:
-        """Store the chunks of a file (``data``) that are not stored yet, laid out as ``add`` lays
-        them out: (digest, file offset, length, xxh3 taken before the digest) in file order. New
-        chunks that follow each other in the file are written with one write. Returns the chunks
-        it did not write."""
+        """Store the chunks of a file (``data``) that are not stored yet: (digest, file offset,
+        length, xxh3 taken before the digest) in file order. Each run of new chunks that follow
+        each other in the file is written with one write, at a pack offset congruent to its file
+        offset modulo PACK_ALIGNMENT (SMALL_FILE_ALIGNMENT for a file smaller than that). Returns
+        the chunks it did not write."""
+        alignment = PACK_ALIGNMENT if len(data) >= PACK_ALIGNMENT else SMALL_FILE_ALIGNMENT
         skipped: list[FileChunk] = []
         run: list[FileChunk] = []
         for entry in chunks:
@@ -145,7 +148,7 @@ class PackSession:
             if run and run[-1][1] + run[-1][2] != offset:
                 self._write_run(data, run)
                 run = []
-            writer = self._writer if run else self._writer_at(offset)
+            writer = self._writer if run else self._writer_at(offset, alignment)
             assert writer is not None
             run.append(entry)
             self._in_open_pack.add(chunk)
@@ -166,12 +169,11 @@ class PackSession:
         return chunk in self._index and any(
             loc.pack not in self._condemned for loc in self._index.all_locations(chunk))
 
-    def _writer_at(self, file_offset: int | None) -> PackWriter:
-        """The open pack, padded so that a chunk from ``file_offset`` keeps its alignment."""
+    def _writer_at(self, file_offset: int, alignment: int) -> PackWriter:
+        """The open pack, padded so that a chunk from ``file_offset`` keeps its ``alignment``."""
         if self._writer is None:
             self._writer = PackWriter(self._backend, guarded=self.guarded)
-        if file_offset is not None:
-            self._writer.pad((file_offset - self._writer.size) % PACK_ALIGNMENT)
+        self._writer.pad((file_offset - self._writer.size) % alignment)
         return self._writer
 
     def _write_run(self, data: memoryview, run: list[FileChunk]) -> None:
