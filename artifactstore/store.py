@@ -85,6 +85,7 @@ class Store:
         # the release rule refuses production / canary moves a model's policy does not allow
         self.registry = Registry(self.content, [release_rule])
         self.monitoring = MonitoringArrays(self.content)
+        self.loader = Loader(self.content)  # one per store: it remembers how it loaded recent files
 
     @classmethod
     def init(cls, location: str | os.PathLike, chunker: ChunkerParams = DEFAULT_PARAMS, *, cold: str | None = None,
@@ -403,5 +404,5 @@ class Store:
              names: Iterable[str] | None = None) -> dict[str, Any]:
         """The tensors of a version (``client/model@vX.Y.Z``, ``@POINTER``, ``@latest``) or of a
         stored safetensors file or tree (``b3:…``); see ``Loader.load``."""
-        return Loader(self.content).load(self.resolve(ref_or_id), device=device, framework=framework, names=names,
-                                         label=ref_or_id)
+        return self.loader.load(self.resolve(ref_or_id), device=device, framework=framework, names=names,
+                                label=ref_or_id)

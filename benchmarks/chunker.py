@@ -1,9 +1,12 @@
 """Chunking throughput: artifactstore.chunking.cut against pyfastcdc on weights-like data.
 
-Both run on the same bytes in the same process, alternately, best of several
-repetitions; their cut points must be identical.
+Both run on the same bytes in the same process, interleaved within every repetition: ours with
+each of the native scan's two loops on one thread, ours on two threads with the loop the
+calibration chose for this CPU, and pyfastcdc. Figures are medians with ranges; ratios
+("ours / pyfastcdc", above 1: ours is faster) are taken repetition by repetition. Cut points
+must be identical.
 
-    python benchmarks/chunker.py [--size-mib 256] [--repeat 7] [--json]
+    python benchmarks/chunker.py [--size-mib 256] [--repeat 7] [--json FILE]
 """
 
 from __future__ import annotations
@@ -12,15 +15,15 @@ import argparse
 import json
 import struct
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pyfastcdc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from artifactstore.content import chunking
+from interleave import describe, interleaved, load_average, rate, ratios, write_json  # noqa: E402
+
+from artifactstore.content import chunking  # noqa: E402
 
 PARAM_SETS = {
     "store default (16K/64K/256K)": chunking.DEFAULT_PARAMS,
@@ -79,57 +82,61 @@ def weights_like(size: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def timed(run: Callable[[], list[int]]) -> tuple[float, list[int]]:
-    start = time.perf_counter()
-    result = run()
-    return time.perf_counter() - start, result
-
-
 def measure(data: np.ndarray, params: chunking.ChunkerParams, repeat: int) -> dict:
-    ours_time = ours_parallel_time = theirs_time = float("inf")
+    """Ours (each loop, one thread; the chosen loop on two threads) and pyfastcdc, interleaved."""
     reference = pyfastcdc.FastCDC(params.avg_size, min_size=params.min_size, max_size=params.max_size,
                                   normalized_chunking=params.normalization, seed=params.seed)
     buffer = memoryview(data).cast("B")
-    # Alternate the two so that a noisy neighbour hits both alike.
-    for _ in range(repeat):
-        elapsed, ours = timed(lambda: chunking.cut(data, **params.as_kwargs(), threads=1))
-        ours_time = min(ours_time, elapsed)
-        elapsed, ours_parallel = timed(lambda: chunking.cut(data, **params.as_kwargs(), threads=2))
-        ours_parallel_time = min(ours_parallel_time, elapsed)
-        elapsed, theirs = timed(lambda: [chunk.length for chunk in reference.cut_buf(buffer)])
-        theirs_time = min(theirs_time, elapsed)
-    if not ours == ours_parallel == theirs:
+    results: dict[str, list[int]] = {}
+
+    def ours(two_lanes: bool | None, threads: int):
+        def run(_):
+            chunking.TWO_LANES = two_lanes
+            results[f"{two_lanes} {threads}"] = chunking.cut(data, **params.as_kwargs(), threads=threads)
+        return run
+
+    def theirs(_):
+        results["pyfastcdc"] = [chunk.length for chunk in reference.cut_buf(buffer)]
+
+    times = interleaved(repeat, {
+        "two lanes, 1 thread": (lambda: None, ours(True, 1)),
+        "one lane, 1 thread": (lambda: None, ours(False, 1)),
+        "chosen loop, 2 threads": (lambda: None, ours(None, 2)),
+        "pyfastcdc": (lambda: None, theirs),
+    })
+    chunking.TWO_LANES = None
+    if len({tuple(lengths) for lengths in results.values()}) != 1:
         raise AssertionError(f"cut points differ from pyfastcdc for {params}")
     return {
         "params": params.as_kwargs(),
-        "chunks": len(ours),
+        "chunks": len(results["pyfastcdc"]),
         "identical": True,
-        "ours_gbps": len(data) / ours_time / 1e9,
-        "pyfastcdc_gbps": len(data) / theirs_time / 1e9,
-        "ratio": theirs_time / ours_time,
-        "ours_2_threads_gbps": len(data) / ours_parallel_time / 1e9,
-        "ratio_2_threads": theirs_time / ours_parallel_time,
+        "gbps": {name: rate(len(data), seconds) for name, seconds in times.items()},
+        "pyfastcdc_over_ours": {name: ratios(times["pyfastcdc"], seconds) for name, seconds in times.items()
+                                if name != "pyfastcdc"},
+        "load_average": load_average(),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=256, help="data size in MiB (default 256)")
-    parser.add_argument("--repeat", type=int, default=7, help="repetitions, best of (default 7)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--repeat", type=int, default=7, help="repetitions (default 7)")
+    parser.add_argument("--json", metavar="FILE", help="write the figures to FILE as JSON")
     args = parser.parse_args()
 
     data = weights_like(args.size_mib << 20)
+    chosen = "two lanes" if chunking.loop() else "one lane"
     results = {label: measure(data, params, args.repeat) for label, params in PARAM_SETS.items()}
-    if args.json:
-        print(json.dumps({"size_bytes": len(data), "repeat": args.repeat, "results": results}, indent=1))
-        return
-    print(f"{args.size_mib} MiB of bf16 weights-like data, best of {args.repeat}; cut points identical "
-          f"(ours on 1 and 2 threads, pyfastcdc)")
+    write_json(args.json, {"size_bytes": len(data), "repeat": args.repeat, "chosen_loop": chosen,
+                           "results": results})
+    print(f"{args.size_mib} MiB of bf16 weights-like data, median (range) of {args.repeat}, interleaved; cut "
+          f"points identical; this CPU's calibration chose: {chosen}")
     for label, r in results.items():
-        print(f"{label:30} ours {r['ours_gbps']:5.2f} GB/s ({r['ratio']:.2f}x)   "
-              f"ours 2 threads {r['ours_2_threads_gbps']:5.2f} GB/s ({r['ratio_2_threads']:.2f}x)   "
-              f"pyfastcdc {r['pyfastcdc_gbps']:5.2f} GB/s   ({r['chunks']} chunks)")
+        print(f"{label} ({r['chunks']} chunks, load average {r['load_average']}):")
+        for name, gbps in r["gbps"].items():
+            ratio = r["pyfastcdc_over_ours"].get(name)
+            print(f"  {name:24} {describe(gbps, ' GB/s')}" + (f"   ours / pyfastcdc {describe(ratio)}" if ratio else ""))
 
 
 if __name__ == "__main__":

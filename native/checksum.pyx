@@ -2,15 +2,20 @@
 """xxh3-64 (the vendored reference header, native/xxhash/) with the GIL released.
 
 The ``xxhash`` package holds the GIL while it hashes, so two threads checking chunks took turns;
-here they run side by side, page faults of mapped packs included.
+here they run side by side, page faults of mapped packs included. On x86 the build adds xxHash's
+dispatcher, which picks the widest vector unit the CPU has when the module loads.
 """
 
 from libc.stdint cimport int64_t, uint64_t
 
 cdef extern from *:
     """
+    #ifdef ARTIFACTSTORE_XXH_DISPATCH
+    #include "xxh_x86dispatch.h"
+    #else
     #define XXH_INLINE_ALL
     #include "xxhash.h"
+    #endif
     """
     uint64_t XXH3_64bits(const void* data, size_t length) nogil
 

@@ -10,7 +10,10 @@ contribution is shifted out after 64 positions), so the scan hashes two consecut
 blocks of a chunk at once, the second lane warmed up from the 64 bytes before its
 block. A single hash chain is bound by the latency of its shift-and-add; two
 independent chains run about as fast as the core can load bytes and table entries.
-The first hit in position order is then resolved exactly.
+The first hit in position order is then resolved exactly. Which of the two loops is faster
+depends on the CPU (two lanes won on the AMD EPYC they were tuned on and lost on Intel Xeons):
+``Chunker(..., two_lanes=False)`` scans with one lane, as pyfastcdc does; the cut points are
+the same either way.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
@@ -39,6 +42,7 @@ ctypedef struct Params:
     size_t min_size
     size_t avg_size
     size_t max_size
+    bint two_lanes
 
 
 ctypedef struct Lengths:
@@ -155,9 +159,15 @@ cdef size_t _cut_point(const Params *p, const uint8_t *chunk, size_t available) 
     cdef size_t mask_switch = center & ~(<size_t>1)
     cdef size_t hash_end = remaining & ~(<size_t>1)
     cdef uint64_t h = 0
-    cdef size_t cut = _scan_region(p, chunk, hash_start, hash_start, mask_switch, &h, p.mask_s, p.mask_s_ls)
-    if cut == NOT_FOUND:
-        cut = _scan_region(p, chunk, hash_start, mask_switch, hash_end, &h, p.mask_l, p.mask_l_ls)
+    cdef size_t cut
+    if p.two_lanes:
+        cut = _scan_region(p, chunk, hash_start, hash_start, mask_switch, &h, p.mask_s, p.mask_s_ls)
+        if cut == NOT_FOUND:
+            cut = _scan_region(p, chunk, hash_start, mask_switch, hash_end, &h, p.mask_l, p.mask_l_ls)
+    else:
+        cut = _scan(p, chunk, hash_start, mask_switch, &h, p.mask_s, p.mask_s_ls)
+        if cut == NOT_FOUND:
+            cut = _scan(p, chunk, mask_switch, hash_end, &h, p.mask_l, p.mask_l_ls)
     return cut if cut != NOT_FOUND else remaining
 
 
@@ -199,7 +209,8 @@ cdef class Chunker:
 
     cdef Params params
 
-    def __init__(self, gear, size_t min_size, size_t avg_size, size_t max_size, uint64_t mask_s, uint64_t mask_l):
+    def __init__(self, gear, size_t min_size, size_t avg_size, size_t max_size, uint64_t mask_s, uint64_t mask_l,
+                 bint two_lanes=True):
         if len(gear) != 256:
             raise ValueError("gear must have 256 entries")
         cdef int i
@@ -215,6 +226,7 @@ cdef class Chunker:
         self.params.mask_s_ls = mask_s << 1
         self.params.mask_l = mask_l
         self.params.mask_l_ls = mask_l << 1
+        self.params.two_lanes = two_lanes
 
     def cut(self, data, bint at_eof=True):
         """Chunk lengths of a contiguous buffer and the number of bytes they cover.

@@ -1,37 +1,68 @@
-"""A file mapped copy-on-write (MAP_PRIVATE), its bytes exported through the buffer protocol.
+"""Private (copy-on-write) memory with pieces of files mapped into it, exported through the buffer
+protocol: the bytes of a stored file laid out as in the file, its pages mapped from the packs that
+hold them wherever a whole page lies in one pack at the right place.
 
-Python's ``mmap.mmap`` keeps a duplicate of the file descriptor open for as long as the mapping
-lives (before 3.13's ``trackfd=False``): a server holding the tensors of a 16 GB base model, 500
-packs, would hold 500 descriptors per loaded version. This mapping holds none; it is unmapped
-when the last view of it goes.
+Python's ``mmap.mmap`` maps one file per object and keeps a duplicate of its descriptor open for
+as long as the mapping lives (before 3.13's ``trackfd=False``): a server holding the tensors of a
+16 GB base model, 500 packs, would hold 500 descriptors per loaded version. This mapping holds
+none; it is unmapped, all pieces at once, when the last view of it goes.
 """
 
 import os
 
 from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES
 from libc.errno cimport errno
-from posix.mman cimport MAP_FAILED, MAP_PRIVATE, PROT_READ, PROT_WRITE, mmap, munmap
+from posix.mman cimport MAP_ANONYMOUS, MAP_FAILED, MAP_FIXED, MAP_PRIVATE, PROT_READ, PROT_WRITE, mmap, munmap
+
+cdef extern from "sys/mman.h":
+    int MAP_NORESERVE
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 cdef class FileMapping:
-    """The first ``size`` bytes of the open file ``fd``, writable, writes private to this process."""
+    """``size`` bytes of writable memory private to this process: zeros, except ``pieces``, each
+    ``(fd, file_offset, offset, length)``: ``length`` bytes of the open file ``fd`` from
+    ``file_offset`` mapped at ``offset`` (both multiples of PAGE_SIZE). Writes never reach a file.
+
+    ``pieces`` is kept (without the descriptors) as ``mapped``: (offset, length) of each.
+    """
 
     cdef void* address
     cdef Py_ssize_t size
     cdef Py_ssize_t shape[1]
     cdef Py_ssize_t strides[1]
+    cdef readonly tuple mapped
 
-    def __cinit__(self, int fd, Py_ssize_t size):
+    def __cinit__(self, Py_ssize_t size, pieces=()):
+        cdef int fd
+        cdef Py_ssize_t file_offset, offset, length
+        cdef void* piece
         self.address = NULL
         if size <= 0:
             raise ValueError(f"cannot map {size} bytes")
-        address = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0)
+        checked = []
+        for fd, file_offset, offset, length in pieces:
+            if file_offset % PAGE_SIZE or offset % PAGE_SIZE or file_offset < 0 or offset < 0 or length <= 0 \
+                    or length > size - offset:
+                raise ValueError(f"piece ({file_offset}, {offset}, {length}) is not page-aligned within {size} bytes")
+            checked.append((fd, file_offset, offset, length))
+        address = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
         if address == MAP_FAILED:
             raise OSError(errno, os.strerror(errno))
         self.address = address
         self.size = size
         self.shape[0] = size
         self.strides[0] = 1
+        for fd, file_offset, offset, length in checked:
+            piece = mmap(<char*>address + offset, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd,
+                         file_offset)
+            if piece == MAP_FAILED:  # out of mappings (vm.max_map_count), say: the caller reads instead
+                error = errno
+                munmap(self.address, self.size)
+                self.address = NULL
+                raise OSError(error, os.strerror(error))
+        self.mapped = tuple((offset, length) for _, _, offset, length in checked)
 
     def __len__(self):
         return self.size

@@ -60,6 +60,18 @@ def sample_data(rng: random.Random, size: int) -> bytes:
     return bf16_weights(size // 2 + 1, rng.randrange(1000)).tobytes()[:size]
 
 
+@pytest.fixture(params=[True, False], ids=["two lanes", "one lane"], autouse=True)
+def loop(request, monkeypatch):
+    """Every test runs with each of the native scan's loops: their cut points must be identical."""
+    monkeypatch.setattr(chunking, "TWO_LANES", request.param)
+    return request.param
+
+
+def test_the_loop_is_chosen_by_timing_both_once(monkeypatch):
+    monkeypatch.setattr(chunking, "TWO_LANES", None)
+    assert chunking.loop() in (True, False) and chunking.loop() == chunking._calibrated()
+
+
 # --- the crate's fixture ---------------------------------------------------------------
 
 FIXTURE = json.loads((FIXTURES / "expected.json").read_text())

@@ -46,6 +46,18 @@ def test_follower_swaps_on_promote_and_rollback(served):
     assert swaps == [(None, "v1.0.0"), ("v1.0.0", "v1.1.0"), ("v1.1.0", "v1.0.0")]
 
 
+def test_a_local_follower_is_woken_by_the_ref_not_by_polling(served):
+    """With a poll interval far longer than the test, only the watch on the ref's directory (which
+    another model's ref shares) can make the follower see moves made by another process."""
+    served.push(write_bundle(HISTORY[0], served.path.parent / "other"), "acme/other@v1.0.0")
+    with Follower(served, "acme/support@production", poll_interval=3600) as follower:
+        assert follower.current.version == "v1.0.0"
+        run_cli("promote", "acme/support@v1.1.0", "--store", served.path, check=True)
+        follower.wait_for("v1.1.0", timeout=60)
+        run_cli("rollback", "acme/support", "--store", served.path, check=True)
+        follower.wait_for("v1.0.0", timeout=60)
+
+
 def test_readers_never_see_a_mix_of_versions(served):
     follower = Follower(served, "acme/support@production", poll_interval=0.0005).start()
     expected_by_version = {v.name: v.tensors for v in HISTORY[:3]}

@@ -105,8 +105,8 @@ def test_a_file_changing_during_put_is_refused_and_stores_nothing(store, tmp_pat
     source.write_bytes(random_bytes(3_000_000, 9))
     hash_chunks = artifactstore.content.put._hash_chunks
 
-    def hash_then_change(data, offsets, first, last, guarded):
-        hashed = hash_chunks(data, offsets, first, last, guarded)
+    def hash_then_change(data, offsets, first, last):
+        hashed = hash_chunks(data, offsets, first, last)
         if first == 0:  # a training job still writing its checkpoint
             with open(source, "r+b") as f:
                 f.seek(100)
@@ -121,3 +121,28 @@ def test_a_file_changing_during_put_is_refused_and_stores_nothing(store, tmp_pat
     assert snapshot(store.path) == before and store.verify().ok
     assert Store(store.path).get(Store(store.path).put(source).id, tmp_path / "out") is None
     assert (tmp_path / "out").read_bytes() == source.read_bytes()
+
+
+def test_a_stored_chunk_changing_during_put_is_refused(store, tmp_path, monkeypatch):
+    """The file id, its chunks' ids and the bytes stored describe one content: a chunk the store
+    holds already that changes after it was hashed (before the file's digest read it) fails the put."""
+    stored, fresh = random_bytes(2_000_000, 20), random_bytes(1_000_000, 21)
+    (tmp_path / "old").write_bytes(stored)
+    store.put(tmp_path / "old")
+    source = tmp_path / "weights.bin"
+    source.write_bytes(stored + fresh)  # starts with stored chunks: they are not written again
+    hash_chunks = artifactstore.content.put._hash_chunks
+
+    def hash_then_change(data, offsets, first, last):
+        hashed = hash_chunks(data, offsets, first, last)
+        if first == 0:
+            with open(source, "r+b") as f:
+                f.seek(100)
+                f.write(b"changed!")
+        return hashed
+
+    before = snapshot(store.path)
+    monkeypatch.setattr(artifactstore.content.put, "_hash_chunks", hash_then_change)
+    with pytest.raises(InvalidInput, match="weights.bin: the input changed while it was being stored"):
+        store.put(source)
+    assert snapshot(store.path) == before and store.verify().ok

@@ -1,9 +1,11 @@
 """A store shared by many machines through one bucket, each with its own hot cache."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from conftest import run_cli, snapshot
@@ -12,6 +14,7 @@ from artifactstore import Store, StoreError
 from artifactstore.content.index import ChunkIndex, write_index
 from artifactstore.content.pack import pack_key
 from artifactstore.demo import adapter_history, write_bundle
+from artifactstore.ids import format_id
 from artifactstore.serving import Follower
 
 HISTORY = adapter_history(layers=4, scale=8)
@@ -58,6 +61,36 @@ def test_a_follower_on_another_machine_sees_a_promote(tmp_path, bucket_url, bund
         assert server.wait_for("v1.1.0", timeout=10).version == "v1.1.0"
         writer.rollback("acme/support")
         server.wait_for("v1.0.0", timeout=10)
+
+
+def test_followers_on_one_machine_download_a_version_once_and_map_the_cache(tmp_path, bucket_url, bundles):
+    """Processes of one machine (one cache) following a shared store: the version they serve is
+    fetched into the cache once, each chunk into one cached pack, and every process maps those."""
+    writer = Store.init(bucket_url, cache=tmp_path / "cache-writer")
+    writer.push(bundles["v1.0.0"], "acme/support@v1.0.0")
+    writer.promote("acme/support@v1.0.0")
+    cache = tmp_path / "cache-server"
+    servers = [subprocess.Popen([sys.executable, "-m", "artifactstore", "follow", "acme/support@production",
+                                 "--store", bucket_url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "ARTIFACTSTORE_CACHE": str(cache)}) for _ in range(3)]
+    try:
+        for server in servers:
+            assert json.loads(server.stdout.readline())["version"] == "v1.0.0"
+            json.loads(server.stdout.readline())  # resident
+        machine = Store(bucket_url, cache=cache)
+        cached = [chunk for pack in machine.content.hot_packs for chunk in
+                  (e.chunk for e in machine.index.pack_entries[pack])]
+        bundle = machine.content.read_manifest(machine.resolve("acme/support@v1.0.0"))
+        weights = {chunk for entry in bundle.entries if entry.path.endswith(".safetensors")
+                   for chunk, _ in machine.content.read_manifest(format_id(entry.file)).chunks}
+        assert sorted(cached) == sorted(weights), "each chunk of the weights once in the cache"
+        for server in servers:
+            maps = Path(f"/proc/{server.pid}/maps").read_text()
+            assert str(cache / "packs") in maps, "the server maps the cache's packs"
+    finally:
+        for server in servers:
+            server.stdin.close()
+            server.wait()
 
 
 RACER = textwrap.dedent("""

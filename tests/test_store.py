@@ -7,9 +7,11 @@ import pytest
 from conftest import make_tree, random_bytes, run_cli, snapshot
 
 from artifactstore import CorruptObject, InvalidInput, InvalidParameter, NotFound, Store, StoreError
+from artifactstore.content.condemned import write_condemned
 from artifactstore.content.manifest import canonical_json, manifest_key
 from artifactstore.content.pack import TARGET_SIZE
-from artifactstore.ids import format_id, tree_digest
+from artifactstore.content.put import PACK_ALIGNMENT
+from artifactstore.ids import format_id, parse_id, tree_digest
 
 
 def test_file_round_trip_and_id_is_the_blake3_of_the_content(store, tmp_path):
@@ -41,6 +43,44 @@ def test_same_content_twice_stores_nothing_new(store, tmp_path):
     again = store.put(bundle)
     assert again.id == first.id and again.new_bytes == 0
     assert snapshot(store.path) == before
+
+
+def test_a_file_stored_again_rewrites_what_gc_condemned(store, tmp_path):
+    """A re-put trusts a stored file only if gc is not about to delete its manifest or the packs of
+    its chunks: chunks whose only copies are condemned are written again, a condemned manifest too."""
+    data = random_bytes(3 << 20, 22)
+    (tmp_path / "w").write_bytes(data)
+    file_id = store.put(tmp_path / "w").id
+    key = manifest_key(parse_id(file_id))
+    packs = list(store.backend.list("packs"))
+    write_condemned(store.backend, {k: [0.0, store.backend.modified(k)] for k in packs})
+    for pack in packs:
+        os.utime(store.backend.path(pack), (0, 0))
+    assert store.put(tmp_path / "w").new_bytes == len(data)
+    assert all(store.backend.modified(pack) > 0 for pack in packs), "the chunks were not written again"
+    write_condemned(store.backend, {key: [0.0, store.backend.modified(key)]})
+    os.utime(store.backend.path(key), (0, 0))
+    assert store.put(tmp_path / "w").new_bytes == 0
+    assert store.backend.modified(key) > 0, "the condemned manifest was not written again"
+    store.get(file_id, tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == data
+
+
+def test_pack_layout_keeps_file_offsets_modulo_the_alignment(store, tmp_path):
+    """New chunks written in runs lie at their file offsets modulo PACK_ALIGNMENT, whatever lies
+    between them in the file (chunks stored already) or in the pack (another file's chunks)."""
+    first, second = random_bytes(1 << 20, 23), random_bytes(1 << 20, 24)
+    (tmp_path / "a").write_bytes(first)
+    stored = {chunk for chunk, _ in store.content.read_manifest(store.put(tmp_path / "a").id).chunks}
+    (tmp_path / "b").write_bytes(random_bytes(12_345, 25) + first[:500_000] + second + first[500_000:])
+    manifest = store.content.read_manifest(store.put(tmp_path / "b").id)
+    offset, new = 0, 0
+    for chunk, length in manifest.chunks:
+        if chunk not in stored:
+            assert store.content.index[chunk].offset % PACK_ALIGNMENT == offset % PACK_ALIGNMENT
+            new += 1
+        offset += length
+    assert new > 10
 
 
 def test_shared_content_is_stored_once(store, tmp_path):

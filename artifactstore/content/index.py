@@ -83,6 +83,7 @@ class ChunkIndex:
         self.alternates: dict[bytes, list[Location]] = {}
         self.pack_entries: dict[bytes, list[PackEntry]] = {}
         self.skipped: list[str] = []  # index files that failed their check when loaded
+        self.generation = 0  # counts the packs added: a location may have changed when it does
         self._read: dict[int, set[str]] = {}  # id of a backend -> the keys of its index files read
 
     @property
@@ -92,6 +93,7 @@ class ChunkIndex:
     def add_pack(self, pack_id: bytes, entries: Iterable[PackEntry]) -> None:
         if pack_id in self.pack_entries:
             return
+        self.generation += 1
         self.pack_entries[pack_id] = entries = list(entries)
         for e in entries:
             location = Location(pack_id, e.offset, e.length)

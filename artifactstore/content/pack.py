@@ -20,6 +20,7 @@ PADDING = bytes(DIGEST_SIZE)
 ENTRY = struct.Struct("<32sI")
 FOOTER = struct.Struct("<I8s")
 TARGET_SIZE = 32 << 20
+INPUT_CHANGED = "the input changed while it was being stored: store it again once it holds still"
 
 
 @dataclass(frozen=True)
@@ -97,27 +98,41 @@ class PackWriter:
         self.entries: list[PackEntry] = []
         self.size = 0
 
-    def add(self, chunk: bytes, data, *, data_checksum: int | None = None) -> None:
-        """Append a chunk. ``data_checksum``: its xxh3 if the caller computed it before it
-        computed ``chunk`` from the same bytes (data that may change under us, such as a mapped
-        input file): the guard vouches for the bytes that were hashed, not for a later read, and
-        bytes written that differ from them are refused (InvalidInput) instead of stored damaged."""
-        self._append(chunk, data)
-        if data_checksum is not None and checksum(data) != data_checksum:  # read after the write
-            raise InvalidInput("the input changed while it was being stored: store it again once it holds still")
-        if self._checksums is not None:
-            self._checksums.append(checksum(data) if data_checksum is None else data_checksum)
-        self.entries.append(PackEntry(chunk, self.size - len(data), len(data)))
+    def add(self, chunk: bytes, data) -> None:
+        """Append a chunk whose bytes were checked against ``chunk``."""
+        self.add_run(data, [(chunk, len(data), None)])
+
+    def add_run(self, data, chunks: list[tuple[bytes, int, int | None]]) -> None:
+        """Append chunks that lie back to back in ``data`` with one write: (digest, length,
+        ``data_checksum``) for each, in order. ``data_checksum``: the chunk's xxh3 if the caller
+        took it before it computed the digest from the same bytes (data that may change under us,
+        such as a mapped input file): the guard vouches for the bytes that were hashed, not for a
+        later read, and bytes written that differ from them are refused (InvalidInput) instead of
+        stored damaged. None: bytes just checked against the digest, whose xxh3 is taken here."""
+        view = memoryview(data).cast("B")
+        start = self.size
+        self._writer.write(view)
+        self.size += len(view)
+        offset = 0
+        for chunk, length, data_checksum in chunks:
+            if data_checksum is not None or self._checksums is not None:
+                written = checksum(view[offset:offset + length])  # read after the write
+                if data_checksum is not None and written != data_checksum:
+                    raise InvalidInput(INPUT_CHANGED)
+                if self._checksums is not None:
+                    self._checksums.append(written if data_checksum is None else data_checksum)
+            self._layout.append((chunk, length))
+            self.entries.append(PackEntry(chunk, start + offset, length))
+            offset += length
+        if offset != len(view):
+            raise ValueError(f"chunks of {offset} bytes in a run of {len(view)}")
 
     def pad(self, length: int) -> None:
         """Append ``length`` zero bytes that are no chunk."""
         if length:
-            self._append(PADDING, bytes(length))
-
-    def _append(self, chunk: bytes, data) -> None:
-        self._writer.write(data)
-        self._layout.append((chunk, len(data)))
-        self.size += len(data)
+            self._writer.write(bytes(length))
+            self._layout.append((PADDING, length))
+            self.size += length
 
     def seal(self) -> bytes:
         """Append the trailer; returns the pack id. Nothing is visible before ``publish``."""

@@ -8,9 +8,10 @@ and publishes packs and then one index file listing them.
 import mmap
 import os
 import stat
+from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import accumulate
 from pathlib import Path
 
 import blake3
@@ -23,12 +24,24 @@ from . import chunking
 from .guard import checksum
 from .index import ChunkIndex, write_index
 from .manifest import FileManifest, TreeEntry, TreeManifest, check_relative_path
-from .pack import TARGET_SIZE, PackWriter
+from .pack import INPUT_CHANGED, TARGET_SIZE, PackWriter
 
-HASH_BATCH = 128  # chunks hashed per task: about 8 MiB
-# A put lays each new chunk out at its file offset modulo this, padding the pack where needed:
-# safetensors aligns tensors in the file, and a tensor mapped from a pack keeps that alignment.
-PACK_ALIGNMENT = 64
+# A put cuts a file this many bytes at a time (about 128 chunks, one task of the hashing pool):
+# hashing, writing and the disk start after the first block, not after the whole file is cut.
+CUT_BLOCK = 8 << 20
+LOOKAHEAD = 2  # blocks cut and being hashed beyond the one being stored
+PROBES = 8  # chunks probed (besides the first) to guess whether a file is stored whole
+PROBE_WINDOW_CHUNKS = 4  # each probe cuts this many maximal chunks' worth of bytes
+# A put lays each new chunk out at its file offset modulo this (a page), padding the pack where
+# needed: a load maps the pages of a file's packs side by side in one buffer laid out as the file
+# is, which works where chunks lie at the same offset modulo the page size in the pack as in the
+# file; tensors keep the alignment safetensors gave them in the file. A file smaller than a page
+# has no page to map: its chunk is only kept at its offset modulo SMALL_FILE_ALIGNMENT.
+PACK_ALIGNMENT = 4096
+SMALL_FILE_ALIGNMENT = 64
+
+
+FileChunk = tuple[bytes, int, int, int]  # digest, offset in its file, length, xxh3
 
 
 @dataclass(frozen=True)
@@ -106,25 +119,67 @@ class PackSession:
         self.index_file: str | None = None  # the key of the index file commit wrote
         self.new_bytes = 0
 
-    def add(self, chunk: bytes, data, *, data_checksum: int | None = None, file_offset: int | None = None) -> None:
-        """Store a chunk unless it is stored already. ``file_offset``: where it lies in its file,
-        to lay it out at the same offset modulo PACK_ALIGNMENT (so that tensors mapped from the
-        pack are as aligned as in the file). ``data_checksum``: see ``PackWriter.add``."""
-        if (self._stored(chunk) and not self._restore) or chunk in self._in_open_pack:
+    def add(self, chunk: bytes, data) -> None:
+        """Store a chunk, already checked against its digest, unless it is stored already."""
+        if not self._wanted(chunk):
             return
         if self._writer is None:
             self._writer = PackWriter(self._backend, guarded=self.guarded)
-        if file_offset is not None:
-            self._writer.pad((file_offset - self._writer.size) % PACK_ALIGNMENT)
-        self._writer.add(chunk, data, data_checksum=data_checksum)
+        self._writer.add(chunk, data)
         self._in_open_pack.add(chunk)
         self.new_bytes += len(data)
         if self._writer.size >= TARGET_SIZE:
             self._close_pack()
 
-    def _stored(self, chunk: bytes) -> bool:
+    def add_file_chunks(self, data: memoryview, chunks: list[FileChunk]) -> list[FileChunk]:
+        """Store the chunks of a file (``data``) that are not stored yet: (digest, file offset,
+        length, xxh3 taken before the digest) in file order. Each run of new chunks that follow
+        each other in the file is written with one write, at a pack offset congruent to its file
+        offset modulo PACK_ALIGNMENT (SMALL_FILE_ALIGNMENT for a file smaller than that). Returns
+        the chunks it did not write."""
+        alignment = PACK_ALIGNMENT if len(data) >= PACK_ALIGNMENT else SMALL_FILE_ALIGNMENT
+        skipped: list[FileChunk] = []
+        run: list[FileChunk] = []
+        for entry in chunks:
+            chunk, offset, length, _ = entry
+            if not self._wanted(chunk):
+                skipped.append(entry)
+                continue
+            if run and run[-1][1] + run[-1][2] != offset:
+                self._write_run(data, run)
+                run = []
+            writer = self._writer if run else self._writer_at(offset, alignment)
+            assert writer is not None
+            run.append(entry)
+            self._in_open_pack.add(chunk)
+            self.new_bytes += length
+            if writer.size + offset + length - run[0][1] >= TARGET_SIZE:
+                self._write_run(data, run)
+                run = []
+                self._close_pack()
+        if run:
+            self._write_run(data, run)
+        return skipped
+
+    def _wanted(self, chunk: bytes) -> bool:
+        return not (self.stored(chunk) and not self._restore) and chunk not in self._in_open_pack
+
+    def stored(self, chunk: bytes) -> bool:
+        """Whether a chunk is stored in a pack that gc is not about to delete."""
         return chunk in self._index and any(
             loc.pack not in self._condemned for loc in self._index.all_locations(chunk))
+
+    def _writer_at(self, file_offset: int, alignment: int) -> PackWriter:
+        """The open pack, padded so that a chunk from ``file_offset`` keeps its ``alignment``."""
+        if self._writer is None:
+            self._writer = PackWriter(self._backend, guarded=self.guarded)
+        self._writer.pad((file_offset - self._writer.size) % alignment)
+        return self._writer
+
+    def _write_run(self, data: memoryview, run: list[FileChunk]) -> None:
+        assert self._writer is not None
+        begin, end = run[0][1], run[-1][1] + run[-1][2]
+        self._writer.add_run(data[begin:end], [(chunk, length, xxh3) for chunk, _, length, xxh3 in run])
 
     def _close_pack(self) -> None:
         writer, self._writer = self._writer, None
@@ -152,14 +207,25 @@ class PackSession:
 
 
 def ingest_file(source: Path, chunker: chunking.ChunkerParams, session: PackSession, pool: ThreadPoolExecutor,
-                progress: Progress) -> tuple[bytes, FileManifest]:
-    """Chunk and hash one file, adding its new chunks to ``session``: (file digest, manifest)."""
+                progress: Progress, stored: Callable[[bytes, int], FileManifest | None]) -> tuple[bytes, FileManifest]:
+    """Chunk and hash one file, adding its new chunks to ``session``: (file digest, manifest).
+
+    ``stored(file id, size)`` is the manifest of a file the store holds whole, if it does. When
+    chunks probed over the file are all stored already (a re-put, most likely), its digest is
+    taken first, and a file found stored costs nothing more: no cut, no chunk hashed.
+    """
     with open(source, "rb") as f:
         if os.fstat(f.fileno()).st_size == 0:
             return digest(b""), FileManifest(0, [])
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         data = memoryview(mapped)
         try:
+            if _probably_stored(data, chunker, session):
+                file_id = blake3.blake3(data, max_threads=blake3.blake3.AUTO).digest()
+                manifest = stored(file_id, len(data))
+                if manifest is not None:
+                    progress(len(data))
+                    return file_id, manifest
             return _ingest_buffer(data, chunker, session, pool, progress)
         except InvalidInput as exc:
             raise InvalidInput(f"{source}: {exc}") from None
@@ -171,28 +237,79 @@ def ingest_file(source: Path, chunker: chunking.ChunkerParams, session: PackSess
                 pass  # an exception's traceback still holds slices of it: it closes when they go
 
 
+def _probably_stored(data: memoryview, chunker: chunking.ChunkerParams, session: PackSession) -> bool:
+    """Whether a few chunks spread over the file are all stored: a cheap guess (a few cuts of
+    a MiB) that the whole file is. Its first chunk is exact; each other probe cuts a window of the
+    file and takes the last whole chunk it finds, which is one of the file's own chunks unless
+    the content is pathological (cut points resynchronise within a chunk or two). A wrong guess
+    costs time, nothing else."""
+    params = chunker.as_kwargs()
+    window = PROBE_WINDOW_CHUNKS * chunker.max_size
+    probes = [(0, chunking.cut(data[:chunker.max_size], **params)[0])]
+    for k in range(1, PROBES + 1):
+        start = max(0, len(data) * k // PROBES - window)
+        lengths = chunking.cut(data[start:start + window], **params)
+        if start + window < len(data):
+            lengths.pop()  # cut short by the window's end
+        if lengths:
+            probes.append((start + sum(lengths[:-1]), lengths[-1]))
+    return all(session.stored(digest(data[offset:offset + length])) for offset, length in probes)
+
+
 def _ingest_buffer(data: memoryview, chunker: chunking.ChunkerParams, session: PackSession,
                    pool: ThreadPoolExecutor, progress: Progress) -> tuple[bytes, FileManifest]:
-    file_digest = pool.submit(lambda: blake3.blake3(data).digest())
-    lengths = chunking.cut(data, **chunker.as_kwargs())
-    offsets = [0, *accumulate(lengths)]
-    # The pool hashes batch k+1 while this thread writes batch k's new chunks into packs.
-    batches = [(i, min(i + HASH_BATCH, len(lengths))) for i in range(0, len(lengths), HASH_BATCH)]
-    hashed = [pool.submit(_hash_chunks, data, offsets, first, last, session.guarded) for first, last in batches]
-    chunk_ids = []
-    try:
-        for (first, _), batch in zip(batches, hashed):
-            for i, (chunk, data_checksum) in enumerate(batch.result(), first):
-                session.add(chunk, data[offsets[i]:offsets[i + 1]], data_checksum=data_checksum,
-                            file_offset=offsets[i])
-                progress(lengths[i])
-                chunk_ids.append(chunk)
-    except BaseException:
-        tasks: list[Future] = [*hashed, file_digest]
-        for task in tasks:  # they read ``data``: let them finish before it is released
-            task.cancel() or task.exception()
-        raise
-    return file_digest.result(), FileManifest(len(data), list(zip(chunk_ids, lengths)))
+    """One pass of a pipeline over the file, block by block: this thread cuts block k+2 while the
+    pool hashes blocks k+1 and k+2 (each chunk's xxh3, then its BLAKE3), the digester adds block
+    k to the file's BLAKE3, and this thread stores block k's new chunks.
+
+    Every chunk's xxh3 is taken before any other read of its bytes (its BLAKE3, the file's digest,
+    the write into a pack) and again after all of them: a chunk written is checked after its
+    write (``PackWriter.add``), a chunk already stored here. If the input changed meanwhile, the
+    put fails rather than store a file id, chunk ids or bytes that disagree.
+    """
+    file_hash = blake3.blake3()
+    offsets = [0]  # each chunk's offset, then the end of the last chunk cut so far
+    chunk_ids: list[bytes] = []
+    blocks: deque[tuple[int, int, Future, Future]] = deque()
+    with ThreadPoolExecutor(1) as digester:  # in order: BLAKE3 of a file is one sequential hash
+        try:
+            for lengths in chunking.cut_blocks(data, **chunker.as_kwargs(), block_size=CUT_BLOCK):
+                first = len(offsets) - 1
+                for length in lengths:
+                    offsets.append(offsets[-1] + length)
+                hashed = pool.submit(_hash_chunks, data, offsets, first, len(offsets) - 1)
+                digested = digester.submit(_add_to_digest, file_hash, data, hashed, offsets[first], offsets[-1])
+                blocks.append((first, len(offsets) - 1, hashed, digested))
+                if len(blocks) > LOOKAHEAD:
+                    chunk_ids += _store_block(data, offsets, session, progress, *blocks.popleft())
+            while blocks:
+                chunk_ids += _store_block(data, offsets, session, progress, *blocks.popleft())
+        except BaseException:
+            for _, _, *tasks in blocks:  # they read ``data``: let them finish before it is released
+                for task in tasks:
+                    task.cancel() or task.exception()
+            raise
+    lengths = [end - begin for begin, end in zip(offsets, offsets[1:])]
+    return file_hash.digest(), FileManifest(len(data), list(zip(chunk_ids, lengths)))
+
+
+def _add_to_digest(file_hash: blake3.blake3, data: memoryview, hashed: Future, begin: int, end: int) -> None:
+    hashed.result()  # the block's xxh3 come first
+    file_hash.update(data[begin:end])
+
+
+def _store_block(data: memoryview, offsets: list[int], session: PackSession, progress: Progress, first: int,
+                 last: int, hashed: Future, digested: Future) -> list[bytes]:
+    """Add a block's new chunks to ``session`` once every other read of them is done, check the
+    chunks it had already against their xxh3, and return the block's chunk ids."""
+    digested.result()
+    hashes = hashed.result()
+    chunks = [(chunk, offsets[i], offsets[i + 1] - offsets[i], xxh3) for i, (chunk, xxh3) in enumerate(hashes, first)]
+    for _, offset, length, xxh3 in session.add_file_chunks(data, chunks):
+        if checksum(data[offset:offset + length]) != xxh3:
+            raise InvalidInput(INPUT_CHANGED)
+    progress(offsets[last] - offsets[first])
+    return [chunk for chunk, _ in hashes]
 
 
 def root_object(root: Path, files: list[tuple[InputFile, bytes]]) -> tuple[bytes, bytes | None]:
@@ -203,13 +320,12 @@ def root_object(root: Path, files: list[tuple[InputFile, bytes]]) -> tuple[bytes
     return tree_digest(encoded), encoded
 
 
-def _hash_chunks(data: memoryview, offsets: list[int], first: int, last: int,
-                 guarded: bool) -> list[tuple[bytes, int | None]]:
-    """(BLAKE3, xxh3 if ``guarded``) of each chunk; the xxh3 first, so that a guard can never
-    vouch for bytes that changed after their BLAKE3 was taken."""
+def _hash_chunks(data: memoryview, offsets: list[int], first: int, last: int) -> list[tuple[bytes, int]]:
+    """(BLAKE3, xxh3) of chunks ``first`` to ``last - 1``; the xxh3 first, so that neither a guard
+    nor the put's checks can vouch for bytes that changed after their BLAKE3 was taken."""
     hashed = []
     for i in range(first, last):
         piece = data[offsets[i]:offsets[i + 1]]
-        data_checksum = checksum(piece) if guarded else None
+        data_checksum = checksum(piece)
         hashed.append((blake3.blake3(piece).digest(), data_checksum))
     return hashed

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -75,6 +76,7 @@ class ContentStore:
         self.config = config
         self._index: ChunkIndex | None = None
         self._hot_packs: set[bytes] | None = None
+        self._layout_changes = 0
 
     @classmethod
     def open(cls, location: str | os.PathLike, *, cache: str | os.PathLike | None = None) -> "ContentStore":
@@ -193,7 +195,15 @@ class ContentStore:
         assert self._index is not None
         return self._index
 
+    @property
+    def layout(self) -> tuple[int, int]:
+        """Changes whenever ``locate`` may answer differently for a chunk it located before (the
+        index was read again or grew, the hot tier was rescanned): what a reader that remembers
+        where chunks lie compares."""
+        return self._layout_changes, self.index.generation
+
     def _load_index(self) -> None:
+        self._layout_changes += 1
         self._index = ChunkIndex()
         for home in self._index_homes():
             self._index.read_files(home)
@@ -229,6 +239,7 @@ class ContentStore:
     def forget_index(self) -> None:
         """Drop the index: it may name packs a failed or finished writer of this process sealed
         but that are no longer, or never were, published."""
+        self._layout_changes += 1
         self._index = None
 
     def _index_homes(self) -> list[Backend]:
@@ -242,6 +253,7 @@ class ContentStore:
         return self._hot_packs
 
     def rescan_hot_tier(self) -> None:
+        self._layout_changes += 1
         self._hot_packs = None
 
     # -- writing -----------------------------------------------------------------------------
@@ -277,13 +289,30 @@ class ContentStore:
         self._index_orphan_packs()
         self._merge_index_files()
         with self.pack_session() as session, ThreadPoolExecutor(2) as pool:
-            files = [(f, *ingest_file(f.source, self.config.chunker, session, pool, progress)) for f in inputs]
+            stored = partial(self._stored_file, session, condemned_times(self.home))
+            files = [(f, *ingest_file(f.source, self.config.chunker, session, pool, progress, stored)) for f in inputs]
         for _, file_id, manifest in files:
             self._publish_manifest(file_id, manifest.encode())
         object_id, tree = root_object(root, [(f, file_id) for f, file_id, _ in files])
         if tree is not None:
             self._publish_manifest(object_id, tree)
         return PutResult(format_id(object_id), sum(f.size for f in inputs), session.new_bytes)
+
+    def _stored_file(self, session: PackSession, condemned: dict[str, float], file_id: bytes,
+                     size: int) -> FileManifest | None:
+        """The manifest of a file this store holds whole, if it does: the manifest is there and not
+        condemned, and every chunk it lists is in a pack that is not condemned (what a put that
+        stored the file again would find, and so would neither write nor re-write)."""
+        key = manifest_key(file_id)
+        if key in condemned:
+            return None
+        try:
+            manifest = decode_manifest(self.home.read(key), key)
+        except (NotFound, CorruptObject):
+            return None  # the put stores it (and verify reports a damaged manifest)
+        if not isinstance(manifest, FileManifest) or manifest.size != size:
+            return None
+        return manifest if all(session.stored(chunk) for chunk, _ in manifest.chunks) else None
 
     def identify(self, path: str | os.PathLike) -> str:
         """The id ``put`` would return for ``path``, computed without writing anything."""

@@ -7,25 +7,21 @@ packs: a pack leaves the hot tier only after its cold copy was uploaded and read
 no step ever deletes the only copy, and a killed ``tier`` is finished by running it again.
 """
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import blake3
 
-from ..backends import Backend
+from ..content.fetch import copy_into_hot, make_hot
 from ..content.guard import guard_key
-from ..content.index import Location, index_id_from_key
+from ..content.index import index_id_from_key
 from ..content.manifest import FileManifest
 from ..content.pack import decode_trailer, pack_key
 from ..content.store import ContentStore
-from ..errors import CorruptObject, InvalidParameter, NotFound
+from ..errors import CorruptObject, InvalidParameter
 from ..ids import format_id
 from ..monitoring.arrays import MonitoringArrays
 from ..progress import Progress, no_progress
 from .roots import ContentGraph, Roots, hot_chunks, hot_monitoring, live_monitoring
-
-MERGE_GAP = 1 << 20  # read over a gap this small rather than issue another request
-MAX_RANGE = 16 << 20
 
 
 @dataclass
@@ -106,7 +102,7 @@ def tier(content: ContentStore, roots: Roots, *, dry_run: bool = False, progress
     _tier_monitoring(content, roots, report)
     if dry_run:
         return report
-    _copy_into_hot(content, [(c, n, content.hot) for c, n in rehome] + [(c, n, cold) for c, n in fetch], progress)
+    copy_into_hot(content, [(c, n, content.hot) for c, n in rehome] + [(c, n, cold) for c, n in fetch], progress)
     for pack_id in evict:
         key = pack_key(pack_id)
         size = content.hot.size(key)
@@ -157,37 +153,8 @@ def pull(content: ContentStore, object_id: str, *, progress: Progress = no_progr
     for f in files:
         if isinstance(f, FileManifest):
             wanted.update(f.chunks)
-    missing = [(c, n) for c, n in wanted.items() if content.hot_location(c) is None]
-    if missing and content.cold is None:
-        raise NotFound(f"{len(missing)} chunks of {object_id} are in no tier")
-    transferred = _copy_into_hot(content, [(c, n, content.cold) for c, n in missing], progress)
-    return PullReport(object_id, sum(wanted.values()), transferred, len(missing), len(wanted))
-
-
-def _copy_into_hot(content: ContentStore, chunks: list[tuple[bytes, int, Backend | None]], progress: Progress) -> int:
-    """Write chunks (read from the given tier, each checked) into new hot packs; bytes copied."""
-    if not chunks:
-        return 0
-    copied = 0
-    with content.pack_session(restore=True) as session:
-        for source in {id(tier): tier for _, _, tier in chunks}.values():
-            wanted = sorted(((_location_in(content, source, c), c) for c, _, tier in chunks if tier is source),
-                            key=lambda item: (item[0].pack, item[0].offset))
-            for chunk, data in _read_chunks(source, wanted):
-                if blake3.blake3(data).digest() != chunk:
-                    raise CorruptObject(f"the copy of chunk {format_id(chunk)} being moved is damaged")
-                session.add(chunk, data)
-                copied += len(data)
-                progress(len(data))
-    return copied
-
-
-def _location_in(content: ContentStore, tier, chunk: bytes) -> Location:
-    """A location of ``chunk`` in a pack that ``tier`` holds."""
-    locations = content.index.all_locations(chunk)
-    if tier is content.hot:
-        return next(loc for loc in locations if loc.pack in content.hot_packs)
-    return next((loc for loc in locations if loc.pack not in content.hot_packs), locations[0])
+    fetched, transferred = make_hot(content, wanted.items(), progress=progress)
+    return PullReport(object_id, sum(wanted.values()), transferred, fetched, len(wanted))
 
 
 def _evict(content: ContentStore, key: str, pack_id: bytes, upload: bool) -> None:
@@ -201,25 +168,3 @@ def _evict(content: ContentStore, key: str, pack_id: bytes, upload: bool) -> Non
         raise CorruptObject(f"cold {key}: the uploaded copy does not read back intact; kept the hot copy")
     content.hot.delete(guard_key(pack_id))
     content.hot.delete(key)
-
-
-def _read_chunks(tier, wanted: list) -> Iterator[tuple[bytes, memoryview]]:
-    """(chunk, bytes) for ``wanted`` = [(location, chunk)] sorted by pack and offset: chunks that lie
-    close together in one pack are fetched by one ranged read, all ranges concurrently."""
-    runs: list[tuple[bytes, int, int, list]] = []  # pack, start, end, [(location, chunk)]
-    for location, chunk in wanted:
-        end = location.offset + location.length
-        if runs and runs[-1][0] == location.pack and location.offset - runs[-1][2] <= MERGE_GAP \
-                and end - runs[-1][1] <= MAX_RANGE:
-            pack, start, _, members = runs[-1]
-            runs[-1] = (pack, start, end, members)
-            members.append((location, chunk))
-        else:
-            runs.append((location.pack, location.offset, end, [(location, chunk)]))
-    blobs = tier.read_ranges([(pack_key(pack), start, end - start) for pack, start, end, _ in runs])
-    for (pack, start, end, members), blob in zip(runs, blobs):
-        if len(blob) != end - start:
-            raise CorruptObject(f"{pack_key(pack)} is shorter than its index says")
-        view = memoryview(blob)
-        for location, chunk in members:
-            yield chunk, view[location.offset - start:location.offset - start + location.length]

@@ -94,14 +94,20 @@ class Registry:
     def ref_signature(self, model: ModelName) -> tuple:
         """What changes whenever the model's ref is replaced: cheap enough to check every few
         milliseconds where the ref is a local file (a ``stat``), one GET elsewhere."""
-        directory = self.backend.capabilities.local_directory
-        if directory is not None:
+        path = self.ref_file(model)
+        if path is not None:
             try:
-                st = os.stat(directory / ref_key(model))
+                st = os.stat(path)
             except FileNotFoundError:
                 return ()
             return st.st_ino, st.st_mtime_ns, st.st_size
         return (self.backend.read_ref(ref_key(model))[1],)
+
+    def ref_file(self, model: ModelName) -> Path | None:
+        """The file that holds the model's ref where the registry is a local directory, else None.
+        A swap replaces it by a rename in its directory, which a follower can watch."""
+        directory = self.backend.capabilities.local_directory
+        return None if directory is None else directory / ref_key(model)
 
     def ref_tokens(self) -> dict[str, str | None]:
         """Every model's ref token now: equal results mean nothing in the registry moved between."""

@@ -7,10 +7,14 @@ take ``follower.current`` once per request and use it throughout: it is an immut
 ``LoadedVersion`` and is replaced whole, so a reader never sees a mix of two versions.
 """
 
+import functools
+import os
+import select
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import ArtifactStoreError, InvalidParameter
@@ -28,7 +32,12 @@ class LoadedVersion:
 
 
 SmokeCheck = Callable[[LoadedVersion], object]
+# How often a follower looks at the pointer: a local ref is watched (inotify on Linux), and looked
+# at every SLOW_POLL besides, in case a change escaped the watch (a ref on a network file system
+# changed by another machine, a full event queue); where it cannot be watched, every LOCAL_POLL.
+# A ref in object storage is one GET per REMOTE_POLL.
 LOCAL_POLL = 0.002
+SLOW_POLL = 0.5
 REMOTE_POLL = 0.5
 
 
@@ -46,9 +55,10 @@ class Follower:
 
     ``smoke_check(candidate)`` runs before any version goes live (the seeds' "send known test
     inputs and verify the outputs"): return False or raise to refuse it; the old version stays
-    and the failure is kept in ``last_error`` and passed to ``on_error``. ``poll_interval`` is how
-    often ``start()``'s thread looks at the pointer: a local ref costs one ``stat`` per look (default
-    every 2 ms), a ref in object storage one GET (default every 0.5 s).
+    and the failure is kept in ``last_error`` and passed to ``on_error``. ``start()``'s thread
+    wakes when a local ref's file is replaced (inotify on Linux) and otherwise looks at the pointer
+    every ``poll_interval``: by default 0.5 s where the ref is watched, 2 ms where it cannot be (a
+    ``stat`` per look), 0.5 s for a ref in object storage (a GET per look).
 
     An adapter is only useful on the base model it was trained for: the follower serves one base
     model (``base_model``, by default that of the first version it serves). It never swaps to, or
@@ -69,7 +79,10 @@ class Follower:
         self.keep_newest = keep_newest
         self.base_model = base_model
         self._base_models: dict[str, str] = {}  # version -> its base model (records are immutable)
-        self.poll_interval = poll_interval or (REMOTE_POLL if shared else LOCAL_POLL)
+        ref_file = store.registry.ref_file(self.model)
+        self._watched_file = ref_file if ref_file is not None and _RefWatch.available() else None
+        self.poll_interval = poll_interval or (
+            REMOTE_POLL if shared else SLOW_POLL if self._watched_file is not None else LOCAL_POLL)
         self.smoke_check, self.on_swap, self.on_error = smoke_check, on_swap, on_error
         self.resident: dict[str, LoadedVersion] = {}
         self.last_error: str | None = None
@@ -78,6 +91,7 @@ class Follower:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._watch: _RefWatch | None = None
         self.refresh()
 
     @property
@@ -189,16 +203,31 @@ class Follower:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._watch is not None:
+            self._watch.wake()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
 
     def _run(self) -> None:
-        while not self._stop.wait(self.poll_interval):
-            try:
-                self.refresh()
-            except Exception as exc:  # a serving process must outlive any surprise in one look
-                self._fail(f"{self.ref}: unexpected {type(exc).__name__}: {exc}")
+        watch = None
+        try:
+            while not self._stop.is_set():
+                if watch is None and self._watched_file is not None:
+                    watch = self._watch = _RefWatch.on(self._watched_file)  # None until its directory exists
+                try:
+                    self.refresh()  # after the watch is set: a change from now on wakes the wait below
+                except Exception as exc:  # a serving process must outlive any surprise in one look
+                    self._fail(f"{self.ref}: unexpected {type(exc).__name__}: {exc}")
+                if watch is not None:
+                    if not self._stop.is_set():  # stop() may have missed the watch: it sets the event first
+                        watch.wait(self.poll_interval)
+                else:
+                    self._stop.wait(LOCAL_POLL if self._watched_file is not None else self.poll_interval)
+        finally:
+            self._watch = None
+            if watch is not None:
+                watch.close()
 
     def __enter__(self) -> "Follower":
         return self.start()
@@ -215,3 +244,69 @@ class Follower:
             time.sleep(self.poll_interval / 2 or 0.001)
         raise TimeoutError(f"{self.ref} did not reach {version} within {timeout} s (live: "
                            f"{self._current.version if self._current else None}; last error: {self.last_error})")
+
+
+class _RefWatch:
+    """Wakes a follower when the file of a local ref is replaced: inotify (Linux) on the ref's
+    directory, where a swap renames the new ref into place. Events for the other files there
+    (other models' refs, lock files) are ignored."""
+
+    def __init__(self, inotify, name: str):
+        self._inotify = inotify
+        self._name = name
+        self._wake_read, self._wake_write = os.pipe()
+
+    @staticmethod
+    def available() -> bool:
+        return _inotify_simple() is not None
+
+    @classmethod
+    def on(cls, path: Path) -> "_RefWatch | None":
+        """A watch of ``path``'s directory; None while it does not exist, or when no watch can be
+        had (the user's inotify instances or watches are used up: fs.inotify.max_user_instances)."""
+        inotify_simple = _inotify_simple()
+        assert inotify_simple is not None
+        flags = inotify_simple.flags
+        try:
+            inotify = inotify_simple.INotify()
+        except OSError:
+            return None
+        try:
+            inotify.add_watch(path.parent, flags.MOVED_TO | flags.CREATE | flags.CLOSE_WRITE | flags.DELETE
+                              | flags.MOVED_FROM | flags.DELETE_SELF | flags.MOVE_SELF)
+        except OSError:
+            inotify.close()
+            return None
+        return cls(inotify, path.name)
+
+    def wait(self, timeout: float) -> None:
+        """Return when the ref's file changed (or may have: the watch overflowed or went), when
+        ``wake`` was called, or after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([self._inotify, self._wake_read], [], [], left)
+            if self._wake_read in ready:
+                os.read(self._wake_read, 64)
+                return
+            if ready and any(not event.name or event.name == self._name for event in self._inotify.read(timeout=0)):
+                return  # an event without a name is about the directory itself, or an overflow
+
+    def wake(self) -> None:
+        os.write(self._wake_write, b"!")
+
+    def close(self) -> None:
+        self._inotify.close()
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+
+
+@functools.cache
+def _inotify_simple():
+    """The inotify wrapper, where the platform has inotify (Linux); None elsewhere."""
+    try:
+        import inotify_simple
+
+        inotify_simple.INotify().close()
+    except (ImportError, OSError, AttributeError):
+        return None
+    return inotify_simple

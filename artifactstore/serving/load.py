@@ -12,35 +12,42 @@ its digest, each taking runs of chunks; nothing is returned unless every byte ch
 from __future__ import annotations
 
 import os
+import threading
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 import blake3
 import ml_dtypes
 import numpy as np
 
+from ..content.fetch import make_hot
 from ..content.guard import decode_guard, guard_key
-from ..content.manifest import FileManifest
+from ..content.index import Location
+from ..content.manifest import FileManifest, manifest_key
 from ..content.pack import pack_key
 from ..content.store import ContentStore
 from ..content.tensorfile import SafetensorsHeader, TensorInfo, read_header
 from ..errors import CorruptObject, InvalidInput, InvalidParameter, NotFound
-from ..ids import format_id
+from ..ids import format_id, parse_id
 from ..native import _checksum, _mapping
 
 WEIGHTS_DIR = "adapter_weights/"
 WEIGHTS_SUFFIX = ".safetensors"
 FRAMEWORKS = ("numpy", "torch")
-# A run is read with one preadv and then hashed by the same thread: small enough that a load
+# A run is read (where not mapped) and then hashed by the same thread: small enough that a load
 # splits into many runs for the two threads and a run stays in cache, large enough that the
 # per-run cost does not show (1 to 16 MiB measured within noise on a 210 MB adapter).
-RUN_LIMIT = 4 << 20
-# A partial load's buffer starts at this alignment relative to the data section, so that tensors
-# aligned in the file stay aligned in the buffer (torch cannot view misaligned bytes as a dtype).
-BUFFER_ALIGNMENT = 64
+RUN_LIMIT = 8 << 20
+# Pages of packs are mapped into a load's buffers wherever a whole page of the file lies in one pack.
+PAGE_SIZE = _mapping.PAGE_SIZE
+# A loader remembers the headers and load plans of this many files (a follower keeps a few
+# versions resident; a server may hold a few dozen adapters).
+FILES_REMEMBERED = 64
 
 # safetensors dtype -> numpy dtype. A dtype numpy cannot represent (the packed F4 and F6 formats,
 # F8_E8M0 before ml_dtypes 0.5) comes back as the tensor's raw bytes: a flat uint8 array.
@@ -69,51 +76,101 @@ TORCH_DTYPES = {
 
 @dataclass(frozen=True)
 class _StoredFile:
-    """One safetensors file of a load: its name for messages, its chunks and its parsed header."""
+    """One safetensors file: its chunks and its parsed header (a function of the file's id)."""
 
-    label: str
     manifest: FileManifest
     chunk_starts: list[int]  # file offset of each chunk, then the file size
     header: SafetensorsHeader
 
 
-@dataclass
+@dataclass(frozen=True)
+class _Checks:
+    """Chunks to check once their bytes are in a buffer. Those their pack's guard vouches for are
+    arrays (offset in the buffer, length, xxh3) for one native call, with each one's (digest,
+    pack); the others, (digest, pack, offset, length), are re-hashed with BLAKE3."""
+
+    offsets: np.ndarray
+    lengths: np.ndarray
+    expected: np.ndarray
+    vouched: list[tuple[bytes, bytes]]
+    unvouched: list[tuple[bytes, bytes, int, int]]
+
+
+@dataclass(frozen=True)
 class _Run:
-    """Chunks back to back in one pack, read with one preadv into ``landing[begin:end]``.
+    """Chunks that follow each other in a buffer, read (where not mapped) and checked by one
+    thread while they are in its cache. ``reads``: (pack, pack offset, offset in the buffer,
+    length), adjacent reads merged; ``chunks``: (pack, pack offset, offset, length) of each."""
 
-    A chunk straddling the header and the data section brings its header bytes into ``prefix``;
-    only the first chunk of a load can, so it is always the run's first chunk.
-    """
-
-    pack: bytes
-    pack_offset: int
-    begin: int
-    end: int
-    prefix: bytearray
-    chunks: list[tuple[bytes, int, int, int]] = field(default_factory=list)  # digest, landing range, pack offset
-
-    @property
-    def pack_end(self) -> int:
-        return self.pack_offset + len(self.prefix) + self.end - self.begin
+    reads: list[tuple[bytes, int, int, int]]
+    chunks: list[tuple[bytes, int, int, int]]
+    checks: _Checks
 
 
-@dataclass
-class _Segment:
-    """Chunks back to back both in a file and in one local pack: a tensor inside it is a view
-    of the pack's mapping, at its file offset minus ``base``."""
+@dataclass(frozen=True)
+class _BufferPlan:
+    """Some of a file's tensors in one buffer, laid out as in the file from ``base`` (a file
+    offset). ``pieces`` (pack, pack offset, offset, length) are the pages mapped from packs; the
+    rest of the chunks' bytes are read. None of it depends on what is in the buffers."""
 
-    pack: bytes
-    mapping: np.ndarray  # the pack's
-    last: int  # index of its last chunk in the file
-    base: int  # file offset - pack offset
-    tensors: list[TensorInfo] = field(default_factory=list)
+    base: int
+    size: int
+    maps: bool
+    pieces: list[tuple[bytes, int, int, int]]
+    runs: list[_Run]
+    tensors: list[TensorInfo]
+    packs: tuple[bytes, ...]  # every pack its chunks lie in
+
+
+@dataclass(frozen=True)
+class _FilePlan:
+    """How to load some tensors of a stored file, valid while the store's ``layout`` holds."""
+
+    buffers: list[_BufferPlan]
+    layout: tuple[int, int]
+    reusable: bool  # False when a chunk lacks a guard entry: its next load looks for one again
+
+
+class _StalePlan(Exception):
+    """A pack a plan maps is no longer a local file (tier or gc moved it): plan again."""
+
+
+class _Recent:
+    """The ``size`` most recently used entries of a mapping, shared by a loader's threads."""
+
+    def __init__(self, size: int):
+        self._size = size
+        self._entries: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+            return value
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
 
 
 class Loader:
-    """Safetensors weights of a content store as verified tensors."""
+    """Safetensors weights of a content store as verified tensors.
+
+    A loader remembers, for the files it loaded most recently, their parsed headers (a function of
+    the file's id) and how it loaded them (which pages of which packs it mapped, what it read, the
+    xxh3 of each chunk from the packs' guards), as long as the store's index says the chunks have
+    not moved; every load still maps, reads and checks every chunk it returns.
+    """
 
     def __init__(self, content: ContentStore):
         self.content = content
+        self._files = _Recent(FILES_REMEMBERED)
+        self._plans = _Recent(FILES_REMEMBERED)
 
     def load(self, object_id: str, *, device: str = "cpu", framework: str = "numpy",
              names: Iterable[str] | None = None, label: str | None = None) -> dict[str, Any]:
@@ -123,8 +180,8 @@ class Loader:
         ref the caller resolved, say). ``framework`` is ``"numpy"`` (BF16 and F8 as ml_dtypes
         types) or ``"torch"``; ``device`` is ``"cpu"``, or ``"cuda"``/``"cuda:N"`` with torch.
         ``names`` restricts the result to those tensors, and only the chunks holding them are
-        read. The tensors of one file are views into one buffer. A dtype the framework cannot
-        represent (F4 and F6 in numpy, F6 in torch) comes back as raw bytes: a flat uint8 array.
+        read. A dtype the framework cannot represent (F4 and F6 in numpy, F6 in torch) comes back
+        as raw bytes: a flat uint8 array.
 
         Every chunk read is re-hashed against its digest; damage raises ``CorruptObject`` naming
         the chunk and its pack, and nothing is returned. A malformed safetensors file, or a tensor
@@ -135,36 +192,45 @@ class Loader:
 
     def _load(self, object_id: str, converter: _NumpyArrays | _TorchTensors, names: Iterable[str] | None,
               label: str) -> dict[str, Any]:
-        with _PackFiles(self.content) as packs, ThreadPoolExecutor(2) as pool:
-            files = [self._stored_file(path, manifest, packs) for path, manifest in self._weight_files(object_id, label)]
-            wanted = _select(files, names, label)
-            placed = [self._place_tensors(file, tensors, packs, pool, converter) for file, tensors in wanted]
         result: dict[str, Any] = {}
-        for (file, _), groups in zip(wanted, placed):
+        with _PackFiles(self.content) as packs, ThreadPoolExecutor(2) as pool:
+            files = [(path, file_id, self._stored_file(path, file_id, manifest, packs))
+                     for path, file_id, manifest in self._weight_files(object_id, label)]
+            wanted = _select([(path, file.header) for path, _, file in files], names, label)
+            placed = [(path, self._place((file_id, None if names is None else tuple(t.name for t in tensors),
+                                          converter.maps), file, tensors, packs, pool, converter))
+                      for (path, file_id, file), tensors in zip(files, wanted) if tensors]
+        for path, groups in placed:
             for buffer, base, tensors in groups:
-                result.update(converter.tensors(buffer, base, tensors, file.label))
+                result.update(converter.tensors(buffer, base, tensors, path))
         return result
 
-    def _weight_files(self, object_id: str, label: str) -> list[tuple[str, FileManifest]]:
+    def _weight_files(self, object_id: str, label: str) -> list[tuple[str, str, FileManifest | None]]:
+        """(label, file id, its manifest if read already) of the safetensors file ``object_id``, or
+        of a tree's weights."""
+        if self._files.get(object_id) is not None and self.content.home.exists(manifest_key(parse_id(object_id))):
+            return [(object_id, object_id, None)]  # remembered, and not collected since
         manifest = self.content.read_manifest(object_id)
         if isinstance(manifest, FileManifest):
-            return [(object_id, manifest)]
-        weights = []
-        for entry in manifest.entries:
-            if entry.path.startswith(WEIGHTS_DIR) and entry.path.endswith(WEIGHTS_SUFFIX):
-                file_manifest = self.content.read_manifest(format_id(entry.file))
-                if not isinstance(file_manifest, FileManifest):
-                    raise CorruptObject(f"tree {object_id} lists {format_id(entry.file)}, which is not a file")
-                weights.append((entry.path, file_manifest))
+            return [(object_id, object_id, manifest)]
+        weights: list[tuple[str, str, FileManifest | None]] = [
+            (entry.path, format_id(entry.file), None) for entry in manifest.entries
+            if entry.path.startswith(WEIGHTS_DIR) and entry.path.endswith(WEIGHTS_SUFFIX)]
         if not weights:
             raise NotFound(f"{label} has no {WEIGHTS_DIR}*{WEIGHTS_SUFFIX} file")
         return weights
 
-    def _stored_file(self, label: str, manifest: FileManifest, packs: _PackFiles) -> _StoredFile:
-        """Parse a stored file's header from its leading chunks, each verified as it is read."""
-        chunk_starts = [0]
-        for _, length in manifest.chunks:
-            chunk_starts.append(chunk_starts[-1] + length)
+    def _stored_file(self, label: str, file_id: str, manifest: FileManifest | None, packs: _PackFiles) -> _StoredFile:
+        """A stored file's chunks and header, parsed from its leading chunks, each verified as it
+        is read (or remembered from an earlier load: both are functions of the file's id)."""
+        remembered = self._files.get(file_id)
+        if remembered is not None:
+            return remembered
+        read = manifest or self.content.read_manifest(file_id)
+        if not isinstance(read, FileManifest):
+            raise CorruptObject(f"{label} ({file_id}) is not a file")
+        manifest = read
+        chunk_starts = [0, *accumulate(length for _, length in manifest.chunks)]
         leading: dict[int, bytearray] = {}
 
         def read_range(offset: int, length: int) -> bytes:
@@ -174,7 +240,8 @@ class Loader:
                     chunk, size = manifest.chunks[i]
                     location = self.content.locate(chunk, size)
                     data = packs.read(location.pack, location.offset, size)
-                    if _first_damaged(data, [(chunk, 0, size, location.offset)], packs.guard(location.pack)):
+                    checks = _checks_of([(chunk, location.pack, location.offset, 0, size)], packs.guard)
+                    if _first_damaged(data, checks):
                         raise CorruptObject(_damage(chunk, location.pack))
                     leading[i] = data
                 parts.append(leading[i][max(offset - chunk_starts[i], 0):offset + length - chunk_starts[i]])
@@ -184,121 +251,193 @@ class Loader:
             header = read_header(read_range, manifest.size)
         except InvalidInput as exc:
             raise InvalidInput(f"{label}: {exc}") from None
-        return _StoredFile(label, manifest, chunk_starts, header)
+        stored = _StoredFile(manifest, chunk_starts, header)
+        self._files.put(file_id, stored)
+        return stored
 
-    def _place_tensors(self, file: _StoredFile, tensors: list[TensorInfo], packs: _PackFiles,
-                       pool: ThreadPoolExecutor, converter: _NumpyArrays | _TorchTensors) -> list[tuple[Any, int, list]]:
-        """Find or read every tensor's bytes and verify each chunk they lie in.
+    def _place(self, key: tuple, file: _StoredFile, tensors: list[TensorInfo], packs: _PackFiles,
+               pool: ThreadPoolExecutor, converter: _NumpyArrays | _TorchTensors) -> list[tuple[Any, int, list]]:
+        """Map or read every tensor's bytes and verify each chunk they lie in: (buffer, the file
+        offset its first byte stands for, the tensors in it) for each buffer."""
+        plan = self._plans.get(key)
+        if plan is None or plan.layout != self.content.layout:
+            if self.content.shared:  # the machine's cache first: its packs are mapped, and shared
+                make_hot(self.content, dict(file.manifest.chunks[i] for t in tensors
+                                            for i in _chunks_covering(file.chunk_starts, t.begin, t.end)).items())
+            plan = self._plan(file, tensors, packs, converter.maps)
+        try:
+            placed = _execute(plan, packs, pool, converter)
+        except _StalePlan:
+            plan = self._plan(file, tensors, packs, converter.maps)
+            placed = _execute(plan, packs, pool, converter)
+        if plan.reusable:
+            self._plans.put(key, plan)
+        return placed
 
-        Returns (buffer, the file offset its first byte stands for, the tensors in it) for each
-        buffer: the mappings of the packs tensors are views of, and one buffer read for the rest.
-        """
-        checks: list[Future] = []
-        segments = self._segments(file, tensors, packs, pool, checks) if converter.maps else []
-        mapped = [segment for segment in segments if segment.tensors]
-        in_segment = {id(t) for segment in mapped for t in segment.tensors}
-        copied = [t for t in tensors if id(t) not in in_segment]
-        groups = [(converter.wrap(segment.mapping), segment.base, segment.tensors) for segment in mapped]
-        if copied or not mapped:
-            buffer, base = self._read_tensors(file, copied, packs, pool, converter.allocate, checks)
-            groups.append((buffer, base, copied))
-        for check in checks:
-            damage = check.result()
-            if damage is not None:
-                raise CorruptObject(damage)
-        return groups
-
-    def _segments(self, file: _StoredFile, tensors: list[TensorInfo], packs: _PackFiles, pool: ThreadPoolExecutor,
-                  checks: list[Future]) -> list[_Segment]:
-        """The runs of ``tensors``' chunks that lie back to back in one local pack, each holding
-        the tensors that lie wholly in it.
-
-        The chunks of the tensors placed in a segment are checked on ``pool`` (futures added to
-        ``checks``) in runs of at most RUN_LIMIT bytes, submitted once everything is planned: a
-        worker coming back for its next run would otherwise wait for this thread to let go of
-        the GIL. (A chunk only copied tensors need is checked by the copying reader instead.)
-        """
-        segments: list[_Segment] = []
-        home: dict[int, tuple[_Segment, bytes, int, int]] = {}  # chunk index -> segment, digest, pack offset, length
-        needed = sorted({i for t in tensors for i in _chunks_covering(file.chunk_starts, t.begin, t.end)})
-        for i in needed:
-            chunk, length = file.manifest.chunks[i]
-            location = self.content.locate(chunk, length)
-            mapping = packs.mapping(location.pack)
-            if mapping is None or location.offset + length > len(mapping):
-                continue  # not a local file, or truncated: the copying reader reports it
-            last = segments[-1] if segments else None
-            base = file.chunk_starts[i] - location.offset
-            if last is None or (last.pack, last.last, last.base) != (location.pack, i - 1, base):
-                last = _Segment(location.pack, mapping, i, base)
-                segments.append(last)
-            last.last = i
-            home[i] = (last, chunk, location.offset, length)
-        used: dict[int, tuple[_Segment, bytes, int, int]] = {}
+    def _plan(self, file: _StoredFile, tensors: list[TensorInfo], packs: _PackFiles, maps: bool) -> _FilePlan:
+        """Place each tensor in a buffer: on the CPU, the buffer of the phase that holds most of
+        its bytes, so that it is mapped from the packs except perhaps on the pages where its
+        chunks change pack (a partial retrain's unchanged tensors begin and end in new chunks)."""
+        layout = self.content.layout
+        located = {i: self.content.locate(*file.manifest.chunks[i])
+                   for t in tensors for i in _chunks_covering(file.chunk_starts, t.begin, t.end)}
+        # each chunk's phase (file offset - pack offset, modulo the page size) where it can be mapped
+        phases = {i: (file.chunk_starts[i] - location.offset) % PAGE_SIZE if maps and packs.mappable(location)
+                  else None for i, location in located.items()}
+        by_phase: dict[int | None, list[TensorInfo]] = {}
         for tensor in tensors:
-            covering = _chunks_covering(file.chunk_starts, tensor.begin, tensor.end)
-            if not covering or covering[0] not in home:
-                continue  # no bytes (the copying reader makes an empty tensor), or not in a local pack
-            segment = home[covering[0]][0]
-            if covering[-1] <= segment.last and \
-                    packs.claim(segment.pack, tensor.begin - segment.base, tensor.end - segment.base):
-                segment.tensors.append(tensor)
-                used.update((i, home[i]) for i in covering)
-        runs: list[tuple[_Segment, list[tuple[bytes, int, int, int]], int]] = []  # segment, chunks, bytes
-        for i in sorted(used):
-            segment, chunk, offset, length = used[i]
-            if not runs or runs[-1][0] is not segment or runs[-1][2] + length > RUN_LIMIT:
-                runs.append((segment, [], 0))
-            runs[-1][1].append((chunk, offset, length, offset))
-            runs[-1] = (segment, runs[-1][1], runs[-1][2] + length)
-        checks.extend(pool.submit(_check_mapped, packs, segment.pack, run) for segment, run, _ in runs)
-        return segments
+            by_phase.setdefault(_phase(file, tensor, phases), []).append(tensor)
+        if not by_phase:
+            by_phase[None] = []
+        buffers = [_plan_buffer(file, phase, members, located, phases, packs) for phase, members in by_phase.items()]
+        reusable = all(not run.checks.unvouched for buffer in buffers for run in buffer.runs)
+        return _FilePlan(buffers, layout, reusable)
 
-    def _read_tensors(self, file: _StoredFile, tensors: list[TensorInfo], packs: _PackFiles,
-                      pool: ThreadPoolExecutor, allocate: Callable[[int], tuple[Any, np.ndarray]],
-                      checks: list[Future]) -> tuple[Any, int]:
-        """Read the chunks holding ``tensors`` into a new buffer, adding their checks to ``checks``.
 
-        Returns the buffer and the file offset its first byte stands for. It spans the data
-        section from (about) the first chunk needed to the end of the last; bytes between chunks
-        that are not needed are never written, so their pages are never allocated.
-        """
-        needed = sorted({i for t in tensors for i in _chunks_covering(file.chunk_starts, t.begin, t.end)})
-        data_start = file.header.data_start
-        if needed:
-            first = file.chunk_starts[needed[0]]
-            base = max(data_start, first - (first - data_start) % BUFFER_ALIGNMENT)
-            end = file.chunk_starts[needed[-1] + 1]
-        else:
-            base = end = data_start
-        buffer, host = allocate(end - base)
-        landing = host.data
-        checks.extend(pool.submit(_read_and_check, packs, run, landing)
-                      for run in self._plan_runs(file, needed, base, packs))
-        return buffer, base
+def _phase(file: _StoredFile, tensor: TensorInfo, phases: dict[int, int | None]) -> int | None:
+    """The phase of the mappable chunks holding most of a tensor's bytes; None if none is."""
+    covering = _chunks_covering(file.chunk_starts, tensor.begin, tensor.end)
+    found = {phases[i] for i in covering} - {None}
+    if len(found) < 2:  # the usual case: one phase for the whole file
+        return next(iter(found), None)
+    votes: dict[int, int] = {}
+    for i in covering:
+        phase = phases[i]
+        if phase is not None:
+            overlap = min(tensor.end, file.chunk_starts[i + 1]) - max(tensor.begin, file.chunk_starts[i])
+            votes[phase] = votes.get(phase, 0) + overlap
+    return max(votes, key=votes.__getitem__)
 
-    def _plan_runs(self, file: _StoredFile, needed: list[int], base: int, packs: _PackFiles) -> Iterator[_Run]:
-        """Group the needed chunks (indices in file order) into runs landing at ``file offset - base``.
 
-        Opens each run's pack here, in one thread, so that the readers only look it up.
-        """
-        run: _Run | None = None
+def _plan_buffer(file: _StoredFile, phase: int | None, tensors: list[TensorInfo], located: dict[int, Location],
+                 phases: dict[int, int | None], packs: _PackFiles) -> _BufferPlan:
+    """The buffer of ``tensors``: where it starts (at ``phase`` modulo the page size, so that pack
+    pages of that phase can be mapped into it; a buffer that maps nothing starts at phase 0, which
+    keeps the file's alignment), the whole pages mapped from stretches of chunks back to back in
+    one local pack, and the rest of the chunks' bytes to read."""
+    needed = sorted({i for t in tensors for i in _chunks_covering(file.chunk_starts, t.begin, t.end)})
+    if not needed:
+        return _BufferPlan(file.header.data_start, 0, phase is not None, [], [], tensors, ())
+    first, end = file.chunk_starts[needed[0]], file.chunk_starts[needed[-1] + 1]
+    base = first - (first - (phase or 0)) % PAGE_SIZE
+    pieces: list[tuple[bytes, int, int, int]] = []
+    if phase is not None:
+        stretch: list = []  # pack, file offset - pack offset, file offsets begin and end
         for i in needed:
-            chunk, length = file.manifest.chunks[i]
-            location = self.content.locate(chunk, length)
-            start, end = file.chunk_starts[i] - base, file.chunk_starts[i + 1] - base
-            landing_start = max(start, 0)  # below 0: the header's share of a straddling chunk
-            if (run is None or location.pack != run.pack or location.offset != run.pack_end
-                    or start != run.end or run.end - run.begin + length > RUN_LIMIT):
-                if run is not None:
-                    yield run
-                run = _Run(location.pack, location.offset, landing_start, landing_start,
-                           bytearray(landing_start - start))
-                packs.open(run.pack)
-            run.chunks.append((chunk, landing_start, end, location.offset))
-            run.end = end
-        if run is not None:
-            yield run
+            location, start = located[i], file.chunk_starts[i]
+            if phases[i] == phase:
+                if stretch[:2] == [location.pack, start - location.offset] and stretch[3] == start:
+                    stretch[3] = start + location.length
+                    continue
+                _add_pages(stretch, base, pieces)
+                stretch = [location.pack, start - location.offset, start, start + location.length]
+            else:
+                _add_pages(stretch, base, pieces)
+                stretch = []
+        _add_pages(stretch, base, pieces)
+    mapped = [(offset, offset + length) for _, _, offset, length in pieces]
+    runs: list[_Run] = []
+    chunks: list[tuple[bytes, bytes, int, int, int]] = []  # digest, pack, pack offset, offset, length
+    run_bytes = 0
+    for i in needed:
+        location = located[i]
+        if chunks and run_bytes + location.length > RUN_LIMIT:
+            runs.append(_run_of(chunks, mapped, packs))
+            chunks, run_bytes = [], 0
+        chunks.append((file.manifest.chunks[i][0], location.pack, location.offset, file.chunk_starts[i] - base,
+                       location.length))
+        run_bytes += location.length
+    runs.append(_run_of(chunks, mapped, packs))
+    return _BufferPlan(base, end - base, phase is not None, pieces, runs, tensors,
+                       tuple(dict.fromkeys(located[i].pack for i in needed)))
+
+
+def _add_pages(stretch: list, base: int, pieces: list[tuple[bytes, int, int, int]]) -> None:
+    """Add the whole pages of a stretch of chunks (pack, its base, begin, end) to ``pieces``."""
+    if stretch:
+        pack, pack_base, begin, end = stretch
+        low = -(-(begin - base) // PAGE_SIZE) * PAGE_SIZE
+        high = (end - base) // PAGE_SIZE * PAGE_SIZE
+        if high > low:
+            pieces.append((pack, low + base - pack_base, low, high - low))
+
+
+def _run_of(chunks: list[tuple[bytes, bytes, int, int, int]], mapped: list[tuple[int, int]],
+            packs: _PackFiles) -> _Run:
+    """A run of chunks: its reads (the bytes outside the mapped pages, adjacent reads merged) and
+    its checks."""
+    reads: list[list] = []
+    for _, pack, pack_offset, offset, length in chunks:
+        for begin, stop in _unmapped(offset, offset + length, mapped):
+            position = pack_offset + begin - offset
+            if reads and reads[-1][0] == pack and reads[-1][1] + reads[-1][3] == position \
+                    and reads[-1][2] + reads[-1][3] == begin:
+                reads[-1][3] += stop - begin
+            else:
+                reads.append([pack, position, begin, stop - begin])
+                packs.open(pack)
+    return _Run([(p, po, o, n) for p, po, o, n in reads], [(p, po, o, n) for _, p, po, o, n in chunks],
+                _checks_of(chunks, packs.guard))
+
+
+def _checks_of(chunks: list[tuple[bytes, bytes, int, int, int]],
+               guard_of: Callable[[bytes], dict[int, tuple[int, int]] | None]) -> _Checks:
+    """The checks of chunks (digest, pack, pack offset, offset in the buffer, length): by their
+    pack's guard where it has an entry for the chunk's place, else by BLAKE3."""
+    offsets, lengths, expected, vouched, unvouched = [], [], [], [], []
+    for digest, pack, pack_offset, offset, length in chunks:
+        guard = guard_of(pack)
+        entry = guard.get(pack_offset) if guard is not None else None
+        if entry is not None and entry[0] == length:
+            offsets.append(offset)
+            lengths.append(length)
+            expected.append(entry[1])
+            vouched.append((digest, pack))
+        else:
+            unvouched.append((digest, pack, offset, length))
+    return _Checks(np.array(offsets, np.int64), np.array(lengths, np.int64), np.array(expected, np.uint64),
+                   vouched, unvouched)
+
+
+def _execute(plan: _FilePlan, packs: _PackFiles, pool: ThreadPoolExecutor,
+             converter: _NumpyArrays | _TorchTensors) -> list[tuple[Any, int, list]]:
+    """Map and read a plan's buffers, check every chunk on the pool's threads, and return (buffer,
+    base, tensors) of each once every check passed."""
+    checks: list[Future] = []
+    groups = []
+    for buffer in plan.buffers:
+        memory, host, mapping = _allocate(buffer, packs, converter)
+        for pack in buffer.packs:  # here: the readers only look packs up
+            packs.open(pack)
+        checks.extend(pool.submit(_read_and_check, packs, run, host, mapping) for run in buffer.runs)
+        groups.append((memory, buffer.base, buffer.tensors))
+    for check in checks:
+        damage = check.result()
+        if damage is not None:
+            raise CorruptObject(damage)
+    return groups
+
+
+def _allocate(buffer: _BufferPlan, packs: _PackFiles,
+              converter: _NumpyArrays | _TorchTensors) -> tuple[Any, np.ndarray, Any]:
+    """The buffer (as the framework wants it), a numpy view of its memory to read into, and its
+    FileMapping if pack pages are mapped into it (None if every byte is read)."""
+    if not buffer.maps:
+        return *converter.allocate(buffer.size), None
+    if not buffer.size:
+        host = np.empty(0, np.uint8)
+        return converter.wrap(host), host, None
+    pieces = []
+    for pack, pack_offset, offset, length in buffer.pieces:
+        if not packs.mappable(Location(pack, pack_offset, length)):  # moved, or truncated (no SIGBUS)
+            raise _StalePlan()
+        pieces.append((packs.local(pack), pack_offset, offset, length))
+    try:
+        mapping = _mapping.FileMapping(buffer.size, pieces)
+    except OSError:  # out of mappings (vm.max_map_count) or address space: read every byte instead
+        mapping = None
+    host = np.frombuffer(mapping or _mapping.FileMapping(buffer.size), np.uint8)
+    return converter.wrap(host), host, mapping
 
 
 def _chunks_covering(chunk_starts: list[int], begin: int, end: int) -> range:
@@ -308,52 +447,46 @@ def _chunks_covering(chunk_starts: list[int], begin: int, end: int) -> range:
     return range(bisect_right(chunk_starts, begin) - 1, bisect_left(chunk_starts, end))
 
 
-def _check_mapped(packs: _PackFiles, pack: bytes, run: list[tuple[bytes, int, int, int]]) -> str | None:
-    """Check a run of chunks in a pack's mapping (which faults their pages in); returns what is damaged."""
-    damaged = _first_damaged(packs.mapping(pack), run, packs.guard(pack))
-    return None if damaged is None else _damage(damaged, pack)
+def _unmapped(begin: int, end: int, mapped: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of [begin, end) outside the sorted, disjoint ``mapped`` ranges."""
+    parts = []
+    position = begin
+    for low, high in mapped[max(bisect_right(mapped, (begin, begin)) - 1, 0):]:
+        if low >= end:
+            break
+        if low > position:
+            parts.append((position, low))
+        position = max(position, high)
+    if position < end:
+        parts.append((position, end))
+    return parts
 
 
-def _read_and_check(packs: _PackFiles, run: _Run, landing: memoryview) -> str | None:
-    """Read a run into place and hash each of its chunks while it is still in the CPU's cache.
-
-    Returns what is damaged, if anything.
-    """
-    packs.read_into(run.pack, [memoryview(run.prefix), landing[run.begin:run.end]], run.pack_offset)
-    guard, chunks = packs.guard(run.pack), run.chunks
-    damaged = None
-    if run.prefix:  # the straddling first chunk is checked whole, header bytes included
-        chunk, begin, end, offset = chunks[0]
-        damaged = _first_damaged(run.prefix + landing[begin:end], [(chunk, 0, len(run.prefix) + end - begin, offset)],
-                                 guard)
-        chunks = chunks[1:]
-    damaged = damaged or _first_damaged(landing, [(c, begin, end - begin, offset) for c, begin, end, offset in chunks],
-                                        guard)
-    return None if damaged is None else _damage(damaged, run.pack)
+def _read_and_check(packs: _PackFiles, run: _Run, host: np.ndarray, mapping: Any) -> str | None:
+    """Read a run's unmapped bytes into place (all of them if nothing is ``mapping``ped), then
+    check each of its chunks (faulting mapped pages in: measured cheaper than MADV_POPULATE_READ
+    first) while they are in the CPU's cache; returns what is damaged, if anything."""
+    landing = host.data
+    for pack, pack_offset, offset, length in (run.reads if mapping is not None else run.chunks):
+        packs.read_into(pack, [landing[offset:offset + length]], pack_offset)
+    damaged = _first_damaged(host, run.checks)
+    return None if damaged is None else _damage(*damaged)
 
 
-def _first_damaged(data, chunks: list[tuple[bytes, int, int, int]], guard: dict[int, tuple[int, int]] | None) -> bytes | None:
-    """A chunk of ``chunks`` = (digest, offset in ``data``, length, offset in its pack) whose bytes
-    are not that chunk, if any: by the pack's guard where it vouches for them (xxh3, in native
-    code without the GIL), else, or where the guard disagrees, by BLAKE3."""
-    vouched, unvouched = [], []
-    for chunk in chunks:
-        entry = guard.get(chunk[3]) if guard is not None else None
-        if entry is not None and entry[0] == chunk[2]:
-            vouched.append((chunk, entry[1]))
-        else:
-            unvouched.append(chunk)
-    if vouched:
-        offsets = np.array([c[1] for c, _ in vouched], np.int64)
-        lengths = np.array([c[2] for c, _ in vouched], np.int64)
-        expected = np.array([value for _, value in vouched], np.uint64)
-        start = 0
-        while (missed := _checksum.first_mismatch(data, offsets[start:], lengths[start:], expected[start:])) >= 0:
-            unvouched.append(vouched[start + missed][0])
-            start += missed + 1
-    for digest, offset, length, _ in unvouched:
+def _first_damaged(data, checks: _Checks) -> tuple[bytes, bytes] | None:
+    """(digest, pack) of a chunk of ``checks`` whose bytes in ``data`` are not that chunk, if any:
+    by the pack's guard where it vouches for them (xxh3, in native code without the GIL), else,
+    or where the guard disagrees, by BLAKE3."""
+    suspects = list(checks.unvouched)
+    start = 0
+    while (missed := _checksum.first_mismatch(data, checks.offsets[start:], checks.lengths[start:],
+                                              checks.expected[start:])) >= 0:
+        digest, pack = checks.vouched[start + missed]
+        suspects.append((digest, pack, int(checks.offsets[start + missed]), int(checks.lengths[start + missed])))
+        start += missed + 1
+    for digest, pack, offset, length in suspects:
         if blake3.blake3(data[offset:offset + length]).digest() != digest:
-            return digest
+            return digest, pack
     return None
 
 
@@ -361,38 +494,35 @@ def _damage(chunk: bytes, pack: bytes) -> str:
     return f"chunk {format_id(chunk)} in {pack_key(pack)} is damaged (its bytes do not match its id)"
 
 
-def _select(files: list[_StoredFile], names: Iterable[str] | None,
-            label: str) -> list[tuple[_StoredFile, list[TensorInfo]]]:
-    """The tensors to load from each file, in data order."""
-    owner: dict[str, _StoredFile] = {}
-    for file in files:
-        for name in file.header.tensors:
+def _select(files: list[tuple[str, SafetensorsHeader]], names: Iterable[str] | None,
+            label: str) -> list[list[TensorInfo]]:
+    """The tensors to load from each file (label, header), in data order."""
+    owner: dict[str, str] = {}
+    for path, header in files:
+        for name in header.tensors:
             if name in owner:
-                raise InvalidInput(f"tensor {name!r} is in both {owner[name].label} and {file.label}")
-            owner[name] = file
+                raise InvalidInput(f"tensor {name!r} is in both {owner[name]} and {path}")
+            owner[name] = path
     if names is None:
-        return [(file, list(file.header.tensors.values())) for file in files]
+        return [list(header.tensors.values()) for _, header in files]
     if isinstance(names, str):
         raise InvalidParameter(f"names must be a collection of tensor names, not the string {names!r}")
     requested = set(names)
     missing = sorted(requested - owner.keys())
     if missing:
         raise NotFound(f"no tensor {', '.join(map(repr, missing))} in {label}")
-    selected = [(file, [t for t in file.header.tensors.values() if t.name in requested]) for file in files]
-    return [(file, tensors) for file, tensors in selected if tensors]
+    return [[t for t in header.tensors.values() if t.name in requested] for _, header in files]
 
 
 class _PackFiles:
-    """The packs one load reads: local pack files, each opened once and kept open for the load
-    (and mapped once if tensors are views of it), and packs that are not local files (in another
-    tier), read through the store."""
+    """The packs one load reads: local pack files, each opened once and kept open for the load,
+    and packs that are not local files (in another tier), read through the store."""
 
     def __init__(self, content: ContentStore):
         self._content = content
         self._fds: dict[bytes, int | None] = {}
-        self._mappings: dict[bytes, np.ndarray | None] = {}
+        self._sizes: dict[bytes, int] = {}
         self._guards: dict[bytes, dict[int, tuple[int, int]] | None] = {}
-        self._claims: dict[bytes, tuple[list[int], list[int]]] = {}  # pack -> sorted starts, ends
 
     def __enter__(self) -> _PackFiles:
         return self
@@ -405,49 +535,35 @@ class _PackFiles:
     def open(self, pack: bytes) -> None:
         if pack not in self._fds:
             try:
-                self._fds[pack] = os.open(self._content.hot.path(pack_key(pack)), os.O_RDONLY)
+                fd = os.open(self._content.hot.path(pack_key(pack)), os.O_RDONLY)
             except FileNotFoundError:
                 self._fds[pack] = None
+                return
+            self._fds[pack] = fd
+            self._sizes[pack] = os.fstat(fd).st_size
+
+    def local(self, pack: bytes) -> int | None:
+        """The descriptor of an ``open``ed pack if it is a local file."""
+        return self._fds[pack]
+
+    def mappable(self, location: Location) -> bool:
+        """Whether a chunk lies in a local pack file that holds all of it (a truncated pack is
+        read instead, which reports it). The pages of a pack stay valid after the pack is deleted
+        or replaced: a pack file is never rewritten in place, and an unlinked file lives on while
+        mapped."""
+        self.open(location.pack)
+        return self._fds[location.pack] is not None and location.offset + location.length <= self._sizes[location.pack]
+
+    def guard(self, pack: bytes) -> dict[int, tuple[int, int]] | None:
+        """The checksums of an ``open``ed local pack's chunks by offset (guard.py), if it has them."""
+        if self._fds[pack] is None:
+            return None
+        if pack not in self._guards:
             try:
                 self._guards[pack] = decode_guard(self._content.hot.path(guard_key(pack)).read_bytes(), pack)
             except OSError:
                 self._guards[pack] = None
-
-    def guard(self, pack: bytes) -> dict[int, tuple[int, int]] | None:
-        """The checksums of an ``open``ed local pack's chunks by offset (guard.py), if it has them."""
-        return self._guards[pack] if self._fds[pack] is not None else None
-
-    def mapping(self, pack: bytes) -> np.ndarray | None:
-        """The whole local pack file as a copy-on-write uint8 array; None if it is not a local file
-        or cannot be mapped (out of address space or of mappings: the load reads it instead).
-
-        Its pages stay valid after the pack is deleted or replaced (a pack file is never
-        rewritten in place, and an unlinked file lives on while mapped).
-        """
-        if pack not in self._mappings:
-            self.open(pack)
-            fd = self._fds[pack]
-            mapping = None
-            try:
-                size = os.fstat(fd).st_size if fd is not None else 0
-                if fd is not None and size:
-                    mapping = np.frombuffer(_mapping.FileMapping(fd, size), np.uint8)
-            except OSError:
-                pass
-            self._mappings[pack] = mapping
-        return self._mappings[pack]
-
-    def claim(self, pack: bytes, begin: int, end: int) -> bool:
-        """Reserve bytes [begin, end) of a pack's mapping for one tensor of this load; False if
-        another tensor has any of them (the same bytes twice, e.g. a repeated tensor: each
-        tensor must own its memory, so that writing one never changes another)."""
-        starts, ends = self._claims.setdefault(pack, ([], []))
-        i = bisect_right(starts, begin)
-        if (i and ends[i - 1] > begin) or (i < len(starts) and starts[i] < end):
-            return False
-        starts.insert(i, begin)
-        ends.insert(i, end)
-        return True
+        return self._guards[pack]
 
     def read(self, pack: bytes, offset: int, length: int) -> bytearray:
         self.open(pack)
@@ -499,6 +615,14 @@ def _converter(framework: str, device: str) -> _NumpyArrays | _TorchTensors:
     elif target.type != "cpu":
         raise InvalidParameter(f"unsupported device {device!r}: expected cpu, cuda or cuda:N")
     return _TorchTensors(torch, target)
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
 
 
 def _unrepresentable(label: str, info: TensorInfo, framework: str) -> InvalidInput:
@@ -553,14 +677,20 @@ class _TorchTensors:
         if self._device.type == "cuda":
             buffer = self._to_device(buffer)
         result = {}
+        typed: dict[Any, Any] = {}  # dtype -> the whole buffer viewed as that dtype
         for info in infos:
-            raw = buffer[info.begin - base:info.end - base]
+            start = info.begin - base
             dtype, shape = self._layout(info)
-            if dtype is None:
-                result[info.name] = raw
-                continue
             try:
-                result[info.name] = self._view(raw, info.begin - base, dtype).reshape(shape)
+                if dtype is not None and start % dtype.itemsize == 0 and info.end > info.begin:
+                    # one call per tensor: a strided view of the buffer seen as its dtype
+                    whole = typed.get(dtype)
+                    if whole is None:
+                        whole = typed[dtype] = buffer[:len(buffer) - len(buffer) % dtype.itemsize].view(dtype)
+                    result[info.name] = whole.as_strided(shape, _contiguous_strides(shape), start // dtype.itemsize)
+                    continue
+                raw = buffer[start:info.end - base]
+                result[info.name] = raw if dtype is None else self._view(raw, start, dtype).reshape(shape)
             except RuntimeError:
                 raise _unrepresentable(label, info, "torch") from None
         return result
