@@ -34,7 +34,8 @@ def checkout(ref: str, dest: Path, store_path: str) -> None:
 @click.option("--framework", type=click.Choice(["numpy", "torch"]), default="numpy", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (torch only).")
 @click.option("--poll-ms", type=click.FloatRange(min=0.1),
-              help="How often to look at the pointer [default: 2 for a local store, 500 for a shared one].")
+              help="How often to look at the pointer [default: a local store wakes the follower by inotify and "
+                   "is looked at every 500 besides (every 2 where it cannot be watched); a shared one every 500].")
 @click.option("--probe", metavar="TENSOR", help="Also print the first element of this tensor on each swap.")
 @store_option
 def follow(ref, framework, device, poll_ms, probe, store_path) -> None:
