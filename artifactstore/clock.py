@@ -5,11 +5,14 @@ set ``ARTIFACTSTORE_NOW`` (ISO 8601, e.g. ``2026-11-26T10:00:00Z``) to run such 
 """
 
 import os
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
 
 from .errors import InvalidParameter
 
 NOW_VARIABLE = "ARTIFACTSTORE_NOW"
+DURATION = re.compile(r"(\d+)([smhd])")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def now() -> datetime:
@@ -32,3 +35,16 @@ def parse_time(text: str, what: str) -> datetime:
 def timestamp(moment: datetime | None = None) -> str:
     """``moment`` (default: now) as the registry writes times: UTC, microseconds, ``Z``."""
     return (moment or now()).astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``30s``, ``15m``, ``6h``, ``7d``."""
+    match = DURATION.fullmatch(text.strip())
+    if match is None:
+        raise InvalidParameter(f"not a duration: {text!r} (expected a number and s, m, h or d, e.g. 6h)")
+    return int(match.group(1)) * UNITS[match.group(2)]
+
+
+def duration(text: str) -> timedelta:
+    """``parse_duration`` as a ``timedelta``."""
+    return timedelta(seconds=parse_duration(text))

@@ -12,34 +12,24 @@ still, the union after the last pass is used: anything it misses is only condemn
 run spares it). Objects younger than the grace period are never touched.
 """
 
-import re
 import time
 from dataclasses import dataclass, field
 
 from ..backends import written_since
+from ..clock import parse_duration
 from ..content.condemned import condemned_records, condemned_times, write_condemned
 from ..content.guard import guard_key
 from ..content.index import ChunkIndex, IndexFiles
 from ..content.manifest import manifest_key
 from ..content.pack import pack_id_from_key, pack_key
 from ..content.store import ContentStore
-from ..errors import CorruptObject, InvalidParameter, StoreError
+from ..errors import CorruptObject, StoreError
 from ..ids import digest, format_id, parse_id
 from ..progress import Progress, no_progress
 from ..registry.registry import Registry
 from .roots import ContentGraph, live_objects, read_roots
 
-DURATION = re.compile(r"(\d+)([smhd])")
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MARK_ATTEMPTS = 20
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``30s``, ``15m``, ``6h``, ``7d``."""
-    match = DURATION.fullmatch(text.strip())
-    if match is None:
-        raise InvalidParameter(f"not a duration: {text!r} (expected a number and s, m, h or d, e.g. 6h)")
-    return int(match.group(1)) * UNITS[match.group(2)]
 
 
 @dataclass

@@ -47,6 +47,7 @@ class AuditEntry:
     reason: str
     percent: int | None = None
     override: str | None = None  # the refusal a forced move overrode (a release policy's, say)
+    evidence: dict[str, Any] | None = None  # what an automatic decision rested on (measurements, a node's smoke check)
 
     def to_json(self) -> dict[str, Any]:
         entry = {"seq": self.seq, "at": self.at, "actor": self.actor, "action": self.action,
@@ -55,12 +56,14 @@ class AuditEntry:
             entry["percent"] = self.percent
         if self.override is not None:
             entry["override"] = self.override
+        if self.evidence is not None:
+            entry["evidence"] = self.evidence
         return entry
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> "AuditEntry":
         return cls(obj["seq"], obj["at"], obj["actor"], obj["action"], obj["pointer"], obj["from"], obj["to"],
-                   obj["reason"], obj.get("percent"), obj.get("override"))
+                   obj["reason"], obj.get("percent"), obj.get("override"), obj.get("evidence"))
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,8 @@ class ModelState:
     id: str | None = None  # the id this state is stored under; not part of its bytes
     policy: str | None = None  # the release policy object's id (registry/policy.py), if the model has one
     checks: dict[str, dict[str, str]] = field(default_factory=dict)  # version -> {"gate"|"review": record id}
+    rollout: dict[str, Any] | None = None  # the canary rollout in progress (registry/rollout.py), if any
+    drill: str | None = None  # the latest rollback drill's record id (release/drill.py), if any
 
     def encode(self) -> bytes:
         fields = {
@@ -90,6 +95,10 @@ class ModelState:
             fields["policy"] = self.policy
         if self.checks:
             fields["checks"] = self.checks
+        if self.rollout is not None:
+            fields["rollout"] = self.rollout
+        if self.drill is not None:
+            fields["drill"] = self.drill
         return canonical_json(fields)
 
     @classmethod
@@ -101,7 +110,8 @@ class ModelState:
             return cls(ModelName(obj["client"], obj["model"]), dict(obj["versions"]), dict(obj["pointers"]),
                        obj["canary"], tuple(obj["pins"]), obj["seq"], obj["parent"],
                        tuple(AuditEntry.from_json(e) for e in obj["entries"]), policy=obj.get("policy"),
-                       checks={v: dict(c) for v, c in obj.get("checks", {}).items()})
+                       checks={v: dict(c) for v, c in obj.get("checks", {}).items()}, rollout=obj.get("rollout"),
+                       drill=obj.get("drill"))
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptObject(f"{where}: malformed model state ({exc})") from None
 
