@@ -55,8 +55,10 @@ def _same(expected: Any, actual: Any, tolerance: float) -> bool:
 
 
 def _short(value: Any) -> str:
+    """A value in a one-line message: text quoted, anything else as JSON; at most about 60 characters."""
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return repr(text if len(text) <= 60 else text[:57] + "...")
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return repr(text) if isinstance(value, str) else text
 
 
 def run_smoke_tests(version: str, tests: Sequence[SmokeTest], infer: Callable[[Any], Any]) -> SmokeResult:
