@@ -101,6 +101,14 @@ def stop(processes) -> None:
         process.stderr.close()
 
 
+def kill(processes) -> None:
+    for process in processes:
+        process.kill()
+        process.wait()
+        for stream in (process.stdin, process.stdout, process.stderr):
+            stream.close()
+
+
 def wait_until(condition, timeout: float = 30.0, what: str = "condition"):
     """Poll ``condition`` until it returns something true; its value."""
     deadline = time.monotonic() + timeout

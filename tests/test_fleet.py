@@ -10,6 +10,7 @@ from fleet_helpers import (
     HISTORY,
     MODEL,
     answer,
+    kill,
     push_versions,
     set_now,
     smoke_lines,
@@ -123,6 +124,11 @@ def test_a_node_that_fails_the_new_production_rolls_the_registry_back_with_its_e
             live.promote(f"{MODEL}@v1.1.0", actor="jane", reason="retrain")
             wait_until(lambda: live.state(MODEL).pointer("production") == "v1.0.0", what="the rollback")
             assert follower.current.version == "v1.0.0"
+            wait_until(lambda: live.fleet(MODEL).heartbeats[0].state == live.state(MODEL).id, what="the heartbeat")
+            heartbeat = live.fleet(MODEL).heartbeats[0]
+            assert heartbeat.serving == "v1.0.0" and heartbeat.smoke["v1.1.0"]["ok"] is False
+            assert not any("smoke" in a for a in live.status(MODEL)["alerts"]), "v1.1.0 is named by nothing now"
+        assert live.fleet(MODEL).heartbeats == [], "a node stopped on purpose leaves the fleet"
         wait_until(lambda: len(receiver.received) == 2, what="the hook events")
     finally:
         receiver.close()
@@ -130,11 +136,23 @@ def test_a_node_that_fails_the_new_production_rolls_the_registry_back_with_its_e
     assert entry.actor == "node:srv-9" and entry.from_ == "v1.1.0" and entry.to == "v1.0.0"
     assert entry.evidence["node"] == "srv-9" and "5 of 5 tests failed" in entry.evidence["smoke"]
     assert "node srv-9's smoke check failed v1.1.0" in entry.reason
-    assert receiver.events() == ["promoted", "rolled_back"]
-    assert receiver.received[1]["event"]["evidence"]["node"] == "srv-9"
-    heartbeat = live.fleet(MODEL).heartbeats[0]
-    assert heartbeat.serving == "v1.0.0" and heartbeat.smoke["v1.1.0"]["ok"] is False
-    assert any("smoke check failed v1.1.0" in a for a in live.status(MODEL)["alerts"])
+    assert sorted(receiver.events()) == ["promoted", "rolled_back"]  # the node may be quicker than the promote's hook
+    rolled = next(r["event"] for r in receiver.received if r["event"]["event"] == "rolled_back")
+    assert rolled["evidence"]["node"] == "srv-9"
+
+
+def test_with_on_failure_keep_the_node_keeps_the_old_version_and_status_shows_the_disagreement(live, tmp_path,
+                                                                                             monkeypatch):
+    with_policy(live, tmp_path, "gate: {required: false}\nreview: {required: false}\nsmoke: {on_failure: keep}\n")
+    monkeypatch.setenv("SMOKE_BROKEN_FOR", "v1.1.0")
+    with Follower(live, f"{MODEL}@production", poll_interval=0.001, smoke_function=answer, node="srv-1"):
+        live.promote(f"{MODEL}@v1.1.0", actor="jane")
+        wait_until(lambda: live.fleet(MODEL).heartbeats[0].state == live.state(MODEL).id, what="the heartbeat")
+        assert live.state(MODEL).pointer("production") == "v1.1.0", "keep: the registry is not moved"
+        alerts = live.status(MODEL)["alerts"]
+        assert alerts[0] == "node srv-1 serves v1.0.0 (canary None), the registry says production v1.1.0 (canary None)"
+        assert alerts[1].startswith("node srv-1: smoke check failed v1.1.0: 5 of 5 tests failed: probe-0: expected")
+        assert alerts[1].endswith("; and 3 more")
 
 
 def test_a_node_that_fails_the_canary_aborts_the_rollout(live, monkeypatch):
@@ -186,7 +204,7 @@ def test_heartbeats_and_an_automatic_rollback_on_a_shared_store(s3_bucket, tmp_p
         store.promote(f"{MODEL}@v1.1.0")
         wait_until(lambda: store.state(MODEL).pointer("production") == "v1.0.0", what="the rollback")
         wait_until(lambda: store.fleet(MODEL).heartbeats[0].state == store.state(MODEL).id, what="the heartbeat")
-    assert store.fleet(MODEL).heartbeats[0].serving == "v1.0.0"
+        assert store.fleet(MODEL).heartbeats[0].serving == "v1.0.0"
 
 
 # -- real follower processes ---------------------------------------------------------------------
@@ -206,12 +224,13 @@ def test_a_smoke_failure_on_one_of_three_followers_rolls_back_and_all_three_serv
         live.promote(f"{MODEL}@v1.1.0", actor="jane", reason="retrain")
         wait_until(lambda: live.state(MODEL).pointer("production") == "v1.0.0", what="the rollback")
         wait_until(lambda: fleet_agrees(live, "v1.0.0"), what="three nodes back on v1.0.0")
+        smoke = {b.node: b.smoke.get("v1.1.0", {}).get("ok") for b in live.fleet(MODEL).heartbeats}
+        assert smoke["srv-2"] is False
     finally:
         stop(followers)
     rollbacks = [e for e in live.log(MODEL) if e.action == "rollback" and e.pointer == "production"]
     assert len(rollbacks) == 1 and rollbacks[0].actor == "node:srv-2" and rollbacks[0].evidence["version"] == "v1.1.0"
-    smoke = {b.node: b.smoke.get("v1.1.0", {}).get("ok") for b in live.fleet(MODEL).heartbeats}
-    assert smoke["srv-2"] is False
+    assert live.fleet(MODEL).heartbeats == [], "stopped nodes leave the fleet"
 
 
 def test_smoke_failures_on_every_node_at_once_make_one_rollback(live):
@@ -249,7 +268,7 @@ def test_a_drill_with_three_followers_is_timed_recorded_and_shown_and_flagged_wh
         shown = run_cli("status", MODEL, "--store", live.path)
         assert "last drill:" in shown.stdout and "passed" in shown.stdout and "alerts: 0" in shown.stdout
     finally:
-        stop(followers)
+        kill(followers)  # as a crash would: their heartbeats stay, and turn stale
         receiver.close()
     state = live.state(MODEL)
     assert (state.pointer("production"), state.pointer("rollback_target")) == ("v1.1.0", "v1.0.0")

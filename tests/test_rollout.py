@@ -79,7 +79,7 @@ def traffic(requests=1000, errors=10, p95=300.0, scores=None, outputs=None) -> T
 @pytest.mark.parametrize("metrics, canary, production, outcome, note", [
     ({"error_rate": {"max_drop_points": 1}}, traffic(errors=15), traffic(errors=10), "pass", "error_rate 0.015"),
     ({"error_rate": {"max_drop_points": 1}}, traffic(errors=40), traffic(errors=10), "fail",
-     "error_rate rose 3 points, more than the 1 points allowed"),
+     "error_rate rose 3 points, more than the 1 point allowed"),
     ({"error_rate": {"ceiling": 0.02}}, traffic(errors=25), traffic(errors=30), "fail", "above the ceiling of 0.02"),
     ({"latency_p95_ms": {"max_drop_percent": 20}}, traffic(p95=390.0), traffic(p95=300.0), "fail", "rose 90"),
     ({"latency_p95_ms": {"max_drop_percent": 20}}, traffic(p95=350.0), traffic(p95=300.0), "pass", "latency_p95_ms"),

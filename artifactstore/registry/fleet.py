@@ -67,7 +67,7 @@ class Heartbeat:
     resident: list[str]  # versions loaded
     smoke: dict[str, dict[str, Any]]  # version -> {"ok", "at", "tests", "failed", "detail"}
     last_swap: str | None
-    state: str | None  # the registry state it acted on last
+    state: str | None  # the registry state it looked at last (and served, or refused, what it names)
     error: str | None  # its last error, if the last look failed
     host: str = ""
     pid: int = 0
@@ -95,6 +95,14 @@ class Heartbeat:
 
 def write_heartbeat(registry: Registry, heartbeat: Heartbeat) -> None:
     registry.backend.write(heartbeat_key(ModelName.parse(heartbeat.model), heartbeat.node), heartbeat.encode())
+
+
+def remove_heartbeat(registry: Registry, model: ModelName, node: str) -> None:
+    """A node that stops on purpose leaves the fleet (one that dies stays, and turns stale)."""
+    try:
+        registry.backend.delete(heartbeat_key(model, node))
+    except NotFound:
+        pass
 
 
 @dataclass(frozen=True)

@@ -143,10 +143,9 @@ def _allowed(limit: Limit, production: float, scale: str | None) -> float:
 
 
 def _amount(value: float, scale: str | None) -> str:
-    if scale == "fraction":
-        return f"{value * 100:.3g} points"
-    if scale == "percent":
-        return f"{value:.3g} points"
+    if scale is not None:
+        points = f"{value * 100 if scale == 'fraction' else value:.3g}"
+        return f"{points} point" if points == "1" else f"{points} points"
     return f"{value:.6g}"
 
 

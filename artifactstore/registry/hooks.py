@@ -88,7 +88,9 @@ def events_of(registry: Registry, state: ModelState) -> list[dict[str, Any]]:
         kind = _event_kind(registry, state, entry)
         if kind is None:
             continue
-        event = {"event": kind[0], "model": str(state.model), "version": entry.to, "from": entry.from_,
+        # a canary's end names the version it ended (its entry moves the canary to nothing)
+        version = entry.from_ if kind[0] == "canary_aborted" and entry.to is None else entry.to
+        event = {"event": kind[0], "model": str(state.model), "version": version, "from": entry.from_,
                  "seq": entry.seq, "at": entry.at, "actor": entry.actor, "reason": entry.reason,
                  "override": entry.override, "state": state.id, **kind[1]}
         if entry.evidence is not None:  # only when set: the events that existed before keep their bytes

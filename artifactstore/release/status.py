@@ -31,6 +31,7 @@ def model_status(registry: Registry, model: ModelName | str) -> dict[str, Any]:
                           f"(it aborts after {running['failure_limit'] + 1})")
 
     fleet = read_fleet(registry, name)
+    named = {production, canary, state.pointer(ROLLBACK_TARGET)}
     nodes = []
     for heartbeat in fleet.heartbeats:
         shown = _node(heartbeat, moment, production, canary)
@@ -42,7 +43,7 @@ def model_status(registry: Registry, model: ModelName | str) -> dict[str, Any]:
             alerts.append(f"node {heartbeat.node} serves {heartbeat.serving} (canary {heartbeat.canary}), the "
                           f"registry says production {production} (canary {canary})")
         for version, smoke in heartbeat.smoke.items():
-            if not smoke["ok"]:
+            if not smoke["ok"] and version in named:  # a refused version nothing names any more is history
                 alerts.append(f"node {heartbeat.node}: smoke check failed {version}: {smoke['detail']}")
         if heartbeat.error:
             alerts.append(f"node {heartbeat.node}: {heartbeat.error}")

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from ..clock import duration, now, timestamp
 from ..errors import ArtifactStoreError, InvalidInput, InvalidParameter
 from ..registry.bundle import SmokeTest, smoke_tests_of
-from ..registry.fleet import Heartbeat, Role, act_on_smoke_failure, check_node, write_heartbeat
+from ..registry.fleet import Heartbeat, Role, act_on_smoke_failure, check_node, remove_heartbeat, write_heartbeat
 from ..registry.metrics import MetricsCollector, record_metrics
 from ..registry.pointers import CANARY, PRODUCTION, ROLLBACK_TARGET
 from ..registry.policy import Policy, policy_of
@@ -108,6 +108,7 @@ class Follower:
         self._current: LoadedVersion | None = None
         self._canary: LoadedVersion | None = None
         self._state: ModelState | None = None  # the state the live versions were chosen from
+        self._looked_at: str | None = None  # the last state looked at (its versions refused, perhaps)
         self._replaced: dict[str, datetime] = {}  # version -> when it stopped being live here
         self._policy: tuple[str | None, Policy] = (None, Policy())
         self._tests: dict[str, tuple[SmokeTest, ...]] = {}  # bundle -> its smoke tests
@@ -157,12 +158,15 @@ class Follower:
                 self._report()
 
     def _follow(self, state: ModelState) -> bool:
+        self._looked_at = state.id
         target = state.pointer(self.ref.target)
         if target is None:
             self._fail(f"{self.ref} is not set")
             return False
         swapped = False
-        if self._current is None or self._current.version != target:
+        if self._current is not None and self._current.version == target:
+            self.last_error = None  # what the pointer names is live: an earlier refusal is history
+        else:
             if self.base_model is None:
                 self.base_model = self._base_model_of(state, target)
             if not self._serves_base_model_of(state, target):
@@ -295,7 +299,7 @@ class Follower:
             bundle=self._current.bundle if self._current else None,
             canary=self._canary.version if self._canary else None, resident=sorted(self.resident),
             smoke={v: r.to_json() for v, r in sorted(self.smoke.items()) if v in self.resident or v in named},
-            last_swap=self.last_swap, state=state.id if state else None, error=self.last_error,
+            last_swap=self.last_swap, state=self._looked_at, error=self.last_error,
             host=socket.gethostname(), pid=os.getpid())
         try:
             write_heartbeat(self.store.registry, heartbeat)
@@ -335,10 +339,18 @@ class Follower:
         return self
 
     def stop(self) -> None:
+        """Stop following; with a node name, flush the metrics gathered and leave the fleet (the
+        heartbeat is removed: a node stopped on purpose is not a stale one)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if self.node is not None:
+            try:
+                self.flush_metrics()
+                remove_heartbeat(self.store.registry, self.model, self.node)
+            except (ArtifactStoreError, OSError) as exc:
+                self._fail(f"{self.ref}: node {self.node} could not leave the fleet cleanly ({exc})")
 
     def _run(self) -> None:
         self._metrics_due = time.monotonic() + self.metrics_interval

@@ -73,6 +73,6 @@ def run_smoke_tests(version: str, tests: Sequence[SmokeTest], infer: Callable[[A
         if why is not None:
             failed.append(test.label)
             reasons.append(f"{test.label}: {why}")
-    detail = (f"{len(failed)} of {len(tests)} tests failed: " + "; ".join(reasons)) if failed \
-        else f"{len(tests)} tests passed"
+    shown = "; ".join(reasons[:2]) + (f"; and {len(reasons) - 2} more" if len(reasons) > 2 else "")
+    detail = f"{len(failed)} of {len(tests)} tests failed: {shown}" if failed else f"{len(tests)} tests passed"
     return SmokeResult(version, not failed, timestamp(), len(tests), failed, detail)
