@@ -400,9 +400,10 @@ def canary_rollouts(store: Store, history: list[Version], workdir: Path, layers:
         window = report.measured[0]
         print(f"hour {hour}: window {window['outcome'].upper():4} {window['note']}")
     entry = store.state("acme/support").entries[-1]
+    failing = (entry.evidence or {}).get("measurements", [])
     print(f"-> {report.decision.upper()}: canary {entry.from_} -> {entry.to or '0%'}, production "
           f"{store.state('acme/support').pointers['production']} untouched; the audit entry keeps "
-          f"{len(entry.evidence['measurements'])} failing measurements\n")
+          f"{len(failing)} failing measurements\n")
 
     print("--- a fleet of three inference servers follows acme/support@production ---")
     servers = [subprocess.Popen([sys.executable, "-m", "artifactstore", "follow", "acme/support@production",
