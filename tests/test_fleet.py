@@ -12,6 +12,7 @@ from fleet_helpers import (
     answer,
     kill,
     push_versions,
+    report,
     set_now,
     smoke_lines,
     start_follower,
@@ -293,3 +294,44 @@ def test_status_without_fleet_or_drill_says_what_is_missing(live):
     assert alerts == ["no rollback target: a rollback has nowhere to go",
                       "no rollback drill recorded (the policy asks for one every 30d)"]
     assert live.status(MODEL)["nodes"] == [] and live.status(MODEL)["rollout"] is None
+
+
+def test_a_drill_fails_when_a_node_refuses_the_rollback_target_and_the_fleet_rolls_forward_itself(live, tmp_path):
+    live.promote(f"{MODEL}@v1.1.0", actor="jane")
+    receiver = Receiver()
+    with_policy(live, tmp_path, f"gate: {{required: false}}\nreview: {{required: false}}\n"
+                                f"hooks:\n  - {{name: ops, url: '{receiver.url}', events: [drill_passed, drill_failed]}}\n")
+
+    def broken_for_v1_0_0(loaded, known_input):
+        return -1.0 if loaded.version == "v1.0.0" else answer(loaded, known_input)
+
+    try:
+        with Follower(live, f"{MODEL}@production", poll_interval=0.001, smoke_function=answer, node="srv-a"), \
+                Follower(live, f"{MODEL}@production", poll_interval=0.001, smoke_function=broken_for_v1_0_0,
+                         node="srv-b"):
+            drilled = live.drill(MODEL, actor="oncall", max_seconds=30)
+            assert not drilled.passed and drilled.seconds is None and "srv-b" in drilled.unconfirmed
+            assert "moved during the drill" in drilled.note
+            assert live.status(MODEL)["drill"]["passed"] is False
+            assert any("the last drill" in a and "failed" in a for a in live.status(MODEL)["alerts"])
+        wait_until(lambda: receiver.events() == ["drill_failed"], what="the drill event")
+    finally:
+        receiver.close()
+    state = live.state(MODEL)
+    assert state.pointer("production") == "v1.1.0", "srv-b's failed check rolled production forward"
+    rolled = next(e for e in reversed(live.log(MODEL)) if e.action == "rollback" and e.pointer == "production")
+    assert rolled.actor == "node:srv-b" and (rolled.from_, rolled.to) == ("v1.0.0", "v1.1.0")
+    assert receiver.received[0]["event"]["drill"]["unconfirmed"] == ["srv-b"]
+
+
+def test_verify_names_a_missing_measurement(live, monkeypatch):
+    set_now(monkeypatch, parse_time("2026-11-26T00:00:00Z", "t"))
+    live.start_rollout(f"{MODEL}@v1.1.0", actor="jane")
+    report(live, 1)
+    set_now(monkeypatch, parse_time("2026-11-26T01:00:00Z", "t"))
+    live.rollout_tick(MODEL)
+    assert live.verify().ok
+    measurement = live.state(MODEL).rollout["measurement"]
+    live.backend.delete(f"registry/objects/{measurement[3:5]}/{measurement[3:]}.json")
+    problems = live.verify().problems
+    assert len(problems) == 1 and measurement in problems[0]
