@@ -6,7 +6,7 @@ set ``ARTIFACTSTORE_NOW`` (ISO 8601, e.g. ``2026-11-26T10:00:00Z``) to run such 
 
 import os
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from .errors import InvalidParameter
 
@@ -43,3 +43,8 @@ def parse_duration(text: str) -> float:
     if match is None:
         raise InvalidParameter(f"not a duration: {text!r} (expected a number and s, m, h or d, e.g. 6h)")
     return int(match.group(1)) * UNITS[match.group(2)]
+
+
+def duration(text: str) -> timedelta:
+    """``parse_duration`` as a ``timedelta``."""
+    return timedelta(seconds=parse_duration(text))

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import numpy as np
 import yaml
 from safetensors.numpy import save_file
 
+from .clock import NOW_VARIABLE
 from .store import Store
 
 RANK = 16
@@ -261,13 +263,9 @@ def release_gates(store: Store, history: list[Version], workdir: Path, layers: i
     policy.write_text(RELEASE_POLICY.format(url=receiver.url))
     store.set_policy("acme/support", policy, actor="lead@agency.com", reason="the seeds' release pipeline")
     print(f"policy set: gate (2 points, hallucination ceiling 3%), review of 20+ outputs, hook to {receiver.url}")
-    latest = history[-1]
 
     def retrain(name: str, seed: int, description: str, eval_results: dict) -> str:
-        tensors = {**latest.tensors, **lora_tensors(range(layers - 2, layers), seed=seed, scale=scale)}
-        version = replace(latest, name=name, description=description, tensors=tensors, eval_results=eval_results)
-        store.push(write_bundle(version, workdir / "bundles" / name), f"acme/support@{name}", actor="training-job@ci")
-        return f"acme/support@{name}"
+        return retrain_version(store, history[-1], workdir, layers, scale, name, seed, description, eval_results)
 
     suites = {"refunds": {"accuracy": 0.93}, "bundles": {"accuracy": 0.85}}
     good = retrain("v1.3.0", 4, "monthly retrain: 3 months of support tickets",
@@ -399,6 +397,171 @@ def write_tour_files(directory: Path, small: bool = True) -> list[Path]:
     return [*written, directory / "policy.yaml", directory / "served.jsonl"]
 
 
+SMOKE_TESTS = 6  # the seeds: 5-10 known inputs
+
+
+def smoke_tests_for(tensors: Tensors) -> str:
+    """smoke_tests.jsonl: known inputs and the outputs the trained weights give for them. The demo has no
+    language model, so an "input" names a weight and the "output" is its value (``smoke_answer``)."""
+    names = sorted(tensors)[-SMOKE_TESTS:]
+    return "".join(json.dumps({"name": f"known-input-{i}", "input": {"tensor": name, "index": i},
+                               "expected": float(tensors[name].reshape(-1)[i]), "tolerance": 1e-6}) + "\n"
+                   for i, name in enumerate(names))
+
+
+def smoke_answer(loaded, known_input: dict) -> float:
+    """The demo servers' "inference" on one known input (``artifactstore follow --smoke``)."""
+    return float(loaded.tensors[known_input["tensor"]].reshape(-1)[known_input["index"]])
+
+
+def retrain_version(store: Store, latest: Version, workdir: Path, layers: int, scale: int, name: str, seed: int,
+                    description: str, eval_results: dict, smoke_from: Tensors | None = None) -> str:
+    """Push a version whose top two layers were retrained, with smoke tests (from ``smoke_from``'s weights
+    when given: a bundle whose tests do not match its weights)."""
+    tensors = {**latest.tensors, **lora_tensors(range(layers - 2, layers), seed=seed, scale=scale)}
+    version = replace(latest, name=name, description=description, tensors=tensors, eval_results=eval_results)
+    bundle = write_bundle(version, workdir / "bundles" / name)
+    (bundle / "smoke_tests.jsonl").write_text(smoke_tests_for(smoke_from or tensors))
+    store.push(bundle, f"acme/support@{name}", actor="training-job@ci")
+    return f"acme/support@{name}"
+
+
+ROLLOUT_POLICY = RELEASE_POLICY + """canary:                                  # the seeds: 10% for 24 h, 50% for 24 h, then 100%
+  steps: [{{percent: 10, hold: 24h}}, {{percent: 50, hold: 24h}}, {{percent: 100}}]
+  analysis:
+    interval: 1h                         # each hour of traffic is one measurement
+    failure_limit: 1                     # one noisy hour does not abort; a second failing one does
+    min_requests: 100
+    metrics:
+      error_rate: {{max_drop_points: 1}}   # at most 1 point above production in the same hour
+      latency_p95_ms: {{max_drop_percent: 20}}
+      quality: {{max_drop: 0.03, floor: 0.8}}
+smoke: {{required: true}}                  # every version carries known inputs; a failure rolls back
+drill: {{every: 30d, max_seconds: 60}}     # the seeds: rehearse monthly, under 60 s
+"""
+NODES = ("srv-1", "srv-2", "srv-3")
+
+
+def hour_of_traffic(store: Store, end: datetime, versions: dict[str, tuple[int, float]], rng) -> None:
+    """What three inference servers report for one hour: per version (share of traffic, error rate)."""
+    records = []
+    for node in NODES:
+        for version, (share, error_rate) in versions.items():
+            requests = int(rng.normal(3000, 100) * share / 100)
+            records.append({"version": version, "node": node, "start": (end - timedelta(hours=1)).isoformat(),
+                            "end": end.isoformat(), "requests": requests,
+                            "errors": int(rng.binomial(requests, error_rate)),
+                            "latency_ms": {"p50": rng.normal(120, 3), "p95": rng.normal(340, 8),
+                                           "p99": rng.normal(800, 20)},
+                            "scores": {"quality": {"mean": rng.normal(0.91, 0.004), "count": requests // 10}}})
+    store.record_metrics("acme/support", records)
+
+
+def canary_rollouts(store: Store, history: list[Version], workdir: Path, layers: int, scale: int) -> None:
+    """Stage 3 of the seeds' pipeline: a canary that advances 10 -> 50 -> 100 over two (simulated) days,
+    another that aborts on a rising error rate; then a fleet of three servers that rolls production back
+    by itself when a version fails its smoke check, and a rollback drill, timed."""
+    print("--- canary rollouts: 10% for 24 h, 50% for 24 h, 100%; hourly analysis ---")
+    receiver = HookReceiver()
+    policy = workdir / "rollout-policy.yaml"
+    policy.write_text(ROLLOUT_POLICY.format(url=receiver.url))
+    store.set_policy("acme/support", policy, actor="lead@agency.com", reason="canary, smoke tests, drills")
+    rng = np.random.default_rng(7)
+    clock = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    os.environ[NOW_VARIABLE] = clock.isoformat()  # two days of a rollout, run in seconds
+    production = store.state("acme/support").pointers["production"]
+
+    def approved(ref: str) -> str:
+        store.gate(ref, actor="ci@agency.com")
+        store.review(ref, approve=True, actor="maria@agency.com", samples=24, notes="tone ok")
+        return ref
+
+    scores = {"accuracy": 0.964, "hallucination_rate": 0.011,
+              "suites": {"refunds": {"accuracy": 0.96}, "bundles": {"accuracy": 0.86}}}
+    good = approved(retrain_version(store, history[-1], workdir, layers, scale, "v1.6.0", 7, "monthly retrain",
+                                    scores))
+    artifactstore(store, "rollout", "start", good, "--by", "jane@agency.com", "--reason", "monthly retrain")
+    percent, hour = 10, 0
+    while store.state("acme/support").rollout is not None:
+        hour += 1
+        clock += timedelta(hours=1)
+        os.environ[NOW_VARIABLE] = clock.isoformat()
+        hour_of_traffic(store, clock, {production: (100 - percent, 0.004), "v1.6.0": (percent, 0.004)}, rng)
+        report = store.rollout_tick("acme/support", actor="cron@agency.com")
+        if report.decision not in ("hold", "nothing"):
+            print(f"hour {hour:2}: {report.decision.upper()}: {report.note}")
+        percent = report.percent or percent
+    state = store.state("acme/support")
+    print(f"{hour} hourly ticks; production {state.pointers['production']}, rollback target "
+          f"{state.pointers['rollback_target']}\n")
+
+    print("v1.7.0 passes the gate and review, but in production its error rate climbs:")
+    bad = approved(retrain_version(store, history[-1], workdir, layers, scale, "v1.7.0", 8, "retrain, new tokenizer",
+                                   scores))
+    store.start_rollout(bad, actor="jane@agency.com", reason="tokenizer update")
+    for hour, error_rate in enumerate((0.006, 0.03, 0.07), 1):
+        clock += timedelta(hours=1)
+        os.environ[NOW_VARIABLE] = clock.isoformat()
+        hour_of_traffic(store, clock, {"v1.6.0": (90, 0.004), "v1.7.0": (10, error_rate)}, rng)
+        report = store.rollout_tick("acme/support", actor="cron@agency.com")
+        window = report.measured[0]
+        print(f"hour {hour}: window {window['outcome'].upper():4} {window['note']}")
+    entry = store.state("acme/support").entries[-1]
+    failing = (entry.evidence or {}).get("measurements", [])
+    print(f"-> {report.decision.upper()}: canary {entry.from_} -> {entry.to or '0%'}, production "
+          f"{store.state('acme/support').pointers['production']} untouched; the audit entry keeps "
+          f"{len(failing)} failing measurements\n")
+
+    print("--- a fleet of three inference servers follows acme/support@production ---")
+    servers = [subprocess.Popen([sys.executable, "-m", "artifactstore", "follow", "acme/support@production",
+                                 "--store", str(store.path), "--node", node, "--smoke",
+                                 "artifactstore.demo:smoke_answer", "--heartbeat-s", "1", "--poll-ms", "2"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+               for node in NODES]
+    try:
+        for server in servers:
+            assert server.stdout is not None
+            server.stdout.readline()
+        wait_for_fleet(store, "v1.6.0")
+        artifactstore(store, "drill", "acme/support", "--by", "oncall@agency.com", "--reason", "monthly rehearsal")
+
+        print("\nv1.8.0 was exported from the wrong checkpoint: its gate and review passed on the right one, but "
+              "its weights fail the smoke tests its training job wrote:")
+        broken = approved(retrain_version(store, history[-1], workdir, layers, scale, "v1.8.0", 9, "weekly retrain",
+                                          scores, smoke_from=lora_tensors(range(layers - 2, layers), seed=10, scale=scale)))
+        started = time.monotonic()
+        store.promote(broken, actor="jane@agency.com", reason="weekly retrain")
+        wait_for_fleet(store, "v1.6.0")
+        took = time.monotonic() - started
+        rolled = next(e for e in reversed(store.log("acme/support")) if e.action == "rollback" and e.pointer)
+        print(f"promoted v1.8.0; {rolled.actor} rolled it back:\n  {rolled.reason}")
+        print(f"all three servers serve v1.6.0 again, confirmed {took:.2f} s after the promote\n")
+        artifactstore(store, "status", "acme/support")
+    finally:
+        for server in servers:
+            assert server.stdin is not None
+            server.stdin.close()
+        for server in servers:
+            server.wait(timeout=30)
+    receiver.close()
+    print(f"\nhook events received by {receiver.url}:")
+    for event in receiver.events:
+        print(f"  {event['event']:16} {event['model']}@{event['version']}  by {event['actor']}")
+    print()
+
+
+def wait_for_fleet(store: Store, version: str, timeout: float = 60.0) -> None:
+    """Until every server reports serving ``version`` for the registry's current state."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = store.state("acme/support")
+        beats = [b for b in store.fleet("acme/support").heartbeats if b.node in NODES]
+        if len(beats) == len(NODES) and all(b.serving == version and b.state == state.id for b in beats):
+            return
+        time.sleep(0.005)
+    raise SystemExit(f"the fleet did not reach {version} within {timeout:g} s")
+
+
 def run(workdir: Path, small: bool) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
@@ -416,6 +579,7 @@ def run(workdir: Path, small: bool) -> None:
     live_rollback(store)
     drift(store, workdir)
     release_gates(store, history, workdir, layers, scale)
+    canary_rollouts(store, history, workdir, layers, scale)
     started = time.perf_counter()
     report = store.verify()
     print(f"verify: {'ok' if report.ok else report.problems} ({time.perf_counter() - started:.2f} s)")

@@ -49,8 +49,10 @@ from .monitoring.versions import served
 from .progress import Progress, no_progress
 from .registry import queries
 from .registry.checks import release_rule
+from .registry.fleet import FleetView, read_fleet
 from .registry.gate import GateResult, run_gate
 from .registry.hooks import announce, deliver_pending, event_for, hook_log, send
+from .registry.metrics import MetricsRecord, record_metrics
 from .registry.notices import notice
 from .registry.pointers import PRODUCTION
 from .registry.policy import DriftSection, policy_of, set_policy, show_policy
@@ -58,9 +60,21 @@ from .registry.refs import ModelName
 from .registry.registry import PushResult, Registry
 from .registry.repair import repair_refs
 from .registry.review import Review, record_review
+from .registry.rollout import (
+    TickReport,
+    abort_rollout,
+    pause_rollout,
+    resume_rollout,
+    rollout_rule,
+    rollout_status,
+    start_rollout,
+    tick,
+)
 from .registry.routing import route_ref
 from .registry.state import AuditEntry, ModelState, default_actor
 from .registry.verify import verify_registry
+from .release.drill import DrillReport, drill
+from .release.status import model_status
 from .serving.adapters import check_out
 from .serving.load import Loader
 
@@ -82,8 +96,9 @@ class Store:
     def __init__(self, location: str | os.PathLike, *, cache: str | os.PathLike | None = None):
         """See ``ContentStore.open`` for ``location`` and ``cache``."""
         self.content = ContentStore.open(location, cache=cache)
-        # the release rule refuses production / canary moves a model's policy does not allow
-        self.registry = Registry(self.content, [release_rule])
+        # the release rule refuses production / canary moves a model's policy does not allow; the
+        # rollout rule, hand-made canary moves while a rollout drives the canary
+        self.registry = Registry(self.content, [release_rule, rollout_rule])
         self.monitoring = MonitoringArrays(self.content)
         self.loader = Loader(self.content)  # one per store: it remembers how it loaded recent files
 
@@ -305,6 +320,46 @@ class Store:
 
     def hook_log(self, *, limit: int | None = None) -> list[dict[str, Any]]:
         return hook_log(self.registry, limit=limit)
+
+    # -- rollouts, fleet, drills (docs/release.md) ------------------------------------------
+
+    def start_rollout(self, ref: str, *, actor: str | None = None, reason: str = "",
+                      force: bool = False) -> ModelState:
+        return self._announced(start_rollout(self.registry, ref, actor=actor, reason=reason, force=force))
+
+    def rollout_status(self, model: str) -> dict[str, Any]:
+        return rollout_status(self.registry, model)
+
+    def pause_rollout(self, model: str, *, actor: str | None = None, reason: str = "") -> ModelState:
+        return self._announced(pause_rollout(self.registry, model, actor=actor, reason=reason))
+
+    def resume_rollout(self, model: str, *, actor: str | None = None, reason: str = "") -> ModelState:
+        return self._announced(resume_rollout(self.registry, model, actor=actor, reason=reason))
+
+    def abort_rollout(self, model: str, *, actor: str | None = None, reason: str = "") -> ModelState:
+        return self._announced(abort_rollout(self.registry, model, actor=actor, reason=reason))
+
+    def record_metrics(self, model: str, records: Iterable[MetricsRecord | dict[str, Any]]) -> dict[str, Any]:
+        return record_metrics(self.registry, model, records)
+
+    def rollout_tick(self, model: str, *, actor: str | None = None) -> TickReport:
+        report = tick(self.registry, model, actor=actor)
+        if report.state is not None:
+            self._announced(report.state)
+        return report
+
+    def fleet(self, model: str) -> FleetView:
+        return read_fleet(self.registry, model)
+
+    def status(self, model: str) -> dict[str, Any]:
+        return model_status(self.registry, model)
+
+    def drill(self, model: str, *, max_seconds: float | None = None, actor: str | None = None,
+              reason: str = "") -> DrillReport:
+        report = drill(self.registry, model, max_seconds=max_seconds, actor=actor, reason=reason)
+        if report.state is not None:
+            self._announced(report.state)
+        return report
 
     def _announced(self, state: ModelState) -> ModelState:
         """``state``, after the events of its audit entries went to the model's hooks."""

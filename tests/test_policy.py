@@ -34,7 +34,20 @@ def policy_file(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("canary:\n  steps: []\n", "policy.yaml: canary: unknown field (refused, not ignored)"),
+    ("canaries:\n  steps: []\n", "policy.yaml: canaries: unknown field (refused, not ignored)"),
+    ("canary:\n  steps: []\n", "policy.yaml: canary: Value error, a plan must end at 100% after at least one"),
+    ("canary:\n  steps: [{percent: 10, hold: 24h}, {percent: 50, hold: 24h}]\n", "a plan must end at 100%"),
+    ("canary:\n  steps: [{percent: 50, hold: 1h}, {percent: 10, hold: 1h}, {percent: 100}]\n",
+     "each step must send more traffic than the one before: [50, 10, 100]"),
+    ("canary:\n  steps: [{percent: 10, hold: 1h}, {percent: 100, hold: 1h}]\n", "the final 100% step completes"),
+    ("canary:\n  steps: [{percent: 10, hold: 1 day}, {percent: 100}]\n", "canary.steps[0].hold: String should match"),
+    ("canary:\n  analysis: {interval: 30s}\n", "interval 30s is shorter than a minute"),
+    ("canary:\n  analysis: {metrics: {error_rate: {}}}\n", "metrics.error_rate: give a floor, a ceiling or a limit"),
+    ("canary:\n  analysis: {metrics: {output_psi: {max_drop: 0.1}}}\n", "give it a ceiling, not a limit relative"),
+    ("canary:\n  analysis: {failure_limit: -1}\n", "canary.analysis.failure_limit: Input should be greater than"),
+    ("smoke: {on_failure: shrug}\n", "smoke.on_failure: Input should be 'rollback' or 'keep'"),
+    ("keep_loaded: a week\n", "keep_loaded: String should match pattern"),
+    ("drill: {every: 30d, max_seconds: 0}\n", "drill.max_seconds: Input should be greater than 0"),
     ("gate:\n  metrics:\n    accuracy: {drection: higher}\n",
      "policy.yaml: gate.metrics.accuracy.drection: unknown field (refused, not ignored)"),
     ("review:\n  min_samples: '20'\n", "policy.yaml: review.min_samples: Input should be a valid integer"),

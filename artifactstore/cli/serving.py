@@ -1,13 +1,15 @@
 """Commands for inference servers: checkout, follow, route, gateway."""
 
+import importlib
 import json
+import socket
 import sys
 import time
 from pathlib import Path
 
 import click
 
-from ..errors import ArtifactStoreError
+from ..errors import ArtifactStoreError, InvalidParameter
 from ..store import Store
 from .base import (
     cli,
@@ -16,6 +18,8 @@ from .base import (
     progress_bar,
     store_option,
 )
+
+NODE_VARIABLE = "ARTIFACTSTORE_NODE"
 
 
 @cli.command()
@@ -37,8 +41,16 @@ def checkout(ref: str, dest: Path, store_path: str) -> None:
               help="How often to look at the pointer [default: a local store wakes the follower by inotify and "
                    "is looked at every 500 besides (every 2 where it cannot be watched); a shared one every 500].")
 @click.option("--probe", metavar="TENSOR", help="Also print the first element of this tensor on each swap.")
+@click.option("--node", metavar="NAME", envvar=NODE_VARIABLE,
+              help=f"This server's name in the fleet: it reports a heartbeat and its smoke checks to the store "
+                   f"[default: ${NODE_VARIABLE}, else the host name].")
+@click.option("--smoke", "smoke", metavar="MODULE:FUNCTION",
+              help="The server's inference on one known input, function(loaded_version, input) -> output: run on "
+                   "each test of a version's smoke_tests.jsonl before it goes live.")
+@click.option("--heartbeat-s", "heartbeat", type=click.FloatRange(min=0.05), default=5.0,
+              show_default=True, help="Seconds between heartbeats when nothing changes.")
 @store_option
-def follow(ref, framework, device, poll_ms, probe, store_path) -> None:
+def follow(ref, framework, device, poll_ms, probe, node, smoke, heartbeat, store_path) -> None:
     """Follow pointer REF like an inference server: keep its hot versions loaded, print one JSON line
     per swap ({"version", "bundle", "at": monotonic seconds, "probe"}), until stdin closes (Ctrl-D at a
     terminal).
@@ -56,13 +68,28 @@ def follow(ref, framework, device, poll_ms, probe, store_path) -> None:
         click.echo(f"warning: {message}", err=True)
 
     with Follower(Store(store_path), ref, framework=framework, device=device,
-                  poll_interval=poll_ms / 1000 if poll_ms else None,
+                  poll_interval=poll_ms / 1000 if poll_ms else None, node=node or socket.gethostname(),
+                  smoke_function=_function(smoke) if smoke else None, heartbeat_interval=heartbeat,
                   on_swap=announce, on_error=warn) as follower:
         click.echo(json.dumps({"resident": sorted(follower.resident)}))
         sys.stdout.flush()
         if sys.stdin.isatty():
             click.echo("following; Ctrl-D ends it", err=True)
         sys.stdin.read()
+
+
+def _function(spec: str):
+    """The function ``module:name`` names."""
+    module, colon, name = spec.partition(":")
+    if not colon or not module or not name:
+        raise InvalidParameter(f"--smoke takes MODULE:FUNCTION, not {spec!r}")
+    try:
+        function = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise InvalidParameter(f"--smoke {spec}: {exc}") from None
+    if not callable(function):
+        raise InvalidParameter(f"--smoke {spec}: not a function")
+    return function
 
 
 @cli.command()

@@ -3,8 +3,11 @@
 ```
 adapter_weights/adapter_model.safetensors   adapter_weights/adapter_config.json
 training_config.yaml  training_data.hash  eval_results.json  inference_config.yaml
-changelog.md  metadata.yaml  [eval_samples.jsonl]
+changelog.md  metadata.yaml  [eval_samples.jsonl]  [smoke_tests.jsonl]
 ```
+
+``smoke_tests.jsonl`` is optional: the known inputs (the seeds: 5-10) with their expected outputs or
+checks, which a follower runs through the server's own inference at every swap (serving/smoke.py).
 """
 
 import json
@@ -21,7 +24,7 @@ from typing import Any
 
 import blake3
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictInt, ValidationError, model_validator
 from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
 from yaml.events import AliasEvent, CollectionStartEvent
@@ -31,6 +34,7 @@ from yaml.reader import Reader
 from yaml.resolver import Resolver
 from yaml.scanner import Scanner
 
+from ..content.store import ContentStore
 from ..content.tensorfile import read_header_from_path
 from ..errors import InvalidInput
 from .samples import MAX_SAMPLES_BYTES, SAMPLES_FILE, read_samples
@@ -39,6 +43,8 @@ WEIGHTS = "adapter_weights/adapter_model.safetensors"
 METADATA = "metadata.yaml"
 ADAPTER_CONFIG = "adapter_weights/adapter_config.json"
 DATA_HASH = re.compile(r"(sha256:[0-9a-f]{64}|b3:[0-9a-f]{64})")
+SMOKE_TESTS = "smoke_tests.jsonl"
+MAX_SMOKE_TESTS = 100  # every follower runs them at every swap (the seeds: 5-10)
 COMPUTED_FIELDS = ("adapter_hash", "created_at", "created_by", "pushed_by", "deployed_at", "deployed_by")
 # Limits on every file but the weights (docs/format.md, "What a bundle's files may contain").
 MAX_FILE_BYTES = 1 << 20
@@ -81,6 +87,41 @@ def names_base_model(base_model_name_or_path: str | None) -> bool:
 
 class Mapping(RootModel[dict[str, Any]]):
     pass
+
+
+class SmokeTest(BaseModel):
+    """One line of smoke_tests.jsonl: a known input and what the output must be.
+
+    Exactly one of ``expected`` (the output, equal as JSON; numbers within ``tolerance``),
+    ``contains`` (text the output must contain: one or a list) and ``matches`` (a regular expression
+    the output text must match somewhere).
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    name: str | None = Field(default=None, min_length=1, max_length=128)
+    input: Any
+    expected: Any = None
+    tolerance: float | None = Field(default=None, ge=0)
+    contains: str | list[str] | None = None
+    matches: str | None = Field(default=None, max_length=1024)
+
+    @model_validator(mode="after")
+    def _one_check(self):
+        given = [name for name in ("expected", "contains", "matches") if name in self.model_fields_set]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of expected, contains, matches (not {', '.join(given) or 'none'})")
+        if self.tolerance is not None and given != ["expected"]:
+            raise ValueError("tolerance goes with expected")
+        if self.matches is not None:
+            try:
+                re.compile(self.matches)
+            except re.error as exc:
+                raise ValueError(f"matches: not a regular expression ({exc})") from None
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or json.dumps(self.input)[:60]
 
 
 
@@ -147,6 +188,7 @@ class Bundle:
     inference_config: dict[str, Any]
     changelog: str
     tensors: dict[str, TensorDigest]
+    smoke_tests: tuple[SmokeTest, ...] = ()
 
     @property
     def adapter_settings(self) -> dict[str, Any]:
@@ -430,7 +472,7 @@ def _parse(text: str, name: str, parse, problems: list[str]):
         said = ": ".join(part.splitlines()[0] for part in (exc.context, exc.problem) if part)
         problems.append(f"{name}: not valid YAML ({where}{said})")
     except (ValueError, yaml.YAMLError) as exc:
-        problems.append(f"{name}: not valid {'JSON' if name.endswith('.json') else 'YAML'} "
+        problems.append(f"{name}: not valid {'JSON' if parse is _parse_json else 'YAML'} "
                         f"({str(exc).splitlines()[0]})")
     return _MISSING
 
@@ -457,6 +499,56 @@ def read_data_file(path: Path, model: type[BaseModel]) -> Any:
     if problems:
         raise InvalidInput("; ".join(problems))
     return parsed
+
+
+def _json_lines(text: str, name: str, model: type[BaseModel], problems: list[str]) -> list[Any]:
+    """Each non-blank line of JSON Lines text, read under a bundle file's rules and validated by ``model``."""
+    items = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            where = f"{name} line {number}"
+            item = _validate(where, _parse(line, where, _parse_json, problems), model, problems)
+            if item is not None:
+                items.append(item)
+    return items
+
+
+def read_json_lines(text: str, name: str, model: type[BaseModel], *, max_bytes: int = MAX_FILE_BYTES) -> list[Any]:
+    """JSON Lines from outside a bundle (servers' metrics records, say), each line read under a bundle
+    file's rules and validated by ``model``; InvalidInput names every problem (line and field)."""
+    problems: list[str] = []
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise InvalidInput(f"{name}: {size:,} bytes, more than the limit of {max_bytes:,}")
+    items = _json_lines(text, name, model, problems)
+    if problems:
+        raise InvalidInput("; ".join(problems[:20]) + (f"; and {len(problems) - 20} more" if len(problems) > 20 else ""))
+    return items
+
+
+def _smoke_tests(text: str, problems: list[str]) -> tuple[SmokeTest, ...]:
+    tests = _json_lines(text, SMOKE_TESTS, SmokeTest, problems)
+    lines = sum(1 for line in text.splitlines() if line.strip())
+    if not 1 <= lines <= MAX_SMOKE_TESTS:
+        problems.append(f"{SMOKE_TESTS}: {lines} tests; give 1 to {MAX_SMOKE_TESTS} (the seeds: 5-10)")
+    return tuple(tests)
+
+
+def smoke_tests_of(content: ContentStore, bundle_id: str) -> tuple[SmokeTest, ...]:
+    """The smoke tests a stored bundle carries (none: an empty tuple), read by the rules a push checks
+    them with; InvalidInput when the stored file breaks them (a bundle pushed before they existed)."""
+    tree = content.read_manifest(bundle_id)
+    entry = next((e for e in getattr(tree, "entries", ()) if e.path == SMOKE_TESTS), None)
+    if entry is None:
+        return ()
+    problems: list[str] = []
+    try:
+        tests = _smoke_tests(content.read_file(entry.file).decode("utf-8"), problems)
+    except UnicodeDecodeError:
+        problems.append(f"{SMOKE_TESTS}: not UTF-8 text")
+    if problems:
+        raise InvalidInput(f"{bundle_id}: " + "; ".join(problems))
+    return tests
 
 
 def read_metadata(data: bytes, where: str) -> Metadata:
@@ -541,6 +633,11 @@ def load_bundle(root: Path) -> Bundle:
         problems.append(f"metadata.yaml: base_model {metadata.base_model!r} differs from "
                         f"adapter_config.json's base_model_name_or_path {adapter_config.base_model_name_or_path!r}")
     _check_eval_samples(root, problems)
+    smoke_tests: tuple[SmokeTest, ...] = ()
+    if os.path.lexists(root / SMOKE_TESTS):
+        smoke_text = _read_text(root, SMOKE_TESTS, problems)
+        if smoke_text is not None:
+            smoke_tests = _smoke_tests(smoke_text, problems)
     tensors = None
     if not (root / WEIGHTS).is_file() or (root / WEIGHTS).is_symlink():
         problems.append(f"{WEIGHTS}: missing")
@@ -555,5 +652,5 @@ def load_bundle(root: Path) -> Bundle:
     assert metadata and adapter_config and training_config and inference_config and eval_scores
     assert changelog is not None and data_hashes and tensors is not None
     return Bundle(root, metadata, adapter_config.model_dump(), training_config.root, data_hashes,
-                  eval_scores.root, inference_config.root, changelog, tensors)
+                  eval_scores.root, inference_config.root, changelog, tensors, smoke_tests)
 

@@ -2,11 +2,12 @@
 
 ``release_rule`` is a ``TransitionRule`` (pointers.py): a ``Registry`` given it refuses, with
 ``Refused``, to point ``production`` or the canary at a version that lacks a check its model's
-policy requires. A model without a policy is never refused, and neither is a rollback: restoring
-the previous version must always be possible.
+policy requires. A model without a policy is never refused, and neither is a rollback or a drill's
+move: restoring a version that served before must always be possible.
 """
 
-from ..errors import Refused
+from ..errors import InvalidInput, Refused
+from .bundle import SMOKE_TESTS, smoke_tests_of
 from .gate import gate_result
 from .pointers import CANARY, PRODUCTION, Transition
 from .policy import Policy, policy_of
@@ -18,7 +19,8 @@ from .state import ModelState
 def missing_checks(registry: Registry, state: ModelState, version: str, policy: Policy | None = None) -> list[str]:
     """What ``version`` lacks, under ``policy`` (default: the model's), to take production's traffic
     now: a gate passed (or its failures accepted) against the current production under the current
-    gate settings, and an approval on enough outputs. Empty: nothing."""
+    gate settings, an approval on enough outputs, and smoke tests when the policy requires them.
+    Empty: nothing."""
     policy = policy or policy_of(registry, state)
     if policy is None:
         return []
@@ -46,12 +48,19 @@ def missing_checks(registry: Registry, state: ModelState, version: str, policy: 
         elif review.samples < policy.review.min_samples:
             missing.append(f"approved after {review.samples} outputs; the policy asks for "
                            f"{policy.review.min_samples}")
+    if policy.smoke.required:
+        try:
+            if not smoke_tests_of(registry.content, registry.record(state, version)["bundle"]):
+                missing.append(f"no {SMOKE_TESTS} in its bundle (the policy requires known inputs to check "
+                               f"every swap with)")
+        except InvalidInput as exc:
+            missing.append(f"its {SMOKE_TESTS} is unusable ({exc})")
     return missing
 
 
 def release_rule(registry: Registry, state: ModelState, transition: Transition) -> None:
     """Refuse a move of production or the canary to a version that lacks its required checks."""
-    if state.policy is None or transition.to is None or transition.action == "rollback" \
+    if state.policy is None or transition.to is None or transition.action in ("rollback", "drill") \
             or transition.pointer not in (PRODUCTION, CANARY):
         return
     missing = missing_checks(registry, state, transition.to)

@@ -110,11 +110,15 @@ class GateResult:
                 "id": self.id}
 
 
-def _rule(settings: GateSection, metric: str) -> tuple[MetricRule, tuple[str, float], str]:
+Limit = tuple[str, float]  # (max_drop_points | max_drop | max_drop_percent, amount)
+SEED_LIMIT: Limit = ("max_drop_points", DEFAULT_POINTS)
+
+
+def _rule(settings: GateSection, metric: str, default_limit: Limit | None) -> tuple[MetricRule, Limit | None, str]:
     """The metric's rule, its limit (kind, amount) and what a missing value means, defaults applied."""
     rule = settings.metrics.get(metric, MetricRule())
     limit = next(((name, getattr(source, name)) for source in (rule, settings.defaults) for name in LIMITS
-                  if getattr(source, name) is not None), ("max_drop_points", DEFAULT_POINTS))
+                  if getattr(source, name) is not None), default_limit)
     return rule, limit, rule.missing or settings.defaults.missing or "fail"
 
 
@@ -128,7 +132,7 @@ def _scale(rule: MetricRule, *values: float) -> Literal["fraction", "percent"] |
     return None
 
 
-def _allowed(limit: tuple[str, float], production: float, scale: str | None) -> float:
+def _allowed(limit: Limit, production: float, scale: str | None) -> float:
     kind, amount = limit
     if kind == "max_drop":
         return amount
@@ -139,25 +143,27 @@ def _allowed(limit: tuple[str, float], production: float, scale: str | None) -> 
 
 
 def _amount(value: float, scale: str | None) -> str:
-    if scale == "fraction":
-        return f"{value * 100:.3g} points"
-    if scale == "percent":
-        return f"{value:.3g} points"
+    if scale is not None:
+        points = f"{value * 100 if scale == 'fraction' else value:.3g}"
+        return f"{points} point" if points == "1" else f"{points} points"
     return f"{value:.6g}"
 
 
 def evaluate(settings: GateSection, production: dict[str, float | int] | None, candidate: dict[str, float | int],
-             accepted: dict[str, dict[str, str]] | None = None) -> list[MetricCheck]:
+             accepted: dict[str, dict[str, str]] | None = None, *,
+             default_limit: Limit | None = SEED_LIMIT) -> list[MetricCheck]:
     """Every metric's verdict. ``production`` and ``candidate`` map dotted paths to values
     (``metric_values``); ``production`` is None when there is no production version. A failing
-    metric named in ``accepted`` is "accepted"; a passing one stays "pass"."""
+    metric named in ``accepted`` is "accepted"; a passing one stays "pass". ``default_limit`` is the
+    worsening allowed a metric whose rule and defaults set none (None: such a metric is held to its
+    floor and ceiling only, as a canary's analysis wants)."""
     accepted = accepted or {}
     metrics = set(settings.metrics)
     if settings.unlisted == "check":
         metrics |= set(candidate) | set(production or {})
     checks = []
     for metric in sorted(metrics):
-        rule, limit, missing = _rule(settings, metric)
+        rule, limit, missing = _rule(settings, metric, default_limit)
         direction = rule.direction or direction_of(metric)
         before, after = (production or {}).get(metric), candidate.get(metric)
         scale = _scale(rule, *(v for v in (before, after) if v is not None))
@@ -172,12 +178,14 @@ def evaluate(settings: GateSection, production: dict[str, float | int] | None, c
         else:
             if before is not None:
                 change = after - before
-                allowed = _allowed(limit, before, scale)
-                worse = -change if direction == "higher" else change
-                if worse - allowed > _SLACK * max(1.0, abs(before), abs(after)):
-                    problems.append(f"{'dropped' if direction == 'higher' else 'rose'} {_amount(worse, scale)}, "
-                                    f"more than the {_amount(allowed, scale)} allowed")
-                note = f"within the {_amount(allowed, scale)} allowed"
+                note = "no limit relative to production"
+                if limit is not None:
+                    allowed = _allowed(limit, before, scale)
+                    worse = -change if direction == "higher" else change
+                    if worse - allowed > _SLACK * max(1.0, abs(before), abs(after)):
+                        problems.append(f"{'dropped' if direction == 'higher' else 'rose'} {_amount(worse, scale)}, "
+                                        f"more than the {_amount(allowed, scale)} allowed")
+                    note = f"within the {_amount(allowed, scale)} allowed"
             elif production is None:
                 note = "no production version to compare with"
             else:

@@ -31,8 +31,9 @@ from ..backends.remote import mask_url
 from ..clock import timestamp
 from ..content.manifest import canonical_json
 from ..errors import ArtifactStoreError, NotFound
+from .drills import drill_summary
 from .gate import gate_result
-from .pointers import PRODUCTION
+from .pointers import CANARY, PRODUCTION
 from .policy import Hook, policy_of
 from .registry import Registry
 from .review import review_of
@@ -48,7 +49,21 @@ _log = logging.getLogger(__name__)
 Delivery = dict[str, Any]  # the outbox record: id, hook, event, created_at, attempts
 
 
+# A rollout's audit entries and their events: the entry that moves the canary (or, for pause and
+# resume, the only one), production's move for a completed rollout; a measurement alone is no event.
+ROLLOUT_EVENTS = {("rollout-start", CANARY): "canary_started", ("rollout-step", CANARY): "canary_advanced",
+                  ("rollout-pause", None): "canary_paused", ("rollout-resume", None): "canary_resumed",
+                  ("rollout-abort", CANARY): "canary_aborted", ("rollout-abort", None): "canary_aborted",
+                  ("rollout-complete", PRODUCTION): "canary_completed", ("rollout-complete", None): "canary_completed"}
+
+
 def _event_kind(registry: Registry, state: ModelState, entry: AuditEntry) -> tuple[str, dict[str, Any]] | None:
+    rollout_event = ROLLOUT_EVENTS.get((entry.action, entry.pointer))
+    if rollout_event is not None:
+        return rollout_event, {} if entry.percent is None else {"percent": entry.percent}
+    if entry.action == "drill" and entry.pointer is None and state.drill is not None:
+        record = drill_summary(registry, state.drill)
+        return ("drill_passed" if record["passed"] else "drill_failed"), {"drill": record}
     if entry.pointer == PRODUCTION and entry.to is not None and entry.action == "promote":
         return "promoted", {}
     if entry.pointer == PRODUCTION and entry.action == "rollback":
@@ -73,9 +88,13 @@ def events_of(registry: Registry, state: ModelState) -> list[dict[str, Any]]:
         kind = _event_kind(registry, state, entry)
         if kind is None:
             continue
-        event = {"event": kind[0], "model": str(state.model), "version": entry.to, "from": entry.from_,
+        # a canary's end names the version it ended (its entry moves the canary to nothing)
+        version = entry.from_ if kind[0] == "canary_aborted" and entry.to is None else entry.to
+        event = {"event": kind[0], "model": str(state.model), "version": version, "from": entry.from_,
                  "seq": entry.seq, "at": entry.at, "actor": entry.actor, "reason": entry.reason,
                  "override": entry.override, "state": state.id, **kind[1]}
+        if entry.evidence is not None:  # only when set: the events that existed before keep their bytes
+            event["evidence"] = entry.evidence
         events.append({"id": blake3.blake3(canonical_json(event)).hexdigest(), **event})
     return events
 

@@ -8,8 +8,13 @@ version's gate result can say which policy it ran under. docs/release.md explain
 
 Sections: ``gate`` (the eval gate, gate.py), ``review`` (human sign-off, review.py), ``hooks``
 (who hears about events, hooks.py), ``display`` (how metrics read in client-facing texts),
-``drift`` (PSI thresholds and retrain triggers, monitoring/). A later section is one more field of
-``Policy``.
+``drift`` (PSI thresholds and retrain triggers, monitoring/), ``canary`` (a rollout's steps and
+analysis, rollout.py and analysis.py), ``smoke`` (known inputs checked at every swap, fleet.py),
+``keep_loaded`` (how long a follower keeps a replaced production resident), ``drill`` (rollback
+rehearsals, release/drill.py). A later section is one more field of ``Policy``. A stored policy
+written before a section existed reads as having that section's defaults, so each section's
+defaults leave the behaviour it adds off or advisory (a canary plan is used only by ``rollout
+start``; smoke tests are required only when ``smoke.required`` says so).
 """
 
 import json
@@ -22,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..backends.remote import mask_url
+from ..clock import parse_duration
 from ..content.manifest import canonical_json
 from ..errors import Conflict, CorruptObject, InvalidParameter
 from .bundle import read_data_file
@@ -32,9 +38,10 @@ from .state import ModelState
 POLICY_CONTEXT = "artifactstore 2026-11 release policy v1"
 NO_POLICY = "none"  # what --expect says for a model without a policy
 
-# The events a hook may ask for; a drift alert is drift_watch or drift_investigate (monitoring/).
-EVENTS = ("gate_passed", "gate_failed", "review_recorded", "promoted", "rolled_back", "drift_watch",
-          "drift_investigate")
+# The events a hook may ask for.
+EVENTS = ("gate_passed", "gate_failed", "review_recorded", "promoted", "rolled_back",
+          "canary_started", "canary_advanced", "canary_paused", "canary_resumed", "canary_aborted",
+          "canary_completed", "drill_passed", "drill_failed", "drift_watch", "drift_investigate")
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _HEADER = re.compile(r"[A-Za-z0-9-]{1,64}")
@@ -144,6 +151,84 @@ class Hook(_Section):
         return self
 
 
+Duration = Annotated[str, Field(pattern=r"^[0-9]{1,9}[smhd]$")]  # 30s, 15m, 24h, 7d
+
+
+class CanaryStep(_Section):
+    """One step of a canary plan: ``percent`` of the traffic for at least ``hold``."""
+
+    percent: int = Field(ge=1, le=100)
+    hold: Duration = "0s"  # how long the step runs before it may advance (the final 100% step has none)
+
+
+# What the analysis can judge in a window, beside the quality scores servers report by name:
+# name -> which way is better (output_psi: the canary's output distribution against production's).
+BUILTIN_METRICS = {"error_rate": "lower", "latency_p50_ms": "lower", "latency_p95_ms": "lower",
+                   "latency_p99_ms": "lower", "output_psi": "lower"}
+ScoreName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+
+
+class CanaryAnalysis(_Section):
+    """How each window of a canary step is judged: pass, fail or inconclusive."""
+
+    interval: Duration = "1h"  # the length of a measured window (at least 1 minute)
+    failure_limit: int = Field(default=1, ge=0)  # failed windows a rollout survives; one more aborts it
+    inconclusive_limit: int = Field(default=3, ge=0)  # inconclusive windows in a row it holds through; one more pauses
+    min_requests: int = Field(default=100, ge=1)  # per version and window; fewer makes the window inconclusive
+    # metric -> thresholds: absolute (floor, ceiling) and/or relative to production in the same window
+    # (max_drop_points, max_drop, max_drop_percent), as the gate's rules say them
+    metrics: dict[ScoreName, MetricRule] = {"error_rate": MetricRule(max_drop_points=1),
+                                            "latency_p95_ms": MetricRule(max_drop_percent=20)}
+
+    @model_validator(mode="after")
+    def _judgeable(self):
+        if parse_duration(self.interval) < 60:
+            raise ValueError(f"interval {self.interval} is shorter than a minute")
+        if not self.metrics:
+            raise ValueError("name at least one metric: a canary nothing judges is a promotion on a timer")
+        for name, rule in self.metrics.items():
+            if rule.floor is None and rule.ceiling is None and all(getattr(rule, limit) is None for limit in LIMITS):
+                raise ValueError(f"metrics.{name}: give a floor, a ceiling or a limit relative to production "
+                                 f"({', '.join(LIMITS)})")
+        if any(getattr(self.metrics.get("output_psi"), limit, None) is not None for limit in LIMITS):
+            raise ValueError("metrics.output_psi compares the canary's outputs with production's already: "
+                             "give it a ceiling, not a limit relative to production")
+        return self
+
+
+class CanarySection(_Section):
+    """A rollout's plan (the seeds: 10% for 24 h, 50% for 24 h, then 100%) and its analysis."""
+
+    steps: list[CanaryStep] = [CanaryStep(percent=10, hold="24h"), CanaryStep(percent=50, hold="24h"),
+                               CanaryStep(percent=100)]
+    analysis: CanaryAnalysis = CanaryAnalysis()
+
+    @model_validator(mode="after")
+    def _ends_at_100(self):
+        percents = [step.percent for step in self.steps]
+        if len(percents) < 2 or percents[-1] != 100:
+            raise ValueError(f"a plan must end at 100% after at least one smaller step, not {percents}")
+        if any(a >= b for a, b in zip(percents, percents[1:])):
+            raise ValueError(f"each step must send more traffic than the one before: {percents}")
+        if parse_duration(self.steps[-1].hold):
+            raise ValueError("the final 100% step completes the rollout: it takes no hold")
+        return self
+
+
+class SmokeSection(_Section):
+    """The known inputs a bundle carries (smoke_tests.jsonl), which every follower runs at every swap."""
+
+    required: bool = False  # production and the canary take only versions whose bundle carries smoke tests
+    on_failure: Literal["rollback", "keep"] = "rollback"  # a node's failed check: roll the registry back, or only report
+
+
+class DrillSection(_Section):
+    """Rollback rehearsals (the seeds: monthly, confirmed within 60 s)."""
+
+    every: Duration = "30d"  # a drill older than this is overdue
+    max_seconds: float = Field(default=60, gt=0, le=3600)  # from the decision to every node's confirmation
+
+
 class Policy(_Section):
     """A model's release policy; a section left out takes its defaults."""
 
@@ -152,6 +237,10 @@ class Policy(_Section):
     hooks: list[Hook] = []
     display: dict[MetricPath, MetricDisplay] = {}
     drift: DriftSection = DriftSection()
+    canary: CanarySection = CanarySection()
+    smoke: SmokeSection = SmokeSection()
+    keep_loaded: Duration = "7d"  # how long a follower keeps a replaced production resident, for instant rollback
+    drill: DrillSection = DrillSection()
 
     @model_validator(mode="after")
     def _unique_hook_names(self):

@@ -26,7 +26,8 @@ from .state import STATE_CONTEXT, VERSION_CONTEXT, AuditEntry, ModelState, defau
 from .versioning import check_label, compare, previous_version
 
 Move = dict[str, Any]  # one audit entry's fields before it is numbered: action, pointer, from, to, ...
-# A move that changes no pointer may carry "state": {field: value} of ModelState to replace (policy, checks).
+# A move may carry "state": {field: value} of ModelState to replace (policy, checks, rollout, drill), and
+# "evidence": what an automatic decision rested on (recorded in its audit entry).
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ class Registry:
                         move["override"] = "; ".join(filter(None, [move.get("override"), refusal.refusal]))
         updated = _apply(current, moves)
         entries = tuple(AuditEntry(current.seq + i + 1, at, actor, m["action"], m.get("pointer"), m.get("from"),
-                                   m.get("to"), reason, m.get("percent"), m.get("override"))
+                                   m.get("to"), reason, m.get("percent"), m.get("override"), m.get("evidence"))
                         for i, m in enumerate(moves))
         updated = replace(updated, seq=current.seq + len(entries), entries=entries, parent=current.id, id=None)
         state_id = self.write_object(updated.encode(), STATE_CONTEXT)
@@ -321,10 +322,11 @@ class Registry:
         return self.transact(state.model, move, actor, reason, force=force)
 
     def rollback(self, model: str, *, to: str | None = None, actor: str | None = None, reason: str = "",
-                 expect: str | None = None) -> ModelState:
+                 expect: str | None = None, evidence: dict[str, Any] | None = None) -> ModelState:
         """Point ``production`` back at the rollback target (or ``to``). The rollback target then
         becomes the production version before the one rolled back to (a second rollback goes
-        further back), or is cleared if there was none."""
+        further back), or is cleared if there was none. ``evidence``: what an automatic rollback
+        rested on, kept in its audit entry."""
         name = ModelName.parse(model)
         if to is not None:
             parse_version(to)
@@ -341,7 +343,9 @@ class Registry:
             old = current.pointer(PRODUCTION)
             if old == target:
                 raise InvalidParameter(f"{name}@production is already {target}")
-            moves = [{"action": "rollback", "pointer": PRODUCTION, "from": old, "to": target}]
+            moves: list[Move] = [{"action": "rollback", "pointer": PRODUCTION, "from": old, "to": target}]
+            if evidence is not None:
+                moves[0]["evidence"] = evidence
             next_target = current.previous_production(target, skipping=old)
             if current.pointer(ROLLBACK_TARGET) != next_target:
                 moves.append({"action": "rollback", "pointer": ROLLBACK_TARGET,
@@ -460,14 +464,15 @@ def _apply(state: ModelState, moves: list[Move]) -> ModelState:
     canary, pins, predecessors = state.canary, set(state.pins), dict(state.predecessors)
     fields: dict[str, Any] = {}
     for m in moves:
-        if "state" in m:
-            fields.update(m["state"])
-        elif m["action"] == "push":
+        fields.update(m.get("state", {}))
+        if m["action"] == "push":
             versions[m["to"]] = m["version_record"]
         elif m["action"] == "delete":
             del versions[m["from"]]
             predecessors = _without(predecessors, m["from"])
             fields["checks"] = {v: c for v, c in fields.get("checks", state.checks).items() if v != m["from"]}
+        elif m.get("pointer") is None:  # a change of the state's other fields only
+            continue
         elif m["pointer"] == CANARY:
             canary = {"version": m["to"], "percent": m["percent"]} if m["to"] else None
         elif m["pointer"] == "pins":

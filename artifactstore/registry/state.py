@@ -47,6 +47,7 @@ class AuditEntry:
     reason: str
     percent: int | None = None
     override: str | None = None  # the refusal a forced move overrode (a release policy's, say)
+    evidence: dict[str, Any] | None = None  # what an automatic decision rested on (measurements, a node's smoke check)
 
     def to_json(self) -> dict[str, Any]:
         entry = {"seq": self.seq, "at": self.at, "actor": self.actor, "action": self.action,
@@ -55,12 +56,14 @@ class AuditEntry:
             entry["percent"] = self.percent
         if self.override is not None:
             entry["override"] = self.override
+        if self.evidence is not None:
+            entry["evidence"] = self.evidence
         return entry
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> "AuditEntry":
         return cls(obj["seq"], obj["at"], obj["actor"], obj["action"], obj["pointer"], obj["from"], obj["to"],
-                   obj["reason"], obj.get("percent"), obj.get("override"))
+                   obj["reason"], obj.get("percent"), obj.get("override"), obj.get("evidence"))
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ class ModelState:
     # rollback to it leaves the next rollback target (the seeds: "usually the previous production
     # version, but sometimes you want to skip back further")
     predecessors: dict[str, str] = field(default_factory=dict)
+    rollout: dict[str, Any] | None = None  # the canary rollout in progress (registry/rollout.py), if any
+    drill: str | None = None  # the latest rollback drill's record id (release/drill.py), if any
 
     def encode(self) -> bytes:
         fields = {
@@ -96,6 +101,10 @@ class ModelState:
             fields["checks"] = self.checks
         if self.predecessors:
             fields["predecessors"] = self.predecessors
+        if self.rollout is not None:
+            fields["rollout"] = self.rollout
+        if self.drill is not None:
+            fields["drill"] = self.drill
         return canonical_json(fields)
 
     @classmethod
@@ -108,7 +117,8 @@ class ModelState:
                        obj["canary"], tuple(obj["pins"]), obj["seq"], obj["parent"],
                        tuple(AuditEntry.from_json(e) for e in obj["entries"]), policy=obj.get("policy"),
                        checks={v: dict(c) for v, c in obj.get("checks", {}).items()},
-                       predecessors=dict(obj.get("predecessors", {})))
+                       predecessors=dict(obj.get("predecessors", {})), rollout=obj.get("rollout"),
+                       drill=obj.get("drill"))
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptObject(f"{where}: malformed model state ({exc})") from None
 

@@ -1,13 +1,16 @@
 """Integrity check of the registry: every ref, every audit chain, its numbering, every pointer, and the
-release records (policy, gate results, reviews) each model's state names."""
+release records (policy, gate results, reviews, a rollout's measurements, the last drill) each
+model's state names."""
 
 from ..errors import CorruptObject, NotFound
+from .drills import read_drill
 from .gate import gate_result
 from .pointers import KINDS
 from .policy import policy_of
 from .registry import Registry
 from .repair import scan_registry
 from .review import review_of
+from .rollout import measurements, plan_policy, rollout_of
 from .state import ref_key
 
 
@@ -66,4 +69,15 @@ def _release_problems(registry: Registry, model, state) -> list[str]:
                 read(registry, state, version)
             except (CorruptObject, NotFound) as exc:
                 problems.append(f"registry {model}@{version}: {exc}")
+    rollout = rollout_of(state)
+    try:
+        if rollout is not None:
+            plan_policy(registry, rollout)
+            measurements(registry, rollout.measurement)
+            for failed in rollout.failed:
+                measurements(registry, failed, limit=1)
+        if state.drill is not None:
+            read_drill(registry, state.drill)
+    except (CorruptObject, NotFound) as exc:
+        problems.append(f"registry {model}: {exc}")
     return problems

@@ -1,27 +1,44 @@
 """Hot swap for inference processes: follow a pointer, keep the hot versions resident, swap atomically.
 
 A ``Follower`` watches one ref such as ``acme/support@production``. It keeps the versions an
-operator may switch to next loaded (the pointer's target, the rollback target and the newest
-``keep_newest``), so that a promote or rollback costs a reference assignment, not a load. Readers
-take ``follower.current`` once per request and use it throughout: it is an immutable
-``LoadedVersion`` and is replaced whole, so a reader never sees a mix of two versions.
+operator may switch to next loaded (the pointer's target, the rollback target, the newest
+``keep_newest``, a canary, and a replaced production for the policy's ``keep_loaded``), so that a
+promote or rollback costs a reference assignment, not a load. Readers take ``follower.current``
+(or ``follower.pick(key)``, which routes a canary's share of keys) once per request and use it
+throughout: it is an immutable ``LoadedVersion`` and is replaced whole, so a reader never sees a
+mix of two versions.
+
+With a ``node`` name the follower also reports to the fleet (registry/fleet.py): a heartbeat after
+every look at a moved pointer and every ``heartbeat_interval``; when its smoke check fails a new
+production (or the canary) it makes the registry roll back (or abort) per the policy, so the
+registry never says one thing while the node serves another; and it can gather its server's
+request metrics and flush them for the canary analysis.
 """
 
 import functools
 import os
 import select
+import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..errors import ArtifactStoreError, InvalidParameter
-from ..registry.pointers import ROLLBACK_TARGET
+from ..clock import duration, now, timestamp
+from ..errors import ArtifactStoreError, InvalidInput, InvalidParameter
+from ..registry.bundle import SmokeTest, smoke_tests_of
+from ..registry.fleet import Heartbeat, Role, act_on_smoke_failure, check_node, remove_heartbeat, write_heartbeat
+from ..registry.metrics import MetricsCollector, record_metrics
+from ..registry.pointers import CANARY, PRODUCTION, ROLLBACK_TARGET
+from ..registry.policy import Policy, policy_of
 from ..registry.refs import Ref
 from ..registry.registry import Registry
+from ..registry.routing import route
 from ..registry.state import ModelState
+from .smoke import SmokeResult, run_smoke_tests
 
 
 @dataclass(frozen=True)
@@ -32,6 +49,8 @@ class LoadedVersion:
 
 
 SmokeCheck = Callable[[LoadedVersion], object]
+SmokeFunction = Callable[[LoadedVersion, Any], Any]  # the server's inference on one known input
+
 # How often a follower looks at the pointer: a local ref is watched (inotify on Linux), and looked
 # at every SLOW_POLL besides, in case a change escaped the watch (a ref on a network file system
 # changed by another machine, a full event queue); where it cannot be watched, every LOCAL_POLL.
@@ -39,6 +58,8 @@ SmokeCheck = Callable[[LoadedVersion], object]
 LOCAL_POLL = 0.002
 SLOW_POLL = 0.5
 REMOTE_POLL = 0.5
+HEARTBEAT_INTERVAL = 5.0
+METRICS_INTERVAL = 60.0
 
 
 class VersionSource(Protocol):
@@ -53,12 +74,15 @@ class VersionSource(Protocol):
 class Follower:
     """Keeps ``ref``'s version live and its likely successors resident.
 
-    ``smoke_check(candidate)`` runs before any version goes live (the seeds' "send known test
-    inputs and verify the outputs"): return False or raise to refuse it; the old version stays
-    and the failure is kept in ``last_error`` and passed to ``on_error``. ``start()``'s thread
-    wakes when a local ref's file is replaced (inotify on Linux) and otherwise looks at the pointer
-    every ``poll_interval``: by default 0.5 s where the ref is watched, 2 ms where it cannot be (a
-    ``stat`` per look), 0.5 s for a ref in object storage (a GET per look).
+    Before any version goes live (or serves as the canary) its smoke check runs (the seeds' "send
+    known test inputs and verify the outputs"): ``smoke_function(candidate, input)`` is the
+    server's inference on one input, run on each test of the bundle's ``smoke_tests.jsonl`` and
+    compared with its expected output; ``smoke_check(candidate)`` may add a check of the server's
+    own (return False or raise to refuse). A refused version does not go live: the old one stays,
+    the failure is kept in ``last_error`` and ``smoke``, and passed to ``on_error``.
+    ``start()``'s thread wakes when a local ref's file is replaced (inotify on Linux) and otherwise
+    looks at the pointer every ``poll_interval``: by default 0.5 s where the ref is watched, 2 ms
+    where it cannot be (a ``stat`` per look), 0.5 s for a ref in object storage (a GET per look).
 
     An adapter is only useful on the base model it was trained for: the follower serves one base
     model (``base_model``, by default that of the first version it serves). It never swaps to, or
@@ -67,7 +91,9 @@ class Follower:
 
     def __init__(self, store: VersionSource, ref: str, *, device: str = "cpu", framework: str = "numpy",
                  keep_newest: int = 1, base_model: str | None = None, poll_interval: float | None = None,
-                 smoke_check: SmokeCheck | None = None,
+                 smoke_check: SmokeCheck | None = None, smoke_function: SmokeFunction | None = None,
+                 node: str | None = None, heartbeat_interval: float = HEARTBEAT_INTERVAL,
+                 metrics_interval: float = METRICS_INTERVAL,
                  on_swap: Callable[[LoadedVersion | None, LoadedVersion], None] | None = None,
                  on_error: Callable[[str], None] | None = None):
         parsed = Ref.parse(ref)
@@ -84,9 +110,22 @@ class Follower:
         self.poll_interval = poll_interval or (
             REMOTE_POLL if shared else SLOW_POLL if self._watched_file is not None else LOCAL_POLL)
         self.smoke_check, self.on_swap, self.on_error = smoke_check, on_swap, on_error
+        self.smoke_function = smoke_function
+        self.node = check_node(node) if node is not None else None
+        self.heartbeat_interval, self.metrics_interval = heartbeat_interval, metrics_interval
+        self.metrics = MetricsCollector(self.node) if self.node is not None else None
         self.resident: dict[str, LoadedVersion] = {}
+        self.smoke: dict[str, SmokeResult] = {}  # version -> its latest smoke check here
         self.last_error: str | None = None
+        self.last_swap: str | None = None
         self._current: LoadedVersion | None = None
+        self._canary: LoadedVersion | None = None
+        self._state: ModelState | None = None  # the state the live versions were chosen from
+        self._looked_at: str | None = None  # the last state looked at (its versions refused, perhaps)
+        self._replaced: dict[str, datetime] = {}  # version -> when it stopped being live here
+        self._policy: tuple[str | None, Policy] = (None, Policy())
+        self._tests: dict[str, tuple[SmokeTest, ...]] = {}  # bundle -> its smoke tests
+        self._heartbeat_due = self._metrics_due = 0.0
         self._seen_ref: tuple | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -99,6 +138,19 @@ class Follower:
         if self._current is None:
             raise InvalidParameter(f"{self.ref} has no live version: {self.last_error}")
         return self._current
+
+    def pick(self, key: str) -> LoadedVersion:
+        """The version that serves a request from ``key``: the canary for its share of keys
+        (``registry.routing.route``, sticky per key), else the live version. Both stay resident."""
+        current, canary, state = self.current, self._canary, self._state
+        if canary is not None and state is not None and route(state, self.ref.target, key) == canary.version:
+            return canary
+        return current
+
+    @property
+    def canary(self) -> LoadedVersion | None:
+        """The canary served beside production, if there is one and it passed its smoke check here."""
+        return self._canary
 
     def refresh(self, *, force: bool = False) -> bool:
         """Look at the pointer now; swap if it moved. True if a new version went live.
@@ -116,28 +168,62 @@ class Follower:
             except ArtifactStoreError as exc:
                 self._fail(f"{self.ref}: {exc}")
                 return False
+            finally:
+                self._report()
 
     def _follow(self, state: ModelState) -> bool:
+        self._looked_at = state.id
         target = state.pointer(self.ref.target)
         if target is None:
             self._fail(f"{self.ref} is not set")
             return False
         swapped = False
-        if self._current is None or self._current.version != target:
+        if self._current is not None and self._current.version == target:
+            self.last_error = None  # what the pointer names is live: an earlier refusal is history
+        else:
             if self.base_model is None:
                 self.base_model = self._base_model_of(state, target)
             if not self._serves_base_model_of(state, target):
                 return False
             candidate = self._resident(state, target)
             if not self._passes_smoke_check(candidate):
+                self._smoke_failed(target, "production")
                 return False
             previous, self._current = self._current, candidate
+            if previous is not None:
+                self._replaced[previous.version] = now()
+            self._replaced.pop(target, None)
             self.last_error = None
+            self.last_swap = timestamp()
             swapped = True
             if self.on_swap is not None:
                 self.on_swap(previous, candidate)
+        self._follow_canary(state)
+        self._state = state
         self._keep_hot(state)
         return swapped
+
+    def _follow_canary(self, state: ModelState) -> None:
+        """Keep the canary resident and checked, so that ``pick`` can route its keys to it."""
+        version = state.pointer(CANARY) if self.ref.target == PRODUCTION else None
+        if version is None or self._current is None or version == self._current.version:
+            self._canary = None
+        elif self._canary is None or self._canary.version != version:
+            self._canary = None
+            if self._serves_base_model_of(state, version):
+                candidate = self._resident(state, version)
+                if self._passes_smoke_check(candidate):
+                    self._canary = candidate
+                else:
+                    self._smoke_failed(version, "canary")
+
+    def _smoke_failed(self, version: str, role: Role) -> None:
+        """Make the registry agree with this node: roll production back or end the canary, per policy."""
+        result = self.smoke.get(version)
+        if self.node is None or self.ref.target != PRODUCTION or result is None or result.ok:
+            return
+        self._report()  # the fleet sees the failure before the registry moves
+        act_on_smoke_failure(self.store.registry, self.model, self.node, version, role, result.detail)
 
     def _resident(self, state: ModelState, version: str) -> LoadedVersion:
         loaded = self.resident.get(version)
@@ -148,19 +234,35 @@ class Follower:
         return loaded
 
     def _passes_smoke_check(self, candidate: LoadedVersion) -> bool:
-        if self.smoke_check is None:
-            return True
-        try:
-            verdict = self.smoke_check(candidate)
-        except Exception as exc:  # the check is user code: any failure of it keeps the old version
-            verdict, detail = False, f"{type(exc).__name__}: {exc}"
-        else:
-            detail = "returned False"
-        if verdict is False:
-            self._fail(f"{self.ref}: {candidate.version} failed the smoke check ({detail}); "
+        result = self._smoke_tests(candidate)
+        if result.ok and self.smoke_check is not None:
+            try:
+                verdict = self.smoke_check(candidate)
+            except Exception as exc:  # the check is user code: any failure of it keeps the old version
+                verdict, detail = False, f"{type(exc).__name__}: {exc}"
+            else:
+                detail = "returned False"
+            if verdict is False:
+                result = SmokeResult(candidate.version, False, timestamp(), result.tests, ["smoke_check"],
+                                     f"the server's smoke check {detail}")
+        self.smoke[candidate.version] = result
+        if not result.ok:
+            self._fail(f"{self.ref}: {candidate.version} failed the smoke check ({result.detail}); "
                        f"{self._current.version if self._current else 'nothing'} stays live")
-            return False
-        return True
+        return result.ok
+
+    def _smoke_tests(self, candidate: LoadedVersion) -> SmokeResult:
+        """The bundle's known inputs through ``smoke_function``."""
+        if self.smoke_function is None:
+            return SmokeResult(candidate.version, True, timestamp(), 0, [], "no smoke function: tests not run")
+        if candidate.bundle not in self._tests:
+            try:
+                self._tests[candidate.bundle] = smoke_tests_of(self.store.registry.content, candidate.bundle)
+            except InvalidInput as exc:
+                return SmokeResult(candidate.version, False, timestamp(), 0, [], f"unusable smoke tests: {exc}")
+        function = self.smoke_function
+        return run_smoke_tests(candidate.version, self._tests[candidate.bundle],
+                               lambda known_input: function(candidate, known_input))
 
     def _base_model_of(self, state: ModelState, version: str) -> str:
         if version not in self._base_models:
@@ -178,8 +280,13 @@ class Follower:
         return False
 
     def _keep_hot(self, state: ModelState) -> None:
-        hot = {self._current.version} if self._current else set()
-        likely = [state.pointer(ROLLBACK_TARGET), state.pointer(self.ref.target),
+        hot = {loaded.version for loaded in (self._current, self._canary) if loaded is not None}
+        keep_loaded = duration(self._policy_of(state).keep_loaded)
+        moment = now()
+        for version, replaced in list(self._replaced.items()):
+            if moment - replaced >= keep_loaded or version not in state.versions:
+                del self._replaced[version]
+        likely = [state.pointer(ROLLBACK_TARGET), state.pointer(self.ref.target), *self._replaced,
                   *(state.sorted_versions()[-self.keep_newest:] if self.keep_newest else [])]
         hot.update(v for v in dict.fromkeys(likely) if v and v not in hot and self._serves_base_model_of(state, v))
         for version in list(self.resident):
@@ -187,6 +294,50 @@ class Follower:
                 del self.resident[version]
         for version in hot:
             self._resident(state, version)
+
+    def _policy_of(self, state: ModelState) -> Policy:
+        if state.policy != self._policy[0]:
+            self._policy = (state.policy, policy_of(self.store.registry, state) or Policy())
+        return self._policy[1]
+
+    def _report(self) -> None:
+        """Write this node's heartbeat (with a node name only); a failed write is reported, never raised."""
+        if self.node is None:
+            return
+        self._heartbeat_due = time.monotonic() + self.heartbeat_interval
+        state = self._state
+        named = {state.pointer(PRODUCTION), state.pointer(CANARY)} if state else set()
+        heartbeat = Heartbeat(
+            node=self.node, model=str(self.model), pointer=self.ref.target, at=timestamp(),
+            interval=self.heartbeat_interval, serving=self._current.version if self._current else None,
+            bundle=self._current.bundle if self._current else None,
+            canary=self._canary.version if self._canary else None, resident=sorted(self.resident),
+            smoke={v: r.to_json() for v, r in sorted(self.smoke.items()) if v in self.resident or v in named},
+            last_swap=self.last_swap, state=self._looked_at, error=self.last_error,
+            host=socket.gethostname(), pid=os.getpid())
+        try:
+            write_heartbeat(self.store.registry, heartbeat)
+        except (ArtifactStoreError, OSError) as exc:
+            self._fail(f"{self.ref}: heartbeat of node {self.node} not written ({exc})")
+
+    def observe(self, version: str, latency_ms: float, *, error: bool = False,
+                scores: dict[str, float] | None = None, output: str | None = None) -> None:
+        """Count one request the server answered with ``version`` (``pick``'s choice), for the canary
+        analysis: its latency, whether it failed, its quality scores, a bin of some output
+        characteristic (for output PSI). Flushed every ``metrics_interval``, or by ``flush_metrics``."""
+        if self.metrics is None:
+            raise InvalidParameter("request metrics are reported per node: give the follower a node name")
+        self.metrics.observe(version, latency_ms, error=error, scores=scores, output=output)
+
+    def flush_metrics(self) -> int:
+        """Store the requests observed since the last flush as metrics records; how many records."""
+        if self.metrics is None:
+            return 0
+        self._metrics_due = time.monotonic() + self.metrics_interval
+        records = self.metrics.take()
+        if records:
+            record_metrics(self.store.registry, self.model, records)
+        return len(records)
 
     def _fail(self, message: str) -> None:
         self.last_error = message
@@ -202,21 +353,35 @@ class Follower:
         return self
 
     def stop(self) -> None:
+        """Stop following; with a node name, flush the metrics gathered and leave the fleet (the
+        heartbeat is removed: a node stopped on purpose is not a stale one)."""
         self._stop.set()
         if self._watch is not None:
             self._watch.wake()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if self.node is not None:
+            try:
+                self.flush_metrics()
+                remove_heartbeat(self.store.registry, self.model, self.node)
+            except (ArtifactStoreError, OSError) as exc:
+                self._fail(f"{self.ref}: node {self.node} could not leave the fleet cleanly ({exc})")
 
     def _run(self) -> None:
         watch = None
+        self._metrics_due = time.monotonic() + self.metrics_interval
         try:
             while not self._stop.is_set():
                 if watch is None and self._watched_file is not None:
                     watch = self._watch = _RefWatch.on(self._watched_file)  # None until its directory exists
                 try:
                     self.refresh()  # after the watch is set: a change from now on wakes the wait below
+                    if self.node is not None and time.monotonic() >= self._heartbeat_due:
+                        with self._lock:
+                            self._report()
+                    if self.node is not None and time.monotonic() >= self._metrics_due:
+                        self.flush_metrics()
                 except Exception as exc:  # a serving process must outlive any surprise in one look
                     self._fail(f"{self.ref}: unexpected {type(exc).__name__}: {exc}")
                 if watch is not None:

@@ -1,0 +1,169 @@
+"""The fleet: what each serving node reports back, and what the registry does when a node's smoke
+check fails.
+
+Each follower with a node name writes one small *heartbeat* per model it follows,
+``fleet/<client>/<model>/<node>.json``, replaced whole (atomic write) by that node only: the version
+it serves, the canary it serves beside it, what it keeps resident, the result of its smoke checks,
+when it last swapped, the registry state it acted on. A node whose heartbeat is older than three of
+its own intervals is *stale*: shown, never counted as confirming anything. docs/format.md, "Fleet
+heartbeats".
+
+A node whose smoke check fails on a new production (or on the canary) makes the registry agree with
+the fleet instead of serving the old version silently: per ``smoke.on_failure`` it rolls production
+back (or aborts the rollout) in one transaction naming the node and the failure. That transaction
+expects the failing version to still be there, so several nodes failing at once produce one
+rollback: the others find it done.
+"""
+
+import json
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from ..clock import parse_time
+from ..content.manifest import canonical_json
+from ..errors import Conflict, CorruptObject, InvalidParameter, NotFound
+from .hooks import announce
+from .pointers import PRODUCTION
+from .policy import Policy, policy_of
+from .refs import ModelName
+from .registry import Registry
+from .rollout import abort_rollout
+from .state import ModelState
+
+FLEET = "fleet"
+NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+STALE_INTERVALS = 3  # a node is stale once this many of its heartbeat intervals pass without one
+MIN_STALE = timedelta(seconds=3)
+
+_log = logging.getLogger(__name__)
+
+
+def check_node(node: str) -> str:
+    if NODE.fullmatch(node) is None:
+        raise InvalidParameter(f"node name {node!r}: use letters, digits, '.', '_', '-' (at most 128, "
+                               f"starting with a letter or digit)")
+    return node
+
+
+def heartbeat_key(model: ModelName, node: str) -> str:
+    return f"{FLEET}/{model.client}/{model.model}/{node}.json"
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """One node's report on one model."""
+
+    node: str
+    model: str
+    pointer: str  # what it follows: production, staging, ...
+    at: str  # when it wrote this
+    interval: float  # seconds between its heartbeats when nothing changes
+    serving: str | None  # the version live for the pointer
+    bundle: str | None  # its bundle id
+    canary: str | None  # the canary version it serves beside production (a share of keys), if any
+    resident: list[str]  # versions loaded
+    smoke: dict[str, dict[str, Any]]  # version -> {"ok", "at", "tests", "failed", "detail"}
+    last_swap: str | None
+    state: str | None  # the registry state it looked at last (and served, or refused, what it names)
+    error: str | None  # its last error, if the last look failed
+    host: str = ""
+    pid: int = 0
+
+    def encode(self) -> bytes:
+        return canonical_json({"kind": "heartbeat", **asdict(self)})
+
+    @classmethod
+    def decode(cls, data: bytes, where: str) -> "Heartbeat":
+        try:
+            obj = json.loads(data)
+            if obj.pop("kind") != "heartbeat":
+                raise ValueError("not a heartbeat")
+            return cls(**obj)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptObject(f"{where}: malformed heartbeat ({exc})") from None
+
+    def stale(self, now: datetime) -> bool:
+        return now - parse_time(self.at, "at") > max(MIN_STALE, timedelta(seconds=STALE_INTERVALS * self.interval))
+
+    def confirms(self, version: str) -> bool:
+        """Whether this node serves ``version`` with its smoke check passed."""
+        return self.serving == version and self.smoke.get(version, {}).get("ok") is True
+
+
+def write_heartbeat(registry: Registry, heartbeat: Heartbeat) -> None:
+    registry.backend.write(heartbeat_key(ModelName.parse(heartbeat.model), heartbeat.node), heartbeat.encode())
+
+
+def remove_heartbeat(registry: Registry, model: ModelName, node: str) -> None:
+    """A node that stops on purpose leaves the fleet (one that dies stays, and turns stale)."""
+    try:
+        registry.backend.delete(heartbeat_key(model, node))
+    except NotFound:
+        pass
+
+
+@dataclass(frozen=True)
+class FleetView:
+    heartbeats: list[Heartbeat] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # keys whose heartbeat could not be read
+
+    def live(self, now: datetime, pointer: str = PRODUCTION) -> list[Heartbeat]:
+        return [h for h in self.heartbeats if h.pointer == pointer and not h.stale(now)]
+
+
+def read_fleet(registry: Registry, model: ModelName | str) -> FleetView:
+    """Every node's latest heartbeat for ``model``, by node name."""
+    name = ModelName.parse(model) if isinstance(model, str) else model
+    beats, unreadable = [], []
+    for key in sorted(registry.backend.list(f"{FLEET}/{name.client}/{name.model}")):
+        if not key.endswith(".json"):
+            continue
+        try:
+            beats.append(Heartbeat.decode(registry.backend.read(key), key))
+        except NotFound:  # a node's file replaced while listing: it is there again in a moment
+            continue
+        except CorruptObject:
+            unreadable.append(key)
+    return FleetView(beats, unreadable)
+
+
+Role = Literal["production", "canary"]
+
+
+def act_on_smoke_failure(registry: Registry, model: ModelName, node: str, version: str, role: Role,
+                         detail: str) -> ModelState | None:
+    """What the registry does when ``node``'s smoke check fails ``version`` (production's or the
+    canary's), per the model's policy: roll production back to the rollback target / abort the
+    rollout or canary, unless ``smoke.on_failure`` is ``keep``. The new state, or None when nothing
+    was changed (policy says keep, another node did it first, nothing to roll back to)."""
+    state = registry.state(model)
+    policy = policy_of(registry, state) or Policy()
+    if policy.smoke.on_failure != "rollback":
+        return None
+    evidence = {"node": node, "version": version, "smoke": detail}
+    actor = f"node:{node}"
+    try:
+        if role == PRODUCTION:
+            committed = registry.rollback(str(model), expect=version, actor=actor, evidence=evidence,
+                                          reason=f"automatic rollback: node {node}'s smoke check failed {version}: "
+                                                 f"{detail}")
+        elif state.rollout is not None:
+            committed = abort_rollout(registry, model, actor=actor, expect=version, evidence=evidence,
+                                      reason=f"automatic abort: node {node}'s smoke check failed the canary "
+                                             f"{version}: {detail}")
+        else:
+            committed = registry.set_canary(f"{model}@{version}", 0, actor=actor, expect=version,
+                                            reason=f"canary ended: node {node}'s smoke check failed {version}: "
+                                                   f"{detail}")
+    except Conflict:  # another node (or a person) moved it first: one rollback, not several
+        return None
+    except (InvalidParameter, NotFound) as exc:  # no rollback target, no canary any more
+        _log.warning("%s: node %s's smoke check failed %s, and the registry was not changed: %s",
+                     model, node, version, exc)
+        return None
+    announce(registry, committed, wait=0)
+    return committed
+

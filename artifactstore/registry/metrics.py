@@ -1,0 +1,245 @@
+"""Serving metrics: per-window aggregates that inference servers report per version, for canary analysis.
+
+A server (or a follower, for it) reports *records*: one node's traffic to one version over one window
+(requests, errors, latency percentiles, quality scores, a histogram of some output characteristic).
+``record_metrics`` stores them as immutable *batches*, content-addressed and filed by the hour their
+windows end (``metrics/<client>/<model>/<YYYY-MM-DDTHH>/<hex>.json``), so that many servers report
+at once without a lock and the same report sent twice is stored once. ``records_in_window`` reads
+what a canary analysis window needs; ``aggregate`` sums it per version. docs/release.md, "Metrics
+records"; docs/format.md, "Metrics batches".
+"""
+
+import json
+import math
+import threading
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import blake3
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..clock import now, parse_time, timestamp
+from ..content.manifest import canonical_json
+from ..errors import CorruptObject, InvalidInput, NotFound
+from .policy import BUILTIN_METRICS, ScoreName
+from .refs import ModelName, parse_version
+from .registry import Registry
+
+METRICS_CONTEXT = "artifactstore 2026-11 metrics batch v1"
+METRICS = "metrics"
+MAX_WINDOW = timedelta(days=1)  # a record covers at most a day: the analysis files it by its end
+NODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+Percentile = Literal["p50", "p95", "p99"]
+PERCENTILES: tuple[Percentile, ...] = ("p50", "p95", "p99")
+
+NodeName = Annotated[str, Field(pattern=NODE_PATTERN)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Score(_Strict):
+    mean: float
+    count: int = Field(ge=1)  # how many requests were scored
+
+
+class MetricsRecord(_Strict):
+    """One node's traffic to one version over one window ``(start, end]``."""
+
+    version: str = Field(pattern=r"^v(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$")
+    node: NodeName
+    start: str
+    end: str
+    requests: int = Field(ge=0)
+    errors: int = Field(default=0, ge=0)
+    latency_ms: dict[Percentile, Annotated[float, Field(ge=0)]] = {}
+    scores: dict[ScoreName, Score] = {}
+    outputs: dict[Annotated[str, Field(min_length=1, max_length=64)], Annotated[int, Field(ge=0)]] = {}
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        start, end = parse_time(self.start, "start"), parse_time(self.end, "end")
+        if not start < end <= start + MAX_WINDOW:
+            raise ValueError(f"end must follow start by at most a day ({self.start} .. {self.end})")
+        if self.errors > self.requests:
+            raise ValueError(f"{self.errors} errors in {self.requests} requests")
+        clashes = sorted(set(self.scores) & set(BUILTIN_METRICS))
+        if clashes:
+            raise ValueError(f"scores: {', '.join(clashes)} is a built-in metric's name")
+        return self
+
+    def normalized(self) -> dict[str, Any]:
+        """The record as stored: times in the registry's form."""
+        fields = self.model_dump(mode="json")
+        return fields | {"start": timestamp(parse_time(self.start, "start")), "end": timestamp(self.end_time)}
+
+    @property
+    def end_time(self) -> datetime:
+        return parse_time(self.end, "end")
+
+
+def _hour(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H")
+
+
+def _prefix(model: ModelName) -> str:
+    return f"{METRICS}/{model.client}/{model.model}"
+
+
+def record_metrics(registry: Registry, model: ModelName | str, records: Iterable[MetricsRecord | dict[str, Any]]
+                   ) -> dict[str, Any]:
+    """Store servers' records for ``model``; every record is checked (its version must exist) before
+    anything is written. Returns ``{"records": n, "batches": [ids]}``."""
+    name = ModelName.parse(model) if isinstance(model, str) else model
+    parsed, problems = [], []
+    for number, record in enumerate(records, 1):
+        try:
+            parsed.append(record if isinstance(record, MetricsRecord) else MetricsRecord.model_validate(record))
+        except ValidationError as exc:
+            problems += [f"record {number}: {'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}"
+                         for e in exc.errors()]
+    if problems:
+        raise InvalidInput("; ".join(problems))
+    versions = registry.state(name).versions
+    unknown = sorted({r.version for r in parsed} - set(versions), key=parse_version)
+    if unknown:
+        raise NotFound(f"{name} has no version {', '.join(unknown)}: nothing recorded")
+    by_hour: dict[str, list[dict[str, Any]]] = {}
+    for record in parsed:
+        by_hour.setdefault(_hour(record.end_time), []).append(record.normalized())
+    batches = []
+    for hour, items in sorted(by_hour.items()):
+        items.sort(key=canonical_json)
+        encoded = canonical_json({"kind": "metrics-batch", "model": str(name), "records": items})
+        digest = blake3.blake3(encoded, derive_key_context=METRICS_CONTEXT).hexdigest()
+        key = f"{_prefix(name)}/{hour}/{digest}.json"
+        if not registry.backend.exists(key):  # the same report sent again is stored once
+            registry.backend.write(key, encoded)
+        batches.append(f"b3:{digest}")
+    return {"records": len(parsed), "batches": batches}
+
+
+def records_in_window(registry: Registry, model: ModelName, start: datetime, end: datetime
+                      ) -> tuple[list[MetricsRecord], list[str]]:
+    """The records whose window ends in ``(start, end]``, and the ids of the batches they came from."""
+    records, batches = [], []
+    hour = start.replace(minute=0, second=0, microsecond=0)
+    while hour <= end:
+        for key in sorted(registry.backend.list(f"{_prefix(model)}/{_hour(hour)}")):
+            found = [r for r in _read_batch(registry, key) if start < r.end_time <= end]
+            if found:
+                records += found
+                batches.append("b3:" + key.rsplit("/", 1)[-1].removesuffix(".json"))
+        hour += timedelta(hours=1)
+    return records, batches
+
+
+def _read_batch(registry: Registry, key: str) -> list[MetricsRecord]:
+    encoded = registry.backend.read(key)
+    if blake3.blake3(encoded, derive_key_context=METRICS_CONTEXT).hexdigest() != key.rsplit("/", 1)[-1][:-5]:
+        raise CorruptObject(f"metrics batch {key} does not match its name (damaged): delete it or restore it")
+    try:
+        return [MetricsRecord.model_validate(r) for r in json.loads(encoded)["records"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptObject(f"metrics batch {key}: malformed ({str(exc).splitlines()[0]})") from None
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """One version's reported traffic in one window, summed over its nodes' records.
+
+    Latency percentiles cannot be merged exactly from percentiles: each is the mean of the nodes'
+    values weighted by their requests (exact for one node, and the same rule for both versions).
+    """
+
+    requests: int = 0
+    errors: int = 0
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)  # name -> mean over every scored request
+    scored: dict[str, int] = field(default_factory=dict)  # name -> requests scored
+    outputs: dict[str, int] = field(default_factory=dict)  # output histogram, summed
+    nodes: tuple[str, ...] = ()
+
+    def values(self) -> dict[str, float]:
+        """The metrics an analysis can judge: error_rate, latency_pXX_ms, each score."""
+        values = {f"latency_{p}_ms": v for p, v in self.latency_ms.items()} | dict(self.scores)
+        if self.requests:
+            values["error_rate"] = self.errors / self.requests
+        return values
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self) | {"nodes": list(self.nodes)}
+
+
+def aggregate(records: Iterable[MetricsRecord]) -> dict[str, Traffic]:
+    """Records summed per version."""
+    grouped: dict[str, list[MetricsRecord]] = {}
+    for record in records:
+        grouped.setdefault(record.version, []).append(record)
+    traffic = {}
+    for version, items in grouped.items():
+        latency: dict[str, float] = {}
+        for p in PERCENTILES:
+            weighted = [(r.latency_ms[p], r.requests) for r in items if p in r.latency_ms and r.requests]
+            if weighted:
+                latency[p] = sum(v * n for v, n in weighted) / sum(n for _, n in weighted)
+        scored: Counter[str] = Counter()
+        sums: dict[str, float] = {}
+        outputs: Counter[str] = Counter()
+        for r in items:
+            for name, score in r.scores.items():
+                scored[name] += score.count
+                sums[name] = sums.get(name, 0.0) + score.mean * score.count
+            outputs.update(r.outputs)
+        traffic[version] = Traffic(sum(r.requests for r in items), sum(r.errors for r in items), latency,
+                                   {n: sums[n] / scored[n] for n in sorted(scored)}, dict(sorted(scored.items())),
+                                   dict(sorted(outputs.items())), tuple(sorted({r.node for r in items})))
+    return traffic
+
+
+class MetricsCollector:
+    """What a follower gathers for its server between two flushes: per version, every request's
+    latency, whether it failed, its quality scores and an output bin. ``take`` turns them into records."""
+
+    def __init__(self, node: str):
+        self.node = node
+        self._lock = threading.Lock()
+        self._since = now()
+        self._requests: dict[str, list[tuple[float, bool, dict[str, float], str | None]]] = {}
+
+    def observe(self, version: str, latency_ms: float, *, error: bool = False, scores: dict[str, float] | None = None,
+                output: str | None = None) -> None:
+        with self._lock:
+            self._requests.setdefault(version, []).append((latency_ms, error, scores or {}, output))
+
+    def take(self, until: datetime | None = None) -> list[MetricsRecord]:
+        """One record per version for the requests observed since the last take (none: no record)."""
+        until = until or now()
+        with self._lock:
+            requests, self._requests = self._requests, {}
+            since, self._since = self._since, until
+        if until <= since:  # a clock that stood still (ARTIFACTSTORE_NOW): the window still needs a length
+            until = since + timedelta(microseconds=1)
+        records = []
+        for version, seen in sorted(requests.items()):
+            latencies = sorted(latency for latency, _, _, _ in seen)
+            scores: dict[str, list[float]] = {}
+            for _, _, scored, _ in seen:
+                for name, value in scored.items():
+                    scores.setdefault(name, []).append(value)
+            records.append(MetricsRecord(
+                version=version, node=self.node, start=timestamp(since), end=timestamp(until), requests=len(seen),
+                errors=sum(error for _, error, _, _ in seen),
+                latency_ms={p: _nearest_rank(latencies, int(p[1:])) for p in PERCENTILES},
+                scores={name: Score(mean=sum(values) / len(values), count=len(values))
+                        for name, values in sorted(scores.items())},
+                outputs=dict(Counter(output for _, _, _, output in seen if output is not None))))
+        return records
+
+
+def _nearest_rank(ordered: list[float], percent: int) -> float:
+    return ordered[max(0, math.ceil(percent / 100 * len(ordered)) - 1)]

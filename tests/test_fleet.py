@@ -1,0 +1,337 @@
+"""The fleet: smoke tests in bundles, the follower's pick(key), heartbeats, automatic rollback after a smoke
+failure (three real follower processes), drills and status."""
+
+import json
+from datetime import timedelta
+
+import pytest
+from conftest import run_cli
+from fleet_helpers import (
+    HISTORY,
+    MODEL,
+    answer,
+    kill,
+    push_versions,
+    report,
+    set_now,
+    smoke_lines,
+    start_follower,
+    stop,
+    wait_until,
+    with_policy,
+)
+from test_hooks import Receiver
+
+from artifactstore import InvalidInput, InvalidParameter, Store
+from artifactstore.clock import now, parse_time
+from artifactstore.demo import write_bundle
+from artifactstore.registry.bundle import SmokeTest, load_bundle
+from artifactstore.registry.routing import route
+from artifactstore.serving import Follower
+from artifactstore.serving.smoke import check_output
+
+
+@pytest.fixture
+def live(store, tmp_path):
+    """acme/support: v1.0.0 and v1.1.0 with smoke tests, v1.0.0 in production."""
+    push_versions(store, tmp_path)
+    with_policy(store, tmp_path)
+    store.promote(f"{MODEL}@v1.0.0", actor="jane", reason="launch")
+    return store
+
+
+# -- smoke tests in a bundle ---------------------------------------------------------------------
+
+
+def test_a_bundle_may_carry_smoke_tests_checked_like_its_other_files(tmp_path):
+    bundle = write_bundle(HISTORY[0], tmp_path / "b")
+    assert load_bundle(bundle).smoke_tests == ()
+    (bundle / "smoke_tests.jsonl").write_text(smoke_lines(0, 5) + "\n")
+    tests = load_bundle(bundle).smoke_tests
+    assert len(tests) == 5 and tests[0].name == "probe-0" and tests[0].tolerance == 1e-6
+    (bundle / "smoke_tests.jsonl").write_text('{"input": "hi", "expected": "hello", "contains": "he"}\n'
+                                              '{"input": "hi"}\n{"input": "hi", "matches": "("}\n'
+                                              '{"input": "hi", "contains": "x", "tolerance": 1}\nnot json\n'
+                                              '{"input": "hi", "expected": 1, "colour": "red"}\n')
+    with pytest.raises(InvalidInput) as error:
+        load_bundle(bundle)
+    message = str(error.value)
+    for expected in ("smoke_tests.jsonl line 1: (top level): Value error, give exactly one of expected, contains, "
+                     "matches (not expected, contains)", "line 2: (top level): Value error, give exactly one",
+                     "line 3: (top level): Value error, matches: not a regular expression",
+                     "line 4: (top level): Value error, tolerance goes with expected",
+                     "line 5: not valid JSON", "line 6: colour: unknown field (refused, not ignored)"):
+        assert expected in message
+    (bundle / "smoke_tests.jsonl").write_text('{"input": 1, "expected": 1}\n' * 101)
+    with pytest.raises(InvalidInput, match="101 tests; give 1 to 100"):
+        load_bundle(bundle)
+
+
+@pytest.mark.parametrize("test, output, why", [
+    ({"input": 1, "expected": {"a": [1, 2.0]}}, {"a": [1, 2]}, None),
+    ({"input": 1, "expected": 0.5, "tolerance": 0.01}, 0.505, None),
+    ({"input": 1, "expected": 0.5}, 0.505, "expected 0.5, got 0.505"),
+    ({"input": 1, "expected": True}, 1, "expected true, got 1"),
+    ({"input": 1, "contains": ["refund", "days"]}, "a refund within 30 days", None),
+    ({"input": 1, "contains": "refund"}, "no idea", "'no idea' does not contain 'refund'"),
+    ({"input": 1, "matches": r"\d+ days"}, "within 30 days", None),
+])
+def test_an_output_is_checked_against_its_test(test, output, why):
+    assert check_output(SmokeTest.model_validate(test), output) == why
+
+
+# -- the follower --------------------------------------------------------------------------------
+
+
+def test_pick_routes_each_key_like_route_and_keeps_both_versions_resident(live):
+    live.start_rollout(f"{MODEL}@v1.1.0", actor="jane")
+    live.set_canary(f"{MODEL}@v1.1.0", 50, reason="a wider split for the test", force=True)
+    with Follower(live, f"{MODEL}@production", poll_interval=0.001, smoke_function=answer) as follower:
+        state = live.state(MODEL)
+        keys = [f"user-{i}" for i in range(400)]
+        picked = [follower.pick(key).version for key in keys]
+        assert picked == [route(state, "production", key) for key in keys]
+        assert 120 < picked.count("v1.1.0") < 280 and {"v1.0.0", "v1.1.0"} <= set(follower.resident)
+        assert follower.current.version == "v1.0.0" and follower.canary.version == "v1.1.0"
+        assert follower.smoke["v1.1.0"].ok and follower.smoke["v1.1.0"].tests == 5
+        live.abort_rollout(MODEL, actor="jane", reason="enough")
+        wait_until(lambda: follower.canary is None, what="the canary gone")
+        assert {follower.pick(key).version for key in keys} == {"v1.0.0"}
+
+
+def test_a_failing_smoke_test_keeps_the_old_version_and_without_a_node_changes_nothing(live, tmp_path):
+    errors = []
+    bad = write_bundle(HISTORY[2], tmp_path / "bad")
+    (bad / "smoke_tests.jsonl").write_text(smoke_lines(0))  # v1.0.0's expected outputs: v1.1.1's weights differ
+    live.push(bad, f"{MODEL}@v1.1.1")
+    with Follower(live, f"{MODEL}@production", poll_interval=0.001, smoke_function=answer,
+                  on_error=errors.append) as follower:
+        live.promote(f"{MODEL}@v1.1.1", actor="jane")
+        wait_until(lambda: errors, what="the smoke failure")
+        assert follower.current.version == "v1.0.0" and not follower.smoke["v1.1.1"].ok
+        assert "v1.1.1 failed the smoke check (" in errors[0] and "tests failed" in errors[0]
+    assert live.state(MODEL).pointer("production") == "v1.1.1", "a follower without a node name reports nothing"
+
+
+def test_a_node_that_fails_the_new_production_rolls_the_registry_back_with_its_evidence(live, tmp_path,
+                                                                                       monkeypatch):
+    monkeypatch.setenv("SMOKE_BROKEN_FOR", "v1.1.0")
+    receiver = Receiver()
+    try:
+        with_policy(live, tmp_path, f"gate: {{required: false}}\nreview: {{required: false}}\n"
+                                    f"hooks:\n  - {{name: ops, url: '{receiver.url}'}}\n")
+        with Follower(live, f"{MODEL}@production", poll_interval=0.001, smoke_function=answer, node="srv-9",
+                      heartbeat_interval=0.05) as follower:
+            live.promote(f"{MODEL}@v1.1.0", actor="jane", reason="retrain")
+            wait_until(lambda: live.state(MODEL).pointer("production") == "v1.0.0", what="the rollback")
+            assert follower.current.version == "v1.0.0"
+            wait_until(lambda: live.fleet(MODEL).heartbeats[0].state == live.state(MODEL).id, what="the heartbeat")
+            heartbeat = live.fleet(MODEL).heartbeats[0]
+            assert heartbeat.serving == "v1.0.0" and heartbeat.smoke["v1.1.0"]["ok"] is False
+            assert not any("smoke" in a for a in live.status(MODEL)["alerts"]), "v1.1.0 is named by nothing now"
+        assert live.fleet(MODEL).heartbeats == [], "a node stopped on purpose leaves the fleet"
+        wait_until(lambda: len(receiver.received) == 2, what="the hook events")
+    finally:
+        receiver.close()
+    entry = next(e for e in reversed(live.log(MODEL)) if e.action == "rollback" and e.pointer == "production")
+    assert entry.actor == "node:srv-9" and entry.from_ == "v1.1.0" and entry.to == "v1.0.0"
+    assert entry.evidence["node"] == "srv-9" and "5 of 5 tests failed" in entry.evidence["smoke"]
+    assert "node srv-9's smoke check failed v1.1.0" in entry.reason
+    assert sorted(receiver.events()) == ["promoted", "rolled_back"]  # the node may be quicker than the promote's hook
+    rolled = next(r["event"] for r in receiver.received if r["event"]["event"] == "rolled_back")
+    assert rolled["evidence"]["node"] == "srv-9"
+
+
+def test_with_on_failure_keep_the_node_keeps_the_old_version_and_status_shows_the_disagreement(live, tmp_path,
+                                                                                             monkeypatch):
+    with_policy(live, tmp_path, "gate: {required: false}\nreview: {required: false}\nsmoke: {on_failure: keep}\n")
+    monkeypatch.setenv("SMOKE_BROKEN_FOR", "v1.1.0")
+    with Follower(live, f"{MODEL}@production", poll_interval=0.001, smoke_function=answer, node="srv-1"):
+        live.promote(f"{MODEL}@v1.1.0", actor="jane")
+        wait_until(lambda: live.fleet(MODEL).heartbeats[0].state == live.state(MODEL).id, what="the heartbeat")
+        assert live.state(MODEL).pointer("production") == "v1.1.0", "keep: the registry is not moved"
+        alerts = live.status(MODEL)["alerts"]
+        assert alerts[0] == "node srv-1 serves v1.0.0 (canary None), the registry says production v1.1.0 (canary None)"
+        assert alerts[1].startswith("node srv-1: smoke check failed v1.1.0: 5 of 5 tests failed: probe-0: expected")
+        assert alerts[1].endswith("; and 3 more")
+
+
+def test_a_node_that_fails_the_canary_aborts_the_rollout(live, monkeypatch):
+    monkeypatch.setenv("SMOKE_BROKEN_FOR", "v1.1.0")
+    with Follower(live, f"{MODEL}@production", poll_interval=0.001, smoke_function=answer, node="srv-1"):
+        live.start_rollout(f"{MODEL}@v1.1.0", actor="jane")
+        wait_until(lambda: live.state(MODEL).rollout is None, what="the abort")
+    state = live.state(MODEL)
+    assert state.canary is None and state.pointer("production") == "v1.0.0"
+    assert state.entries[-1].action == "rollout-abort" and state.entries[-1].evidence["node"] == "srv-1"
+
+
+def test_a_replaced_production_stays_resident_for_keep_loaded(live, tmp_path, monkeypatch):
+    with_policy(live, tmp_path, "gate: {required: false}\nreview: {required: false}\nkeep_loaded: 1h\n")
+    third = write_bundle(HISTORY[2], tmp_path / "third")
+    live.push(third, f"{MODEL}@v1.1.1")
+    set_now(monkeypatch, parse_time("2026-11-26T00:00:00Z", "t"))
+    with Follower(live, f"{MODEL}@production", keep_newest=0) as follower:
+        live.promote(f"{MODEL}@v1.1.0")
+        follower.refresh()
+        live.promote(f"{MODEL}@v1.1.1")
+        follower.refresh()
+        assert set(follower.resident) == {"v1.0.0", "v1.1.0", "v1.1.1"}  # v1.0.0: replaced less than 1 h ago
+        set_now(monkeypatch, parse_time("2026-11-26T02:00:00Z", "t"))
+        follower.refresh(force=True)
+        assert set(follower.resident) == {"v1.1.0", "v1.1.1"}  # the rollback target stays
+
+
+def test_the_follower_gathers_its_servers_metrics_for_the_analysis(live, monkeypatch):
+    set_now(monkeypatch, parse_time("2026-11-26T00:00:00Z", "t"))
+    live.start_rollout(f"{MODEL}@v1.1.0", actor="jane")
+    with Follower(live, f"{MODEL}@production", smoke_function=answer, node="srv-1") as follower:
+        for i in range(2000):
+            served = follower.pick(f"user-{i}")
+            follower.observe(served.version, 100.0 + i % 7, error=i % 250 == 0)
+        set_now(monkeypatch, parse_time("2026-11-26T01:00:00Z", "t"))
+        assert follower.flush_metrics() == 2
+    ticked = live.rollout_tick(MODEL)
+    assert ticked.decision == "hold" and ticked.measured[0]["outcome"] == "pass", ticked.measured
+
+
+def test_heartbeats_and_an_automatic_rollback_on_a_shared_store(s3_bucket, tmp_path, monkeypatch):
+    store = Store.init(s3_bucket, cache=tmp_path / "cache")
+    push_versions(store, tmp_path)
+    with_policy(store, tmp_path)
+    store.promote(f"{MODEL}@v1.0.0")
+    monkeypatch.setenv("SMOKE_BROKEN_FOR", "v1.1.0")
+    with Follower(store, f"{MODEL}@production", poll_interval=0.05, smoke_function=answer, node="srv-1"):
+        store.promote(f"{MODEL}@v1.1.0")
+        wait_until(lambda: store.state(MODEL).pointer("production") == "v1.0.0", what="the rollback")
+        wait_until(lambda: store.fleet(MODEL).heartbeats[0].state == store.state(MODEL).id, what="the heartbeat")
+        assert store.fleet(MODEL).heartbeats[0].serving == "v1.0.0"
+
+
+# -- real follower processes ---------------------------------------------------------------------
+
+
+def fleet_agrees(store, version: str, nodes: int = 3):
+    """Every node serves ``version`` and has seen the registry's current state."""
+    state = store.state(MODEL)
+    beats = store.fleet(MODEL).heartbeats
+    return len(beats) == nodes and all(b.serving == version and b.state == state.id for b in beats)
+
+
+def test_a_smoke_failure_on_one_of_three_followers_rolls_back_and_all_three_serve_the_old_version(live):
+    followers = [start_follower(live.path, f"srv-{n}", broken_for="v1.1.0" if n == 2 else "") for n in (1, 2, 3)]
+    try:
+        wait_until(lambda: fleet_agrees(live, "v1.0.0"), what="three nodes on v1.0.0")
+        live.promote(f"{MODEL}@v1.1.0", actor="jane", reason="retrain")
+        wait_until(lambda: live.state(MODEL).pointer("production") == "v1.0.0", what="the rollback")
+        wait_until(lambda: fleet_agrees(live, "v1.0.0"), what="three nodes back on v1.0.0")
+        smoke = {b.node: b.smoke.get("v1.1.0", {}).get("ok") for b in live.fleet(MODEL).heartbeats}
+        assert smoke["srv-2"] is False
+    finally:
+        stop(followers)
+    rollbacks = [e for e in live.log(MODEL) if e.action == "rollback" and e.pointer == "production"]
+    assert len(rollbacks) == 1 and rollbacks[0].actor == "node:srv-2" and rollbacks[0].evidence["version"] == "v1.1.0"
+    assert live.fleet(MODEL).heartbeats == [], "stopped nodes leave the fleet"
+
+
+def test_smoke_failures_on_every_node_at_once_make_one_rollback(live):
+    followers = [start_follower(live.path, f"srv-{n}", broken_for="v1.1.0") for n in (1, 2, 3)]
+    try:
+        wait_until(lambda: fleet_agrees(live, "v1.0.0"), what="three nodes on v1.0.0")
+        live.promote(f"{MODEL}@v1.1.0", actor="jane", reason="retrain")
+        wait_until(lambda: all(b.smoke.get("v1.1.0", {}).get("ok") is False for b in live.fleet(MODEL).heartbeats),
+                   what="every node's failure")
+        wait_until(lambda: fleet_agrees(live, "v1.0.0"), what="three nodes on v1.0.0")
+    finally:
+        stop(followers)
+    assert [(e.action, e.pointer) for e in live.log(MODEL)].count(("rollback", "production")) == 1
+
+
+def test_a_drill_with_three_followers_is_timed_recorded_and_shown_and_flagged_when_old(live, tmp_path, monkeypatch):
+    live.promote(f"{MODEL}@v1.1.0", actor="jane")
+    with pytest.raises(InvalidParameter, match="no serving node reports"):
+        live.drill(MODEL)
+    receiver = Receiver()
+    with_policy(live, tmp_path, f"gate: {{required: false}}\nreview: {{required: false}}\n"
+                                f"hooks:\n  - {{name: ops, url: '{receiver.url}'}}\n")
+    followers = [start_follower(live.path, f"srv-{n}") for n in (1, 2, 3)]
+    try:
+        wait_until(lambda: fleet_agrees(live, "v1.1.0"), what="three nodes on v1.1.0")
+        done = run_cli("drill", MODEL, "--store", live.path, "--by", "oncall", "--reason", "monthly")
+        assert done.returncode == 0, done.stderr
+        assert "drill PASSED: rollback v1.1.0 -> v1.0.0 confirmed by 3 of 3 nodes in" in done.stdout
+        wait_until(lambda: receiver.events() == ["drill_passed"], what="the drill event")
+        wait_until(lambda: fleet_agrees(live, "v1.1.0"), what="three nodes back on v1.1.0")
+        status = live.status(MODEL)
+        assert status["alerts"] == [] and status["drill"]["passed"] and len(status["drill"]["nodes"]) == 3
+        assert status["drill"]["seconds"] <= status["drill"]["max_seconds"]
+        assert {n["node"] for n in status["nodes"] if n["agrees"] and not n["stale"]} == {"srv-1", "srv-2", "srv-3"}
+        shown = run_cli("status", MODEL, "--store", live.path)
+        assert "last drill:" in shown.stdout and "passed" in shown.stdout and "alerts: 0" in shown.stdout
+    finally:
+        kill(followers)  # as a crash would: their heartbeats stay, and turn stale
+        receiver.close()
+    state = live.state(MODEL)
+    assert (state.pointer("production"), state.pointer("rollback_target")) == ("v1.1.0", "v1.0.0")
+    drills = [e for e in live.log(MODEL) if e.action == "drill"]
+    assert [(e.pointer, e.from_, e.to) for e in drills] == [
+        ("production", "v1.1.0", "v1.0.0"), ("rollback_target", "v1.0.0", "v1.1.0"),
+        ("production", "v1.0.0", "v1.1.0"), ("rollback_target", "v1.1.0", "v1.0.0"), (None, "v1.1.0", "v1.0.0")]
+    later = now() + timedelta(days=31)
+    set_now(monkeypatch, later)
+    alerts = live.status(MODEL)["alerts"]
+    assert any("older than the policy's 30d" in a for a in alerts)
+    assert sum("stale, not counted" in a for a in alerts) == 3
+    shown = json.loads(run_cli("status", MODEL, "--json", "--store", live.path,
+                               env={"ARTIFACTSTORE_NOW": later.isoformat()}).stdout)
+    assert shown["drill"]["overdue"] and all(n["stale"] for n in shown["nodes"])
+    refused = run_cli("drill", MODEL, "--store", live.path, env={"ARTIFACTSTORE_NOW": later.isoformat()})
+    assert refused.returncode == 1 and refused.stderr.startswith("error: no serving node reports on acme/support")
+
+
+def test_status_without_fleet_or_drill_says_what_is_missing(live):
+    alerts = live.status(MODEL)["alerts"]
+    assert alerts == ["no rollback target: a rollback has nowhere to go",
+                      "no rollback drill recorded (the policy asks for one every 30d)"]
+    assert live.status(MODEL)["nodes"] == [] and live.status(MODEL)["rollout"] is None
+
+
+def test_a_drill_fails_when_a_node_refuses_the_rollback_target_and_the_fleet_rolls_forward_itself(live, tmp_path):
+    live.promote(f"{MODEL}@v1.1.0", actor="jane")
+    receiver = Receiver()
+    with_policy(live, tmp_path, f"gate: {{required: false}}\nreview: {{required: false}}\n"
+                                f"hooks:\n  - {{name: ops, url: '{receiver.url}', events: [drill_passed, drill_failed]}}\n")
+
+    def broken_for_v1_0_0(loaded, known_input):
+        return -1.0 if loaded.version == "v1.0.0" else answer(loaded, known_input)
+
+    try:
+        with Follower(live, f"{MODEL}@production", poll_interval=0.001, smoke_function=answer, node="srv-a"), \
+                Follower(live, f"{MODEL}@production", poll_interval=0.001, smoke_function=broken_for_v1_0_0,
+                         node="srv-b"):
+            drilled = live.drill(MODEL, actor="oncall", max_seconds=30)
+            assert not drilled.passed and drilled.seconds is None and "srv-b" in drilled.unconfirmed
+            assert "moved during the drill" in drilled.note
+            assert live.status(MODEL)["drill"]["passed"] is False
+            assert any("the last drill" in a and "failed" in a for a in live.status(MODEL)["alerts"])
+        wait_until(lambda: receiver.events() == ["drill_failed"], what="the drill event")
+    finally:
+        receiver.close()
+    state = live.state(MODEL)
+    assert state.pointer("production") == "v1.1.0", "srv-b's failed check rolled production forward"
+    rolled = next(e for e in reversed(live.log(MODEL)) if e.action == "rollback" and e.pointer == "production")
+    assert rolled.actor == "node:srv-b" and (rolled.from_, rolled.to) == ("v1.0.0", "v1.1.0")
+    assert receiver.received[0]["event"]["drill"]["unconfirmed"] == ["srv-b"]
+
+
+def test_verify_names_a_missing_measurement(live, monkeypatch):
+    set_now(monkeypatch, parse_time("2026-11-26T00:00:00Z", "t"))
+    live.start_rollout(f"{MODEL}@v1.1.0", actor="jane")
+    report(live, 1)
+    set_now(monkeypatch, parse_time("2026-11-26T01:00:00Z", "t"))
+    live.rollout_tick(MODEL)
+    assert live.verify().ok
+    measurement = live.state(MODEL).rollout["measurement"]
+    live.backend.delete(f"registry/objects/{measurement[3:5]}/{measurement[3:]}.json")
+    problems = live.verify().problems
+    assert len(problems) == 1 and measurement in problems[0]
