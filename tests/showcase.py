@@ -90,12 +90,6 @@ def build_showcase(root: Path) -> tuple[Store, datetime]:
                        f"{support}@{name}", actor="training-job@ci")
         with at(2):
             store.stage(f"{support}@{name}", actor="training-job@ci", reason="candidate")
-        if number == 0:
-            with at(1):
-                store.review(f"{support}@{name}", approve=True, actor="maria@acme", samples=24, notes="tone ok")
-            with at(1):
-                store.promote(f"{support}@{name}", actor="jane@acme", reason="first release", force=True)
-            continue
         with at(3):
             accept = ["latency_ms"] if name == "v1.2.0" else []
             store.gate(f"{support}@{name}", accept=accept, actor="jane@acme",
@@ -105,7 +99,8 @@ def build_showcase(root: Path) -> tuple[Store, datetime]:
         with at(6):
             store.review(f"{support}@{name}", approve=True, actor="maria@acme", samples=25, notes="refunds read well")
         with at(18):
-            store.promote(f"{support}@{name}", actor="jane@acme", reason=f"monthly release {name}")
+            store.promote(f"{support}@{name}", actor="jane@acme",
+                          reason="first release" if number == 0 else f"monthly release {name}")
         if name == "v1.2.0":
             with at(30):
                 store.rollback(support, actor="oncall@acme", reason="refund answers too terse, client complained")

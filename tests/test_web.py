@@ -7,6 +7,7 @@ The overview and model pages are written to docs/screenshots/ on every run (the 
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -122,7 +123,9 @@ def test_pages_show_the_registry_and_are_screenshotted(site, page):
             expect(page.locator(f"tr[data-model='{model}']")).to_be_visible()
         expect(page.locator("#live")).to_have_class("live on")
         SCREENSHOTS.mkdir(exist_ok=True)
+        page.set_viewport_size({"width": 1360, "height": 640})  # the page, without a screen of blank below it
         page.screenshot(path=SCREENSHOTS / "overview.png", full_page=True)
+        page.set_viewport_size({"width": 1360, "height": 900})
 
         open_model(page, url)
         sign_in(page)
@@ -134,11 +137,14 @@ def test_pages_show_the_registry_and_are_screenshotted(site, page):
         expect(page.locator("#live")).to_have_class("live on")
         page.screenshot(path=SCREENSHOTS / "model.png", full_page=True)
 
-        # what was in production on a day, from the audit log
+        # what was in production on a day, from the audit log: on the day of the rollback, two versions
         page.locator("input[name=at]").fill("2026-11-03")
         page.get_by_role("button", name="Show").first.click()
-        expect(page.locator("#at-answer")).to_contain_text("On 2026-11-03, production was v1.1.0")
-        expect(page.locator("#timeline .bar.highlighted")).to_have_count(1)
+        expect(page.locator("#at-answer")).to_contain_text("On 2026-11-03, production was v1.2.0")
+        expect(page.locator("#at-answer")).to_contain_text("v1.1.0 (2026-11-03 18:00 – 2026-11-05 19:00)")
+        expect(page.locator("#timeline .bar.highlighted")).to_have_count(2)
+        page.goto(f"{url}/m/{MODEL}?at=2026-11-04T09:30Z")
+        expect(page.locator("#at-answer")).to_have_text(re.compile(r"At 2026-11-04T09:30Z, production was v1\.1\.0 "))
 
         # a metric across versions, chosen from a select
         page.locator("#metric select[name=metric]").select_option("latency_ms")
