@@ -172,7 +172,8 @@ def create_app(store: Store, tokens: list[Token], *, require_sign_in: bool = Fal
         state = dashboard.head(ModelName.parse(name))
         versions = state.sorted_versions()
         if len(versions) < 2:
-            raise InvalidParameter(f"{name} has one version: nothing to compare")
+            raise InvalidParameter(f"{name} has {len(versions)} version{'' if len(versions) == 1 else 's'}: "
+                                   "nothing to compare")
         b = q.get("b") or versions[-1]
         at = versions.index(b) if b in versions else len(versions) - 1
         a = q.get("a") or versions[at - 1 if at > 0 else 1]  # by default: the version before b
