@@ -27,6 +27,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..errors import ArtifactStoreError, InvalidParameter, NotFound
+from ..progress import human_bytes
 from ..registry.refs import ModelName
 from ..store import Store
 from .actions import ACTIONS
@@ -88,7 +89,7 @@ def _templates() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("artifactstore.web", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
                              lstrip_blocks=True)
-    env.filters["bytes"] = _human_bytes
+    env.filters["bytes"] = lambda n: "—" if n is None else human_bytes(n)
     env.filters["when"] = _when
     env.filters["metric"] = lambda value: "—" if value is None else f"{value:.4g}" if isinstance(value, float) \
         else str(value)
@@ -102,17 +103,6 @@ def _when(moment: str | datetime | None) -> str:
     if isinstance(moment, datetime):
         return moment.strftime("%Y-%m-%d %H:%M")
     return (moment or "")[:16].replace("T", " ")
-
-
-def _human_bytes(n: int | None) -> str:
-    if n is None:
-        return "—"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return ""
 
 
 def create_app(store: Store, tokens: list[Token], *, require_sign_in: bool = False, poll: float = 1.0,

@@ -21,7 +21,6 @@ import math
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any
 
 from ..clock import now
@@ -31,7 +30,7 @@ from ..ids import format_id
 from ..lifecycle.roots import hot_versions
 from ..monitoring.alerts import raised_alerts
 from ..monitoring.psi import EMPTY, RANK, Thresholds
-from ..monitoring.report import DriftReport, drift_report
+from ..monitoring.report import DriftReport, drift_report, iso
 from ..registry import queries
 from ..registry.bundle import metric_values
 from ..registry.gate import GateResult, gate_result
@@ -97,10 +96,6 @@ class ClientStorage:
         return self.logical_bytes / self.stored_bytes if self.stored_bytes else 1.0
 
 
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
-
-
 def drift_summary(report: DriftReport, raised: dict[str, dict]) -> DriftSummary:
     """The newest window of ``report`` that holds values, and the open alerts: for each feature of
     the version, its latest raised alert, while the feature is still at or above that status."""
@@ -121,7 +116,7 @@ def drift_summary(report: DriftReport, raised: dict[str, dict]) -> DriftSummary:
     open_alerts = sorted((a for a in latest.values() if RANK.get(a["now"], -1) >= RANK.get(a["status"], 9)),
                          key=lambda a: (a["window"], a["feature"]), reverse=True)
     return DriftSummary(report.version, str(statuses[w, worst]), report.features[worst],
-                        _finite(report.psi[w, worst]), _iso(float(report.starts[w])), open_alerts)
+                        _finite(report.psi[w, worst]), iso(float(report.starts[w])), open_alerts)
 
 
 def _finite(value: float) -> float:
