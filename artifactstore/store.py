@@ -351,8 +351,8 @@ class Store:
     def fleet(self, model: str) -> FleetView:
         return read_fleet(self.registry, model)
 
-    def status(self, model: str) -> dict[str, Any]:
-        return model_status(self.registry, model)
+    def status(self, model: str, *, last_rollout: bool = True) -> dict[str, Any]:
+        return model_status(self.registry, model, last_rollout=last_rollout)
 
     def drill(self, model: str, *, max_seconds: float | None = None, actor: str | None = None,
               reason: str = "") -> DrillReport:

@@ -31,9 +31,9 @@ from artifactstore.demo import adapter_history, write_bundle
 FLEET = (12, 5, 10)  # clients, models per client, versions per model
 
 
-def tiny_history(count: int, work: Path) -> list[Path]:
+def tiny_history(count: int, work: Path, layers: int = 4, scale: int = 16) -> list[Path]:
     """``count`` bundles of a small adapter, each a minor retrain of a quarter of its tensors."""
-    base = adapter_history(layers=4, scale=16)[0]
+    base = adapter_history(layers=layers, scale=scale)[0]
     bundles, tensors = [], dict(base.tensors)
     names = sorted(tensors)
     rng = np.random.default_rng(0)

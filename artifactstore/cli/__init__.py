@@ -3,7 +3,7 @@
 Commands live in one module per wing; importing them adds them to the ``cli`` group.
 """
 
-from . import content, demo, lifecycle, monitoring, registry, release, rollout, serving  # noqa: F401 - each adds its commands
+from . import content, demo, lifecycle, monitoring, registry, release, rollout, serving, web  # noqa: F401 - each adds its commands
 from .base import cli, run_reporting_errors
 
 

@@ -10,6 +10,7 @@ import click
 from tqdm import tqdm
 
 from ..errors import ArtifactStoreError
+from ..progress import human_bytes as human_bytes  # the commands' modules take it from here
 
 STORE_VARIABLE = "ARTIFACTSTORE_STORE"
 STORE_HELP = ("The store: a directory, or s3://bucket/prefix for a store shared by many machines (or set "
@@ -70,15 +71,6 @@ def progress_bar(total: int | None, description: str, quiet: bool):
 
 def emit_json(obj) -> None:
     click.echo(json.dumps(obj, indent=None, sort_keys=True))
-
-
-def human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -22,6 +22,7 @@ from ..monitoring.arrays import StoredVersion
 from ..registry.pointers import KINDS
 from ..registry.refs import ModelName
 from ..registry.registry import Registry
+from ..registry.state import ModelState
 
 
 @dataclass(frozen=True)
@@ -56,13 +57,19 @@ def read_roots(registry: Registry, keep_hot: int, bundles_of: dict[str, str] | N
         chain = registry.states(model)
         _, state = next(chain)
         ever |= {bundle(r) for _, older in chain for r in older.versions.values()}
-        named = {state.pointer(kind.name) for kind in KINDS} | set(state.pins)
-        newest = state.sorted_versions()[-keep_hot:] if keep_hot else []
         for version, record_id in state.versions.items():
             bundles[f"{model}@{version}"] = bundle(record_id)
-        hot.extend(f"{model}@{v}" for v in state.sorted_versions() if v in named or v in newest)
+        hot.extend(f"{model}@{v}" for v in hot_versions(state, keep_hot))
     current = set(bundles.values())
     return Roots(bundles, hot, frozenset(ever - current), tokens)
+
+
+def hot_versions(state: ModelState, keep_hot: int) -> list[str]:
+    """The versions of one model that belong on local disk, oldest first: every one a pointer or a
+    pin names, and the newest ``keep_hot``."""
+    named = {state.pointer(kind.name) for kind in KINDS} | set(state.pins)
+    newest = state.sorted_versions()[-keep_hot:] if keep_hot else []
+    return [v for v in state.sorted_versions() if v in named or v in newest]
 
 
 @dataclass(frozen=True)

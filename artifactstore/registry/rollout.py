@@ -312,9 +312,9 @@ def _commit(registry: Registry, seen: ModelState, moves: list[Move], actor: str 
 
 # -- what it looks like -------------------------------------------------------------------------
 
-def rollout_status(registry: Registry, model: ModelName | str, *, recent: int = 5) -> dict[str, Any]:
-    """The rollout in progress (plan, step, hold, counts, the latest measurements), or how the last
-    one ended."""
+def rollout_status(registry: Registry, model: ModelName | str, *, recent: int = 5, last: bool = True) -> dict[str, Any]:
+    """The rollout in progress (plan, step, hold, counts, the latest measurements), or (``last``) how
+    the last one ended."""
     name = _name(model)
     state = registry.state(name)
     rollout = rollout_of(state)
@@ -331,7 +331,7 @@ def rollout_status(registry: Registry, model: ModelName | str, *, recent: int = 
             "next_window_ends": timestamp(begun + (rollout.windows + 1) * duration(plan.analysis.interval)),
             "failure_limit": plan.analysis.failure_limit, "inconclusive_limit": plan.analysis.inconclusive_limit,
             "measurements": [_brief(m) for m in measurements(registry, rollout.measurement, recent)]}
-    else:
+    elif last:
         status["last"] = _last_rollout(registry, name)
     return status
 

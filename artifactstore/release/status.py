@@ -13,7 +13,9 @@ from ..registry.registry import Registry
 from ..registry.rollout import rollout_status
 
 
-def model_status(registry: Registry, model: ModelName | str) -> dict[str, Any]:
+def model_status(registry: Registry, model: ModelName | str, *, last_rollout: bool = True) -> dict[str, Any]:
+    """Pointers, the rollout, every serving node, the last drill and the alerts of a model;
+    ``last_rollout``: also how the last rollout ended, when none runs (it reads the history)."""
     name = ModelName.parse(model) if isinstance(model, str) else model
     state = registry.state(name)
     policy = policy_of(registry, state) or Policy()
@@ -21,7 +23,7 @@ def model_status(registry: Registry, model: ModelName | str) -> dict[str, Any]:
     production, canary = state.pointer(PRODUCTION), state.pointer(CANARY)
     alerts: list[str] = []
 
-    rollout = rollout_status(registry, name)
+    rollout = rollout_status(registry, name, last=last_rollout)
     running = rollout["rollout"]
     if running is not None:
         if running["paused"]:
