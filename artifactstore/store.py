@@ -248,8 +248,8 @@ class Store:
     def states(self, model) -> Iterator[tuple[str, ModelState]]:
         return self.registry.states(model)
 
-    def log(self, model) -> list[AuditEntry]:
-        return self.registry.log(model)
+    def log(self, model, *, limit: int | None = None) -> list[AuditEntry]:
+        return self.registry.log(model, limit=limit)
 
     def models(self):
         return self.registry.models()

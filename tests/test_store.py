@@ -250,9 +250,9 @@ def test_a_version_1_store_is_read_and_a_put_upgrades_it(store, tmp_path):
     assert old.effective_config()["format_version"] == 1
     old.get(first, tmp_path / "out")
     old.put(make_tree(tmp_path / "b", {"w.bin": random_bytes(400_000, 2)}))  # pads packs: version 2 only
-    assert json.loads(config_path.read_text())["version"] == 2
-    config_path.write_text(json.dumps({**config, "version": 3}))
-    with pytest.raises(StoreError, match="unsupported store format: 3"):
+    assert json.loads(config_path.read_text())["version"] == 3
+    config_path.write_text(json.dumps({**config, "version": 4}))
+    with pytest.raises(StoreError, match="unsupported store format: 4"):
         Store(store.path)
 
 

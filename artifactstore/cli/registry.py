@@ -192,11 +192,13 @@ def list_models(model: str | None, store_path: str, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("model")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N",
+              help="Only the newest N entries (reads only the states that hold them).")
 @store_option
 @json_option
-def log(model: str, store_path: str, as_json: bool) -> None:
+def log(model: str, limit: int | None, store_path: str, as_json: bool) -> None:
     """MODEL's audit log: every push and pointer move, oldest first."""
-    entries = Store(store_path).log(model)
+    entries = Store(store_path).log(model, limit=limit)
     if as_json:
         emit_json({"model": model, "entries": [e.to_json() for e in entries]})
         return

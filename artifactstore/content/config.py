@@ -13,8 +13,9 @@ from ..errors import ArtifactStoreError, StoreError
 from .chunking import ChunkerParams
 
 CONFIG_KEY = "artifactstore.json"
-# 2: packs may hold padding entries (docs/format.md); 1 is read, and upgraded on a put
-FORMAT_VERSION = 2
+# 2: packs may hold padding entries; 3: model states may name a version map (docs/format.md).
+# Older versions are read, and upgraded before the first write that they would misread.
+FORMAT_VERSION = 3
 DEFAULT_KEEP_HOT = 3
 _TOP_KEYS = {"format", "version", "chunker"}
 _TIER_KEYS = {"cold", "keep_hot"}
@@ -55,7 +56,7 @@ class StoreConfig:
             raise StoreError(f"{where}: expected a JSON object")
         if obj.get("format") != "artifactstore":
             raise StoreError(f"{where}: not an artifactstore configuration (format {obj.get('format')!r})")
-        if obj.get("version") not in (1, FORMAT_VERSION):
+        if obj.get("version") not in range(1, FORMAT_VERSION + 1):
             raise StoreError(f"{where}: unsupported store format: {obj.get('version')!r}")
         _check_keys(where, "", obj, required=_TOP_KEYS, allowed=_TOP_KEYS | {"tiers", "changes"})
         changes = obj.get("changes", [])

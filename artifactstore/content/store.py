@@ -258,16 +258,21 @@ class ContentStore:
 
     # -- writing -----------------------------------------------------------------------------
 
+    def upgrade_format(self) -> None:
+        """Make readers of an older format refuse the store before this process writes what they
+        would misread (padded packs: version 2; model states naming a version map: version 3)."""
+        if self.config.version < FORMAT_VERSION:
+            self.config = self.config.upgraded()
+            self.home.write(CONFIG_KEY, self.config.encode())
+
     @contextmanager
     def pack_session(self, *, restore: bool = False, target: Backend | None = None) -> Iterator[PackSession]:
         """A session writing new packs into ``target`` (by default the store's own place, or this
         machine's hot tier for ``restore`` sessions, which copy chunks the store already has).
         It commits (packs, then their index file) when the block ends, or aborts on an error."""
         target = target or (self.hot if restore else self.home)
-        if not restore and self.config.version < FORMAT_VERSION:
-            # a put pads packs, which version-1 readers would take for damage: make them refuse the store
-            self.config = self.config.upgraded()
-            self.home.write(CONFIG_KEY, self.config.encode())
+        if not restore:
+            self.upgrade_format()  # a put pads packs, which version-1 readers would take for damage
         session = PackSession(target, self.index, condemned=condemned_packs(self.home), restore=restore)
         try:
             yield session

@@ -54,9 +54,11 @@ def read_roots(registry: Registry, keep_hot: int, bundles_of: dict[str, str] | N
     hot: list[str] = []
     ever: set[str] = set()
     for model in registry.models():
-        chain = registry.states(model)
-        _, state = next(chain)
-        ever |= {bundle(r) for _, older in chain for r in older.versions.values()}
+        state = registry.state(model)
+        if state.map_era:  # it keeps the bundles of its deleted versions
+            ever |= set(state.retired)
+        else:  # written before: only its history tells
+            ever |= {bundle(r) for _, older in registry.states(model) for r in older.versions.values()}
         for version, record_id in state.versions.items():
             bundles[f"{model}@{version}"] = bundle(record_id)
         hot.extend(f"{model}@{v}" for v in hot_versions(state, keep_hot))

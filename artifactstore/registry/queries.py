@@ -51,14 +51,18 @@ def show(registry: Registry, ref: str) -> dict[str, Any]:
     """A version's record, where its pointers are, and when it last went to production."""
     state, version = registry.resolve_version(ref)
     record = registry.record(state, version)
-    deployed = [e for e in registry.log(state.model) if e.pointer == PRODUCTION and e.to == version]
+    if state.map_era:  # the state keeps each version's last deployment: no need to read the log
+        deployed = state.deployments.get(version)
+    else:
+        moves = [e for e in registry.log(state.model) if e.pointer == PRODUCTION and e.to == version]
+        deployed = {"at": moves[-1].at, "by": moves[-1].actor} if moves else None
     return {
         **{k: v for k, v in record.items() if k not in ("kind", "tensors", "adapter_settings")},
         "tensors": len(record["tensors"]),
         "adapter_bytes": sum(t["bytes"] for t in record["tensors"].values()),
         "pointers": state.where(version),
-        "deployed_at": deployed[-1].at if deployed else None,
-        "deployed_by": deployed[-1].actor if deployed else None,
+        "deployed_at": deployed["at"] if deployed else None,
+        "deployed_by": deployed["by"] if deployed else None,
         "gate": _summary(gate_result(registry, state, version)),
         "review": _summary(review_of(registry, state, version)),
     }

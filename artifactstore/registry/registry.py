@@ -22,9 +22,22 @@ from ..ids import format_id, parse_id
 from .bundle import WEIGHTS, Bundle, load_bundle
 from .pointers import CANARY, NAMES, PRODUCTION, ROLLBACK_TARGET, STAGING, Transition, TransitionRule
 from .refs import LATEST, ModelName, Ref, parse_version
-from .state import STATE_CONTEXT, VERSION_CONTEXT, AuditEntry, ModelState, default_actor, object_key, ref_key
+from .state import (
+    STATE_CONTEXT,
+    VERSION_CONTEXT,
+    VERSION_MAP_CONTEXT,
+    AuditEntry,
+    ModelState,
+    decode_trail,
+    decode_version_map,
+    default_actor,
+    encode_version_map,
+    object_key,
+    ref_key,
+)
 from .versioning import check_label, compare, previous_version
 
+VERSION_MAPS_KEPT = 16  # versions maps kept in memory, by id
 Move = dict[str, Any]  # one audit entry's fields before it is numbered: action, pointer, from, to, ...
 # A move may carry "state": {field: value} of ModelState to replace (policy, checks, rollout, drill), and
 # "evidence": what an automatic decision rested on (recorded in its audit entry).
@@ -53,6 +66,7 @@ class Registry:
         self.content = content
         self.backend = content.home
         self.rules = list(rules)
+        self._version_maps: dict[str, dict[str, str]] = {}
 
     # -- objects and refs ---------------------------------------------------------------------
 
@@ -72,18 +86,36 @@ class Registry:
         return encoded
 
     def _read_state(self, model: ModelName) -> tuple[ModelState | None, str | None]:
+        head = self._read_head(model)
+        if head is None:
+            return None, None
+        state_id, data, token = head
+        return replace(ModelState.decode(data, state_id, self.read_version_map), id=state_id), token
+
+    def _read_head(self, model: ModelName) -> tuple[str, bytes, str | None] | None:
+        """The id and bytes of the model's current state, with its ref's token; None: no such model.
+        A ref naming a missing state is a damaged ref, named by its key."""
         data, token = self.backend.read_ref(ref_key(model))
         if data is None:
-            return None, None
+            return None
         state_id = ref_target(data, ref_key(model))
         try:
-            state = self.read_state_object(state_id)
+            return state_id, self.read_object(state_id, STATE_CONTEXT), token
         except NotFound:
             raise CorruptObject(f"{ref_key(model)}: names state {state_id}, which is missing") from None
-        return replace(state, id=state_id), token
 
     def read_state_object(self, state_id: str) -> ModelState:
-        return ModelState.decode(self.read_object(state_id, STATE_CONTEXT), state_id)
+        return ModelState.decode(self.read_object(state_id, STATE_CONTEXT), state_id, self.read_version_map)
+
+    def read_version_map(self, map_id: str) -> dict[str, str]:
+        """A versions map (immutable: kept once read; states of pointer moves share their map)."""
+        versions = self._version_maps.get(map_id)
+        if versions is None:
+            versions = decode_version_map(self.read_object(map_id, VERSION_MAP_CONTEXT), map_id)
+            if len(self._version_maps) >= VERSION_MAPS_KEPT:
+                self._version_maps.pop(next(iter(self._version_maps)))
+            self._version_maps[map_id] = versions
+        return dict(versions)
 
     def state(self, model: ModelName | str) -> ModelState:
         model = ModelName.parse(model) if isinstance(model, str) else model
@@ -144,11 +176,15 @@ class Registry:
                         if not force:
                             raise
                         move["override"] = "; ".join(filter(None, [move.get("override"), refusal.refusal]))
-        updated = _apply(current, moves)
+        updated = _apply(self._in_map_era(current), moves, at, actor)
         entries = tuple(AuditEntry(current.seq + i + 1, at, actor, m["action"], m.get("pointer"), m.get("from"),
                                    m.get("to"), reason, m.get("percent"), m.get("override"), m.get("evidence"))
                         for i, m in enumerate(moves))
-        updated = replace(updated, seq=current.seq + len(entries), entries=entries, parent=current.id, id=None)
+        versions_id = updated.versions_id if updated.versions == current.versions and updated.versions_id else \
+            self.write_object(encode_version_map(model, updated.versions), VERSION_MAP_CONTEXT)
+        updated = replace(updated, seq=current.seq + len(entries), entries=entries, parent=current.id, id=None,
+                          versions_id=versions_id)
+        self.content.upgrade_format()  # readers of format 2 would take a state naming its map for damage
         state_id = self.write_object(updated.encode(), STATE_CONTEXT)
         try:
             self.backend.swap_ref(ref_key(model), canonical_json({"state": state_id}), token)
@@ -156,6 +192,24 @@ class Registry:
             raise Conflict(f"{model} changed while this command ran (another push or pointer move won); "
                            "nothing was changed: check `artifactstore ls` and retry") from None
         return replace(updated, id=state_id)
+
+    def _in_map_era(self, state: ModelState) -> ModelState:
+        """``state`` with what the map era keeps in each state: for a state written before (its
+        versions inline), the bundles of deleted versions and the last deployments, read once from
+        its history; the transaction that writes the model's first map-era state carries them on."""
+        if state.map_era or state.id is None:
+            return state
+        ever: dict[str, str] = {}
+        deployments: dict[str, dict[str, str]] = {}
+        for _, older in self.states(state.model):
+            ever.update({v: r for v, r in older.versions.items() if v not in ever})
+            for entry in older.entries:
+                if entry.pointer == PRODUCTION and entry.to is not None:
+                    deployments.setdefault(entry.to, {"at": entry.at, "by": entry.actor})
+        current = {self.read_version_record(r)["bundle"] for r in state.versions.values()}
+        retired = {self.read_version_record(r)["bundle"] for v, r in ever.items() if v not in state.versions}
+        return replace(state, retired=tuple(sorted(retired - current)),
+                       deployments={v: d for v, d in deployments.items() if v in state.versions})
 
     # -- resolving ------------------------------------------------------------------------------
 
@@ -406,24 +460,49 @@ class Registry:
             named = current.where(version)
             if named:
                 raise Conflict(f"{ref} is still {', '.join(named)}: move the pointer first")
-            return [{"action": "delete", "pointer": None, "from": version, "to": None}]
+            return [{"action": "delete", "pointer": None, "from": version, "to": None,
+                     "bundle": self.record(current, version)["bundle"]}]
 
         return self.transact(parsed.model, remove, actor, reason)
 
     # -- history --------------------------------------------------------------------------------
 
     def states(self, model: ModelName | str) -> Iterator[tuple[str, ModelState]]:
-        """Every state of a model, newest first, with its id."""
+        """Every state of a model, newest first, with its id (each with its versions: for what
+        needs past versions; the audit log needs only ``trail``)."""
         state_id = self.state(model).id
         while state_id is not None:
             state = self.read_state_object(state_id)
             yield state_id, state
             state_id = state.parent
 
-    def log(self, model: ModelName | str) -> list[AuditEntry]:
-        """The audit log, oldest first."""
-        entries = [e for _, state in self.states(model) for e in reversed(state.entries)]
-        return entries[::-1]
+    def trail(self, model: ModelName | str, start: str | None = None) -> Iterator[tuple[str, tuple[AuditEntry, ...]]]:
+        """(state id, its audit entries) of every state of a model, newest first (from ``start``, a
+        state id, else the current one): the hash-chained audit log, read without any versions map."""
+        if start is None:
+            model = ModelName.parse(model) if isinstance(model, str) else model
+            head = self._read_head(model)
+            if head is None:
+                raise NotFound(f"no model {model} in the registry")
+            state_id, data, _ = head
+        else:
+            state_id, data = start, self.read_object(start, STATE_CONTEXT)
+        while True:
+            entries, parent = decode_trail(data, state_id)
+            yield state_id, entries
+            if parent is None:
+                return
+            state_id, data = parent, self.read_object(parent, STATE_CONTEXT)
+
+    def log(self, model: ModelName | str, *, limit: int | None = None) -> list[AuditEntry]:
+        """The audit log, oldest first; ``limit``: only the newest entries, reading only the states
+        that hold them."""
+        entries: list[AuditEntry] = []
+        for _, made in self.trail(model):
+            entries.extend(reversed(made))
+            if limit is not None and len(entries) >= limit:
+                break
+        return entries[:limit][::-1] if limit is not None else entries[::-1]
 
     def models(self) -> list[ModelName]:
         found = []
@@ -459,9 +538,10 @@ def _push_target(ref: str, bump: str | None) -> tuple[ModelName, str | None]:
     return model, target
 
 
-def _apply(state: ModelState, moves: list[Move]) -> ModelState:
+def _apply(state: ModelState, moves: list[Move], at: str, actor: str) -> ModelState:
     versions, pointers = dict(state.versions), dict(state.pointers)
     canary, pins, predecessors = state.canary, set(state.pins), dict(state.predecessors)
+    retired, deployments = set(state.retired), dict(state.deployments)
     fields: dict[str, Any] = {}
     for m in moves:
         fields.update(m.get("state", {}))
@@ -470,6 +550,8 @@ def _apply(state: ModelState, moves: list[Move]) -> ModelState:
         elif m["action"] == "delete":
             del versions[m["from"]]
             predecessors = _without(predecessors, m["from"])
+            deployments.pop(m["from"], None)
+            retired.add(m["bundle"])
             fields["checks"] = {v: c for v, c in fields.get("checks", state.checks).items() if v != m["from"]}
         elif m.get("pointer") is None:  # a change of the state's other fields only
             continue
@@ -481,10 +563,13 @@ def _apply(state: ModelState, moves: list[Move]) -> ModelState:
             pointers.pop(m["pointer"], None)
         else:
             pointers[m["pointer"]] = m["to"]
-            if m["pointer"] == PRODUCTION and m["action"] != "rollback" and m["from"]:
-                predecessors[m["to"]] = m["from"]
+            if m["pointer"] == PRODUCTION:
+                deployments[m["to"]] = {"at": at, "by": actor}
+                if m["action"] != "rollback" and m["from"]:
+                    predecessors[m["to"]] = m["from"]
     return replace(state, versions=versions, pointers=pointers, canary=canary,
-                   pins=tuple(sorted(pins, key=parse_version)), predecessors=predecessors, **fields)
+                   pins=tuple(sorted(pins, key=parse_version)), predecessors=predecessors,
+                   retired=tuple(sorted(retired)), deployments=deployments, **fields)
 
 
 def _without(predecessors: dict[str, str], deleted: str) -> dict[str, str]:

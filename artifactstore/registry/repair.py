@@ -243,12 +243,17 @@ def _json_kind(data: bytes) -> str | None:
     return str(obj.get("kind")) if isinstance(obj, dict) else None
 
 
+def _unread_versions(_: str) -> dict[str, str]:
+    # choosing a head needs no versions, and a rebuilt state names the head's versions map itself
+    return {}
+
+
 def _as_state(data: bytes | None) -> ModelState | None:
     """The state ``data`` holds if it parses as one (a damaged state's bytes are used for the report only)."""
     if data is None:
         return None
     try:
-        return ModelState.decode(data, "damaged state")
+        return ModelState.decode(data, "damaged state", _unread_versions)
     except CorruptObject:
         return None
 

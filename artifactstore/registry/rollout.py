@@ -342,8 +342,8 @@ def _brief(measurement: dict[str, Any]) -> dict[str, Any]:
 
 def _last_rollout(registry: Registry, model: ModelName) -> dict[str, Any] | None:
     """How the latest rollout ended (complete or abort), from the newest states back."""
-    for _, state in registry.states(model):
-        for entry in reversed(state.entries):
+    for _, made in registry.trail(model):
+        for entry in reversed(made):
             if entry.action in ("rollout-complete", "rollout-abort"):
                 return {"outcome": "complete" if entry.action == "rollout-complete" else "aborted",
                         "version": entry.from_ if entry.pointer == CANARY else entry.to, "at": entry.at,

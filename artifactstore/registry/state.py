@@ -10,6 +10,7 @@ import getpass
 import json
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from .refs import ModelName, parse_version
 
 STATE_CONTEXT = "artifactstore 2026-11 model state v1"
 VERSION_CONTEXT = "artifactstore 2026-11 version record v1"
+VERSION_MAP_CONTEXT = "artifactstore 2026-11 version map v1"
 
 
 def default_actor() -> str:
@@ -87,11 +89,20 @@ class ModelState:
     predecessors: dict[str, str] = field(default_factory=dict)
     rollout: dict[str, Any] | None = None  # the canary rollout in progress (registry/rollout.py), if any
     drill: str | None = None  # the latest rollback drill's record id (release/drill.py), if any
+    # The versions map is its own object (a pointer move writes a small state that names the same
+    # map); None: the versions are written inline, as states were before maps (docs/format.md).
+    versions_id: str | None = None
+    # What only the history used to tell, kept so that nothing reads the history for it (states of
+    # the map era): the bundles of deleted versions (gc: neither live nor stored without the
+    # registry), and when each version last went to production and by whom (show).
+    retired: tuple[str, ...] = ()
+    deployments: dict[str, dict[str, str]] = field(default_factory=dict)  # version -> {"at", "by"}
 
     def encode(self) -> bytes:
         fields = {
             "kind": "model-state", "client": self.model.client, "model": self.model.model,
-            "versions": self.versions, "pointers": self.pointers, "canary": self.canary,
+            "versions": self.versions_id if self.versions_id is not None else self.versions,
+            "pointers": self.pointers, "canary": self.canary,
             "pins": list(self.pins), "seq": self.seq, "parent": self.parent,
             "entries": [e.to_json() for e in self.entries]}
         # written only when set, so that a state without them has the bytes it had before they existed
@@ -105,20 +116,34 @@ class ModelState:
             fields["rollout"] = self.rollout
         if self.drill is not None:
             fields["drill"] = self.drill
+        if self.retired:
+            fields["retired"] = list(self.retired)
+        if self.deployments:
+            fields["deployments"] = self.deployments
         return canonical_json(fields)
 
+    @property
+    def map_era(self) -> bool:
+        """Whether this state names its versions map (and so keeps ``retired`` and ``deployments``)."""
+        return self.versions_id is not None
+
     @classmethod
-    def decode(cls, data: bytes, where: str) -> "ModelState":
+    def decode(cls, data: bytes, where: str, version_map: Callable[[str], dict[str, str]]) -> "ModelState":
+        """``version_map(id)`` reads the versions map a state of the map era names."""
         try:
             obj = json.loads(data)
             if obj["kind"] != "model-state":
                 raise ValueError("not a model state")
-            return cls(ModelName(obj["client"], obj["model"]), dict(obj["versions"]), dict(obj["pointers"]),
+            named = obj["versions"]
+            versions_id = named if isinstance(named, str) else None
+            versions = version_map(named) if versions_id is not None else dict(named)
+            return cls(ModelName(obj["client"], obj["model"]), versions, dict(obj["pointers"]),
                        obj["canary"], tuple(obj["pins"]), obj["seq"], obj["parent"],
                        tuple(AuditEntry.from_json(e) for e in obj["entries"]), policy=obj.get("policy"),
                        checks={v: dict(c) for v, c in obj.get("checks", {}).items()},
                        predecessors=dict(obj.get("predecessors", {})), rollout=obj.get("rollout"),
-                       drill=obj.get("drill"))
+                       drill=obj.get("drill"), versions_id=versions_id, retired=tuple(obj.get("retired", ())),
+                       deployments={v: dict(d) for v, d in obj.get("deployments", {}).items()})
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptObject(f"{where}: malformed model state ({exc})") from None
 
@@ -156,3 +181,30 @@ class ModelState:
     def sorted_versions(self) -> list[str]:
         return sorted(self.versions, key=parse_version)
 
+
+
+def decode_trail(data: bytes, where: str) -> tuple[tuple[AuditEntry, ...], str | None]:
+    """A state's audit entries and its parent's id, without its versions: what reading the audit
+    log needs of each state, at a cost that does not grow with the number of versions."""
+    try:
+        obj = json.loads(data)
+        if obj["kind"] != "model-state":
+            raise ValueError("not a model state")
+        return tuple(AuditEntry.from_json(e) for e in obj["entries"]), obj["parent"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptObject(f"{where}: malformed model state ({exc})") from None
+
+
+def encode_version_map(model: ModelName, versions: dict[str, str]) -> bytes:
+    return canonical_json({"kind": "version-map", "client": model.client, "model": model.model,
+                           "versions": versions})
+
+
+def decode_version_map(data: bytes, where: str) -> dict[str, str]:
+    try:
+        obj = json.loads(data)
+        if obj["kind"] != "version-map" or not all(isinstance(v, str) for v in obj["versions"].values()):
+            raise ValueError("not a version map")
+        return dict(obj["versions"])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CorruptObject(f"{where}: malformed version map ({exc})") from None

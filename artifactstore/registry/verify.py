@@ -25,13 +25,13 @@ def verify_registry(registry: Registry) -> list[str]:
     for model in models:
         try:
             current = registry.state(model)
-            chain = list(registry.states(model))
+            chain = list(registry.trail(model, current.id))
         except (CorruptObject, NotFound) as exc:
             problems.append(f"registry {model}: {exc}")
             continue
         expected_seq = current.seq
-        for state_id, state in chain:
-            for entry in reversed(state.entries):
+        for state_id, made in chain:
+            for entry in reversed(made):
                 if entry.seq != expected_seq:
                     problems.append(f"registry {model}: audit entry {entry.seq} found where {expected_seq} belongs "
                                     f"(state {state_id})")

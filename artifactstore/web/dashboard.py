@@ -167,12 +167,13 @@ class Dashboard:
         if cached_id == head.id:
             return cached
         newer: list[AuditEntry] = []
-        state_id: str | None = head.id
-        while state_id is not None and state_id != cached_id:
-            state = head if state_id == head.id else self.store.registry.read_state_object(state_id)
-            newer.extend(reversed(state.entries))
-            state_id = state.parent
-        entries = (cached if state_id is not None else ()) + tuple(reversed(newer))
+        reached = False
+        for state_id, made in self.store.registry.trail(model, head.id):
+            if state_id == cached_id:
+                reached = True
+                break
+            newer.extend(reversed(made))
+        entries = (cached if reached else ()) + tuple(reversed(newer))
         assert head.id is not None
         self._logs[model] = (head.id, entries)
         return entries

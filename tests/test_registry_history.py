@@ -1,0 +1,110 @@
+"""Costs that do not grow with history: a state names its versions map (a pointer move writes a
+small state), the audit log is read without any versions map, and what gc and show needed the
+history for is kept in the current state. Stores written before version maps are read and
+carried over by their next transaction."""
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from artifactstore import Store
+from artifactstore.content.manifest import canonical_json
+from artifactstore.demo import adapter_history, write_bundle
+from artifactstore.registry.registry import Registry
+from artifactstore.registry.state import STATE_CONTEXT, VERSION_MAP_CONTEXT, ref_key
+
+HISTORY = adapter_history(layers=2, scale=16)
+
+
+@pytest.fixture
+def pushed(store, tmp_path):
+    for version in HISTORY[:4]:
+        store.push(write_bundle(version, tmp_path / "bundles" / version.name), f"acme/support@{version.name}")
+    return store
+
+
+def state_bytes(store: Store, state_id: str) -> bytes:
+    return store.registry.read_object(state_id, STATE_CONTEXT)
+
+
+def test_a_pointer_move_writes_a_small_state_naming_the_same_versions_map(pushed):
+    before = pushed.state("acme/support")
+    moved = pushed.promote("acme/support@v1.1.0")
+    assert moved.versions_id == before.versions_id is not None
+    assert json.loads(state_bytes(pushed, moved.id))["versions"] == before.versions_id
+    assert pushed.state("acme/support").versions == before.versions
+    assert not any(record.encode() in state_bytes(pushed, moved.id) for record in before.versions.values()), \
+        "the state does not grow with the versions"
+    assert json.loads(pushed.backend.read("artifactstore.json"))["version"] == 3
+
+
+def test_the_audit_log_reads_no_versions_map_and_a_limit_reads_only_what_it_shows(pushed, monkeypatch):
+    for _ in range(3):
+        pushed.promote("acme/support@v1.1.0")
+        pushed.rollback("acme/support", to="v1.0.0") if pushed.state("acme/support").pointer("rollback_target") \
+            else pushed.promote("acme/support@v1.0.0")
+    everything = pushed.log("acme/support")
+    reads = []
+    registry = Registry(pushed.content)
+    read_object = registry.read_object
+    monkeypatch.setattr(registry, "read_object", lambda object_id, context: (reads.append(context),
+                                                                          read_object(object_id, context))[1])
+    assert registry.log("acme/support") == everything
+    assert VERSION_MAP_CONTEXT not in reads
+    reads.clear()
+    assert registry.log("acme/support", limit=2) == everything[-2:]
+    assert len(reads) <= 3, "the current state to find the head, then only the states holding two entries"
+
+
+def test_show_reads_the_deployment_from_the_state(pushed, monkeypatch):
+    pushed.promote("acme/support@v1.0.0", actor="jane")
+    pushed.promote("acme/support@v1.1.0", actor="ops")
+    monkeypatch.setattr(type(pushed.registry), "log", lambda *a, **k: pytest.fail("show read the log"))
+    shown = pushed.show("acme/support@v1.0.0")
+    assert shown["deployed_by"] == "jane" and shown["deployed_at"] is not None
+    assert pushed.show("acme/support@v1.2.0")["deployed_at"] is None
+
+
+def rewrite_before_version_maps(store: Store) -> None:
+    """Write the model's whole chain again the way states were written before version maps (versions
+    inline, nothing kept for gc or show), as a store from the previous release has it."""
+    registry = store.registry
+    chain = [state for _, state in registry.states("acme/support")][::-1]
+    parent = None
+    for state in chain:
+        old = replace(state, versions_id=None, retired=(), deployments={}, parent=parent)
+        parent = registry.write_object(old.encode(), STATE_CONTEXT)
+    data, token = store.backend.read_ref(ref_key(chain[-1].model))
+    store.backend.swap_ref(ref_key(chain[-1].model), canonical_json({"state": parent}), token)
+
+
+def test_a_store_from_before_version_maps_is_read_collected_and_carried_over(pushed, tmp_path):
+    pushed.promote("acme/support@v1.1.0", actor="jane")
+    retired_bundle = pushed.version_record("acme/support@v1.0.0")["bundle"]
+    pushed.delete("acme/support@v1.0.0")
+    rewrite_before_version_maps(pushed)
+    old = Store(pushed.path)
+    head = old.state("acme/support")
+    assert not head.map_era and head.retired == ()
+    assert old.show("acme/support@v1.1.0")["deployed_by"] == "jane", "from the log, as before"
+    assert retired_bundle in old.roots().retired, "gc reads the history of a store from before"
+    moved = old.promote("acme/support@v1.1.1")
+    assert moved.map_era and moved.retired == (retired_bundle,) and moved.deployments["v1.1.0"]["by"] == "jane"
+    assert retired_bundle in Store(pushed.path).roots().retired
+    for _ in range(2):
+        Store(pushed.path).gc(grace="0s")
+    final = Store(pushed.path)
+    assert final.verify().ok
+    final.get(final.resolve("acme/support@v1.2.0"), tmp_path / "out")
+    assert not final.content.home.exists(f"manifests/{retired_bundle[3:5]}/{retired_bundle[3:]}.json")
+
+
+def test_log_limit_on_the_command_line(pushed):
+    from conftest import run_cli
+
+    pushed.promote("acme/support@v1.1.0")
+    shown = json.loads(run_cli("log", "acme/support", "--limit", "2", "--json", "--store", pushed.path).stdout)
+    assert [e["seq"] for e in shown["entries"]] == [e.seq for e in pushed.log("acme/support")[-2:]]
+    refused = run_cli("log", "acme/support", "--limit", "0", "--store", pushed.path)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
