@@ -2,8 +2,11 @@
 
 For N = 10, 100, 300, 1000 versions of one model (and a fleet of 12 clients x 5 models), times
 `log`, `show`, opening a fresh Store and loading the newest version (beside
-`safetensors.numpy.load_file` of the same file, the peer), `gc` (marking only), promote p99 and
-the CLI's `ls`, and counts the index files an open reads. Each figure is the median of several
+`safetensors.numpy.load_file` of the same file, the peer), `gc` (marking only), promote p50 and
+p99 of 200 (beside its floor, the peer: writing two small files durably as a promote must, the
+new state and the ref, each with fsync of file and directory), the CLI's `ls` and `log` (beside
+`python -c pass`; run with bytecode caching on, as an installed package runs), and counts the
+index files an open reads. Each figure is the median of several
 repetitions with its range; the growth exponent between two sizes says whether a cost grows with
 history (0: independent of it; 1: linear).
 
@@ -63,8 +66,32 @@ def p99(samples: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3
 
 
+CLI_ENVIRONMENT = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
+
+
 def cli(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "artifactstore", *args], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "artifactstore", *args], check=True, capture_output=True,
+                   env=CLI_ENVIRONMENT)
+
+
+def python_startup() -> None:
+    subprocess.run([sys.executable, "-c", "pass"], check=True, env=CLI_ENVIRONMENT)
+
+
+def durable_write(directory: Path, name: str, data: bytes) -> None:
+    """What a promote writes twice at least: a small file, fsynced, renamed into place, its
+    directory fsynced."""
+    temporary = directory / f".{name}.tmp"
+    with open(temporary, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temporary, directory / name)
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def measure(store: Store, model: str, repeat: int) -> dict:
@@ -84,13 +111,29 @@ def measure(store: Store, model: str, repeat: int) -> dict:
     shutil.rmtree(weights.parent)
     versions = store.ls(model)[0]["versions"]
     store.promote(f"{model}@{versions[-1]}")
-    moves = []
-    for i in range(50):
+    moves, floor = [], []
+    floor_dirs = [Path(tempfile.mkdtemp(dir=store.path)) for _ in range(2)]
+    for i in range(200):  # interleaved: a promote, then the two durable writes it cannot avoid
         started = time.perf_counter()
         store.promote(f"{model}@{versions[i % 2]}" if len(versions) > 1 else ref)
         moves.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        for directory in floor_dirs:
+            durable_write(directory, "object.json", b"{}" * 300)
+        floor.append(time.perf_counter() - started)
+    for directory in floor_dirs:
+        shutil.rmtree(directory)
+    cli_log, startup = [], []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        cli("log", model, "--limit", "20", "--store", str(store.path))
+        cli_log.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        python_startup()
+        startup.append(time.perf_counter() - started)
     return {
         "log": timed(lambda: store.log(model), repeat),
+        "log_newest_20": timed(lambda: store.log(model, limit=20), repeat),
         "show": timed(lambda: store.show(ref), repeat),
         "open_and_load_newest": {"median_ms": statistics.median(ours) * 1e3, "min_ms": min(ours) * 1e3,
                                  "max_ms": max(ours) * 1e3},
@@ -99,9 +142,15 @@ def measure(store: Store, model: str, repeat: int) -> dict:
         "load_ratio_vs_safetensors": statistics.median(peer) / statistics.median(ours),
         "index_files_on_open": sum(1 for _ in store.backend.list("index")),
         "gc_mark": timed(lambda: Store(store.path).gc(grace="1d"), max(1, repeat // 2)),
+        "promote_p50_ms": statistics.median(moves) * 1e3,
         "promote_p99_ms": p99(moves),
+        "durable_two_files_p50_ms": statistics.median(floor) * 1e3,
+        "durable_two_files_p99_ms": p99(floor),
         "cli_ls": timed(lambda: cli("ls", "--store", str(store.path)), repeat),
-        "cli_log": timed(lambda: cli("log", model, "--store", str(store.path)), repeat),
+        "cli_log_newest_20": {"median_ms": statistics.median(cli_log) * 1e3, "min_ms": min(cli_log) * 1e3,
+                              "max_ms": max(cli_log) * 1e3},
+        "python_startup": {"median_ms": statistics.median(startup) * 1e3, "min_ms": min(startup) * 1e3,
+                           "max_ms": max(startup) * 1e3},
     }
 
 
@@ -135,7 +184,10 @@ def main() -> None:
             print(f"N = {n:5}: " + ", ".join(f"{k} {v['median_ms']:.1f} ms" for k, v in results["sizes"][n].items()
                                              if isinstance(v, dict)) +
                   f", index files {results['sizes'][n]['index_files_on_open']}, "
-                  f"promote p99 {results['sizes'][n]['promote_p99_ms']:.1f} ms, "
+                  f"promote p50 {results['sizes'][n]['promote_p50_ms']:.1f} / p99 "
+                  f"{results['sizes'][n]['promote_p99_ms']:.1f} ms (two durable writes: "
+                  f"{results['sizes'][n]['durable_two_files_p50_ms']:.1f} / "
+                  f"{results['sizes'][n]['durable_two_files_p99_ms']:.1f} ms), "
                   f"load vs safetensors {results['sizes'][n]['load_ratio_vs_safetensors']:.2f}x", flush=True)
         if len(sizes) > 1:
             results["growth_exponent"] = growth(results["sizes"][sizes[0]], results["sizes"][sizes[-1]],
