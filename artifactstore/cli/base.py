@@ -7,7 +7,6 @@ from collections.abc import Callable
 from contextlib import contextmanager
 
 import click
-from tqdm import tqdm
 
 from ..errors import ArtifactStoreError
 from ..progress import human_bytes as human_bytes  # the commands' modules take it from here
@@ -64,6 +63,8 @@ def progress_bar(total: int | None, description: str, quiet: bool):
     if quiet or not sys.stderr.isatty():
         yield lambda _: None
         return
+    from tqdm import tqdm  # only a terminal shows a bar: a script's command does not load it
+
     with tqdm(total=total, desc=description, unit="B", unit_scale=True, unit_divisor=1024,
               file=sys.stderr, leave=False) as bar:
         yield bar.update

@@ -1,17 +1,24 @@
-"""Monitoring commands: monitor baseline / record, drift, eval record / trend, data record, retrain-check."""
+"""Monitoring commands: monitor baseline / record, drift, eval record / trend, data record, retrain-check.
+
+The monitoring wing (numpy, zarr) is imported by the commands that run, not with the CLI."""
+
+from __future__ import annotations
 
 import math
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ..errors import InvalidParameter
-from ..monitoring.psi import EMPTY, FINE, Thresholds
-from ..monitoring.report import DriftReport, iso
-from ..monitoring.signals import EvalTrend, LabelledData
 from ..store import Store
 from .base import cli, emit_json, json_option, store_option
+
+if TYPE_CHECKING:
+    from ..monitoring.psi import Thresholds
+    from ..monitoring.report import DriftReport
+    from ..monitoring.signals import EvalTrend, LabelledData
 
 node_option = click.option("--node", metavar="NAME",
                            help="This node's name: each node appends to its own arrays (default: the host name).")
@@ -68,6 +75,8 @@ def monitor_record(ref, samples, node, store_path, as_json) -> None:
 
 
 def _thresholds(text: str) -> Thresholds:
+    from ..monitoring.psi import Thresholds
+
     try:
         watch, investigate = (float(part) for part in text.split(","))
     except ValueError:
@@ -109,6 +118,9 @@ def drift(ref, since, against, prefix, thresholds_text, plot, store_path, as_jso
 
 
 def _print_drift(report: DriftReport) -> None:
+    from ..monitoring.psi import EMPTY, FINE
+    from ..monitoring.report import iso
+
     against = "its baseline" if report.against == "baseline" else report.against
     click.echo(f"{report.model}@{report.version} against {against}, windows of {report.window_seconds // 60} min "
                f"(watch >= {report.thresholds.watch:g}, investigate > {report.thresholds.investigate:g})")

@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from ..errors import ArtifactStoreError
-from ..registry.policy import policy_yaml
 from ..store import Store
 from .base import audit_options, cli, emit_json, json_option, store_option
 from .registry import report_state
@@ -50,6 +49,8 @@ def show_policy(model, store_path, as_json) -> None:
         click.echo(f"{shown['model']} has no release policy: promote is not gated, and `gate` applies the default "
                    f"(no metric more than 2 points worse)")
     else:
+        from ..registry.policy import policy_yaml  # pydantic: loaded by the policy commands only
+
         click.echo(f"# {shown['model']}: policy {shown['policy']}")
         click.echo(f"# set by {shown['set_by']} at {shown['set_at']}" + (f": {shown['reason']}" if shown["reason"]
                                                                         else ""))

@@ -7,7 +7,6 @@ import time
 import click
 
 from ..errors import ArtifactStoreError, InvalidInput, InvalidParameter
-from ..registry.metrics import MetricsRecord
 from ..registry.refs import ModelName, Ref
 from ..store import Store
 from .base import audit_options, cli, emit_json, json_option, store_option
@@ -159,6 +158,7 @@ def record(ref, source, store_path, as_json) -> None:
     """Store servers' per-window aggregates for REF (client/model, or client/model@VERSION: then every
     record must be of that version)."""
     from ..registry.bundle import read_json_lines
+    from ..registry.metrics import MetricsRecord
 
     model, version = ModelName.parse(ref.partition("@")[0]), None
     if "@" in ref:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,8 +18,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from itertools import accumulate
 from typing import Any, BinaryIO
-
-import numpy as np
 
 from ..errors import InvalidParameter
 from ..native import _fastcdc
@@ -105,7 +105,7 @@ def loop() -> bool:
 def _calibrated() -> bool:
     """Whether the two-lane loop cuts random bytes faster than the one-lane loop on this CPU:
     the best of three alternating runs of each over 1 MiB (a few milliseconds, once)."""
-    data = np.random.default_rng(0).bytes(CALIBRATION_BYTES)
+    data = random.Random(0).randbytes(CALIBRATION_BYTES)
     loops = {two: _chunker(DEFAULT_PARAMS, two) for two in (True, False)}
     best = {two: float("inf") for two in loops}
     for _ in range(3):
@@ -151,7 +151,8 @@ def cut(data: Any, *, min_size: int, avg_size: int, max_size: int,
 
 def _bytes_of(data: Any) -> memoryview:
     """A flat byte view of any C-contiguous buffer, numpy arrays of exotic dtypes (bf16) included."""
-    if isinstance(data, np.ndarray):
+    np = sys.modules.get("numpy")  # an array exists only once numpy is loaded: chunking does not load it
+    if np is not None and isinstance(data, np.ndarray):
         if not data.flags.c_contiguous:
             raise InvalidParameter("cut needs a C-contiguous array")
         return data.reshape(-1).view(np.uint8).data

@@ -1,15 +1,10 @@
-"""What a version must have passed before it serves traffic, and the transition rule that enforces it.
+"""What a version must have passed, under its model's policy, before it serves traffic (enforced by
+``rules.release_rule``)."""
 
-``release_rule`` is a ``TransitionRule`` (pointers.py): a ``Registry`` given it refuses, with
-``Refused``, to point ``production`` or the canary at a version that lacks a check its model's
-policy requires. A model without a policy is never refused, and neither is a rollback or a drill's
-move: restoring a version that served before must always be possible.
-"""
-
-from ..errors import InvalidInput, Refused
+from ..errors import InvalidInput
 from .bundle import SMOKE_TESTS, smoke_tests_of
 from .gate import gate_result
-from .pointers import CANARY, PRODUCTION, Transition
+from .pointers import PRODUCTION
 from .policy import Policy, policy_of
 from .registry import Registry
 from .review import review_of
@@ -56,14 +51,3 @@ def missing_checks(registry: Registry, state: ModelState, version: str, policy: 
         except InvalidInput as exc:
             missing.append(f"its {SMOKE_TESTS} is unusable ({exc})")
     return missing
-
-
-def release_rule(registry: Registry, state: ModelState, transition: Transition) -> None:
-    """Refuse a move of production or the canary to a version that lacks its required checks."""
-    if state.policy is None or transition.to is None or transition.action in ("rollback", "drill") \
-            or transition.pointer not in (PRODUCTION, CANARY):
-        return
-    missing = missing_checks(registry, state, transition.to)
-    if missing:
-        raise Refused(f"{transition.model}@{transition.to} may not become {transition.pointer} under its policy: "
-                      f"{'; '.join(missing)}")

@@ -7,7 +7,7 @@ Every pointer move a registry command makes is offered, as a ``Transition``, to 
 rules before anything is written; a rule that raises ``Refused`` stops the whole command, unless
 the command is forced with a reason: the move is then made and its audit entry records the
 refusal as ``override`` (``Registry.transact``). This is where release policies (an eval gate, a
-human review, canary rules) plug in: ``checks.release_rule``.
+human review, canary rules) plug in: ``rules.py``.
 """
 
 from collections.abc import Callable

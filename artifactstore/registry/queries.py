@@ -1,18 +1,20 @@
 """Registry queries: show, ls, export, lineage, diff and the client-facing change log."""
 
-import re
-from typing import Any
+from __future__ import annotations
 
-import yaml
+import re
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidParameter, NotFound
-from .bundle import metric_values
-from .gate import gate_result
 from .pointers import PRODUCTION, ROLLBACK_TARGET, STAGING
-from .policy import MetricDisplay, policy_of
 from .refs import ModelName, parse_version
 from .registry import Registry
-from .review import review_of
+
+if TYPE_CHECKING:
+    from .policy import MetricDisplay
+
+# Gate results, reviews and policies (pydantic) and YAML are imported by the queries that show
+# them: `ls`, `lineage` and `sharing` start as fast as the registry itself (CLI start time).
 
 TYPE_OF_CHANGE = {"major": "Base model upgrade", "minor": "Retraining", "patch": "Configuration update",
                   "initial": "Initial release"}
@@ -49,6 +51,9 @@ def metric_value(path: str, value, display: MetricDisplay | None) -> str:
 
 def show(registry: Registry, ref: str) -> dict[str, Any]:
     """A version's record, where its pointers are, and when it last went to production."""
+    from .gate import gate_result
+    from .review import review_of
+
     state, version = registry.resolve_version(ref)
     record = registry.record(state, version)
     if state.map_era:  # the state keeps each version's last deployment: no need to read the log
@@ -86,6 +91,10 @@ def ls(registry: Registry, model: str | None = None) -> list[dict[str, Any]]:
 
 def export_registry(registry: Registry) -> str:
     """The seeds' registry YAML: clients → models → pointers and available versions."""
+    import yaml
+
+    from .gate import gate_result
+
     clients: dict[str, Any] = {}
     for entry in ls(registry):
         client, model = entry["model"].split("/")
@@ -154,6 +163,9 @@ def sharing(registry: Registry, ref: str) -> list[dict[str, Any]]:
 
 def diff(registry: Registry, ref_a: str, ref_b: str) -> dict[str, Any]:
     """What changed from A to B: base model, each tensor, configs, metrics."""
+    from .bundle import metric_values
+    from .gate import gate_result
+
     a, b = registry.version_record(ref_a), registry.version_record(ref_b)
     tensors = []
     for name in sorted(set(a["tensors"]) | set(b["tensors"])):
@@ -189,6 +201,9 @@ def changelog(registry: Registry, ref_a: str, ref_b: str) -> str:
     about outcomes. What changed comes from B's changelog.md (its list items; a "Known Limitations"
     section of it joins B's accepted gate trade-offs), metrics read by the model's display settings
     (policy ``display``), and the rollback plan says when a rollback is no instant swap."""
+    from .gate import gate_result
+    from .policy import policy_of
+
     a, b = registry.version_record(ref_a), registry.version_record(ref_b)
     if parse_version(b["version"]) <= parse_version(a["version"]) and a["model"] == b["model"]:
         raise InvalidParameter(f"changelog goes from an older to a newer version: {ref_a} is not older than {ref_b}")

@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blake3
 
@@ -19,7 +19,6 @@ from ..content.manifest import canonical_json
 from ..content.store import ContentStore
 from ..errors import Conflict, CorruptObject, InvalidParameter, NotFound, Refused
 from ..ids import format_id, parse_id
-from .bundle import WEIGHTS, Bundle, load_bundle
 from .pointers import CANARY, NAMES, PRODUCTION, ROLLBACK_TARGET, STAGING, Transition, TransitionRule
 from .refs import LATEST, ModelName, Ref, parse_version
 from .state import (
@@ -36,6 +35,9 @@ from .state import (
     ref_key,
 )
 from .versioning import check_label, compare, previous_version
+
+if TYPE_CHECKING:
+    from .bundle import Bundle
 
 VERSION_MAPS_KEPT = 16  # versions maps kept in memory, by id
 Move = dict[str, Any]  # one audit entry's fields before it is numbered: action, pointer, from, to, ...
@@ -260,6 +262,8 @@ class Registry:
         store pick the next version from what changed. A version whose label disagrees with
         what changed, or an existing version with other content, is refused.
         """
+        from .bundle import WEIGHTS, load_bundle  # here: bundles need pydantic and YAML, the registry not
+
         model, requested = _push_target(ref, bump)
         bundle = load_bundle(Path(bundle_dir))
         actor = actor or default_actor()
@@ -318,7 +322,7 @@ class Registry:
         return PushResult(f"{model}@{version}", version, stored.id, adapter_hash, record["change"], True,
                           stored.logical_bytes, stored.new_bytes, warnings)
 
-    def _next_version(self, state: ModelState, bundle: Bundle) -> str:
+    def _next_version(self, state: ModelState, bundle: "Bundle") -> str:
         if not state.versions:
             return "v1.0.0"
         latest = state.sorted_versions()[-1]

@@ -18,11 +18,11 @@ from typing import Any
 from ..clock import duration, parse_time, timestamp
 from ..clock import now as clock_now
 from ..content.manifest import canonical_json
-from ..errors import Conflict, CorruptObject, InvalidParameter, NotFound, Refused
+from ..errors import Conflict, CorruptObject, InvalidParameter, NotFound
 from .analysis import Decision, Outcome, Psi, Rollout, Window, decide, due_windows, interference, judge
 from .analysis import population_stability_index as default_psi
 from .metrics import aggregate, records_in_window
-from .pointers import CANARY, PRODUCTION, ROLLBACK_TARGET, Transition
+from .pointers import CANARY, PRODUCTION, ROLLBACK_TARGET
 from .policy import Policy, policy_of, read_policy
 from .refs import ModelName
 from .registry import Move, Registry
@@ -151,14 +151,6 @@ def _abort_move(state: ModelState, rollout: Rollout, evidence: dict[str, Any] | 
     if evidence is not None:
         move["evidence"] = evidence
     return move
-
-
-def rollout_rule(registry: Registry, state: ModelState, transition: Transition) -> None:
-    """Refuse a hand-made canary move while a rollout drives the canary (``--force`` overrides it; the
-    next tick then ends the rollout)."""
-    if state.rollout is not None and transition.pointer == CANARY and transition.action == "canary":
-        raise Refused(f"{transition.model}'s canary is driven by the rollout of {state.rollout['version']}: "
-                      f"use `artifactstore rollout pause|abort`")
 
 
 # -- measurements and ticks ---------------------------------------------------------------------

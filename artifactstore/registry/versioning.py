@@ -5,12 +5,14 @@ settings); patch = nothing in the weights (inference config, prompt, eval, chang
 """
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidParameter
-from .bundle import Bundle, canonical_settings
 from .refs import parse_version
 from .state import ModelState
+
+if TYPE_CHECKING:
+    from .bundle import Bundle
 
 CHANGE_KINDS = ("major", "minor", "patch")
 
@@ -45,7 +47,9 @@ class Change:
         return "the weights and inference config are identical"
 
 
-def compare(previous: dict[str, Any], bundle: Bundle) -> Change:
+def compare(previous: dict[str, Any], bundle: "Bundle") -> Change:
+    from .bundle import canonical_settings  # loaded with the bundle already; reading versions needs neither
+
     old_tensors = previous["tensors"]
     new_tensors = {name: t.__dict__ | {"shape": list(t.shape)} for name, t in bundle.tensors.items()}
     names = set(old_tensors) | set(new_tensors)
