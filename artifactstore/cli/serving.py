@@ -39,7 +39,8 @@ def checkout(ref: str, dest: Path, store_path: str) -> None:
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (torch only).")
 @click.option("--poll-ms", type=click.FloatRange(min=0.1),
               help="How often to look at the pointer [default: a local store wakes the follower by inotify and "
-                   "is looked at every 500 besides (every 2 where it cannot be watched); a shared one every 500].")
+                   "is looked at every 500 besides (every 2 where it cannot be watched); a shared store's change marker every 500, the ref when it "
+                   "changed and every 30 s besides].")
 @click.option("--probe", metavar="TENSOR", help="Also print the first element of this tensor on each swap.")
 @click.option("--node", metavar="NAME", envvar=NODE_VARIABLE,
               help=f"This server's name in the fleet: it reports a heartbeat and its smoke checks to the store "

@@ -19,6 +19,7 @@ from ..content.manifest import canonical_json
 from ..content.store import ContentStore
 from ..errors import Conflict, CorruptObject, InvalidParameter, NotFound, Refused
 from ..ids import format_id, parse_id
+from .changes import note_change
 from .pointers import CANARY, NAMES, PRODUCTION, ROLLBACK_TARGET, STAGING, Transition, TransitionRule
 from .refs import LATEST, ModelName, Ref, parse_version
 from .state import (
@@ -193,6 +194,7 @@ class Registry:
         except Conflict:
             raise Conflict(f"{model} changed while this command ran (another push or pointer move won); "
                            "nothing was changed: check `artifactstore ls` and retry") from None
+        note_change(self.backend, model, state_id)
         return replace(updated, id=state_id)
 
     def _in_map_era(self, state: ModelState) -> ModelState:

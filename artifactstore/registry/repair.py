@@ -17,6 +17,7 @@ import blake3
 from ..clock import timestamp
 from ..content.manifest import canonical_json
 from ..errors import Conflict, CorruptObject, NotFound
+from .changes import note_change
 from .refs import ModelName
 from .registry import Registry, ref_target
 from .state import STATE_CONTEXT, AuditEntry, ModelState, default_actor, ref_key
@@ -143,6 +144,7 @@ def _rebuild(registry: Registry, scan: RegistryScan, model: ModelName, damage: _
         registry.backend.swap_ref(damage.key, canonical_json({"state": state_id}), damage.token)
     except Conflict:
         raise _Unrepairable("the ref changed while it was being rebuilt; run verify --repair again") from None
+    note_change(registry.backend, model, state_id)
     return f"registry {model}: {reason}; the repair is entry {entry.seq}" + "".join(f"; {note}" for note in notes)
 
 

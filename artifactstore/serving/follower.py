@@ -27,9 +27,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..backends import Backend
 from ..clock import duration, now, timestamp
 from ..errors import ArtifactStoreError, InvalidInput, InvalidParameter
 from ..registry.bundle import SmokeTest, smoke_tests_of
+from ..registry.changes import has_marker, marker_token
 from ..registry.fleet import Heartbeat, Role, act_on_smoke_failure, check_node, remove_heartbeat, write_heartbeat
 from ..registry.metrics import MetricsCollector, record_metrics
 from ..registry.pointers import CANARY, PRODUCTION, ROLLBACK_TARGET
@@ -54,10 +56,13 @@ SmokeFunction = Callable[[LoadedVersion, Any], Any]  # the server's inference on
 # How often a follower looks at the pointer: a local ref is watched (inotify on Linux), and looked
 # at every SLOW_POLL besides, in case a change escaped the watch (a ref on a network file system
 # changed by another machine, a full event queue); where it cannot be watched, every LOCAL_POLL.
-# A ref in object storage is one GET per REMOTE_POLL.
+# On object storage the store's change marker is one GET per REMOTE_POLL for all the followers of
+# the store in a process, and the ref is read when the marker changed and every REF_CHECK_INTERVAL
+# besides (a marker write that was lost, a writer of a version that writes none).
 LOCAL_POLL = 0.002
 SLOW_POLL = 0.5
 REMOTE_POLL = 0.5
+REF_CHECK_INTERVAL = 30.0
 HEARTBEAT_INTERVAL = 5.0
 METRICS_INTERVAL = 60.0
 
@@ -82,7 +87,10 @@ class Follower:
     the failure is kept in ``last_error`` and ``smoke``, and passed to ``on_error``.
     ``start()``'s thread wakes when a local ref's file is replaced (inotify on Linux) and otherwise
     looks at the pointer every ``poll_interval``: by default 0.5 s where the ref is watched, 2 ms
-    where it cannot be (a ``stat`` per look), 0.5 s for a ref in object storage (a GET per look).
+    where it cannot be (a ``stat`` per look). On object storage it looks at the store's change
+    marker (registry/changes.py) every ``poll_interval`` (0.5 s), one GET shared by every follower
+    built on the same ``Store`` in the process, and reads its ref only when the marker changed, and
+    every ``ref_check_interval`` (30 s) besides.
 
     An adapter is only useful on the base model it was trained for: the follower serves one base
     model (``base_model``, by default that of the first version it serves). It never swaps to, or
@@ -93,7 +101,7 @@ class Follower:
                  keep_newest: int = 1, base_model: str | None = None, poll_interval: float | None = None,
                  smoke_check: SmokeCheck | None = None, smoke_function: SmokeFunction | None = None,
                  node: str | None = None, heartbeat_interval: float = HEARTBEAT_INTERVAL,
-                 metrics_interval: float = METRICS_INTERVAL,
+                 metrics_interval: float = METRICS_INTERVAL, ref_check_interval: float = REF_CHECK_INTERVAL,
                  on_swap: Callable[[LoadedVersion | None, LoadedVersion], None] | None = None,
                  on_error: Callable[[str], None] | None = None):
         parsed = Ref.parse(ref)
@@ -101,7 +109,7 @@ class Follower:
             raise InvalidParameter(f"a follower follows a pointer (client/model@production), not {ref}")
         self.store, self.ref, self.model = store, parsed, parsed.model
         self._load_options = {"device": device, "framework": framework}
-        shared = store.registry.backend.capabilities.local_directory is None
+        shared = has_marker(store.registry.backend)
         self.keep_newest = keep_newest
         self.base_model = base_model
         self._base_models: dict[str, str] = {}  # version -> its base model (records are immutable)
@@ -109,6 +117,7 @@ class Follower:
         self._watched_file = ref_file if ref_file is not None and _RefWatch.available() else None
         self.poll_interval = poll_interval or (
             REMOTE_POLL if shared else SLOW_POLL if self._watched_file is not None else LOCAL_POLL)
+        self._follows_marker, self.ref_check_interval = shared, ref_check_interval
         self.smoke_check, self.on_swap, self.on_error = smoke_check, on_swap, on_error
         self.smoke_function = smoke_function
         self.node = check_node(node) if node is not None else None
@@ -131,6 +140,7 @@ class Follower:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._watch: _RefWatch | None = None
+        self._marker: _MarkerWatch | None = None
         self.refresh()
 
     @property
@@ -358,6 +368,8 @@ class Follower:
         self._stop.set()
         if self._watch is not None:
             self._watch.wake()
+        if self._marker is not None:
+            self._marker.wake()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -369,21 +381,16 @@ class Follower:
                 self._fail(f"{self.ref}: node {self.node} could not leave the fleet cleanly ({exc})")
 
     def _run(self) -> None:
-        watch = None
         self._metrics_due = time.monotonic() + self.metrics_interval
+        if self._follows_marker:
+            self._run_on_marker()
+            return
+        watch = None
         try:
             while not self._stop.is_set():
                 if watch is None and self._watched_file is not None:
                     watch = self._watch = _RefWatch.on(self._watched_file)  # None until its directory exists
-                try:
-                    self.refresh()  # after the watch is set: a change from now on wakes the wait below
-                    if self.node is not None and time.monotonic() >= self._heartbeat_due:
-                        with self._lock:
-                            self._report()
-                    if self.node is not None and time.monotonic() >= self._metrics_due:
-                        self.flush_metrics()
-                except Exception as exc:  # a serving process must outlive any surprise in one look
-                    self._fail(f"{self.ref}: unexpected {type(exc).__name__}: {exc}")
+                self._turn(look=True)  # after the watch is set: a change from now on wakes the wait below
                 if watch is not None:
                     if not self._stop.is_set():  # stop() may have missed the watch: it sets the event first
                         watch.wait(self.poll_interval)
@@ -393,6 +400,37 @@ class Follower:
             self._watch = None
             if watch is not None:
                 watch.close()
+
+    def _run_on_marker(self) -> None:
+        """Follow a ref in object storage: look at it when the store's change marker changed, and
+        every ``ref_check_interval`` besides."""
+        marker = self._marker = _MarkerWatch.join(self.store.registry.backend, self.poll_interval)
+        seen, check_due = None, 0.0
+        try:
+            while not self._stop.is_set():
+                generation, moment = marker.generation, time.monotonic()
+                look = generation != seen or moment >= check_due
+                if look:  # the marker is read before the ref: a move after this look changes it again
+                    seen, check_due = generation, moment + self.ref_check_interval
+                self._turn(look)
+                marker.wait(seen, self._stop, self.poll_interval)
+        finally:
+            self._marker = None
+            marker.leave(self.poll_interval)
+
+    def _turn(self, look: bool) -> None:
+        """One turn of the follow loop: look at the pointer (when ``look``), then the heartbeat and
+        the metrics when they are due."""
+        try:
+            if look:
+                self.refresh()
+            if self.node is not None and time.monotonic() >= self._heartbeat_due:
+                with self._lock:
+                    self._report()
+            if self.node is not None and time.monotonic() >= self._metrics_due:
+                self.flush_metrics()
+        except Exception as exc:  # a serving process must outlive any surprise in one look
+            self._fail(f"{self.ref}: unexpected {type(exc).__name__}: {exc}")
 
     def __enter__(self) -> "Follower":
         return self.start()
@@ -463,6 +501,78 @@ class _RefWatch:
         self._inotify.close()
         os.close(self._wake_read)
         os.close(self._wake_write)
+
+
+class _MarkerWatch:
+    """One poll of a shared store's change marker for every follower of it in this process (those
+    built on one ``Store``, which share its backend), so that a node's idle requests do not grow with
+    the number of models it follows: a thread reads the marker every interval (the shortest its
+    followers asked for) and counts the changes it sees in ``generation``. A failed read is let
+    pass: the followers' slow looks at their refs meet the store's failure and report it."""
+
+    _watches: dict[int, "_MarkerWatch"] = {}  # by id of the backend, which the watch holds while it runs
+    _watches_lock = threading.Lock()
+
+    def __init__(self, backend: Backend):
+        self._backend = backend
+        self._intervals: list[float] = []
+        self._token: object = _UNREAD
+        self.generation = 0
+        self._changed = threading.Condition()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"change marker of {backend.describe()}", daemon=True)
+
+    @classmethod
+    def join(cls, backend: Backend, interval: float) -> "_MarkerWatch":
+        """The watch of ``backend``'s marker, started if no follower had one; ``interval``: how
+        often this follower wants the marker read."""
+        with cls._watches_lock:
+            watch = cls._watches.get(id(backend))
+            if watch is None:
+                watch = cls._watches[id(backend)] = cls(backend)
+            watch._intervals.append(interval)
+            if watch._thread.ident is None:
+                watch._poll()  # before the follower's first look: a change after it is one more generation
+                watch._thread.start()
+        return watch
+
+    def leave(self, interval: float) -> None:
+        """A follower that joined with ``interval`` stopped; the last one to leave stops the watch."""
+        with self._watches_lock:
+            self._intervals.remove(interval)
+            if self._intervals:
+                return
+            del self._watches[id(self._backend)]
+            self._stopped.set()
+        self._thread.join()
+
+    def wait(self, seen: int | None, stop: threading.Event, timeout: float) -> None:
+        """Return when the marker changed since ``generation`` was ``seen``, when ``stop`` is set
+        (and ``wake`` called), or after ``timeout`` seconds."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.generation != seen or stop.is_set(), timeout)
+
+    def wake(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(min(self._intervals, default=0.0)):
+            self._poll()
+
+    def _poll(self) -> None:
+        try:
+            token = marker_token(self._backend)
+        except Exception:  # the watch must outlive any failure of the store; see the class
+            return
+        if token != self._token:
+            with self._changed:
+                self._token = token
+                self.generation += 1
+                self._changed.notify_all()
+
+
+_UNREAD = object()  # the marker's token before the first read: any token read differs
 
 
 @functools.cache
