@@ -11,11 +11,21 @@ import numpy as np
 import pytest
 
 from artifactstore import Store
+from artifactstore.demo import adapter_history, write_bundle
 
 
 @pytest.fixture
 def store(tmp_path) -> Store:
     return Store.init(tmp_path / "store")
+
+
+@pytest.fixture
+def served(store, tmp_path) -> Store:
+    """A local store serving acme/support: v1.0.0 to v1.2.0 of a small adapter, v1.0.0 in production."""
+    for version in adapter_history(layers=2, scale=16)[:3]:
+        store.push(write_bundle(version, tmp_path / "bundles" / version.name), f"acme/support@{version.name}")
+    store.promote("acme/support@v1.0.0")
+    return store
 
 
 def random_bytes(size: int, seed: int = 0) -> bytes:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from conftest import run_cli
 
-from artifactstore.demo import adapter_history, write_bundle
+from artifactstore.demo import adapter_history
 
 HISTORY = adapter_history(layers=2, scale=16)
 TIMEOUT = 30
@@ -89,14 +89,6 @@ def start_gateway(store_path, upstream_url: str):
         process.wait(TIMEOUT)
         pytest.fail(f"the gateway did not start (exit status {process.returncode})")
     return process, json.loads(line)["listening"]
-
-
-@pytest.fixture
-def served(store, tmp_path):
-    for version in HISTORY[:3]:
-        store.push(write_bundle(version, tmp_path / "bundles" / version.name), f"acme/support@{version.name}")
-    store.promote("acme/support@v1.0.0")
-    return store
 
 
 @pytest.fixture

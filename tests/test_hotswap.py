@@ -19,14 +19,6 @@ HISTORY = adapter_history(layers=2, scale=16)
 PROBE = "base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight"  # differs between v1.0.0 and v1.1.0
 
 
-@pytest.fixture
-def served(store, tmp_path):
-    for version in HISTORY[:3]:
-        store.push(write_bundle(version, tmp_path / "bundles" / version.name), f"acme/support@{version.name}")
-    store.promote("acme/support@v1.0.0")
-    return store
-
-
 def expected(version_index: int) -> np.ndarray:
     return HISTORY[version_index].tensors[PROBE]
 

@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 from conftest import run_cli, snapshot
 from fleet_helpers import FAST_POLICY, MODEL, hours, push_versions, report, set_now, with_policy
@@ -19,6 +20,7 @@ from test_hooks import Receiver
 from artifactstore import InvalidInput, InvalidParameter, NotFound, Refused, Store
 from artifactstore.backends.local import LocalBackend
 from artifactstore.clock import timestamp
+from artifactstore.monitoring.psi import psi
 from artifactstore.registry.analysis import Rollout, decide, judge, population_stability_index
 from artifactstore.registry.metrics import MetricsCollector, Traffic, aggregate
 from artifactstore.registry.policy import CanaryAnalysis, CanarySection
@@ -107,6 +109,9 @@ def test_psi_is_the_drift_definition():
     assert population_stability_index(expected, actual) == pytest.approx(
         sum((c - r) * math.log(c / r) for r, c in zip(ref, cur)))
     assert population_stability_index(expected, expected) == 0
+    counts = np.array([[30, 70, 0], [60, 40, 0]])
+    assert population_stability_index(expected, actual) == pytest.approx(float(psi(counts[0], counts[1], [3])[0])), \
+        "the canary's PSI and the drift monitor's agree"
 
 
 def test_records_are_summed_per_version_and_a_collector_makes_records():

@@ -6,21 +6,13 @@ import pytest
 from conftest import run_cli
 
 from artifactstore import InvalidParameter, NotFound
-from artifactstore.demo import adapter_history, write_bundle
+from artifactstore.demo import adapter_history
 from artifactstore.registry.refs import ModelName
 from artifactstore.registry.routing import BUCKETS, bucket, route
 
 HISTORY = adapter_history(layers=2, scale=16)
 KEYS = [f"user-{i}" for i in range(10_000)]
 MODEL = ModelName("acme", "support")
-
-
-@pytest.fixture
-def served(store, tmp_path):
-    for version in HISTORY[:3]:
-        store.push(write_bundle(version, tmp_path / "bundles" / version.name), f"acme/support@{version.name}")
-    store.promote("acme/support@v1.0.0")
-    return store
 
 
 def canary_share(state, keys=KEYS) -> float:

@@ -100,14 +100,6 @@ def vllm(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def served(store, tmp_path):
-    for version in HISTORY[:3]:
-        store.push(write_bundle(version, tmp_path / "bundles" / version.name), f"acme/support@{version.name}")
-    store.promote("acme/support@v1.0.0")
-    return store
-
-
-@pytest.fixture
 def resolver(vllm, served, tmp_path, monkeypatch):
     """The resolver as vLLM gets it: configured by the environment, registered by the entry point."""
     monkeypatch.setenv("ARTIFACTSTORE_STORE", str(served.path))

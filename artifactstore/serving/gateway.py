@@ -11,7 +11,6 @@ Needs the ``serve`` extra (Starlette, uvicorn, httpx). docs/serving.md, "Gateway
 
 import asyncio
 import json
-import socket
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 
@@ -22,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ..asgi import listen, run
 from ..errors import ArtifactStoreError, InvalidParameter, NotFound
 from ..registry.registry import Registry
 from ..registry.routing import route_ref
@@ -107,19 +107,9 @@ def create_app(registry: Registry, upstream: str) -> Starlette:
 def serve(registry: Registry, upstream: str, host: str, port: int, on_listening: Callable[[str], None]) -> None:
     """Run the gateway until interrupted. ``port`` 0 picks a free port; ``on_listening`` is given
     the URL once connections are accepted (they wait in the backlog until the server starts)."""
-    import uvicorn
-
     url = httpx.URL(upstream)
     if url.scheme not in ("http", "https") or not url.host:
         raise InvalidParameter(f"--upstream must be an http:// or https:// URL, not {upstream!r}")
-    family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                            proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE)[0]
-    # Naming IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
-    # without it every answer waits 40 ms for a delayed ACK between its headers and its body.
-    listener = socket.socket(family, kind, protocol)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(address)
-    listener.listen(socket.SOMAXCONN)
-    on_listening(f"http://{f'[{host}]' if ':' in host else host}:{listener.getsockname()[1]}")
-    config = uvicorn.Config(create_app(registry, upstream), log_level="warning")
-    uvicorn.Server(config).run(sockets=[listener])
+    listener, address = listen(host, port)
+    on_listening(address)
+    run(create_app(registry, upstream), listener)

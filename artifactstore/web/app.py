@@ -26,6 +26,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ..asgi import listen, run
 from ..errors import ArtifactStoreError, InvalidParameter, NotFound
 from ..progress import human_bytes
 from ..registry.refs import ModelName
@@ -188,6 +189,15 @@ def create_app(store: Store, tokens: list[Token], *, require_sign_in: bool = Fal
             return origin == "null"
         return urlsplit(origin).netloc != request.headers.get("host")
 
+    async def posted_form(request: Request) -> dict[str, str] | Response:
+        """The form of a POST sent from this site, or the refusal of one that was not or cannot be read."""
+        if foreign_origin(request):
+            return refusal(request, 403, "refused: the form was sent from another site")
+        try:
+            return await read_form(request)
+        except InvalidParameter as exc:
+            return refusal(request, 400, str(exc))
+
     async def act(request: Request) -> Response:
         try:
             model = ModelName.parse(f"{request.path_params['client']}/{request.path_params['model']}")
@@ -199,12 +209,9 @@ def create_app(store: Store, tokens: list[Token], *, require_sign_in: bool = Fal
         session = session_of(request)
         if session is None:
             return refusal(request, 403, "sign in with a token to act")
-        if foreign_origin(request):
-            return refusal(request, 403, "refused: the form was sent from another site")
-        try:
-            form = await read_form(request)
-        except InvalidParameter as exc:
-            return refusal(request, 400, str(exc))
+        form = await posted_form(request)
+        if isinstance(form, Response):
+            return form
         if not same_token(session.csrf, form.get("csrf")):
             return refusal(request, 403, "refused: the form's CSRF token is missing or wrong (reload the page and "
                                          "try again)")
@@ -236,12 +243,9 @@ def create_app(store: Store, tokens: list[Token], *, require_sign_in: bool = Fal
             return login_form(request)
         if not sessions.enabled:
             return refusal(request, 403, "actions are off: this server was started without a token")
-        if foreign_origin(request):
-            return refusal(request, 403, "refused: the form was sent from another site")
-        try:
-            form = await read_form(request)
-        except InvalidParameter as exc:
-            return refusal(request, 400, str(exc))
+        form = await posted_form(request)
+        if isinstance(form, Response):
+            return form
         if not same_token(request.cookies.get(LOGIN_COOKIE, ""), form.get("csrf")) or not form.get("csrf"):
             return login_form(request, "the sign-in form expired: try again", 403)
         session = sessions.sign_in(form.get("token", ""))
@@ -336,21 +340,13 @@ def serve(store: Store, host: str, port: int, tokens: list[Token], on_listening:
           poll: float | None = None, release_status: ReleaseStatus = fleet_status) -> None:
     """Run the dashboard until interrupted. Beyond the loopback it needs a token, and every page
     then needs signing in. ``port`` 0 picks a free port; ``on_listening`` gets the URL."""
-    import uvicorn
-
     loopback = is_loopback(host)
     if not loopback and not tokens:
         raise InvalidParameter(f"--host {host} is not a loopback address: serving there needs a token "
                                "(ARTIFACTSTORE_UI_TOKEN or --token-file), or bind 127.0.0.1")
-    family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                            proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE)[0]
-    listener = socket.socket(family, kind, protocol)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(address)
-    listener.listen(socket.SOMAXCONN)
+    listener, address = listen(host, port)
     app = create_app(store, tokens, require_sign_in=not loopback,
                      poll=poll if poll is not None else (5.0 if store.shared else 1.0), release_status=release_status)
-    on_listening(f"http://{f'[{host}]' if ':' in host else host}:{listener.getsockname()[1]}")
+    on_listening(address)
     # open /events streams end at once on shutdown instead of holding it up
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1)
-    uvicorn.Server(config).run(sockets=[listener])
+    run(app, listener, timeout_graceful_shutdown=1)
