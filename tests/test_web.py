@@ -103,6 +103,15 @@ def sign_in(page, secret: str = SECRET):
     expect(page.locator("header.top")).to_contain_text("signed in as ui:jane")
 
 
+def submit(page, form: str, button: str, reason: str, version: str | None = None) -> None:
+    """Fill the action form ``#form-<form>`` (its version, when it has one, and its reason) and send it."""
+    fields = page.locator(f"#form-{form}")
+    if version is not None:
+        fields.locator("select[name=version]").select_option(version)
+    fields.locator("input[name=reason]").fill(reason)
+    fields.get_by_role("button", name=button).click()
+
+
 def production(page):
     return page.locator("#pointers [data-pointer=production]")
 
@@ -163,9 +172,7 @@ def test_rollback_with_a_token_changes_the_page_and_the_audit_log(site, page):
         expect(page.locator("#actions")).to_contain_text("sign in with a token")
         sign_in(page)
         expect(production(page)).to_have_text("v1.3.0")
-        rollback = page.locator("#form-rollback")
-        rollback.locator("input[name=reason]").fill("refund answers regressed for the client")
-        rollback.get_by_role("button", name="Roll back").click()
+        submit(page, "rollback", "Roll back", "refund answers regressed for the client")
         expect(page.locator("[data-message=ok]")).to_contain_text("production is v1.1.0 (recorded as ui:jane)")
         expect(production(page)).to_have_text("v1.1.0")
         newest = page.locator("#log tr[data-seq]").first
@@ -180,21 +187,12 @@ def test_a_review_and_a_promotion_from_the_page(site, page):
     with dashboard(site, token=TOKEN) as url:
         open_model(page, url)
         sign_in(page)
-        review = page.locator("#form-review")
-        review.locator("select[name=version]").select_option("v1.4.0")
-        review.locator("input[name=reason]").fill("tone and refunds checked")
-        review.get_by_role("button", name="Record").click()
+        submit(page, "review", "Record", "tone and refunds checked", "v1.4.0")
         expect(page.locator("[data-message=ok]")).to_contain_text("acme/support@v1.4.0 approved")
         expect(page.locator("#versions tr[data-version='v1.4.0']")).to_contain_text("approved")
-        promote = page.locator("#form-promote")
-        promote.locator("select[name=version]").select_option("v1.4.0")
-        promote.locator("input[name=reason]").fill("canary held, review done")
-        promote.get_by_role("button", name="Promote").click()
+        submit(page, "promote", "Promote", "canary held, review done", "v1.4.0")
         expect(production(page)).to_have_text("v1.4.0")
-        target = page.locator("#form-target")
-        target.locator("select[name=version]").select_option("v1.1.0")
-        target.locator("input[name=reason]").fill("v1.3.0 shares v1.2.0's tone problem")
-        target.get_by_role("button", name="Set").click()
+        submit(page, "target", "Set", "v1.3.0 shares v1.2.0's tone problem", "v1.1.0")
         expect(page.locator("#pointers [data-pointer=rollback_target]")).to_have_text("v1.1.0")
     state = Store(site[0] / "agency-store").state(MODEL)
     assert (state.pointer("production"), state.pointer("rollback_target")) == ("v1.4.0", "v1.1.0")
@@ -204,19 +202,11 @@ def test_a_canary_rollout_started_and_aborted_from_the_page(site, page):
     with dashboard(site, token=TOKEN) as url:
         open_model(page, url)
         sign_in(page)
-        review = page.locator("#form-review")
-        review.locator("select[name=version]").select_option("v1.4.0")
-        review.locator("input[name=reason]").fill("tone and refunds checked")
-        review.get_by_role("button", name="Record").click()
-        start = page.locator("#form-rollout-start")
-        start.locator("select[name=version]").select_option("v1.4.0")
-        start.locator("input[name=reason]").fill("monthly retrain, gate and review passed")
-        start.get_by_role("button", name="Start").click()
+        submit(page, "review", "Record", "tone and refunds checked", "v1.4.0")
+        submit(page, "rollout-start", "Start", "monthly retrain, gate and review passed", "v1.4.0")
         expect(page.locator("#release")).to_contain_text("v1.4.0 step 1 of 3 at 10%")
         expect(page.locator("#pointers [data-pointer=canary]")).to_contain_text("v1.4.0")
-        abort = page.locator("#form-rollout-abort")
-        abort.locator("input[name=reason]").fill("error rate rising on the canary")
-        abort.get_by_role("button", name="Abort v1.4.0").click()
+        submit(page, "rollout-abort", "Abort v1.4.0", "error rate rising on the canary")
         expect(page.locator("[data-message=ok]")).to_contain_text("rollout is aborted")
         expect(production(page)).to_have_text("v1.3.0")
     state = Store(site[0] / "agency-store").state(MODEL)
@@ -229,10 +219,7 @@ def test_a_refused_move_says_why_and_changes_nothing(site, page):
         open_model(page, url)
         sign_in(page)
         before = audit_length(site)
-        promote = page.locator("#form-promote")
-        promote.locator("select[name=version]").select_option("v1.4.0")  # gated, not reviewed: the policy says no
-        promote.locator("input[name=reason]").fill("try")
-        promote.get_by_role("button", name="Promote").click()
+        submit(page, "promote", "Promote", "try", "v1.4.0")  # gated, not reviewed: the policy says no
         expect(page.locator("[data-message=error]")).to_contain_text("may not become production under its policy")
         expect(production(page)).to_have_text("v1.3.0")
     assert audit_length(site) == before
