@@ -19,6 +19,9 @@ MAGIC = b"ARTIDX01"
 HEADER = struct.Struct("<8sI")
 PACK_HEADER = struct.Struct("<32sI")
 RECORD = struct.Struct("<32sQI")
+# RECORD as the fields of a numpy record, to keep an index file's records in arrays (not a dtype:
+# this module is imported by commands that never load numpy)
+_RECORD_ARRAY = [("chunk", "V32"), ("offset", "<u8"), ("length", "<u4")]
 
 
 class Location(NamedTuple):
@@ -41,25 +44,8 @@ def encode_index(packs: Iterable[tuple[bytes, list[PackEntry]]]) -> bytes:
 
 
 def decode_index(data: bytes, where: str) -> list[tuple[bytes, list[PackEntry]]]:
-    try:
-        magic, pack_count = HEADER.unpack_from(data, 0)
-        if magic != MAGIC:
-            raise CorruptObject(f"{where}: bad index magic")
-        pos, packs = HEADER.size, []
-        for _ in range(pack_count):
-            pack_id, count = PACK_HEADER.unpack_from(data, pos)
-            pos += PACK_HEADER.size
-            end = pos + count * RECORD.size
-            if end > len(data):
-                raise CorruptObject(f"{where}: truncated index")
-            entries = [PackEntry(c, o, n) for c, o, n in RECORD.iter_unpack(data[pos:end])]
-            packs.append((pack_id, entries))
-            pos = end
-    except struct.error:
-        raise CorruptObject(f"{where}: truncated index") from None
-    if pos != len(data):
-        raise CorruptObject(f"{where}: trailing bytes after the last pack")
-    return packs
+    return [(pack_id, [PackEntry(c, o, n) for c, o, n in RECORD.iter_unpack(data[start:start + count * RECORD.size])])
+            for pack_id, start, count in index_sections(data, where)]
 
 
 def index_id_from_key(key: str) -> bytes | None:
@@ -74,45 +60,100 @@ def index_id_from_key(key: str) -> bytes | None:
 class ChunkIndex:
     """Where every stored chunk lies: the union of all index files.
 
-    A chunk stored twice (two concurrent writers, or a pull into the hot tier) has one
-    location in ``locations`` and the others in ``alternates``.
+    A chunk stored twice (two concurrent writers, or a pull into the hot tier) has one location,
+    the first listed, and others (``all_locations``).
+
+    The records of the files read are kept as they were read, sorted by chunk id, until something
+    needs every pack's entries at once (a put, gc, tier, stats): a reader that locates a few
+    thousand chunks (a load) then pays a binary search per chunk instead of building a dict of
+    every chunk in the store, which grows with the history. Lookups see exactly what the dict
+    would: the first location listed wins, and a pack listed twice counts once.
     """
 
     def __init__(self) -> None:
-        self.locations: dict[bytes, Location] = {}
-        self.alternates: dict[bytes, list[Location]] = {}
-        self.pack_entries: dict[bytes, list[PackEntry]] = {}
+        self._locations: dict[bytes, Location] = {}
+        self._alternates: dict[bytes, list[Location]] = {}
+        self._pack_entries: dict[bytes, list[PackEntry]] = {}
+        self._unsorted: _Records | None = None  # records read but not put into the dicts yet
         self.skipped: list[str] = []  # index files that failed their check when loaded
         self.generation = 0  # counts the packs added: a location may have changed when it does
         self._read: dict[int, set[str]] = {}  # id of a backend -> the keys of its index files read
 
     @property
+    def pack_entries(self) -> dict[bytes, list[PackEntry]]:
+        self._sort_in()
+        return self._pack_entries
+
+    @property
+    def locations(self) -> dict[bytes, Location]:
+        """Every chunk's first location."""
+        self._sort_in()
+        return self._locations
+
+    @property
     def packs(self) -> set[bytes]:
-        return set(self.pack_entries)
+        unsorted = self._unsorted.packs if self._unsorted is not None else []
+        return set(self._pack_entries).union(unsorted)
 
     def add_pack(self, pack_id: bytes, entries: Iterable[PackEntry]) -> None:
-        if pack_id in self.pack_entries:
+        self._sort_in()
+        if pack_id in self._pack_entries:
             return
         self.generation += 1
-        self.pack_entries[pack_id] = entries = list(entries)
+        self._add(pack_id, list(entries))
+
+    def _add(self, pack_id: bytes, entries: list[PackEntry]) -> None:
+        self._pack_entries[pack_id] = entries
         for e in entries:
             location = Location(pack_id, e.offset, e.length)
-            known = self.locations.setdefault(e.chunk, location)
+            known = self._locations.setdefault(e.chunk, location)
             if known is not location:
-                self.alternates.setdefault(e.chunk, []).append(location)
+                self._alternates.setdefault(e.chunk, []).append(location)
+
+    def _sort_in(self) -> None:
+        """Put the records read into the dicts (in the order read, as if each pack had been added)."""
+        if self._unsorted is not None:
+            unsorted, self._unsorted = self._unsorted, None
+            for pack_id, entries in unsorted.pack_entries():
+                self._add(pack_id, entries)
 
     def merge(self, other: "ChunkIndex") -> None:
         for pack_id, entries in other.pack_entries.items():
             self.add_pack(pack_id, entries)
 
     def all_locations(self, chunk: bytes) -> list[Location]:
-        return [self.locations[chunk], *self.alternates.get(chunk, ())]
+        """Every location of ``chunk``, the first listed first; empty when none is known."""
+        unsorted = self._searched()
+        first = self._locations.get(chunk)
+        known = [first, *self._alternates.get(chunk, ())] if first is not None else []
+        return known + unsorted.locations(chunk) if unsorted is not None else known
+
+    def get(self, chunk: bytes) -> Location | None:
+        unsorted = self._searched()
+        first = self._locations.get(chunk)
+        return first if first is not None or unsorted is None else next(iter(unsorted.locations(chunk)), None)
+
+    def _searched(self) -> "_Records | None":
+        """The records not sorted in, to be searched once more. Once the searches have cost about
+        what sorting them in costs (a quarter as many as there are records: a search costs a few
+        times what decoding a record does), they are sorted in, and None is returned: a process that
+        looks many chunks up (a server loading version after version) ends with the dicts."""
+        unsorted = self._unsorted
+        if unsorted is not None:
+            unsorted.searches += 1
+            if unsorted.searches > len(unsorted) // 4:
+                self._sort_in()
+                return None
+        return unsorted
 
     def __contains__(self, chunk: bytes) -> bool:
-        return chunk in self.locations
+        return self.get(chunk) is not None
 
     def __getitem__(self, chunk: bytes) -> Location:
-        return self.locations[chunk]
+        location = self.get(chunk)
+        if location is None:
+            raise KeyError(chunk)
+        return location
 
     @classmethod
     def load(cls, backend: Backend) -> "ChunkIndex":
@@ -131,6 +172,7 @@ class ChunkIndex:
         seen = self._read.setdefault(id(backend), set())
         vanished = not seen.issubset(keys)
         new = [key for key in keys if key not in seen]
+        read: list[tuple[bytes, list[tuple[bytes, int, int]]]] = []
         for key in new:
             try:
                 data = backend.read(key)
@@ -138,22 +180,105 @@ class ChunkIndex:
                 vanished = True
                 continue
             seen.add(key)
-            if index_id_from_key(key) != digest(data):
-                self.skipped.append(key)
-                continue
             try:
-                listed = decode_index(data, key)
+                if index_id_from_key(key) != digest(data):
+                    raise CorruptObject(f"{key}: its bytes do not match its name")
+                read.append((data, index_sections(data, key)))
             except CorruptObject:
                 self.skipped.append(key)
-                continue
-            for pack_id, entries in listed:
-                self.add_pack(pack_id, entries)
+        if read:
+            known = self.packs
+            sections = []
+            for data, listed in read:
+                for pack_id, start, count in listed:
+                    if pack_id not in known:
+                        known.add(pack_id)
+                        sections.append((data, pack_id, start, count))
+            if sections:
+                self.generation += len(sections)
+                self._unsorted = _Records.of(sections, self._unsorted)
         return len(new), vanished
 
     def mark_read(self, backend: Backend, key: str) -> None:
         """Record that the index already holds what ``key`` of ``backend`` lists (a file this
         process wrote), so that ``read_files`` does not read it back."""
         self._read.setdefault(id(backend), set()).add(key)
+
+
+class _Records:
+    """Index records as read, in arrays, searchable by chunk id: the first 8 bytes of a chunk id
+    (a BLAKE3 digest, so as good as random) sorted, with a stable sort, so that the records of one
+    chunk stay in the order read."""
+
+    def __init__(self, packs: list[bytes], pack_of, records, key_order, keys):
+        self.packs, self._pack_of, self._records, self._key_order, self._keys = packs, pack_of, records, key_order, keys
+        self.searches = 0
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    @classmethod
+    def of(cls, sections: list[tuple[bytes, bytes, int, int]], before: "_Records | None") -> "_Records":
+        """The records of ``sections`` (data, pack id, offset of its first record, record count),
+        after those of ``before``."""
+        import numpy as np
+
+        record_array = np.dtype(_RECORD_ARRAY)
+        read = np.frombuffer(b"".join(data[start:start + count * RECORD.size] for data, _, start, count in sections),
+                             dtype=record_array)
+        owners = np.repeat(np.arange(len(sections), dtype=np.int32), [count for *_, count in sections])
+        packs = [pack_id for _, pack_id, _, _ in sections]
+        if before is None:
+            records, pack_of = read, owners
+        else:
+            records = np.concatenate([before._records, read])
+            pack_of = np.concatenate([before._pack_of, owners + len(before.packs)])
+            packs = before.packs + packs
+        keys = np.ascontiguousarray(records.view(np.uint8).reshape(-1, RECORD.size)[:, :8]).view("<u8").ravel()
+        key_order = np.argsort(keys, kind="stable")
+        return cls(packs, pack_of, records, key_order, keys[key_order])
+
+    def locations(self, chunk: bytes) -> list[Location]:
+        key = int.from_bytes(chunk[:8], "little")
+        at, found = int(self._keys.searchsorted(key)), []
+        while at < len(self._keys) and self._keys[at] == key:
+            record = self._records[self._key_order[at]]
+            if record["chunk"].tobytes() == chunk:
+                found.append(Location(self.packs[self._pack_of[self._key_order[at]]], int(record["offset"]),
+                                      int(record["length"])))
+            at += 1
+        return found
+
+    def pack_entries(self) -> Iterable[tuple[bytes, list[PackEntry]]]:
+        """Each pack's entries, in the order read."""
+        import numpy as np
+
+        ends = np.cumsum(np.bincount(self._pack_of, minlength=len(self.packs))).tolist()
+        rows = self._records.tolist()
+        for pack_id, start, end in zip(self.packs, [0, *ends], ends):  # a pack's records are contiguous
+            yield pack_id, [PackEntry(c, o, n) for c, o, n in rows[start:end]]
+
+
+def index_sections(data: bytes, where: str) -> list[tuple[bytes, int, int]]:
+    """Check an index file's layout and find its packs: (pack id, offset of its first record, record
+    count) each, without decoding the records."""
+    try:
+        magic, pack_count = HEADER.unpack_from(data, 0)
+        if magic != MAGIC:
+            raise CorruptObject(f"{where}: bad index magic")
+        pos, sections = HEADER.size, []
+        for _ in range(pack_count):
+            pack_id, count = PACK_HEADER.unpack_from(data, pos)
+            pos += PACK_HEADER.size
+            sections.append((pack_id, pos, count))
+            pos += count * RECORD.size
+            if pos > len(data):
+                raise CorruptObject(f"{where}: truncated index")
+    except struct.error:
+        raise CorruptObject(f"{where}: truncated index") from None
+    if pos != len(data):
+        raise CorruptObject(f"{where}: trailing bytes after the last pack")
+    return sections
 
 
 def write_index(backend: Backend, packs: list[tuple[bytes, list[PackEntry]]]) -> str:

@@ -498,13 +498,14 @@ class ContentStore:
         A chunk this process has not heard of may have been stored by another one since: the
         index files published since are read before the chunk is called missing.
         """
-        location = self.index.locations.get(chunk)
-        if location is None and self.refresh_index():
-            location = self.index.locations.get(chunk)
-        if location is None:
+        locations = self.index.all_locations(chunk)
+        if not locations and self.refresh_index():
+            locations = self.index.all_locations(chunk)
+        if not locations:
             raise CorruptObject(f"chunk {format_id(chunk)} is missing from the store")
-        if chunk in self.index.alternates:  # one of several copies may be hot
-            location = self.hot_location(chunk) or location
+        location = locations[0]
+        if len(locations) > 1:  # one of several copies may be hot
+            location = next((loc for loc in locations if loc.pack in self.hot_packs), location)
         if location.length != length:
             raise CorruptObject(f"chunk {format_id(chunk)}: index length {location.length}, manifest {length}")
         return location

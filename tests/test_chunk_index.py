@@ -1,0 +1,66 @@
+"""The chunk index answers lookups from the records it read, without building a dict of every chunk,
+and answers exactly what the dict answers."""
+
+import random
+
+from artifactstore.backends.memory import MemoryBackend
+from artifactstore.content.index import ChunkIndex, write_index
+from artifactstore.content.pack import PackEntry
+
+
+def chunk_id(rng: random.Random, prefix: bytes = b"") -> bytes:
+    return prefix + rng.randbytes(32 - len(prefix))
+
+
+def published(seed: int = 0) -> tuple[MemoryBackend, list[bytes]]:
+    """Index files with what makes lookups hard: a chunk in several packs of one file and of two files,
+    twice in one pack, chunks whose ids share their first 8 bytes, a pack listed by two files, an
+    empty pack (and a pack with no chunks), and a chunk id ending in zero bytes."""
+    rng = random.Random(seed)
+    shared_prefix = rng.randbytes(8)
+    chunks = [chunk_id(rng) for _ in range(200)] + [chunk_id(rng, shared_prefix) for _ in range(5)]
+    chunks.append(rng.randbytes(24) + bytes(8))
+    backend = MemoryBackend()
+    packs = []
+    for p in range(12):
+        entries = [PackEntry(rng.choice(chunks), rng.randrange(1 << 40), rng.randrange(1, 1 << 20))
+                   for _ in range(rng.randrange(1, 40) if p != 7 else 0)]
+        if p == 3:
+            entries.append(PackEntry(entries[0].chunk, 7, entries[0].length))  # the same chunk twice in one pack
+        packs.append((rng.randbytes(32), entries))
+    write_index(backend, packs[:5])
+    write_index(backend, packs[4:9])  # pack 4 in two files
+    write_index(backend, packs[9:] + [(rng.randbytes(32), [])])
+    return backend, chunks + [chunk_id(rng) for _ in range(20)]  # and ids no pack holds
+
+
+def test_lookups_before_and_after_the_records_are_sorted_in_agree():
+    backend, chunks = published()
+    decoded = ChunkIndex.load(backend)
+    decoded.pack_entries  # noqa: B018 (puts every record into the dicts)
+    for chunk in chunks:  # a fresh index for each, whose few searches do not sort its records in
+        assert ChunkIndex.load(backend).all_locations(chunk) == decoded.all_locations(chunk)
+        assert ChunkIndex.load(backend).get(chunk) == decoded.get(chunk)
+        assert (chunk in ChunkIndex.load(backend)) == (chunk in decoded)
+    searched = ChunkIndex.load(backend)
+    for chunk in chunks * 3:  # past the searches that sort the records in
+        assert searched.all_locations(chunk) == decoded.all_locations(chunk)
+    assert searched.packs == decoded.packs and searched.generation == decoded.generation == 13
+    assert searched.pack_entries == decoded.pack_entries
+
+
+def test_files_read_later_and_packs_added_keep_the_order_of_first_listing():
+    backend, chunks = published(1)
+    later = MemoryBackend()
+    rng = random.Random(2)
+    write_index(later, [(rng.randbytes(32), [PackEntry(c, 1, 2) for c in chunks[:50]])])
+    added = (rng.randbytes(32), [PackEntry(c, 3, 4) for c in chunks[25:75]])
+    lazy, eager = ChunkIndex.load(backend), ChunkIndex.load(backend)
+    eager.pack_entries  # noqa: B018
+    for index in (lazy, eager):
+        index.read_files(later)
+    assert lazy.all_locations(chunks[0])[-1].offset == 1, "a file read later lists its locations last"
+    for index in (lazy, eager):
+        index.add_pack(*added)
+    for chunk in chunks:
+        assert lazy.all_locations(chunk) == eager.all_locations(chunk)
