@@ -6,8 +6,9 @@ serving the canary, records a window in which the canary fails every request, an
 at the window's end (ARTIFACTSTORE_NOW), which aborts: canary to 0%. The clock runs from the call to
 `rollout_tick` (and, separately, from its return: the decision committed) until every follower's heartbeat
 says it serves production with no canary, for the state the abort wrote. Two stores: a local directory
-(followers look at the ref with a `stat` every 2 ms) and a shared bucket on a loopback S3 server (moto, in
-its own process: tests/s3server.py; followers poll with one GET every 0.5 s, the default). The seeds'
+(followers are woken by inotify when the ref's file is replaced) and a shared bucket on a loopback S3 server
+(moto, in its own process: tests/s3server.py; followers read the store's change marker with one GET every
+0.5 s, the default, and their ref when it changed). The seeds'
 target for a rollback, decision to confirmation, is 60 s.
 
 Usage: python benchmarks/rollout.py [--rounds 50] [--json]
