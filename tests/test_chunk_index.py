@@ -2,6 +2,7 @@
 and answers exactly what the dict answers."""
 
 import random
+import threading
 
 from artifactstore.backends.memory import MemoryBackend
 from artifactstore.content.index import ChunkIndex, write_index
@@ -64,3 +65,27 @@ def test_files_read_later_and_packs_added_keep_the_order_of_first_listing():
         index.add_pack(*added)
     for chunk in chunks:
         assert lazy.all_locations(chunk) == eager.all_locations(chunk)
+
+
+def test_a_chunk_stays_found_while_another_thread_sorts_the_records_in():
+    """A follower's thread and the server's loads share an index: a lookup during the sort must not
+    answer "not stored" for a chunk it found a moment before."""
+    rng = random.Random(3)
+    backend, chunks = MemoryBackend(), []
+    for _ in range(2):
+        packs = [(rng.randbytes(32), [PackEntry(rng.randbytes(32), i * 100, 100) for i in range(1000)])
+                 for _ in range(40)]
+        chunks += [e.chunk for _, entries in packs for e in entries]
+        write_index(backend, packs)
+    probe = chunks[-20:]  # listed last: the last to reach the dicts
+    for _ in range(3):
+        index = ChunkIndex.load(backend)
+        assert all(chunk in index for chunk in probe)
+        sorting = threading.Thread(target=lambda: index.pack_entries)
+        sorting.start()
+        missed = 0
+        while sorting.is_alive():
+            missed += sum(index.get(chunk) is None or not index.all_locations(chunk) for chunk in probe)
+        sorting.join()
+        assert missed == 0
+        assert all(len(index.all_locations(chunk)) == 1 for chunk in probe)

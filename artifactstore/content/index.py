@@ -6,6 +6,7 @@ is named by the BLAKE3 of its bytes.
 """
 
 import struct
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -75,6 +76,7 @@ class ChunkIndex:
         self._alternates: dict[bytes, list[Location]] = {}
         self._pack_entries: dict[bytes, list[PackEntry]] = {}
         self._unsorted: _Records | None = None  # records read but not put into the dicts yet
+        self._sorting = threading.Lock()
         self.skipped: list[str] = []  # index files that failed their check when loaded
         self.generation = 0  # counts the packs added: a location may have changed when it does
         self._read: dict[int, set[str]] = {}  # id of a backend -> the keys of its index files read
@@ -111,11 +113,15 @@ class ChunkIndex:
                 self._alternates.setdefault(e.chunk, []).append(location)
 
     def _sort_in(self) -> None:
-        """Put the records read into the dicts (in the order read, as if each pack had been added)."""
-        if self._unsorted is not None:
-            unsorted, self._unsorted = self._unsorted, None
-            for pack_id, entries in unsorted.pack_entries():
-                self._add(pack_id, entries)
+        """Put the records read into the dicts (in the order read, as if each pack had been added).
+        They are searched until the dicts hold them all: another thread (a follower beside the
+        server's loads) looking a chunk up meanwhile still finds it."""
+        with self._sorting:
+            unsorted = self._unsorted
+            if unsorted is not None:
+                for pack_id, entries in unsorted.pack_entries():
+                    self._add(pack_id, entries)
+                self._unsorted = None
 
     def merge(self, other: "ChunkIndex") -> None:
         for pack_id, entries in other.pack_entries.items():
@@ -126,7 +132,10 @@ class ChunkIndex:
         unsorted = self._searched()
         first = self._locations.get(chunk)
         known = [first, *self._alternates.get(chunk, ())] if first is not None else []
-        return known + unsorted.locations(chunk) if unsorted is not None else known
+        if unsorted is None:
+            return known
+        # while another thread sorts the records in, the dicts may hold some of what they list
+        return known + [location for location in unsorted.locations(chunk) if location not in known]
 
     def get(self, chunk: bytes) -> Location | None:
         unsorted = self._searched()
@@ -136,14 +145,14 @@ class ChunkIndex:
     def _searched(self) -> "_Records | None":
         """The records not sorted in, to be searched once more. Once the searches have cost about
         what sorting them in costs (a quarter as many as there are records: a search costs a few
-        times what decoding a record does), they are sorted in, and None is returned: a process that
-        looks many chunks up (a server loading version after version) ends with the dicts."""
+        times what decoding a record does), they are sorted in: a process that looks many chunks up
+        (a server loading version after version) ends with the dicts."""
         unsorted = self._unsorted
         if unsorted is not None:
             unsorted.searches += 1
             if unsorted.searches > len(unsorted) // 4:
                 self._sort_in()
-                return None
+                return self._unsorted  # None, unless another thread has read files since
         return unsorted
 
     def __contains__(self, chunk: bytes) -> bool:
@@ -186,7 +195,7 @@ class ChunkIndex:
                 read.append((data, index_sections(data, key)))
             except CorruptObject:
                 self.skipped.append(key)
-        if read:
+        with self._sorting:  # not while another thread sorts the records in: they would be lost
             known = self.packs
             sections = []
             for data, listed in read:
