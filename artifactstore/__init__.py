@@ -10,6 +10,7 @@ from .errors import (
     ArtifactStoreError,
     Conflict,
     CorruptObject,
+    HistoryDamaged,
     InvalidInput,
     InvalidParameter,
     NotFound,
@@ -19,6 +20,6 @@ from .errors import (
 from .store import PutResult, Store, StoreStats, VerifyReport
 
 __all__ = [
-    "ArtifactStoreError", "Conflict", "CorruptObject", "InvalidInput", "InvalidParameter", "NotFound",
-    "PutResult", "Refused", "Store", "StoreError", "StoreStats", "VerifyReport",
+    "ArtifactStoreError", "Conflict", "CorruptObject", "HistoryDamaged", "InvalidInput", "InvalidParameter",
+    "NotFound", "PutResult", "Refused", "Store", "StoreError", "StoreStats", "VerifyReport",
 ]

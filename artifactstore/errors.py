@@ -32,6 +32,15 @@ class CorruptObject(ArtifactStoreError):
     """Stored bytes do not match their id."""
 
 
+class HistoryDamaged(CorruptObject):
+    """A state in the middle of a model's history is damaged: its audit log reads only down to it.
+    ``entries``: what could be read, the newest entries, oldest first."""
+
+    def __init__(self, message: str, entries: list):
+        super().__init__(message)
+        self.entries = entries
+
+
 class Conflict(ArtifactStoreError):
     """A compare-and-swap lost: someone else changed the pointer or version first."""
 

@@ -7,12 +7,14 @@ import json
 from dataclasses import replace
 
 import pytest
+from conftest import run_cli
 
-from artifactstore import Store
+from artifactstore import HistoryDamaged, Store
 from artifactstore.content.manifest import canonical_json
 from artifactstore.demo import adapter_history, write_bundle
+from artifactstore.ids import parse_id
 from artifactstore.registry.registry import Registry
-from artifactstore.registry.state import STATE_CONTEXT, VERSION_MAP_CONTEXT, ref_key
+from artifactstore.registry.state import STATE_CONTEXT, VERSION_MAP_CONTEXT, object_key, ref_key
 
 HISTORY = adapter_history(layers=2, scale=16)
 
@@ -108,3 +110,27 @@ def test_log_limit_on_the_command_line(pushed):
     assert [e["seq"] for e in shown["entries"]] == [e.seq for e in pushed.log("acme/support")[-2:]]
     refused = run_cli("log", "acme/support", "--limit", "0", "--store", pushed.path)
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
+
+
+def test_a_damaged_state_in_the_middle_leaves_the_newer_log_readable(pushed):
+    """The head is the ref's business (verify --repair); a damaged older state loses only what is
+    older than it, and the log says so instead of showing nothing."""
+    pushed.promote("acme/support@v1.0.0")
+    pushed.promote("acme/support@v1.1.0")
+    newest_two = list(pushed.registry.trail("acme/support"))[:2]  # the promotes' states: their entries stay
+    readable = sorted(e.seq for _, made in newest_two for e in made)
+    middle = pushed.registry.read_state_object(newest_two[1][0]).parent  # the last push's state
+    pushed.backend.write(object_key(parse_id(middle)), b'{"damaged": true}')
+    with pytest.raises(HistoryDamaged) as caught:
+        Store(pushed.path).log("acme/support")
+    assert [e.seq for e in caught.value.entries] == readable
+    assert f"reads only down to entry {readable[0]}" in str(caught.value) and middle in str(caught.value)
+    assert [e.seq for e in Store(pushed.path).log("acme/support", limit=2)] == readable[-2:]
+    assert Store(pushed.path).state("acme/support").pointer("production") == "v1.1.0"
+
+    shown = run_cli("log", "acme/support", "--store", pushed.path)
+    assert shown.returncode == 1 and shown.stderr.count("\n") == 1 and "error: acme/support: the audit" in shown.stderr
+    assert [int(line.split()[0]) for line in shown.stdout.splitlines()] == readable
+    as_json = run_cli("log", "acme/support", "--json", "--store", pushed.path)
+    printed = json.loads(as_json.stdout)
+    assert as_json.returncode == 1 and len(printed["entries"]) == len(readable) and middle in printed["damaged"]

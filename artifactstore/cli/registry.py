@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import HistoryDamaged
 from ..registry.pointers import KINDS
 from ..store import Store
 from .base import (
@@ -197,15 +198,23 @@ def list_models(model: str | None, store_path: str, as_json: bool) -> None:
 @store_option
 @json_option
 def log(model: str, limit: int | None, store_path: str, as_json: bool) -> None:
-    """MODEL's audit log: every push and pointer move, oldest first."""
-    entries = Store(store_path).log(model, limit=limit)
+    """MODEL's audit log: every push and pointer move, oldest first. Where a state in the middle of
+    the history is damaged, the entries newer than it are printed, then the error."""
+    damage: HistoryDamaged | None = None
+    try:
+        entries = Store(store_path).log(model, limit=limit)
+    except HistoryDamaged as exc:
+        entries, damage = exc.entries, exc
     if as_json:
-        emit_json({"model": model, "entries": [e.to_json() for e in entries]})
-        return
-    for e in entries:
-        override = f" [override: {e.override}]" if e.override else ""
-        click.echo(f"{e.seq:>4}  {e.at[:19]}  {e.actor:<20}  {e.action:<9}  {e.pointer or '-':<15}  "
-                   f"{_short(e.from_):>14} -> {_short(e.to):<14}  {e.reason}{override}")
+        emit_json({"model": model, "entries": [e.to_json() for e in entries]}
+                  | ({"damaged": str(damage)} if damage is not None else {}))
+    else:
+        for e in entries:
+            override = f" [override: {e.override}]" if e.override else ""
+            click.echo(f"{e.seq:>4}  {e.at[:19]}  {e.actor:<20}  {e.action:<9}  {e.pointer or '-':<15}  "
+                       f"{_short(e.from_):>14} -> {_short(e.to):<14}  {e.reason}{override}")
+    if damage is not None:
+        raise damage
 
 
 def _short(value: str | None) -> str:

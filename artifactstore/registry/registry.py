@@ -17,7 +17,7 @@ import blake3
 from ..clock import timestamp
 from ..content.manifest import canonical_json
 from ..content.store import ContentStore
-from ..errors import Conflict, CorruptObject, InvalidParameter, NotFound, Refused
+from ..errors import Conflict, CorruptObject, HistoryDamaged, InvalidParameter, NotFound, Refused
 from ..ids import format_id, parse_id
 from .changes import note_change
 from .pointers import CANARY, NAMES, PRODUCTION, ROLLBACK_TARGET, STAGING, Transition, TransitionRule
@@ -504,10 +504,17 @@ class Registry:
         """The audit log, oldest first; ``limit``: only the newest entries, reading only the states
         that hold them."""
         entries: list[AuditEntry] = []
-        for _, made in self.trail(model):
-            entries.extend(reversed(made))
-            if limit is not None and len(entries) >= limit:
-                break
+        try:
+            for _, made in self.trail(model):
+                entries.extend(reversed(made))
+                if limit is not None and len(entries) >= limit:
+                    break
+        except CorruptObject as exc:
+            if not entries:  # the ref or the newest state: verify --repair rebuilds the ref
+                raise
+            raise HistoryDamaged(f"{model}: the audit log reads only down to entry {entries[-1].seq}: {exc}; the "
+                                 "older entries are lost unless a backup holds that object (the versions, pointers "
+                                 "and weights do not depend on it)", entries[::-1]) from None
         return entries[:limit][::-1] if limit is not None else entries[::-1]
 
     def models(self) -> list[ModelName]:
