@@ -22,7 +22,9 @@ from showcase import build_showcase
 
 from artifactstore import Store
 from artifactstore.demo import adapter_history, write_bundle
+from artifactstore.ids import parse_id
 from artifactstore.registry import queries
+from artifactstore.registry.state import object_key
 from artifactstore.web.dashboard import Dashboard
 from artifactstore.web.history import Moment, in_production, pointer_spans
 
@@ -338,6 +340,21 @@ def test_lineage_and_timeline_answer_as_the_registry_queries_do(showcase):
             answer = in_production(spans, moment)
             assert [s.version for s in answer] == ([state.pointer("production")] if state.pointer("production")
                                                    else [])
+
+
+def test_a_damaged_state_in_the_middle_leaves_the_newer_log_on_the_page(site):
+    """As `artifactstore log` does: the entries newer than the damage, and what is wrong, not an error page."""
+    store = Store(site[0] / "agency-store")
+    readable = [e.seq for _, made in list(store.registry.trail(MODEL))[:3] for e in made]
+    damaged = store.registry.read_state_object(list(store.registry.trail(MODEL))[2][0]).parent
+    store.backend.write(object_key(parse_id(damaged)), b"{}")
+    board = Dashboard(Store(site[0] / "agency-store"))
+    board.refresh()
+    shown = board.model_page(MODEL, full_log=True)
+    assert sorted(e.seq for e in shown["log"]) == sorted(readable) and damaged in shown["log_damaged"]
+    with dashboard(site) as url:
+        answer = httpx.get(f"{url}/m/{MODEL}")
+    assert answer.status_code == 200 and "data-log-damaged" in answer.text and damaged in answer.text
 
 
 def test_over_a_shared_bucket_with_its_events(s3_bucket, tmp_path):

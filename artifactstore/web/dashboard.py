@@ -25,7 +25,7 @@ from typing import Any
 
 from ..clock import now
 from ..content.manifest import TreeManifest
-from ..errors import ArtifactStoreError, InvalidParameter, NotFound
+from ..errors import ArtifactStoreError, CorruptObject, InvalidParameter, NotFound
 from ..ids import format_id
 from ..lifecycle.roots import hot_versions
 from ..monitoring.alerts import raised_alerts
@@ -161,22 +161,30 @@ class Dashboard:
         self._heads[model] = state
         return state
 
-    def log(self, model: ModelName, head: ModelState) -> tuple[AuditEntry, ...]:
-        """The audit log, oldest first, reading only the states added since the last call."""
+    def log(self, model: ModelName, head: ModelState) -> tuple[tuple[AuditEntry, ...], str | None]:
+        """The audit log, oldest first, reading only the states added since the last call, and what
+        is wrong with it: a damaged state in the middle of the history leaves what is newer (as
+        ``artifactstore log`` does)."""
         cached_id, cached = self._logs.get(model, (None, ()))
         if cached_id == head.id:
-            return cached
+            return cached, None
         newer: list[AuditEntry] = []
-        reached = False
-        for state_id, made in self.store.registry.trail(model, head.id):
-            if state_id == cached_id:
-                reached = True
-                break
-            newer.extend(reversed(made))
+        reached, damaged = False, None
+        try:
+            for state_id, made in self.store.registry.trail(model, head.id):
+                if state_id == cached_id:
+                    reached = True
+                    break
+                newer.extend(reversed(made))
+        except CorruptObject as exc:
+            if not newer:
+                raise
+            damaged = f"the audit log reads only down to entry {newer[-1].seq}: {exc}"
         entries = (cached if reached else ()) + tuple(reversed(newer))
         assert head.id is not None
-        self._logs[model] = (head.id, entries)
-        return entries
+        if damaged is None:
+            self._logs[model] = (head.id, entries)
+        return entries, damaged
 
     def summary(self, record_id: str) -> VersionSummary:
         found = self._summaries.get(record_id)
@@ -326,7 +334,7 @@ class Dashboard:
         if version is not None and version not in by_version:
             raise NotFound(f"{model} has no version {version}")
         selected = version or state.pointer(PRODUCTION) or (versions[-1].version if versions else None)
-        entries = self.log(model, state)
+        entries, log_damaged = self.log(model, state)
         gates = {s.version: gate_result(self.store.registry, state, s.version) for s in versions}
         reviews = {s.version: review_of(self.store.registry, state, s.version) for s in versions}
         metrics = list(dict.fromkeys(m for s in versions for m in s.metrics
@@ -349,6 +357,7 @@ class Dashboard:
             "timeline": self._timeline(spans, moment), "moment": moment,
             "in_production": in_production(spans, moment) if moment else None,
             "log": list(reversed(entries))[: None if full_log else LOG_PAGE], "log_total": len(entries),
+            "log_damaged": log_damaged,
             "drift": self._drift_section(model, selected, all_features) if selected else None,
             "lineage": self._lineage(model, by_version[selected]) if selected else None,
             "policy": state.policy, "release": self.release_status(self.store, model),
