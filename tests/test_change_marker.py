@@ -169,3 +169,12 @@ def test_a_local_store_has_no_marker(store, tmp_path):
     store.push(write_bundle(HISTORY[0], tmp_path / "bundle"), f"{SUPPORT}@v1.0.0")
     store.promote(f"{SUPPORT}@v1.0.0")
     assert not store.backend.exists(CHANGES_KEY), "its followers watch the ref's file itself"
+
+
+def test_a_follower_whose_interval_changed_still_stops_the_watch(writer, tmp_path):
+    follower = Follower(server_store(writer, tmp_path), f"{SUPPORT}@production", poll_interval=0.05,
+                        ref_check_interval=3600)
+    with follower:
+        follower.poll_interval = 0.2  # public: a server may tune it while it runs
+    assert follower.last_error is None
+    assert not [t for t in threading.enumerate() if t.name.startswith("change marker of")]

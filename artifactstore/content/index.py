@@ -76,7 +76,7 @@ class ChunkIndex:
         self._alternates: dict[bytes, list[Location]] = {}
         self._pack_entries: dict[bytes, list[PackEntry]] = {}
         self._unsorted: _Records | None = None  # records read but not put into the dicts yet
-        self._sorting = threading.Lock()
+        self._sorting = threading.RLock()
         self.skipped: list[str] = []  # index files that failed their check when loaded
         self.generation = 0  # counts the packs added: a location may have changed when it does
         self._read: dict[int, set[str]] = {}  # id of a backend -> the keys of its index files read
@@ -98,11 +98,12 @@ class ChunkIndex:
         return set(self._pack_entries).union(unsorted)
 
     def add_pack(self, pack_id: bytes, entries: Iterable[PackEntry]) -> None:
-        self._sort_in()
-        if pack_id in self._pack_entries:
-            return
-        self.generation += 1
-        self._add(pack_id, list(entries))
+        with self._sorting:  # a read_files meanwhile would list the pack a second time
+            self._sort_in()
+            if pack_id in self._pack_entries:
+                return
+            self.generation += 1
+            self._add(pack_id, list(entries))
 
     def _add(self, pack_id: bytes, entries: list[PackEntry]) -> None:
         self._pack_entries[pack_id] = entries

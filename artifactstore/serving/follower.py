@@ -404,7 +404,8 @@ class Follower:
     def _run_on_marker(self) -> None:
         """Follow a ref in object storage: look at it when the store's change marker changed, and
         every ``ref_check_interval`` besides."""
-        marker = self._marker = _MarkerWatch.join(self.store.registry.backend, self.poll_interval)
+        interval = self.poll_interval  # leave() takes back what join() was given, whatever poll_interval is then
+        marker = self._marker = _MarkerWatch.join(self.store.registry.backend, interval)
         seen, check_due = None, 0.0
         try:
             while not self._stop.is_set():
@@ -416,7 +417,7 @@ class Follower:
                 marker.wait(seen, self._stop, self.poll_interval)
         finally:
             self._marker = None
-            marker.leave(self.poll_interval)
+            marker.leave(interval)
 
     def _turn(self, look: bool) -> None:
         """One turn of the follow loop: look at the pointer (when ``look``), then the heartbeat and
@@ -520,6 +521,7 @@ class _MarkerWatch:
         self.generation = 0
         self._changed = threading.Condition()
         self._stopped = threading.Event()
+        self._starting = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"change marker of {backend.describe()}", daemon=True)
 
     @classmethod
@@ -531,6 +533,7 @@ class _MarkerWatch:
             if watch is None:
                 watch = cls._watches[id(backend)] = cls(backend)
             watch._intervals.append(interval)
+        with watch._starting:  # not under the class's lock: a slow store must not stall the others' followers
             if watch._thread.ident is None:
                 watch._poll()  # before the follower's first look: a change after it is one more generation
                 watch._thread.start()
