@@ -124,10 +124,6 @@ class ChunkIndex:
                     self._add(pack_id, entries)
                 self._unsorted = None
 
-    def merge(self, other: "ChunkIndex") -> None:
-        for pack_id, entries in other.pack_entries.items():
-            self.add_pack(pack_id, entries)
-
     def all_locations(self, chunk: bytes) -> list[Location]:
         """Every location of ``chunk``, the first listed first; empty when none is known."""
         unsorted = self._searched()
