@@ -344,7 +344,8 @@ def _periodic(size: int, period: int) -> bytes:
     bytes(9 << 20) + np.random.default_rng(43).integers(0, 256, 9 << 20, dtype=np.uint8).tobytes() + bytes(5 << 20),
 ], ids=["random", "zeros", "periodic", "zeros-random-zeros"])
 def test_parallel_cut_is_identical_to_one_thread(data):
-    for params in (chunking.DEFAULT_PARAMS.as_kwargs(), SMALL, {**SMALL, "normalization": 3, "seed": 7}):
+    large = {"min_size": 256 << 10, "avg_size": 1 << 20, "max_size": 4 << 20}  # segments of 5 threads < max_size
+    for params in (chunking.DEFAULT_PARAMS.as_kwargs(), SMALL, {**SMALL, "normalization": 3, "seed": 7}, large):
         one = chunking.cut(data, **params, threads=1)
-        for threads in (2, 3, 5):
+        for threads in (2, 3, 5, 7):
             assert chunking.cut(data, **params, threads=threads) == one

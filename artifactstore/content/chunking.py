@@ -129,7 +129,6 @@ def _chunker(params: ChunkerParams, two_lanes: bool) -> Any:
 
 
 PARALLEL_MIN_BYTES = 8 << 20
-RESYNC_CHUNKS = 16
 
 
 def cut(data: Any, *, min_size: int, avg_size: int, max_size: int,
@@ -165,35 +164,40 @@ def _bytes_of(data: Any) -> memoryview:
 def _cut_in_parallel(chunker: Any, view: memoryview, threads: int, max_size: int) -> list[int]:
     """Chunk segments concurrently, each from a guessed start, then stitch them together.
 
-    Cut points are content-defined: once a segment's chunking meets a cut point of the
-    chunking before it, everything after that point is the same as one pass would give.
-    Each segment runs ``RESYNC_CHUNKS`` maximal chunks past its end to find that point;
-    where none is found (pathological data), the rest is chunked in one pass.
+    Cut points are content-defined: once the chunking before a segment meets one of the
+    segment's own cut points, everything after that point is what one pass would give. The
+    chunking before it goes on past the segment's start a chunk at a time until it does (a
+    chunk or two on real data); where it never does (pathological data), the rest is chunked
+    in one pass.
     """
     size = len(view)
     starts = [size * i // threads for i in range(threads)] + [size]
-    overlap = RESYNC_CHUNKS * max_size
 
-    def segment(i: int) -> tuple[int, list[int]]:
-        stop = min(size, starts[i + 1] + overlap)
-        lengths, _ = chunker.cut(view[starts[i]:stop], stop == size)
-        return starts[i], lengths
+    def segment(i: int) -> list[int]:
+        """The segment's chunk ends from its guessed start, its start first; final only where
+        the data ends, else it stops before a chunk that could depend on the next segment."""
+        lengths, _ = chunker.cut(view[starts[i]:starts[i + 1]], starts[i + 1] == size)
+        return list(accumulate(lengths, initial=starts[i]))
 
     with ThreadPoolExecutor(threads - 1) as pool:
         later = [pool.submit(segment, i) for i in range(1, threads)]
-        _, lengths = segment(0)
-        ends = list(accumulate(lengths))
+        ends = segment(0)
         for future in later:
-            start, segment_lengths = future.result()
-            segment_ends = list(accumulate(segment_lengths, initial=start))
+            segment_ends = future.result()
             positions = {end: k for k, end in enumerate(segment_ends)}
-            meeting = next((k for k, end in enumerate(ends) if end >= start and end in positions), None)
-            if meeting is None:
-                resume = ends[-1]
-                ends.extend(resume + end for end in accumulate(chunker.cut(view[resume:], True)[0]))
+            while ends[-1] not in positions and ends[-1] < segment_ends[-1]:
+                stop = min(size, ends[-1] + max_size)  # one chunk, or the last ones
+                _extend(ends, chunker.cut(view[ends[-1]:stop], stop == size)[0])
+            if ends[-1] not in positions:
+                _extend(ends, chunker.cut(view[ends[-1]:], True)[0])
                 break
-            ends[meeting + 1:] = segment_ends[positions[ends[meeting]] + 1:]
-    return [b - a for a, b in zip([0, *ends], ends)]
+            ends.extend(segment_ends[positions[ends[-1]] + 1:])
+    return [b - a for a, b in zip(ends, ends[1:])]
+
+
+def _extend(ends: list[int], lengths: list[int]) -> None:
+    for length in lengths:
+        ends.append(ends[-1] + length)
 
 
 def cut_blocks(data: Any, *, min_size: int, avg_size: int, max_size: int, normalization: int = 1, seed: int = 0,
