@@ -50,6 +50,27 @@ def test_lookups_before_and_after_the_records_are_sorted_in_agree():
     assert searched.pack_entries == decoded.pack_entries
 
 
+def test_a_batch_of_lookups_answers_what_one_lookup_each_answers():
+    backend, chunks = published(3)
+    decoded = ChunkIndex.load(backend)
+    decoded.pack_entries  # noqa: B018
+    batch = chunks * 2 + chunks[::-1]  # repeats, in any order, known or not
+    lazy = ChunkIndex.load(backend)
+    assert lazy.all_locations_of(batch) == [decoded.all_locations(c) for c in batch]
+    assert lazy.all_locations_of(batch) == decoded.all_locations_of(batch)
+    assert lazy.all_locations_of([]) == []
+    assert lazy._unsorted is not None, "a batch searches the records: it does not sort them in"
+    later = MemoryBackend()  # dicts holding the first files, records of a file read since: both answer
+    write_index(later, [(random.Random(4).randbytes(32), [PackEntry(c, 5, 6) for c in chunks[:30]])])
+    lazy.pack_entries  # noqa: B018
+    for index in (lazy, decoded):
+        index.read_files(later)
+    assert lazy._unsorted is not None
+    decoded.pack_entries  # noqa: B018
+    assert lazy.all_locations_of(batch) == [decoded.all_locations(c) for c in batch]
+    assert ChunkIndex().all_locations_of(chunks[:3]) == [[], [], []]
+
+
 def test_files_read_later_and_packs_added_keep_the_order_of_first_listing():
     backend, chunks = published(1)
     later = MemoryBackend()

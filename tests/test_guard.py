@@ -39,10 +39,10 @@ def test_first_mismatch_finds_the_first_range_that_differs():
 def test_guard_round_trip_and_rejections():
     pack = bytes(range(32))
     data = encode_guard(pack, [(0, 100, 7), (100, 5, 8), (105, 65_536, 2**64 - 1)])
-    assert decode_guard(data, pack) == {0: (100, 7), 100: (5, 8), 105: (65_536, 2**64 - 1)}
+    assert _entries(decode_guard(data, pack)) == [(0, 100, 7), (100, 5, 8), (105, 65_536, 2**64 - 1)]
     padded = decode_guard(encode_guard(pack, [(3, 100, 7), (160, 5, 8)]), pack)
-    assert padded == {0: (3, 0), 3: (100, 7), 103: (57, 0), 160: (5, 8)}
-    assert decode_guard(encode_guard(pack, []), pack) == {}
+    assert _entries(padded) == [(0, 3, 0), (3, 100, 7), (103, 57, 0), (160, 5, 8)]
+    assert _entries(decode_guard(encode_guard(pack, []), pack)) == []
     assert decode_guard(data, bytes(32)) is None, "another pack's guard"
     assert decode_guard(data[:-1], pack) is None, "truncated"
     assert decode_guard(data + b"\0", pack) is None, "trailing bytes"
@@ -51,3 +51,8 @@ def test_guard_round_trip_and_rejections():
     flipped[50] ^= 1
     assert decode_guard(bytes(flipped), pack) is None, "a flipped bit"
     assert decode_guard(b"ARTGUARX" + data[8:], pack) is None, "bad magic"
+
+
+def _entries(guard) -> list[tuple[int, int, int]]:
+    assert guard.offsets.dtype == guard.lengths.dtype == np.int64 and guard.checksums.dtype == np.uint64
+    return list(zip(guard.offsets.tolist(), guard.lengths.tolist(), guard.checksums.tolist()))

@@ -13,6 +13,9 @@ pack order ``length:u32 xxh3_64:u64``, then the xxh3_64 of everything before it.
 """
 
 import struct
+from typing import NamedTuple
+
+import numpy as np
 
 from ..ids import DIGEST_SIZE
 from ..native import _checksum
@@ -21,6 +24,8 @@ MAGIC = b"ARTGUARD"
 HEAD = struct.Struct(f"<8s{DIGEST_SIZE}sI")
 ENTRY = struct.Struct("<IQ")
 CHECKSUM = struct.Struct("<Q")
+_ENTRIES = np.dtype({"names": ["length", "checksum"], "formats": ["<u4", "<u8"], "offsets": [0, 4],
+                     "itemsize": ENTRY.size})
 
 checksum = _checksum.xxh3_64
 
@@ -43,9 +48,17 @@ def encode_guard(pack_id: bytes, chunks: list[tuple[int, int, int]]) -> bytes:
     return body + CHECKSUM.pack(checksum(body))
 
 
-def decode_guard(data: bytes, pack_id: bytes) -> dict[int, tuple[int, int]] | None:
-    """pack offset -> (length, checksum) of each chunk; None for a guard that is damaged or
-    belongs to another pack (the reader then checks with BLAKE3)."""
+class Guard(NamedTuple):
+    """A pack's guard: the pack offset, length and checksum of each entry, in pack order."""
+
+    offsets: np.ndarray  # int64
+    lengths: np.ndarray  # int64
+    checksums: np.ndarray  # uint64
+
+
+def decode_guard(data: bytes, pack_id: bytes) -> Guard | None:
+    """The entries of a guard (padding included, with checksum 0); None for a guard that is
+    damaged or belongs to another pack (the reader then checks with BLAKE3)."""
     if len(data) < HEAD.size + CHECKSUM.size:
         return None
     magic, owner, count = HEAD.unpack_from(data)
@@ -53,8 +66,8 @@ def decode_guard(data: bytes, pack_id: bytes) -> dict[int, tuple[int, int]] | No
     if (magic, owner) != (MAGIC, pack_id) or len(body) != HEAD.size + count * ENTRY.size \
             or CHECKSUM.unpack_from(data, len(body))[0] != checksum(body):
         return None
-    chunks, offset = {}, 0
-    for length, value in ENTRY.iter_unpack(body[HEAD.size:]):
-        chunks[offset] = (length, value)
-        offset += length
-    return chunks
+    entries = np.frombuffer(body, _ENTRIES, count, HEAD.size)
+    lengths = entries["length"].astype(np.int64)
+    offsets = np.zeros(count, np.int64)
+    np.cumsum(lengths[:-1], out=offsets[1:])
+    return Guard(offsets, lengths, entries["checksum"].astype(np.uint64))

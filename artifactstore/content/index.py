@@ -134,6 +134,19 @@ class ChunkIndex:
         # while another thread sorts the records in, the dicts may hold some of what they list
         return known + [location for location in unsorted.locations(chunk) if location not in known]
 
+    def all_locations_of(self, chunks: list[bytes]) -> list[list[Location]]:
+        """``all_locations`` of each chunk, the records not sorted in searched for all of them at
+        once (a load locates every chunk of a file: thousands)."""
+        unsorted = self._unsorted
+        found: list[list[Location]] = []
+        for chunk in chunks:
+            first = self._locations.get(chunk)
+            found.append([first, *self._alternates.get(chunk, ())] if first is not None else [])
+        if unsorted is not None:
+            for known, listed in zip(found, unsorted.locations_of(chunks)):
+                known.extend(location for location in listed if location not in known)
+        return found
+
     def get(self, chunk: bytes) -> Location | None:
         unsorted = self._searched()
         first = self._locations.get(chunk)
@@ -254,6 +267,25 @@ class _Records:
                                       int(record["length"])))
             at += 1
         return found
+
+    def locations_of(self, chunks: list[bytes]) -> list[list[Location]]:
+        """``locations`` of each chunk, searched for together: a chunk whose first 8 bytes one
+        record has is answered from arrays; the rest (none, or several) one by one."""
+        import numpy as np
+
+        if not len(self._keys):
+            return [[] for _ in chunks]
+        keys = np.frombuffer(b"".join(chunk[:8] for chunk in chunks), "<u8")
+        first = self._keys.searchsorted(keys, "left")
+        single = self._keys.searchsorted(keys, "right") - first == 1
+        rows = self._key_order[np.minimum(first, len(self._keys) - 1)]
+        records = self._records[rows]
+        matches = single & (records["chunk"] == np.frombuffer(b"".join(chunks), f"V{DIGEST_SIZE}"))
+        pack_of = self._pack_of[rows].tolist()
+        offsets, lengths = records["offset"].tolist(), records["length"].tolist()
+        return [[Location(self.packs[pack_of[k]], offsets[k], lengths[k])] if matched
+                else [] if not several else self.locations(chunks[k])
+                for k, (matched, several) in enumerate(zip(matches.tolist(), (~single).tolist()))]
 
     def pack_entries(self) -> Iterable[tuple[bytes, list[PackEntry]]]:
         """Each pack's entries, in the order read."""

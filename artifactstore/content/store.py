@@ -501,6 +501,15 @@ class ContentStore:
         locations = self.index.all_locations(chunk)
         if not locations and self.refresh_index():
             locations = self.index.all_locations(chunk)
+        return self._preferred(chunk, length, locations)
+
+    def locate_all(self, chunks: list[tuple[bytes, int]]) -> list[Location]:
+        """``locate`` of each (chunk, length), the index searched for all of them at once."""
+        found = self.index.all_locations_of([chunk for chunk, _ in chunks])
+        return [self._preferred(chunk, length, locations) if locations else self.locate(chunk, length)
+                for (chunk, length), locations in zip(chunks, found)]
+
+    def _preferred(self, chunk: bytes, length: int, locations: list[Location]) -> Location:
         if not locations:
             raise CorruptObject(f"chunk {format_id(chunk)} is missing from the store")
         location = locations[0]

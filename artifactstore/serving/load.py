@@ -15,7 +15,7 @@ import os
 import threading
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import accumulate
@@ -26,7 +26,7 @@ import ml_dtypes
 import numpy as np
 
 from ..content.fetch import make_hot
-from ..content.guard import decode_guard, guard_key
+from ..content.guard import Guard, decode_guard, guard_key
 from ..content.index import Location
 from ..content.manifest import FileManifest, manifest_key
 from ..content.pack import pack_key
@@ -81,6 +81,7 @@ class _StoredFile:
     manifest: FileManifest
     chunk_starts: list[int]  # file offset of each chunk, then the file size
     header: SafetensorsHeader
+    starts: np.ndarray  # chunk_starts as an array (int64)
 
 
 @dataclass(frozen=True)
@@ -100,10 +101,11 @@ class _Checks:
 class _Run:
     """Chunks that follow each other in a buffer, read (where not mapped) and checked by one
     thread while they are in its cache. ``reads``: (pack, pack offset, offset in the buffer,
-    length), adjacent reads merged; ``chunks``: (pack, pack offset, offset, length) of each."""
+    length) of the bytes outside the mapped pages, adjacent reads merged; ``every``: the same for
+    all of the run's bytes (read where the pages could not be mapped after all)."""
 
     reads: list[tuple[bytes, int, int, int]]
-    chunks: list[tuple[bytes, int, int, int]]
+    every: list[tuple[bytes, int, int, int]]
     checks: _Checks
 
 
@@ -240,7 +242,8 @@ class Loader:
                     chunk, size = manifest.chunks[i]
                     location = self.content.locate(chunk, size)
                     data = packs.read(location.pack, location.offset, size)
-                    checks = _checks_of([(chunk, location.pack, location.offset, 0, size)], packs.guard)
+                    checks = _checks_of([chunk], [location.pack], np.zeros(1, np.int64), np.array([location.offset]),
+                                        np.zeros(1, np.int64), np.array([size]), packs)
                     if _first_damaged(data, checks):
                         raise CorruptObject(_damage(chunk, location.pack))
                     leading[i] = data
@@ -251,7 +254,7 @@ class Loader:
             header = read_header(read_range, manifest.size)
         except InvalidInput as exc:
             raise InvalidInput(f"{label}: {exc}") from None
-        stored = _StoredFile(manifest, chunk_starts, header)
+        stored = _StoredFile(manifest, chunk_starts, header, np.array(chunk_starts, np.int64))
         self._files.put(file_id, stored)
         return stored
 
@@ -279,124 +282,170 @@ class Loader:
         its bytes, so that it is mapped from the packs except perhaps on the pages where its
         chunks change pack (a partial retrain's unchanged tensors begin and end in new chunks)."""
         layout = self.content.layout
-        located = {i: self.content.locate(*file.manifest.chunks[i])
-                   for t in tensors for i in _chunks_covering(file.chunk_starts, t.begin, t.end)}
-        # each chunk's phase (file offset - pack offset, modulo the page size) where it can be mapped
-        phases = {i: (file.chunk_starts[i] - location.offset) % PAGE_SIZE if maps and packs.mappable(location)
-                  else None for i, location in located.items()}
+        located = _locate(self.content, file, tensors, packs, maps)
         by_phase: dict[int | None, list[TensorInfo]] = {}
         for tensor in tensors:
-            by_phase.setdefault(_phase(file, tensor, phases), []).append(tensor)
+            by_phase.setdefault(_phase(file, tensor, located), []).append(tensor)
         if not by_phase:
             by_phase[None] = []
-        buffers = [_plan_buffer(file, phase, members, located, phases, packs) for phase, members in by_phase.items()]
+        buffers = [_plan_buffer(file, phase, members, located, packs) for phase, members in by_phase.items()]
         reusable = all(not run.checks.unvouched for buffer in buffers for run in buffer.runs)
         return _FilePlan(buffers, layout, reusable)
 
 
-def _phase(file: _StoredFile, tensor: TensorInfo, phases: dict[int, int | None]) -> int | None:
+@dataclass(frozen=True)
+class _Located:
+    """Where the chunks some tensors need lie, by chunk number in the file: the pack (a number
+    in ``packs``; -1 for a chunk not needed), the offset in it, and the chunk's phase (file offset
+    minus pack offset, modulo the page size) where it can be mapped from there, else -1."""
+
+    pack: np.ndarray
+    pack_offset: np.ndarray
+    phase: np.ndarray
+    packs: list[bytes]
+
+
+def _locate(content: ContentStore, file: _StoredFile, tensors: list[TensorInfo], packs: _PackFiles,
+            maps: bool) -> _Located:
+    count = len(file.manifest.chunks)
+    pack, pack_offset, phase = np.full(count, -1, np.int64), np.zeros(count, np.int64), np.full(count, -1, np.int64)
+    numbers: dict[bytes, int] = {}
+    needed = _needed(file, tensors).tolist()
+    for i, location in zip(needed, content.locate_all([file.manifest.chunks[i] for i in needed])):
+        pack[i] = numbers.setdefault(location.pack, len(numbers))
+        pack_offset[i] = location.offset
+        if maps and packs.mappable(location):
+            phase[i] = (file.chunk_starts[i] - location.offset) % PAGE_SIZE
+    return _Located(pack, pack_offset, phase, list(numbers))
+
+
+def _needed(file: _StoredFile, tensors: list[TensorInfo]) -> np.ndarray:
+    """The numbers of the chunks holding any byte of ``tensors``, in file order."""
+    wanted = np.zeros(len(file.manifest.chunks), np.bool_)
+    for tensor in tensors:
+        covering = _chunks_covering(file.chunk_starts, tensor.begin, tensor.end)
+        wanted[covering.start:covering.stop] = True
+    return np.flatnonzero(wanted)
+
+
+def _phase(file: _StoredFile, tensor: TensorInfo, located: _Located) -> int | None:
     """The phase of the mappable chunks holding most of a tensor's bytes; None if none is."""
     covering = _chunks_covering(file.chunk_starts, tensor.begin, tensor.end)
-    found = {phases[i] for i in covering} - {None}
+    phases = located.phase[covering.start:covering.stop].tolist()
+    found = set(phases) - {-1}
     if len(found) < 2:  # the usual case: one phase for the whole file
         return next(iter(found), None)
     votes: dict[int, int] = {}
-    for i in covering:
-        phase = phases[i]
-        if phase is not None:
+    for i, phase in zip(covering, phases):
+        if phase != -1:
             overlap = min(tensor.end, file.chunk_starts[i + 1]) - max(tensor.begin, file.chunk_starts[i])
             votes[phase] = votes.get(phase, 0) + overlap
     return max(votes, key=votes.__getitem__)
 
 
-def _plan_buffer(file: _StoredFile, phase: int | None, tensors: list[TensorInfo], located: dict[int, Location],
-                 phases: dict[int, int | None], packs: _PackFiles) -> _BufferPlan:
+def _plan_buffer(file: _StoredFile, phase: int | None, tensors: list[TensorInfo], located: _Located,
+                 packs: _PackFiles) -> _BufferPlan:
     """The buffer of ``tensors``: where it starts (at ``phase`` modulo the page size, so that pack
     pages of that phase can be mapped into it; a buffer that maps nothing starts at phase 0, which
     keeps the file's alignment), the whole pages mapped from stretches of chunks back to back in
-    one local pack, and the rest of the chunks' bytes to read."""
-    needed = sorted({i for t in tensors for i in _chunks_covering(file.chunk_starts, t.begin, t.end)})
-    if not needed:
+    one local pack, and the rest of the chunks' bytes to read. Computed on arrays: a file has
+    thousands of chunks, and this runs whenever a loader meets a version for the first time."""
+    needed = _needed(file, tensors)
+    if not len(needed):
         return _BufferPlan(file.header.data_start, 0, phase is not None, [], [], tensors, ())
-    first, end = file.chunk_starts[needed[0]], file.chunk_starts[needed[-1] + 1]
-    base = first - (first - (phase or 0)) % PAGE_SIZE
+    starts, ends = file.starts[needed], file.starts[needed + 1]
+    base = int(starts[0]) - (int(starts[0]) - (phase or 0)) % PAGE_SIZE
+    pack, pack_offset = located.pack[needed], located.pack_offset[needed]
+    offsets, stops = starts - base, ends - base  # each chunk's place in the buffer
+    low, high = stops.copy(), stops.copy()  # each chunk's mapped pages [low, high), empty where none
     pieces: list[tuple[bytes, int, int, int]] = []
     if phase is not None:
-        stretch: list = []  # pack, file offset - pack offset, file offsets begin and end
-        for i in needed:
-            location, start = located[i], file.chunk_starts[i]
-            if phases[i] == phase:
-                if stretch[:2] == [location.pack, start - location.offset] and stretch[3] == start:
-                    stretch[3] = start + location.length
-                    continue
-                _add_pages(stretch, base, pieces)
-                stretch = [location.pack, start - location.offset, start, start + location.length]
-            else:
-                _add_pages(stretch, base, pieces)
-                stretch = []
-        _add_pages(stretch, base, pieces)
-    mapped = [(offset, offset + length) for _, _, offset, length in pieces]
-    runs: list[_Run] = []
-    chunks: list[tuple[bytes, bytes, int, int, int]] = []  # digest, pack, pack offset, offset, length
-    run_bytes = 0
-    for i in needed:
-        location = located[i]
-        if chunks and run_bytes + location.length > RUN_LIMIT:
-            runs.append(_run_of(chunks, mapped, packs))
-            chunks, run_bytes = [], 0
-        chunks.append((file.manifest.chunks[i][0], location.pack, location.offset, file.chunk_starts[i] - base,
-                       location.length))
-        run_bytes += location.length
-    runs.append(_run_of(chunks, mapped, packs))
-    return _BufferPlan(base, end - base, phase is not None, pieces, runs, tensors,
-                       tuple(dict.fromkeys(located[i].pack for i in needed)))
+        in_phase = located.phase[needed] == phase
+        pack_base = starts - pack_offset
+        follows = np.zeros(len(needed), np.bool_)  # continues the stretch of the chunk before it in one pack
+        follows[1:] = in_phase[1:] & in_phase[:-1] & (pack[1:] == pack[:-1]) & (pack_base[1:] == pack_base[:-1]) \
+            & (needed[1:] == needed[:-1] + 1)
+        first, last = in_phase & ~follows, in_phase & ~np.append(follows[1:], False)
+        page_low = -(-offsets[first] // PAGE_SIZE) * PAGE_SIZE
+        page_high = stops[last] // PAGE_SIZE * PAGE_SIZE
+        whole = page_high > page_low
+        for k, begin, end in zip(np.flatnonzero(first)[whole].tolist(), page_low[whole].tolist(),
+                                 page_high[whole].tolist()):
+            pieces.append((located.packs[pack[k]], begin + base - int(pack_base[k]), begin, end - begin))
+        if whole.any():
+            stretch = np.cumsum(first) - 1
+            mapped = in_phase.copy()
+            mapped[in_phase] = whole[stretch[in_phase]]
+            low[mapped], high[mapped] = page_low[stretch[mapped]], page_high[stretch[mapped]]
+    chunks = [chunk for chunk, _ in file.manifest.chunks]
+    runs = []
+    bounds = _run_bounds((ends - starts).tolist())
+    for part in (slice(a, b) for a, b in zip(bounds, bounds[1:])):
+        o, e = offsets[part], stops[part]
+        head_end, tail_start = np.clip(low[part], o, e), np.clip(high[part], o, e)
+        reads = _reads(located, pack[part], pack_offset[part] - o, np.stack([o, tail_start], 1).ravel(),
+                       np.stack([head_end, e], 1).ravel())
+        for read_pack in dict.fromkeys(read[0] for read in reads):
+            packs.open(read_pack)
+        runs.append(_Run(reads, _reads(located, pack[part], pack_offset[part] - o, o, e),
+                         _checks_of([chunks[i] for i in needed[part].tolist()], located.packs, pack[part],
+                                    pack_offset[part], o, e - o, packs)))
+    return _BufferPlan(base, int(stops[-1]), phase is not None, pieces, runs, tensors,
+                       tuple(located.packs[k] for k in dict.fromkeys(pack.tolist())))
 
 
-def _add_pages(stretch: list, base: int, pieces: list[tuple[bytes, int, int, int]]) -> None:
-    """Add the whole pages of a stretch of chunks (pack, its base, begin, end) to ``pieces``."""
-    if stretch:
-        pack, pack_base, begin, end = stretch
-        low = -(-(begin - base) // PAGE_SIZE) * PAGE_SIZE
-        high = (end - base) // PAGE_SIZE * PAGE_SIZE
-        if high > low:
-            pieces.append((pack, low + base - pack_base, low, high - low))
+def _run_bounds(lengths: list[int]) -> list[int]:
+    """Where each run of chunks begins, then the end: runs as long as fit in RUN_LIMIT (a chunk at least)."""
+    bounds, run_bytes = [0], 0
+    for k, length in enumerate(lengths):
+        if k > bounds[-1] and run_bytes + length > RUN_LIMIT:
+            bounds.append(k)
+            run_bytes = 0
+        run_bytes += length
+    bounds.append(len(lengths))
+    return bounds
 
 
-def _run_of(chunks: list[tuple[bytes, bytes, int, int, int]], mapped: list[tuple[int, int]],
-            packs: _PackFiles) -> _Run:
-    """A run of chunks: its reads (the bytes outside the mapped pages, adjacent reads merged) and
-    its checks."""
-    reads: list[list] = []
-    for _, pack, pack_offset, offset, length in chunks:
-        for begin, stop in _unmapped(offset, offset + length, mapped):
-            position = pack_offset + begin - offset
-            if reads and reads[-1][0] == pack and reads[-1][1] + reads[-1][3] == position \
-                    and reads[-1][2] + reads[-1][3] == begin:
-                reads[-1][3] += stop - begin
-            else:
-                reads.append([pack, position, begin, stop - begin])
-                packs.open(pack)
-    return _Run([(p, po, o, n) for p, po, o, n in reads], [(p, po, o, n) for _, p, po, o, n in chunks],
-                _checks_of(chunks, packs.guard))
+def _reads(located: _Located, pack: np.ndarray, shift: np.ndarray, begins: np.ndarray,
+           ends: np.ndarray) -> list[tuple[bytes, int, int, int]]:
+    """(pack, pack offset, offset in the buffer, length) of the buffer's byte ranges [begins,
+    ends), in order, the same number of them for each chunk (in ``pack``, at pack offset = buffer
+    offset + ``shift``); empty ones dropped, adjacent ones merged."""
+    per_chunk = len(begins) // len(pack)
+    pack, position = np.repeat(pack, per_chunk), np.repeat(shift, per_chunk) + begins
+    kept = ends > begins
+    pack, position, begins, ends = pack[kept], position[kept], begins[kept], ends[kept]
+    if not len(begins):
+        return []
+    joins = np.zeros(len(begins), np.bool_)
+    joins[1:] = (pack[1:] == pack[:-1]) & (begins[1:] == ends[:-1]) & (position[1:] - begins[1:] == position[:-1] - begins[:-1])
+    heads = np.flatnonzero(~joins)
+    tails = np.append(heads[1:], len(begins)) - 1
+    return [(located.packs[p], o, b, e - b) for p, o, b, e in
+            zip(pack[heads].tolist(), position[heads].tolist(), begins[heads].tolist(), ends[tails].tolist())]
 
 
-def _checks_of(chunks: list[tuple[bytes, bytes, int, int, int]],
-               guard_of: Callable[[bytes], dict[int, tuple[int, int]] | None]) -> _Checks:
-    """The checks of chunks (digest, pack, pack offset, offset in the buffer, length): by their
-    pack's guard where it has an entry for the chunk's place, else by BLAKE3."""
-    offsets, lengths, expected, vouched, unvouched = [], [], [], [], []
-    for digest, pack, pack_offset, offset, length in chunks:
-        guard = guard_of(pack)
-        entry = guard.get(pack_offset) if guard is not None else None
-        if entry is not None and entry[0] == length:
-            offsets.append(offset)
-            lengths.append(length)
-            expected.append(entry[1])
-            vouched.append((digest, pack))
-        else:
-            unvouched.append((digest, pack, offset, length))
-    return _Checks(np.array(offsets, np.int64), np.array(lengths, np.int64), np.array(expected, np.uint64),
-                   vouched, unvouched)
+def _checks_of(chunks: list[bytes], pack_ids: list[bytes], pack: np.ndarray, pack_offset: np.ndarray,
+               offsets: np.ndarray, lengths: np.ndarray, packs: _PackFiles) -> _Checks:
+    """The checks of ``chunks`` (their digests; each in pack ``pack_ids[pack]`` at ``pack_offset``,
+    at ``offsets`` in the buffer): by their pack's guard where it has an entry for the chunk's
+    place and length, else by BLAKE3."""
+    expected = np.zeros(len(chunks), np.uint64)
+    vouched = np.zeros(len(chunks), np.bool_)
+    for number in dict.fromkeys(pack.tolist()):
+        guard = packs.guard(pack_ids[number])
+        if guard is None or not len(guard.offsets):
+            continue
+        mine = np.flatnonzero(pack == number)
+        at = np.minimum(np.searchsorted(guard.offsets, pack_offset[mine]), len(guard.offsets) - 1)
+        hit = (guard.offsets[at] == pack_offset[mine]) & (guard.lengths[at] == lengths[mine])
+        vouched[mine[hit]] = True
+        expected[mine[hit]] = guard.checksums[at[hit]]
+    numbers = pack.tolist()
+    return _Checks(offsets[vouched], lengths[vouched], expected[vouched],
+                   [(chunks[k], pack_ids[numbers[k]]) for k in np.flatnonzero(vouched).tolist()],
+                   [(chunks[k], pack_ids[numbers[k]], int(offsets[k]), int(lengths[k]))
+                    for k in np.flatnonzero(~vouched).tolist()])
 
 
 def _execute(plan: _FilePlan, packs: _PackFiles, pool: ThreadPoolExecutor,
@@ -447,27 +496,12 @@ def _chunks_covering(chunk_starts: list[int], begin: int, end: int) -> range:
     return range(bisect_right(chunk_starts, begin) - 1, bisect_left(chunk_starts, end))
 
 
-def _unmapped(begin: int, end: int, mapped: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The parts of [begin, end) outside the sorted, disjoint ``mapped`` ranges."""
-    parts = []
-    position = begin
-    for low, high in mapped[max(bisect_right(mapped, (begin, begin)) - 1, 0):]:
-        if low >= end:
-            break
-        if low > position:
-            parts.append((position, low))
-        position = max(position, high)
-    if position < end:
-        parts.append((position, end))
-    return parts
-
-
 def _read_and_check(packs: _PackFiles, run: _Run, host: np.ndarray, mapping: Any) -> str | None:
     """Read a run's unmapped bytes into place (all of them if nothing is ``mapping``ped), then
     check each of its chunks (faulting mapped pages in: measured cheaper than MADV_POPULATE_READ
     first) while they are in the CPU's cache; returns what is damaged, if anything."""
     landing = host.data
-    for pack, pack_offset, offset, length in (run.reads if mapping is not None else run.chunks):
+    for pack, pack_offset, offset, length in (run.reads if mapping is not None else run.every):
         packs.read_into(pack, [landing[offset:offset + length]], pack_offset)
     damaged = _first_damaged(host, run.checks)
     return None if damaged is None else _damage(*damaged)
@@ -522,7 +556,7 @@ class _PackFiles:
         self._content = content
         self._fds: dict[bytes, int | None] = {}
         self._sizes: dict[bytes, int] = {}
-        self._guards: dict[bytes, dict[int, tuple[int, int]] | None] = {}
+        self._guards: dict[bytes, Guard | None] = {}
 
     def __enter__(self) -> _PackFiles:
         return self
@@ -554,8 +588,9 @@ class _PackFiles:
         self.open(location.pack)
         return self._fds[location.pack] is not None and location.offset + location.length <= self._sizes[location.pack]
 
-    def guard(self, pack: bytes) -> dict[int, tuple[int, int]] | None:
-        """The checksums of an ``open``ed local pack's chunks by offset (guard.py), if it has them."""
+    def guard(self, pack: bytes) -> Guard | None:
+        """The checksums of a local pack's chunks (guard.py), if it has them."""
+        self.open(pack)
         if self._fds[pack] is None:
             return None
         if pack not in self._guards:
