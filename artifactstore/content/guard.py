@@ -13,9 +13,7 @@ pack order ``length:u32 xxh3_64:u64``, then the xxh3_64 of everything before it.
 """
 
 import struct
-from typing import NamedTuple
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..ids import DIGEST_SIZE
 from ..native import _checksum
@@ -24,8 +22,12 @@ MAGIC = b"ARTGUARD"
 HEAD = struct.Struct(f"<8s{DIGEST_SIZE}sI")
 ENTRY = struct.Struct("<IQ")
 CHECKSUM = struct.Struct("<Q")
-_ENTRIES = np.dtype({"names": ["length", "checksum"], "formats": ["<u4", "<u8"], "offsets": [0, 4],
-                     "itemsize": ENTRY.size})
+# ENTRY as numpy fields (not a dtype: this module is imported by commands that never load numpy)
+_ENTRY_FIELDS: Any = {"names": ["length", "checksum"], "formats": ["<u4", "<u8"], "offsets": [0, 4],
+                      "itemsize": ENTRY.size}
+
+if TYPE_CHECKING:
+    import numpy as np
 
 checksum = _checksum.xxh3_64
 
@@ -51,9 +53,9 @@ def encode_guard(pack_id: bytes, chunks: list[tuple[int, int, int]]) -> bytes:
 class Guard(NamedTuple):
     """A pack's guard: the pack offset, length and checksum of each entry, in pack order."""
 
-    offsets: np.ndarray  # int64
-    lengths: np.ndarray  # int64
-    checksums: np.ndarray  # uint64
+    offsets: "np.ndarray"  # int64
+    lengths: "np.ndarray"  # int64
+    checksums: "np.ndarray"  # uint64
 
 
 def decode_guard(data: bytes, pack_id: bytes) -> Guard | None:
@@ -66,7 +68,9 @@ def decode_guard(data: bytes, pack_id: bytes) -> Guard | None:
     if (magic, owner) != (MAGIC, pack_id) or len(body) != HEAD.size + count * ENTRY.size \
             or CHECKSUM.unpack_from(data, len(body))[0] != checksum(body):
         return None
-    entries = np.frombuffer(body, _ENTRIES, count, HEAD.size)
+    import numpy as np
+
+    entries = np.frombuffer(body, np.dtype(_ENTRY_FIELDS), count, HEAD.size)
     lengths = entries["length"].astype(np.int64)
     offsets = np.zeros(count, np.int64)
     np.cumsum(lengths[:-1], out=offsets[1:])
