@@ -69,6 +69,10 @@ def test_a_batch_of_lookups_answers_what_one_lookup_each_answers():
     decoded.pack_entries  # noqa: B018
     assert lazy.all_locations_of(batch) == [decoded.all_locations(c) for c in batch]
     assert ChunkIndex().all_locations_of(chunks[:3]) == [[], [], []]
+    twice = MemoryBackend()  # a damaged index listing one record twice: both are answered, as one by one
+    write_index(twice, [(bytes(32), [PackEntry(chunks[0], 1, 2), PackEntry(chunks[0], 1, 2)])])
+    assert ChunkIndex.load(twice).all_locations_of(chunks[:1]) == [ChunkIndex.load(twice).all_locations(chunks[0])]
+    assert len(ChunkIndex.load(twice).all_locations(chunks[0])) == 2
 
 
 def test_files_read_later_and_packs_added_keep_the_order_of_first_listing():

@@ -1,12 +1,11 @@
 """Objects as files under a directory: atomic by temp file, fsync and rename; refs under a file lock."""
 
-import ctypes
-import ctypes.util
 import fcntl
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,18 +21,19 @@ WRITEBACK_MIN_BYTES = 1 << 20
 _SYNC_FILE_RANGE_WRITE = 2
 
 
-def _writeback_starter():
+@lru_cache(maxsize=1)
+def _writeback_starter() -> Callable[[int, int, int, int], int] | None:
+    """libc's sync_file_range, looked up on the first large write (ctypes is no import of every command)."""
     if sys.platform != "linux":
         return None
+    import ctypes
+
     try:
-        function = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).sync_file_range
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
     except (OSError, AttributeError):
         return None
     function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     return function
-
-
-_start_writeback = _writeback_starter()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -61,8 +61,8 @@ class LocalWriter:
         while view:  # an unbuffered write may be short (a nearly full disk, a signal)
             view = view[self._file.write(view):]
         self._size += length
-        if _start_writeback is not None and length >= WRITEBACK_MIN_BYTES:
-            _start_writeback(self._file.fileno(), start, length, _SYNC_FILE_RANGE_WRITE)  # a hint: errors ignored
+        if length >= WRITEBACK_MIN_BYTES and (start_writeback := _writeback_starter()) is not None:
+            start_writeback(self._file.fileno(), start, length, _SYNC_FILE_RANGE_WRITE)  # a hint: errors ignored
 
     def publish(self, key: str) -> None:
         os.fsync(self._file.fileno())

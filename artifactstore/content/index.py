@@ -144,7 +144,7 @@ class ChunkIndex:
             found.append([first, *self._alternates.get(chunk, ())] if first is not None else [])
         if unsorted is not None:
             for known, listed in zip(found, unsorted.locations_of(chunks)):
-                known.extend(location for location in listed if location not in known)
+                known.extend([location for location in listed if location not in known])
         return found
 
     def get(self, chunk: bytes) -> Location | None:

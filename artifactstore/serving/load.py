@@ -437,7 +437,7 @@ def _checks_of(chunks: list[bytes], pack_ids: list[bytes], pack: np.ndarray, pac
         if guard is None or not len(guard.offsets):
             continue
         mine = np.flatnonzero(pack == number)
-        at = np.minimum(np.searchsorted(guard.offsets, pack_offset[mine]), len(guard.offsets) - 1)
+        at = np.maximum(np.searchsorted(guard.offsets, pack_offset[mine], "right") - 1, 0)  # the last at an offset
         hit = (guard.offsets[at] == pack_offset[mine]) & (guard.lengths[at] == lengths[mine])
         vouched[mine[hit]] = True
         expected[mine[hit]] = guard.checksums[at[hit]]
