@@ -260,7 +260,9 @@ def _ingest_buffer(data: memoryview, chunker: chunking.ChunkerParams, session: P
                    pool: ThreadPoolExecutor, progress: Progress) -> tuple[bytes, FileManifest]:
     """One pass of a pipeline over the file, block by block: this thread cuts block k+2 while the
     pool hashes blocks k+1 and k+2 (each chunk's xxh3, then its BLAKE3), the digester adds block
-    k to the file's BLAKE3, and this thread stores block k's new chunks.
+    k to the file's BLAKE3, and the storer writes block k's new chunks into packs. The cut and the
+    writes each cost about a third of a put's CPU: on one thread they made it the pipeline's
+    slowest stage.
 
     Every chunk's xxh3 is taken before any other read of its bytes (its BLAKE3, the file's digest,
     the write into a pack) and again after all of them: a chunk written is checked after its
@@ -270,8 +272,9 @@ def _ingest_buffer(data: memoryview, chunker: chunking.ChunkerParams, session: P
     file_hash = blake3.blake3()
     offsets = [0]  # each chunk's offset, then the end of the last chunk cut so far
     chunk_ids: list[bytes] = []
-    blocks: deque[tuple[int, int, Future, Future]] = deque()
-    with ThreadPoolExecutor(1) as digester:  # in order: BLAKE3 of a file is one sequential hash
+    blocks: deque[tuple[Future, Future, Future]] = deque()  # each block's store, hashing and digest
+    # in order, one thread each: BLAKE3 of a file is one sequential hash, and packs are written in file order
+    with ThreadPoolExecutor(1) as digester, ThreadPoolExecutor(1) as storer:
         try:
             for lengths in chunking.cut_blocks(data, **chunker.as_kwargs(), block_size=CUT_BLOCK):
                 first = len(offsets) - 1
@@ -279,13 +282,15 @@ def _ingest_buffer(data: memoryview, chunker: chunking.ChunkerParams, session: P
                     offsets.append(offsets[-1] + length)
                 hashed = pool.submit(_hash_chunks, data, offsets, first, len(offsets) - 1)
                 digested = digester.submit(_add_to_digest, file_hash, data, hashed, offsets[first], offsets[-1])
-                blocks.append((first, len(offsets) - 1, hashed, digested))
+                stored = storer.submit(_store_block, data, offsets, session, progress, first, len(offsets) - 1,
+                                       hashed, digested)
+                blocks.append((stored, hashed, digested))
                 if len(blocks) > LOOKAHEAD:
-                    chunk_ids += _store_block(data, offsets, session, progress, *blocks.popleft())
+                    chunk_ids += blocks.popleft()[0].result()
             while blocks:
-                chunk_ids += _store_block(data, offsets, session, progress, *blocks.popleft())
+                chunk_ids += blocks.popleft()[0].result()
         except BaseException:
-            for _, _, *tasks in blocks:  # they read ``data``: let them finish before it is released
+            for tasks in blocks:  # they read ``data``: let them finish before it is released
                 for task in tasks:
                     task.cancel() or task.exception()
             raise
