@@ -25,6 +25,7 @@ from .registry.pointers import PRODUCTION
 from .registry.refs import ModelName
 from .registry.registry import PushResult, Registry
 from .registry.rules import release_rule, rollout_rule
+from .registry.samples import SAMPLES_FILE
 from .registry.state import AuditEntry, ModelState, default_actor
 
 if TYPE_CHECKING:
@@ -204,10 +205,14 @@ class Store:
                 force: bool = False) -> ModelState:
         """Move production (``registry.promote``); a version without a drift baseline gets one from
         its bundle's eval_samples.jsonl, when it carries one."""
+        state = self._announced(self.registry.promote(ref, actor=actor, reason=reason, expect=expect, force=force))
+        version = state.pointer(PRODUCTION)
+        assert version is not None
+        if self.content.read_tree_file(self.registry.record(state, version)["bundle"], SAMPLES_FILE) is None:
+            return state  # nothing to take a baseline from: the monitoring wing (numpy, zarr) is not loaded
         from .monitoring.observe import promotion_baseline
 
-        state = self._announced(self.registry.promote(ref, actor=actor, reason=reason, expect=expect, force=force))
-        baseline = promotion_baseline(self.registry, self.monitoring, f"{state.model}@{state.pointer(PRODUCTION)}")
+        baseline = promotion_baseline(self.registry, self.monitoring, f"{state.model}@{version}")
         if baseline is not None:
             baseline.write(self.monitoring)
         return state
@@ -390,6 +395,8 @@ class Store:
 
     def _announced(self, state: ModelState) -> ModelState:
         """``state``, after the events of its audit entries went to the model's hooks."""
+        if state.policy is None:
+            return state  # no policy, no hooks: the hooks' module (and what it imports) is not loaded
         from .registry.hooks import announce
 
         announce(self.registry, state)

@@ -37,3 +37,25 @@ def test_reading_the_registry_loads_no_heavy_library(store, tmp_path):
 
 def test_a_command_that_needs_them_still_loads_them(store):
     assert "numpy" in loaded_by(["drift", "acme/none", "--store", str(store.path)])
+
+
+def test_a_promote_and_a_rollback_load_no_heavy_library(store, tmp_path):
+    """Without a policy nothing heavy; with one, pydantic for the policy (its gate and review are
+    checked), and still no numpy, zarr or YAML. A bundle without eval_samples.jsonl needs no drift
+    baseline at promotion."""
+    from artifactstore.demo import adapter_history, write_bundle
+
+    for version, number in zip(adapter_history(layers=2, scale=16)[:2], ("v1.0.0", "v1.1.0")):
+        store.push(write_bundle(version, tmp_path / number), f"acme/support@{number}")
+    location = str(store.path)
+    moves = (["promote", "acme/support@v1.0.0", "--store", location],
+             ["promote", "acme/support@v1.1.0", "--store", location],
+             ["rollback", "acme/support", "--store", location])
+    assert loaded_by(*moves) == []
+    assert store.state("acme/support").pointer("production") == "v1.0.0", "the moves were made"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("review:\n  required: true\n  min_samples: 1\n")
+    store.set_policy("acme/support", policy)
+    forced = [[*move, "--force", "--reason", "test"] if move[0] == "promote" else move for move in moves]
+    assert loaded_by(*forced[1:]) == ["pydantic"]
+    assert store.state("acme/support").pointer("production") == "v1.0.0"

@@ -2,7 +2,6 @@
 ``rules.release_rule``)."""
 
 from ..errors import InvalidInput
-from .bundle import SMOKE_TESTS, smoke_tests_of
 from .gate import gate_result
 from .pointers import PRODUCTION
 from .policy import Policy, policy_of
@@ -44,6 +43,8 @@ def missing_checks(registry: Registry, state: ModelState, version: str, policy: 
             missing.append(f"approved after {review.samples} outputs; the policy asks for "
                            f"{policy.review.min_samples}")
     if policy.smoke.required:
+        from .bundle import SMOKE_TESTS, smoke_tests_of  # here: bundle validation loads pydantic models and YAML
+
         try:
             if not smoke_tests_of(registry.content, registry.record(state, version)["bundle"]):
                 missing.append(f"no {SMOKE_TESTS} in its bundle (the policy requires known inputs to check "

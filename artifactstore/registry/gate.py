@@ -15,7 +15,6 @@ from typing import Any, Literal
 from ..clock import timestamp
 from ..content.manifest import canonical_json
 from ..errors import Conflict, CorruptObject, InvalidParameter
-from .bundle import metric_values
 from .pointers import PRODUCTION
 from .policy import LIMITS, GateSection, MetricRule, policy_of
 from .registry import Move, Registry
@@ -236,6 +235,8 @@ def run_gate(registry: Registry, ref: str, *, accept: tuple[str, ...] | list[str
     carried = {m.metric: m.accepted for m in earlier.metrics if m.accepted} if earlier and (
         earlier.production, earlier.settings, earlier.record) == (production, result.settings, result.record) else {}
     acceptances = carried | {metric: {"by": actor, "at": at, "reason": reason} for metric in accept}
+    from .bundle import metric_values  # here: bundle validation (pydantic, YAML) is no part of a promote
+
     candidate = metric_values(registry.record(state, version)["eval_scores"])
     base = metric_values(registry.record(state, production)["eval_scores"]) if production else None
     result = replace(result, metrics=evaluate(settings, base, candidate, acceptances))

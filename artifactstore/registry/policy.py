@@ -23,14 +23,12 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..backends.remote import mask_url
 from ..clock import parse_duration
 from ..content.manifest import canonical_json
 from ..errors import Conflict, CorruptObject, InvalidParameter
-from .bundle import read_data_file
 from .refs import ModelName
 from .registry import Move, Registry
 from .state import ModelState
@@ -255,6 +253,8 @@ class Policy(_Section):
 
 def read_policy_file(path: str | os.PathLike) -> Policy:
     """A policy file, validated; InvalidInput names every problem (file and field) on one line."""
+    from .bundle import read_data_file  # here: a command that only reads a stored policy needs no YAML
+
     return read_data_file(Path(path), Policy)
 
 
@@ -318,5 +318,7 @@ def policy_yaml(settings: dict[str, Any]) -> str:
         if isinstance(value, list):
             return [without_nulls(v) for v in value]
         return value
+
+    import yaml
 
     return yaml.safe_dump(without_nulls(settings), sort_keys=False)

@@ -16,8 +16,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ..clock import parse_time
 from ..errors import InvalidInput, InvalidParameter
@@ -27,6 +26,9 @@ MAX_SAMPLES_BYTES = 64 << 20  # in a bundle; a file given to a command may be la
 MAX_DEPTH = 8  # objects nested inside "inputs" or "outputs"
 SECTIONS = ("inputs", "outputs")
 NUMERIC, CATEGORICAL = "numeric", "categorical"
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass
@@ -42,7 +44,7 @@ class Column:
 @dataclass
 class Samples:
     where: str
-    at: np.ndarray  # float64 seconds since the epoch per request; NaN where the line gave no "at"
+    at: "np.ndarray"  # float64 seconds since the epoch per request; NaN where the line gave no "at"
     lines: list[int]  # the line number of each request
     columns: dict[str, Column]
 
@@ -124,6 +126,8 @@ class SamplesBuilder:
         return len(self._lines)
 
     def build(self) -> Samples:
+        import numpy as np  # here: a push checks a bundle's samples without numpy, which registry commands never load
+
         return Samples(self.where, np.array(self._at, dtype=np.float64), self._lines, self._columns)
 
 
