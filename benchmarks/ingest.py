@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from interleave import describe, interleaved, load_average, rate, ratios, write_json
+from interleave import describe, interleaved, load_average, rate, ratios, spread, write_json
 from safetensors.numpy import save_file
 
 from artifactstore import Store
@@ -68,12 +68,13 @@ def main() -> None:
 
         repeated = holding_adapter("repeated")
         load_before = load_average()
+        cpu: dict[str, list[float]] = {}
         times = interleaved(args.repeat, {
             "copy": (lambda: work / f"copy{next(counter)}", lambda dest: copy_with_fsync(adapter, dest)),
             "new": (lambda: (cleanup(), fresh_store())[1], lambda store: store.put(adapter)),
             "half": (holding_adapter, lambda store: store.put(retrained)),
             "again": (lambda: repeated, lambda store: store.put(adapter)),
-        }, before_each=os.sync)
+        }, before_each=os.sync, cpu=cpu)
         load_after = load_average()
         assert repeated.put(adapter).new_bytes == 0
         half_new = holding_adapter().put(retrained).new_bytes
@@ -92,6 +93,7 @@ def main() -> None:
         "load_average": [load_before, load_after],
         "gbps": {name: rate(size, seconds) for name, seconds in times.items()},
         "copy_over_put": {name: ratios(times["copy"], times[name]) for name in ("new", "half", "again")},
+        "cpu_seconds": {name: spread(seconds) for name, seconds in cpu.items()},
         "half_new_bytes": half_new,
         "history_stored_bytes": stored,
         "history_ideal_bytes": ideal,
@@ -107,6 +109,9 @@ def main() -> None:
     print(f"put, half retrained:       {describe(gbps['half'], ' GB/s')}   copy time / put time "
           f"{describe(over['half'])} ({half_new / 1e6:.0f} MB new)")
     print(f"put, same adapter again:   {describe(gbps['again'], ' GB/s')}   (target >= 2.5 GB/s, 0 new bytes)")
+    print("CPU of this process per side (every thread; the disk's own work is not in it): "
+          + ", ".join(f"{name} {describe({k: v * 1e3 for k, v in figures['cpu_seconds'][name].items()}, ' ms', 0)}"
+                      for name in ("copy", "new", "half", "again")))
     print(f"history of {len(history)} versions: stored {stored / 2**20:.1f} MiB, ideal {ideal / 2**20:.1f} MiB, "
           f"ratio {figures['history_stored_over_ideal']:.4f} (target <= 1.02)")
 
