@@ -137,3 +137,21 @@ def test_open_backend_picks_by_location(tmp_path):
     assert open_backend(f"file://{tmp_path}").capabilities.local_directory == tmp_path
     with pytest.raises(StoreError, match="nosuchprotocol"):
         open_backend("nosuchprotocol://x")
+
+
+def test_a_large_local_write_starts_its_writeback_and_stays_exact(tmp_path):
+    """Writes of a MiB or more ask the kernel to start writing them back (a hint, Linux only): the
+    object is still exactly what was written, whole, and only after publish."""
+    import sys
+
+    from artifactstore.backends import local
+
+    assert (local._writeback_starter() is not None) == (sys.platform == "linux")
+    backend = LocalBackend(tmp_path)
+    parts = [os.urandom(local.WRITEBACK_MIN_BYTES + 7), os.urandom(100), os.urandom(3 * local.WRITEBACK_MIN_BYTES)]
+    writer = backend.open_writer()
+    for part in parts:
+        writer.write(part)
+    assert not backend.exists("packs/big")
+    writer.publish("packs/big")
+    assert backend.read("packs/big") == b"".join(parts)
