@@ -208,7 +208,8 @@ class Store:
         state = self._announced(self.registry.promote(ref, actor=actor, reason=reason, expect=expect, force=force))
         version = state.pointer(PRODUCTION)
         assert version is not None
-        if self.content.read_tree_file(self.registry.record(state, version)["bundle"], SAMPLES_FILE) is None:
+        bundle = self.content.read_manifest(self.registry.record(state, version)["bundle"])
+        if not any(entry.path == SAMPLES_FILE for entry in getattr(bundle, "entries", ())):
             return state  # nothing to take a baseline from: the monitoring wing (numpy, zarr) is not loaded
         from .monitoring.observe import promotion_baseline
 

@@ -123,6 +123,32 @@ def test_a_file_changing_during_put_is_refused_and_stores_nothing(store, tmp_pat
     assert (tmp_path / "out").read_bytes() == source.read_bytes()
 
 
+def test_a_file_changing_in_a_later_block_is_refused_and_verify_stays_clean(store, tmp_path, monkeypatch):
+    """The blocks after the one whose bytes changed are not stored: a pack that took the changed
+    block's bytes but not all of its chunks is never sealed, nor published. What an earlier block
+    filled may stay, whole and unreferenced, as after a crash (a retry reuses it): verify stays clean."""
+    put = artifactstore.content.put
+    source = tmp_path / "weights.bin"
+    source.write_bytes(random_bytes(5 * put.CUT_BLOCK, 10))
+    hash_chunks, changed_at = put._hash_chunks, put.CUT_BLOCK + 1000  # in the second block
+
+    def hash_then_change(data, offsets, first, last):
+        hashed = hash_chunks(data, offsets, first, last)
+        if offsets[first] <= changed_at < offsets[last]:
+            with open(source, "r+b") as f:
+                f.seek(changed_at)
+                f.write(b"changed!")
+        return hashed
+
+    before = snapshot(store.path)
+    monkeypatch.setattr(put, "_hash_chunks", hash_then_change)
+    monkeypatch.setattr(put, "TARGET_SIZE", 4 << 20)  # the next block would fill the pack the changed one broke
+    with pytest.raises(InvalidInput, match="weights.bin: the input changed while it was being stored"):
+        store.put(source)
+    added = set(snapshot(store.path)) - set(before)
+    assert all(key.startswith(("packs/", "guards/")) for key in added) and store.verify().ok
+
+
 def test_a_stored_chunk_changing_during_put_is_refused(store, tmp_path, monkeypatch):
     """The file id, its chunks' ids and the bytes stored describe one content: a chunk the store
     holds already that changes after it was hashed (before the file's digest read it) fails the put."""
@@ -146,3 +172,20 @@ def test_a_stored_chunk_changing_during_put_is_refused(store, tmp_path, monkeypa
     with pytest.raises(InvalidInput, match="weights.bin: the input changed while it was being stored"):
         store.put(source)
     assert snapshot(store.path) == before and store.verify().ok
+
+
+def test_a_pack_whose_append_failed_halfway_takes_nothing_more_and_is_never_sealed(tmp_path):
+    from artifactstore.backends.local import LocalBackend
+    from artifactstore.content.guard import checksum
+    from artifactstore.content.pack import PackWriter
+    from artifactstore.errors import StoreError
+    from artifactstore.ids import digest
+
+    writer = PackWriter(LocalBackend(tmp_path), guarded=True)
+    good, bad = random_bytes(1000, 1), random_bytes(1000, 2)
+    with pytest.raises(InvalidInput, match="input changed"):  # the second chunk's bytes are not the ones hashed
+        writer.add_run(good + bad, [(digest(good), 1000, checksum(good)), (digest(bad), 1000, checksum(bad) ^ 1)])
+    for more in (lambda: writer.add(digest(good), good), lambda: writer.pad(10), writer.seal):
+        with pytest.raises(StoreError, match="last append failed"):
+            more()
+    writer.discard()

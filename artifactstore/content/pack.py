@@ -11,7 +11,7 @@ import struct
 from dataclasses import dataclass
 
 from ..backends import Backend, ObjectWriter
-from ..errors import CorruptObject, InvalidInput
+from ..errors import CorruptObject, InvalidInput, StoreError
 from ..ids import DIGEST_SIZE, digest
 from .guard import checksum, encode_guard, guard_key
 
@@ -97,6 +97,7 @@ class PackWriter:
         self._checksums: list[int] | None = [] if guarded else None
         self.entries: list[PackEntry] = []
         self.size = 0
+        self._broken = False  # an append failed halfway: the bytes written and the layout disagree
 
     def add(self, chunk: bytes, data) -> None:
         """Append a chunk whose bytes were checked against ``chunk``."""
@@ -111,6 +112,7 @@ class PackWriter:
         stored damaged. None: bytes just checked against the digest, whose xxh3 is taken here."""
         view = memoryview(data).cast("B")
         start = self.size
+        self._start_append()
         self._writer.write(view)
         self.size += len(view)
         offset = 0
@@ -126,16 +128,28 @@ class PackWriter:
             offset += length
         if offset != len(view):
             raise ValueError(f"chunks of {offset} bytes in a run of {len(view)}")
+        self._broken = False
 
     def pad(self, length: int) -> None:
         """Append ``length`` zero bytes that are no chunk."""
         if length:
+            self._start_append()
             self._writer.write(bytes(length))
             self._layout.append((PADDING, length))
             self.size += length
+            self._broken = False
+
+    def _start_append(self) -> None:
+        """Mark the pack inconsistent until the append in progress completes; refuse to go on
+        with one whose earlier append failed halfway (its bytes and its layout disagree)."""
+        if self._broken:
+            raise StoreError("a pack whose last append failed cannot take more chunks")
+        self._broken = True
 
     def seal(self) -> bytes:
         """Append the trailer; returns the pack id. Nothing is visible before ``publish``."""
+        if self._broken:
+            raise StoreError("a pack whose last append failed cannot be sealed")
         trailer = encode_trailer(self._layout)
         self.pack_id = digest(trailer)
         self._writer.write(trailer)

@@ -9,10 +9,12 @@ import mmap
 import os
 import stat
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import blake3
 
@@ -206,7 +208,23 @@ class PackSession:
             self._writer.discard()
 
 
-def ingest_file(source: Path, chunker: chunking.ChunkerParams, session: PackSession, pool: ThreadPoolExecutor,
+class Workers(NamedTuple):
+    """The threads of a put's pipeline, shared by its files: ``hashing`` (two: each block's chunks),
+    ``digester`` (one: a file's BLAKE3 is one sequential hash) and ``storer`` (one: packs are
+    written in file order)."""
+
+    hashing: ThreadPoolExecutor
+    digester: ThreadPoolExecutor
+    storer: ThreadPoolExecutor
+
+
+@contextmanager
+def put_workers() -> Iterator[Workers]:
+    with ThreadPoolExecutor(2) as hashing, ThreadPoolExecutor(1) as digester, ThreadPoolExecutor(1) as storer:
+        yield Workers(hashing, digester, storer)
+
+
+def ingest_file(source: Path, chunker: chunking.ChunkerParams, session: PackSession, workers: Workers,
                 progress: Progress, stored: Callable[[bytes, int], FileManifest | None]) -> tuple[bytes, FileManifest]:
     """Chunk and hash one file, adding its new chunks to ``session``: (file digest, manifest).
 
@@ -226,7 +244,7 @@ def ingest_file(source: Path, chunker: chunking.ChunkerParams, session: PackSess
                 if manifest is not None:
                     progress(len(data))
                     return file_id, manifest
-            return _ingest_buffer(data, chunker, session, pool, progress)
+            return _ingest_buffer(data, chunker, session, workers, progress)
         except InvalidInput as exc:
             raise InvalidInput(f"{source}: {exc}") from None
         finally:
@@ -257,9 +275,9 @@ def _probably_stored(data: memoryview, chunker: chunking.ChunkerParams, session:
 
 
 def _ingest_buffer(data: memoryview, chunker: chunking.ChunkerParams, session: PackSession,
-                   pool: ThreadPoolExecutor, progress: Progress) -> tuple[bytes, FileManifest]:
+                   workers: Workers, progress: Progress) -> tuple[bytes, FileManifest]:
     """One pass of a pipeline over the file, block by block: this thread cuts block k+2 while the
-    pool hashes blocks k+1 and k+2 (each chunk's xxh3, then its BLAKE3), the digester adds block
+    hashing threads hash blocks k+1 and k+2 (each chunk's xxh3, then its BLAKE3), the digester adds block
     k to the file's BLAKE3, and the storer writes block k's new chunks into packs. The cut and the
     writes each cost about a third of a put's CPU: on one thread they made it the pipeline's
     slowest stage.
@@ -273,27 +291,26 @@ def _ingest_buffer(data: memoryview, chunker: chunking.ChunkerParams, session: P
     offsets = [0]  # each chunk's offset, then the end of the last chunk cut so far
     chunk_ids: list[bytes] = []
     blocks: deque[tuple[Future, Future, Future]] = deque()  # each block's store, hashing and digest
-    # in order, one thread each: BLAKE3 of a file is one sequential hash, and packs are written in file order
-    with ThreadPoolExecutor(1) as digester, ThreadPoolExecutor(1) as storer:
-        try:
-            for lengths in chunking.cut_blocks(data, **chunker.as_kwargs(), block_size=CUT_BLOCK):
-                first = len(offsets) - 1
-                for length in lengths:
-                    offsets.append(offsets[-1] + length)
-                hashed = pool.submit(_hash_chunks, data, offsets, first, len(offsets) - 1)
-                digested = digester.submit(_add_to_digest, file_hash, data, hashed, offsets[first], offsets[-1])
-                stored = storer.submit(_store_block, data, offsets, session, progress, first, len(offsets) - 1,
-                                       hashed, digested)
-                blocks.append((stored, hashed, digested))
-                if len(blocks) > LOOKAHEAD:
-                    chunk_ids += blocks.popleft()[0].result()
-            while blocks:
+    stored: Future | None = None
+    try:
+        for lengths in chunking.cut_blocks(data, **chunker.as_kwargs(), block_size=CUT_BLOCK):
+            first = len(offsets) - 1
+            for length in lengths:
+                offsets.append(offsets[-1] + length)
+            hashed = workers.hashing.submit(_hash_chunks, data, offsets, first, len(offsets) - 1)
+            digested = workers.digester.submit(_add_to_digest, file_hash, data, hashed, offsets[first], offsets[-1])
+            stored = workers.storer.submit(_store_block, data, offsets, session, progress, first, len(offsets) - 1,
+                                           hashed, digested, stored)
+            blocks.append((stored, hashed, digested))
+            if len(blocks) > LOOKAHEAD:
                 chunk_ids += blocks.popleft()[0].result()
-        except BaseException:
-            for tasks in blocks:  # they read ``data``: let them finish before it is released
-                for task in tasks:
-                    task.cancel() or task.exception()
-            raise
+        while blocks:
+            chunk_ids += blocks.popleft()[0].result()
+    except BaseException:
+        for tasks in blocks:  # they read ``data``: let them finish before it is released
+            for task in tasks:
+                task.cancel() or task.exception()
+        raise
     lengths = [end - begin for begin, end in zip(offsets, offsets[1:])]
     return file_hash.digest(), FileManifest(len(data), list(zip(chunk_ids, lengths)))
 
@@ -304,9 +321,12 @@ def _add_to_digest(file_hash: blake3.blake3, data: memoryview, hashed: Future, b
 
 
 def _store_block(data: memoryview, offsets: list[int], session: PackSession, progress: Progress, first: int,
-                 last: int, hashed: Future, digested: Future) -> list[bytes]:
+                 last: int, hashed: Future, digested: Future, before: Future | None) -> list[bytes]:
     """Add a block's new chunks to ``session`` once every other read of them is done, check the
-    chunks it had already against their xxh3, and return the block's chunk ids."""
+    chunks it had already against their xxh3, and return the block's chunk ids. Nothing is added
+    after the store of the block ``before`` it failed: the pack it was writing is inconsistent."""
+    if before is not None and (before.cancelled() or before.exception() is not None):
+        raise CancelledError()  # the storer runs blocks in order: ``before`` is done
     digested.result()
     hashes = hashed.result()
     chunks = [(chunk, offsets[i], offsets[i + 1] - offsets[i], xxh3) for i, (chunk, xxh3) in enumerate(hashes, first)]

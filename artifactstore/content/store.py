@@ -12,7 +12,6 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
@@ -33,7 +32,7 @@ from .config import CONFIG_KEY, DEFAULT_KEEP_HOT, FORMAT_VERSION, SETTINGS, Stor
 from .index import ChunkIndex, IndexFiles, Location, write_index
 from .manifest import FileManifest, TreeEntry, TreeManifest, decode_manifest, manifest_key
 from .pack import pack_id_from_key, pack_key, read_trailer
-from .put import PackSession, collect_inputs, ingest_file, root_object
+from .put import PackSession, collect_inputs, ingest_file, put_workers, root_object
 
 READ_SEGMENT = 16 << 20
 # A put that finds this many index files in a place merges them into one (under the maintenance
@@ -293,9 +292,10 @@ class ContentStore:
         self.refresh_index()  # another process (gc, above all) may have changed it since
         self._index_orphan_packs()
         self._merge_index_files()
-        with self.pack_session() as session, ThreadPoolExecutor(2) as pool:
+        with self.pack_session() as session, put_workers() as workers:
             stored = partial(self._stored_file, session, condemned_times(self.home))
-            files = [(f, *ingest_file(f.source, self.config.chunker, session, pool, progress, stored)) for f in inputs]
+            files = [(f, *ingest_file(f.source, self.config.chunker, session, workers, progress, stored))
+                     for f in inputs]
         for _, file_id, manifest in files:
             self._publish_manifest(file_id, manifest.encode())
         object_id, tree = root_object(root, [(f, file_id) for f, file_id, _ in files])
