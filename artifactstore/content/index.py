@@ -127,25 +127,21 @@ class ChunkIndex:
     def all_locations(self, chunk: bytes) -> list[Location]:
         """Every location of ``chunk``, the first listed first; empty when none is known."""
         unsorted = self._searched()
-        first = self._locations.get(chunk)
-        known = [first, *self._alternates.get(chunk, ())] if first is not None else []
-        if unsorted is None:
-            return known
-        # while another thread sorts the records in, the dicts may hold some of what they list
-        return known + [location for location in unsorted.locations(chunk) if location not in known]
+        return self._in_dicts(chunk, unsorted.locations(chunk) if unsorted is not None else [])
 
     def all_locations_of(self, chunks: list[bytes]) -> list[list[Location]]:
         """``all_locations`` of each chunk, the records not sorted in searched for all of them at
         once (a load locates every chunk of a file: thousands)."""
         unsorted = self._unsorted
-        found: list[list[Location]] = []
-        for chunk in chunks:
-            first = self._locations.get(chunk)
-            found.append([first, *self._alternates.get(chunk, ())] if first is not None else [])
-        if unsorted is not None:
-            for known, listed in zip(found, unsorted.locations_of(chunks)):
-                known.extend([location for location in listed if location not in known])
-        return found
+        listed = unsorted.locations_of(chunks) if unsorted is not None else [[] for _ in chunks]
+        return [self._in_dicts(chunk, records) for chunk, records in zip(chunks, listed)]
+
+    def _in_dicts(self, chunk: bytes, records: list[Location]) -> list[Location]:
+        """The chunk's locations in the dicts, then those of ``records`` (from the records not
+        sorted in) they lack: while another thread sorts the records in, the dicts may hold some."""
+        first = self._locations.get(chunk)
+        known = [first, *self._alternates.get(chunk, ())] if first is not None else []
+        return known + [location for location in records if location not in known]
 
     def get(self, chunk: bytes) -> Location | None:
         unsorted = self._searched()
@@ -269,8 +265,8 @@ class _Records:
         return found
 
     def locations_of(self, chunks: list[bytes]) -> list[list[Location]]:
-        """``locations`` of each chunk, searched for together: a chunk whose first 8 bytes one
-        record has is answered from arrays; the rest (none, or several) one by one."""
+        """``locations`` of each chunk, searched for together: a chunk that is the one record
+        with its first 8 bytes is answered from arrays; the rest (rare) one by one."""
         import numpy as np
 
         if not len(self._keys):
@@ -283,9 +279,8 @@ class _Records:
         matches = single & (records["chunk"] == np.frombuffer(b"".join(chunks), f"V{DIGEST_SIZE}"))
         pack_of = self._pack_of[rows].tolist()
         offsets, lengths = records["offset"].tolist(), records["length"].tolist()
-        return [[Location(self.packs[pack_of[k]], offsets[k], lengths[k])] if matched
-                else [] if not several else self.locations(chunks[k])
-                for k, (matched, several) in enumerate(zip(matches.tolist(), (~single).tolist()))]
+        return [[Location(self.packs[pack_of[k]], offsets[k], lengths[k])] if matched else self.locations(chunks[k])
+                for k, matched in enumerate(matches.tolist())]
 
     def pack_entries(self) -> Iterable[tuple[bytes, list[PackEntry]]]:
         """Each pack's entries, in the order read."""

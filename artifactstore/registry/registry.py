@@ -512,9 +512,7 @@ class Registry:
         except CorruptObject as exc:
             if not entries:  # the ref or the newest state: verify --repair rebuilds the ref
                 raise
-            raise HistoryDamaged(f"{model}: the audit log reads only down to entry {entries[-1].seq}: {exc}; the "
-                                 "older entries are lost unless a backup holds that object (the versions, pointers "
-                                 "and weights do not depend on it)", entries[::-1]) from None
+            raise history_damaged(model, entries, exc) from None
         return entries[:limit][::-1] if limit is not None else entries[::-1]
 
     def models(self) -> list[ModelName]:
@@ -615,3 +613,11 @@ def _check_audit_text(actor: str, reason: str) -> None:
 def _check_known(state: ModelState, version: str) -> None:
     if version not in state.versions:
         raise NotFound(f"{state.model} has no version {version}")
+
+
+def history_damaged(model: ModelName | str, newest_first: list[AuditEntry], cause: CorruptObject) -> HistoryDamaged:
+    """What a walk down ``model``'s history raises when it meets a damaged state after reading the
+    entries ``newest_first``."""
+    return HistoryDamaged(f"{model}: the audit log reads only down to entry {newest_first[-1].seq}: {cause}; the "
+                          "older entries are lost unless a backup holds that object (the versions, pointers and "
+                          "weights do not depend on it)", newest_first[::-1])

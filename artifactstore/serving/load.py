@@ -17,7 +17,7 @@ from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
 
@@ -81,7 +81,10 @@ class _StoredFile:
     manifest: FileManifest
     chunk_starts: list[int]  # file offset of each chunk, then the file size
     header: SafetensorsHeader
-    starts: np.ndarray  # chunk_starts as an array (int64)
+    starts: np.ndarray = field(init=False)  # chunk_starts as an array, for the planner
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "starts", np.array(self.chunk_starts, np.int64))
 
 
 @dataclass(frozen=True)
@@ -254,7 +257,7 @@ class Loader:
             header = read_header(read_range, manifest.size)
         except InvalidInput as exc:
             raise InvalidInput(f"{label}: {exc}") from None
-        stored = _StoredFile(manifest, chunk_starts, header, np.array(chunk_starts, np.int64))
+        stored = _StoredFile(manifest, chunk_starts, header)
         self._files.put(file_id, stored)
         return stored
 

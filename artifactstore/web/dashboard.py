@@ -36,7 +36,7 @@ from ..registry.bundle import metric_values
 from ..registry.gate import GateResult, gate_result
 from ..registry.pointers import CANARY, KINDS, PRODUCTION, ROLLBACK_TARGET, STAGING
 from ..registry.refs import ModelName, parse_version
-from ..registry.registry import ref_target
+from ..registry.registry import history_damaged, ref_target
 from ..registry.review import Review, review_of
 from ..registry.state import AuditEntry, ModelState, ref_key
 from ..store import Store
@@ -179,7 +179,7 @@ class Dashboard:
         except CorruptObject as exc:
             if not newer:
                 raise
-            damaged = f"the audit log reads only down to entry {newer[-1].seq}: {exc}"
+            damaged = str(history_damaged(model, newer, exc))
         entries = (cached if reached else ()) + tuple(reversed(newer))
         assert head.id is not None
         if damaged is None:
