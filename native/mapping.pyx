@@ -20,6 +20,20 @@ cdef extern from "sys/mman.h":
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
+def _huge_page_size():
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 2 << 20
+
+
+# The kernel maps a 2 MiB folio of the page cache with one page-table entry (not 512) where the
+# virtual address and the file offset agree modulo this: a mapping is placed so that the pieces
+# holding most of its bytes agree (faulting a 210 MB adapter in took 4.7 ms instead of 10).
+HUGE_PAGE_SIZE = _huge_page_size()
+
+
 cdef class FileMapping:
     """``size`` bytes of writable memory private to this process: zeros, except ``pieces``, each
     ``(fd, file_offset, offset, length)``: ``length`` bytes of the open file ``fd`` from
@@ -47,8 +61,8 @@ cdef class FileMapping:
                     or length > size - offset:
                 raise ValueError(f"piece ({file_offset}, {offset}, {length}) is not page-aligned within {size} bytes")
             checked.append((fd, file_offset, offset, length))
-        address = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
-        if address == MAP_FAILED:
+        address = _reserve(size, _huge_page_phase(checked))
+        if address == NULL:
             raise OSError(errno, os.strerror(errno))
         self.address = address
         self.size = size
@@ -92,3 +106,32 @@ cdef class FileMapping:
     def __dealloc__(self):
         if self.address != NULL:
             munmap(self.address, self.size)
+
+
+def _huge_page_phase(pieces):
+    """The offset modulo HUGE_PAGE_SIZE the mapping's address should have: the file offset minus
+    the offset in the mapping shared by the pieces holding most bytes (None without pieces)."""
+    weights = {}
+    for _, file_offset, offset, length in pieces:
+        phase = (file_offset - offset) % HUGE_PAGE_SIZE
+        weights[phase] = weights.get(phase, 0) + length
+    return max(weights, key=weights.__getitem__) if weights else None
+
+
+cdef void* _reserve(Py_ssize_t size, phase):
+    """``size`` bytes of private anonymous memory, at an address congruent to ``phase`` modulo
+    HUGE_PAGE_SIZE unless it is None; NULL (and errno) if the kernel refuses."""
+    cdef Py_ssize_t pages = (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
+    cdef Py_ssize_t extra = 0 if phase is None else HUGE_PAGE_SIZE - PAGE_SIZE
+    cdef char* reserved = <char*>mmap(NULL, pages + extra, PROT_READ | PROT_WRITE,
+                                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+    if <void*>reserved == MAP_FAILED:
+        return NULL
+    if phase is None:
+        return reserved
+    cdef Py_ssize_t skip = (phase - <size_t>reserved) % HUGE_PAGE_SIZE
+    if skip:
+        munmap(reserved, skip)
+    if extra - skip:
+        munmap(reserved + skip + pages, extra - skip)
+    return reserved + skip

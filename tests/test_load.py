@@ -4,7 +4,9 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ from test_tensorfile import INVALID, VALID, build, entry, random_tensors
 import artifactstore.content.put
 import artifactstore.serving.load
 from artifactstore import CorruptObject, InvalidInput, InvalidParameter, NotFound
-from artifactstore._mapping import FileMapping
+from artifactstore._mapping import HUGE_PAGE_SIZE, FileMapping
 from artifactstore.content.guard import checksum, decode_guard, encode_guard, guard_key
 from artifactstore.content.pack import TARGET_SIZE, pack_key
 from artifactstore.content.put import PACK_ALIGNMENT
@@ -340,6 +342,57 @@ def test_mapped_tensors_keep_the_files_alignment(store, tmp_path, monkeypatch, a
         assert all(loaded[name].ctypes.data % 64 == offsets[name] % 64 for name in loaded), version
         assert all(array.flags.aligned for array in loaded.values()), version
     assert store.verify().ok
+
+
+def test_a_mapping_agrees_with_the_file_of_most_of_its_bytes_modulo_a_huge_page(tmp_path):
+    """The kernel maps a huge page of the page cache whole only where the address and the file
+    offset agree modulo its size: a mapping is placed so that its largest share of pieces do."""
+    data = np.random.default_rng(16).integers(0, 256, 8 << 20, np.uint8).tobytes()
+    (tmp_path / "f").write_bytes(data)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        for pieces in ([(fd, 4096, 8192, 1 << 20)],
+                       [(fd, 0, 0, 8192), (fd, 3 << 20, 8192, 2 << 20), (fd, 1 << 20, (2 << 20) + 8192, 4096)]):
+            mapping = FileMapping(5 << 20, pieces)
+            memory = np.frombuffer(mapping, np.uint8)
+            _, file_offset, offset, _ = max(pieces, key=lambda piece: piece[3])
+            assert (memory.ctypes.data + offset - file_offset) % HUGE_PAGE_SIZE == 0
+            for _, file_offset, offset, length in pieces:
+                assert memory[offset:offset + length].tobytes() == data[file_offset:file_offset + length]
+    finally:
+        os.close(fd)
+
+
+def test_a_new_files_tensors_agree_with_it_modulo_a_huge_page(store, tmp_path):
+    """A put starts each pack at its file offset modulo a huge page, and a load places its
+    mapping to match: every tensor lies at its file offset modulo the huge page."""
+    file_id, tensors = multi_pack_file(store, tmp_path)
+    assert len(packs_of(store, file_id)) > 1
+    offsets = file_offsets((tmp_path / "big.safetensors").read_bytes())
+    loaded = store.load(file_id)
+    assert_same_arrays(loaded, tensors)
+    assert all(array.ctypes.data % HUGE_PAGE_SIZE == offsets[name] % HUGE_PAGE_SIZE for name, array in loaded.items())
+
+
+def test_loads_in_several_threads_at_once_and_in_a_forked_child(store, tmp_path):
+    """A loader's checker threads serve one load at a time: a load that finds them busy checks
+    its runs itself. A forked child inherits no thread, and makes its own."""
+    file_id, tensors = multi_pack_file(store, tmp_path)
+    store.load(file_id)
+    with ThreadPoolExecutor(3) as pool:
+        for loaded in pool.map(lambda _: store.load(file_id), range(6)):
+            assert_same_arrays(loaded, tensors)
+    child = os.fork()
+    if child == 0:  # the child: exit status 0 if its load matches, never pytest's cleanup
+        status = 1
+        try:
+            signal.alarm(60)
+            loaded = store.load(file_id)
+            status = 0 if all(loaded[name].tobytes() == array.tobytes() for name, array in tensors.items()) else 2
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_loaded_tensors_outlive_their_packs(store, tmp_path):

@@ -7,10 +7,11 @@ import pytest
 from conftest import make_tree, random_bytes, run_cli, snapshot
 
 from artifactstore import CorruptObject, InvalidInput, InvalidParameter, NotFound, Store, StoreError
+from artifactstore.content import put
 from artifactstore.content.condemned import write_condemned
 from artifactstore.content.manifest import canonical_json, manifest_key
 from artifactstore.content.pack import TARGET_SIZE
-from artifactstore.content.put import PACK_ALIGNMENT
+from artifactstore.content.put import HUGE_ALIGNMENT, PACK_ALIGNMENT, PACK_OVERRUN, PACK_START_SLACK
 from artifactstore.ids import format_id, parse_id, tree_digest
 
 
@@ -81,6 +82,25 @@ def test_pack_layout_keeps_file_offsets_modulo_the_alignment(store, tmp_path):
             new += 1
         offset += length
     assert new > 10
+
+
+def test_a_files_packs_keep_its_offsets_modulo_a_huge_page(store, tmp_path, monkeypatch):
+    """A put closes a full pack where the next can start at its file offset modulo 2 MiB for
+    little padding: every chunk of a new file then lies at its file offset modulo a huge page."""
+    monkeypatch.setattr(put, "TARGET_SIZE", 4 << 20)
+    (tmp_path / "w").write_bytes(random_bytes(30 << 20, 31))
+    manifest = store.content.read_manifest(store.put(tmp_path / "w").id)
+    offset, packs = 0, {}
+    for chunk, length in manifest.chunks:
+        location = store.content.index[chunk]
+        assert (location.offset - offset) % HUGE_ALIGNMENT == 0
+        packs.setdefault(location.pack, []).append((location.offset, length))
+        offset += length
+    assert len(packs) >= 4
+    *full, last = (max(o + n for o, n in chunks) for chunks in packs.values())
+    assert all(4 << 20 <= size < (4 << 20) + PACK_OVERRUN for size in full), full
+    padding = sum(full) + last - offset
+    assert padding <= PACK_START_SLACK * len(packs)
 
 
 def test_shared_content_is_stored_once(store, tmp_path):

@@ -279,6 +279,22 @@ def test_a_post_without_the_form_token_is_refused(site, page):
     assert audit_length(site) == before
 
 
+def test_a_live_refresh_leaves_an_actions_message_to_the_page_it_redirects_to(site, page):
+    """An action changes the registry, which wakes live.js in the page that sent the form: its
+    refresh, racing the browser's redirect, must not take the message meant for the next page."""
+    with dashboard(site, token=TOKEN) as url:
+        open_model(page, url)
+        sign_in(page)
+        csrf = page.locator("#form-rollback input[name=csrf]").get_attribute("value")
+        answer = page.request.post(f"{url}/m/{MODEL}/actions/rollback", max_redirects=0,
+                                   form={"reason": "paged at 3am", "csrf": csrf})
+        assert answer.status == 303
+        refreshed = page.request.get(f"{url}/m/{MODEL}", headers={"X-Live-Refresh": "1"})
+        assert refreshed.ok and "data-message" not in refreshed.text()
+        assert 'data-message="ok"' in page.request.get(f"{url}/m/{MODEL}").text()  # once
+        assert "data-message" not in page.request.get(f"{url}/m/{MODEL}").text()
+
+
 def test_a_rollback_from_the_command_line_shows_in_an_open_page(site, page, browser):
     with dashboard(site) as url:
         open_model(page, url)

@@ -5,8 +5,9 @@ in one local pack file is a view of that pack, memory-mapped copy-on-write: noth
 pages are the page cache's (shared by every process that loads the same version), and writing to
 a tensor never reaches the pack. Every other tensor (its chunks split between packs, or a pack in
 another tier), and every tensor bound for CUDA, is read with ``os.preadv`` into one destination
-buffer per file (pinned host memory for CUDA). Two threads re-hash every chunk a load uses against
-its digest, each taking runs of chunks; nothing is returned unless every byte checked out.
+buffer per file (pinned host memory for CUDA). The loading thread and the loader's checker threads
+re-hash every chunk a load uses against its digest, each taking runs of chunks in turn; nothing is
+returned unless every byte checked out.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import threading
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
@@ -40,9 +41,13 @@ WEIGHTS_DIR = "adapter_weights/"
 WEIGHTS_SUFFIX = ".safetensors"
 FRAMEWORKS = ("numpy", "torch")
 # A run is read (where not mapped) and then hashed by the same thread: small enough that a load
-# splits into many runs for the two threads and a run stays in cache, large enough that the
+# splits into many runs for the threads and a run stays in cache, large enough that the
 # per-run cost does not show (1 to 16 MiB measured within noise on a 210 MB adapter).
 RUN_LIMIT = 8 << 20
+# Threads that read and check a load's runs besides the loading thread: one per further core, up to
+# four threads in all. Two threads saturate the memory bandwidth of this project's 2-core machine;
+# more were not measured.
+CHECKERS = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 4) - 1
 # Pages of packs are mapped into a load's buffers wherever a whole page of the file lies in one pack.
 PAGE_SIZE = _mapping.PAGE_SIZE
 # A loader remembers the headers and load plans of this many files (a follower keeps a few
@@ -176,6 +181,7 @@ class Loader:
         self.content = content
         self._files = _Recent(FILES_REMEMBERED)
         self._plans = _Recent(FILES_REMEMBERED)
+        self._checkers = _Checkers()
 
     def load(self, object_id: str, *, device: str = "cpu", framework: str = "numpy",
              names: Iterable[str] | None = None, label: str | None = None) -> dict[str, Any]:
@@ -198,12 +204,12 @@ class Loader:
     def _load(self, object_id: str, converter: _NumpyArrays | _TorchTensors, names: Iterable[str] | None,
               label: str) -> dict[str, Any]:
         result: dict[str, Any] = {}
-        with _PackFiles(self.content) as packs, ThreadPoolExecutor(2) as pool:
+        with _PackFiles(self.content) as packs:
             files = [(path, file_id, self._stored_file(path, file_id, manifest, packs))
                      for path, file_id, manifest in self._weight_files(object_id, label)]
             wanted = _select([(path, file.header) for path, _, file in files], names, label)
             placed = [(path, self._place((file_id, None if names is None else tuple(t.name for t in tensors),
-                                          converter.maps), file, tensors, packs, pool, converter))
+                                          converter.maps), file, tensors, packs, converter))
                       for (path, file_id, file), tensors in zip(files, wanted) if tensors]
         for path, groups in placed:
             for buffer, base, tensors in groups:
@@ -262,7 +268,7 @@ class Loader:
         return stored
 
     def _place(self, key: tuple, file: _StoredFile, tensors: list[TensorInfo], packs: _PackFiles,
-               pool: ThreadPoolExecutor, converter: _NumpyArrays | _TorchTensors) -> list[tuple[Any, int, list]]:
+               converter: _NumpyArrays | _TorchTensors) -> list[tuple[Any, int, list]]:
         """Map or read every tensor's bytes and verify each chunk they lie in: (buffer, the file
         offset its first byte stands for, the tensors in it) for each buffer."""
         plan = self._plans.get(key)
@@ -272,10 +278,10 @@ class Loader:
                                             for i in _chunks_covering(file.chunk_starts, t.begin, t.end)).items())
             plan = self._plan(file, tensors, packs, converter.maps)
         try:
-            placed = _execute(plan, packs, pool, converter)
+            placed = _execute(plan, packs, self._checkers, converter)
         except _StalePlan:
             plan = self._plan(file, tensors, packs, converter.maps)
-            placed = _execute(plan, packs, pool, converter)
+            placed = _execute(plan, packs, self._checkers, converter)
         if plan.reusable:
             self._plans.put(key, plan)
         return placed
@@ -451,23 +457,65 @@ def _checks_of(chunks: list[bytes], pack_ids: list[bytes], pack: np.ndarray, pac
                     for k in np.flatnonzero(~vouched).tolist()])
 
 
-def _execute(plan: _FilePlan, packs: _PackFiles, pool: ThreadPoolExecutor,
+def _execute(plan: _FilePlan, packs: _PackFiles, checkers: _Checkers,
              converter: _NumpyArrays | _TorchTensors) -> list[tuple[Any, int, list]]:
-    """Map and read a plan's buffers, check every chunk on the pool's threads, and return (buffer,
-    base, tensors) of each once every check passed."""
-    checks: list[Future] = []
+    """Map and read a plan's buffers, check every chunk, and return (buffer, base, tensors) of
+    each once every check passed."""
+    work: list[tuple[_Run, np.ndarray, Any]] = []
     groups = []
     for buffer in plan.buffers:
         memory, host, mapping = _allocate(buffer, packs, converter)
         for pack in buffer.packs:  # here: the readers only look packs up
             packs.open(pack)
-        checks.extend(pool.submit(_read_and_check, packs, run, host, mapping) for run in buffer.runs)
+        work.extend((run, host, mapping) for run in buffer.runs)
         groups.append((memory, buffer.base, buffer.tensors))
-    for check in checks:
-        damage = check.result()
-        if damage is not None:
-            raise CorruptObject(damage)
+    damage = checkers.check(work, packs)
+    if damage is not None:
+        raise CorruptObject(damage)
     return groups
+
+
+class _Checkers:
+    """Threads that read and check runs beside the loading thread. They live as long as their
+    loader (not one load: starting threads cost a warm load about a millisecond), and are made
+    again in a forked child, which inherits none of them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pid = 0
+
+    def check(self, work: list[tuple[_Run, np.ndarray, Any]], packs: _PackFiles) -> str | None:
+        """Read and check each (run, buffer, its mapping): this thread and the checkers take
+        runs in turn. Returns the damage found, if any, once no thread uses the buffers or the
+        packs' descriptors any more."""
+        runs = iter(work)
+
+        def take_runs() -> str | None:
+            for run, host, mapping in runs:
+                damage = _read_and_check(packs, run, host, mapping)
+                if damage is not None:
+                    return damage
+            return None
+
+        pool = self._pool_here() if len(work) > 1 else None
+        helpers = [pool.submit(take_runs) for _ in range(CHECKERS)] if pool else []
+        try:
+            damage = take_runs()
+        finally:
+            for helper in helpers:
+                helper.cancel()  # not started (busy with another load): this thread did its share
+            wait(helpers)
+        for helper in helpers:
+            if damage is None and not helper.cancelled():
+                damage = helper.result()
+        return damage
+
+    def _pool_here(self) -> ThreadPoolExecutor | None:
+        with self._lock:
+            if CHECKERS and self._pid != os.getpid():
+                self._pool, self._pid = ThreadPoolExecutor(CHECKERS, "artifactstore-check"), os.getpid()
+            return self._pool
 
 
 def _allocate(buffer: _BufferPlan, packs: _PackFiles,

@@ -39,6 +39,7 @@ from .release import ReleaseStatus, fleet_status
 SESSION_COOKIE = "artifactstore_session"
 LOGIN_COOKIE = "artifactstore_login"  # the sign-in form's own CSRF token (double submit)
 MAX_FORM_BYTES = 64 * 1024
+LIVE_REFRESH_HEADER = "x-live-refresh"  # live.js sends it with the fetch that refreshes a page
 DRIFT_SECONDS = 30  # how often drift statuses are read again when the registry holds still
 RELEASE_SECONDS = 5  # how often the serving nodes' reports are read again (they report every 5 s)
 KEEPALIVE_SECONDS = 15
@@ -125,7 +126,9 @@ def create_app(store: Store, tokens: list[Token], *, require_sign_in: bool = Fal
 
     def page(request: Request, template: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
         session = session_of(request)
-        messages = flashes.pop(session.id, []) if session else []
+        # live.js's refresh of a page shows no messages: they are for the page an action redirects to
+        refresh = request.headers.get(LIVE_REFRESH_HEADER) is not None
+        messages = flashes.pop(session.id, []) if session and not refresh else []
         body = templates.get_template(template).render(
             request=request, session=session, actions_on=sessions.enabled, messages=messages,
             live_version=watcher.version, watcher_error=watcher.error, **context)

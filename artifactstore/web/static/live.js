@@ -1,6 +1,8 @@
 // Live pages: /events streams the registry's version (server-sent events); when it differs from the
 // version this page was rendered at, the page is fetched again and each [data-live] part that changed
 // is replaced. A part holding the field someone is typing in is left alone until the next change.
+// The fetch says it refreshes: it must not take the message an action left for the page the browser
+// is about to load (the action's own change of the registry wakes this script just before).
 // Without this script every page still works: it is only fresher.
 (function () {
   "use strict";
@@ -16,7 +18,7 @@
   function refresh() {
     if (fetching) { again = true; return; }
     fetching = true;
-    fetch(location.href, {credentials: "same-origin", cache: "no-store"})
+    fetch(location.href, {credentials: "same-origin", cache: "no-store", headers: {"X-Live-Refresh": "1"}})
       .then(function (answer) { return answer.ok ? answer.text() : Promise.reject(answer.status); })
       .then(function (html) {
         var fresh = new DOMParser().parseFromString(html, "text/html");
