@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import lru_cache
 from itertools import accumulate
 from typing import Any
 
@@ -703,6 +704,7 @@ def _converter(framework: str, device: str) -> _NumpyArrays | _TorchTensors:
     return _TorchTensors(torch, target)
 
 
+@lru_cache(maxsize=4096)  # a model's tensors have few distinct shapes; loads make views of them again
 def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     strides, step = [], 1
     for size in reversed(shape):
@@ -746,6 +748,7 @@ class _TorchTensors:
     def __init__(self, torch, device):
         self._torch = torch
         self._device = device
+        self._dtypes = {name: getattr(torch, torch_name, None) for name, torch_name in TORCH_DTYPES.items()}
         self.maps = device.type == "cpu"  # CUDA copies from pinned memory: mapped pages would be slower
 
     def wrap(self, mapping: np.ndarray):
@@ -794,8 +797,7 @@ class _TorchTensors:
 
     def _layout(self, info: TensorInfo):
         """(torch dtype or None for raw bytes, shape) of a tensor."""
-        name = TORCH_DTYPES.get(info.dtype)
-        dtype = getattr(self._torch, name, None) if name else None
+        dtype = self._dtypes.get(info.dtype)
         if info.dtype != "F4":
             return dtype, info.shape
         if not info.shape or info.shape[-1] % 2:
