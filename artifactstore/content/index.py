@@ -134,6 +134,8 @@ class ChunkIndex:
         once (a load locates every chunk of a file: thousands)."""
         unsorted = self._unsorted
         listed = unsorted.locations_of(chunks) if unsorted is not None else [[] for _ in chunks]
+        if not self._locations:  # nothing sorted in (a store just opened): the records are all there is
+            return listed
         return [self._in_dicts(chunk, records) for chunk, records in zip(chunks, listed)]
 
     def _in_dicts(self, chunk: bytes, records: list[Location]) -> list[Location]:

@@ -320,12 +320,16 @@ def _locate(content: ContentStore, file: _StoredFile, tensors: list[TensorInfo],
     count = len(file.manifest.chunks)
     pack, pack_offset, phase = np.full(count, -1, np.int64), np.zeros(count, np.int64), np.full(count, -1, np.int64)
     numbers: dict[bytes, int] = {}
-    needed = _needed(file, tensors).tolist()
-    for i, location in zip(needed, content.locate_all([file.manifest.chunks[i] for i in needed])):
-        pack[i] = numbers.setdefault(location.pack, len(numbers))
-        pack_offset[i] = location.offset
-        if maps and packs.mappable(location):
-            phase[i] = (file.chunk_starts[i] - location.offset) % PAGE_SIZE
+    needed = _needed(file, tensors)
+    locations = content.locate_all([file.manifest.chunks[i] for i in needed.tolist()])
+    pack[needed] = [numbers.setdefault(location.pack, len(numbers)) for location in locations]
+    pack_offset[needed] = [location.offset for location in locations]
+    if maps and len(needed):
+        # a chunk maps where its pack is a local file that holds all of it
+        sizes = np.array([packs.local_size(pack_id) for pack_id in numbers], np.int64)
+        ends = pack_offset[needed] + file.starts[needed + 1] - file.starts[needed]
+        mappable = needed[ends <= sizes[pack[needed]]]
+        phase[mappable] = (file.starts[mappable] - pack_offset[mappable]) % PAGE_SIZE
     return _Located(pack, pack_offset, phase, list(numbers))
 
 
@@ -637,8 +641,12 @@ class _PackFiles:
         read instead, which reports it). The pages of a pack stay valid after the pack is deleted
         or replaced: a pack file is never rewritten in place, and an unlinked file lives on while
         mapped."""
-        self.open(location.pack)
-        return self._fds[location.pack] is not None and location.offset + location.length <= self._sizes[location.pack]
+        return location.offset + location.length <= self.local_size(location.pack)
+
+    def local_size(self, pack: bytes) -> int:
+        """The size of a pack that is a local file, else -1."""
+        self.open(pack)
+        return -1 if self._fds[pack] is None else self._sizes[pack]
 
     def guard(self, pack: bytes) -> Guard | None:
         """The checksums of a local pack's chunks (guard.py), if it has them."""
