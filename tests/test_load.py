@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -346,19 +347,23 @@ def test_mapped_tensors_keep_the_files_alignment(store, tmp_path, monkeypatch, a
 
 def test_a_mapping_agrees_with_the_file_of_most_of_its_bytes_modulo_a_huge_page(tmp_path):
     """The kernel maps a huge page of the page cache whole only where the address and the file
-    offset agree modulo its size: a mapping is placed so that its largest share of pieces do."""
+    offset agree modulo its size: a mapping is placed so that its largest share of pieces do
+    (pieces too short to hold a huge page have no say)."""
     data = np.random.default_rng(16).integers(0, 256, 8 << 20, np.uint8).tobytes()
     (tmp_path / "f").write_bytes(data)
     fd = os.open(tmp_path / "f", os.O_RDONLY)
     try:
-        for pieces in ([(fd, 4096, 8192, 1 << 20)],
-                       [(fd, 0, 0, 8192), (fd, 3 << 20, 8192, 2 << 20), (fd, 1 << 20, (2 << 20) + 8192, 4096)]):
+        for pieces in ([(fd, 4096, 8192, 2 << 20)],
+                       [(fd, 0, 0, 8192), (fd, 3 << 20, 8192, 3 << 20), (fd, 4096, (3 << 20) + 8192, 1 << 20)],
+                       [(fd, 4096, 0, 1 << 20)]):
             mapping = FileMapping(5 << 20, pieces)
             memory = np.frombuffer(mapping, np.uint8)
-            _, file_offset, offset, _ = max(pieces, key=lambda piece: piece[3])
-            assert (memory.ctypes.data + offset - file_offset) % HUGE_PAGE_SIZE == 0
+            _, file_offset, offset, length = max(pieces, key=lambda piece: piece[3])
+            if length >= HUGE_PAGE_SIZE:
+                assert (memory.ctypes.data + offset - file_offset) % HUGE_PAGE_SIZE == 0
             for _, file_offset, offset, length in pieces:
                 assert memory[offset:offset + length].tobytes() == data[file_offset:file_offset + length]
+            memory[-1] = 7  # writable to its last byte
     finally:
         os.close(fd)
 
@@ -393,6 +398,21 @@ def test_loads_in_several_threads_at_once_and_in_a_forked_child(store, tmp_path)
             os._exit(status)
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_load_does_not_wait_for_checkers_busy_with_another(store, tmp_path, monkeypatch):
+    """A load that finds the loader's checker threads busy checks its runs itself and returns
+    without waiting for them."""
+    monkeypatch.setattr(artifactstore.serving.load, "CHECKERS", 1)
+    file_id, tensors = multi_pack_file(store, tmp_path)
+    release = threading.Event()
+    busy = store.loader._checkers._pool_here().submit(release.wait)  # another load's checks, say
+    try:
+        loading = ThreadPoolExecutor(1).submit(store.load, file_id)
+        assert_same_arrays(loading.result(timeout=60), tensors)
+        assert not busy.done()
+    finally:
+        release.set()
 
 
 def test_loaded_tensors_outlive_their_packs(store, tmp_path):

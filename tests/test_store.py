@@ -86,10 +86,14 @@ def test_pack_layout_keeps_file_offsets_modulo_the_alignment(store, tmp_path):
 
 def test_a_files_packs_keep_its_offsets_modulo_a_huge_page(store, tmp_path, monkeypatch):
     """A put closes a full pack where the next can start at its file offset modulo 2 MiB for
-    little padding: every chunk of a new file then lies at its file offset modulo a huge page."""
+    little padding, and a large file that would begin out of step in the pack a small file opened
+    begins a pack of its own: every chunk of a new file lies at its file offset modulo a huge page."""
     monkeypatch.setattr(put, "TARGET_SIZE", 4 << 20)
-    (tmp_path / "w").write_bytes(random_bytes(30 << 20, 31))
-    manifest = store.content.read_manifest(store.put(tmp_path / "w").id)
+    tree = make_tree(tmp_path / "bundle", {"adapter_weights/adapter_config.json": b"{}" * 1000,
+                                           "adapter_weights/adapter_model.safetensors": random_bytes(30 << 20, 31)})
+    entries = store.content.read_manifest(store.put(tree).id).entries
+    weights = next(entry for entry in entries if entry.path.endswith(".safetensors"))
+    manifest = store.content.read_manifest(format_id(weights.file))
     offset, packs = 0, {}
     for chunk, length in manifest.chunks:
         location = store.content.index[chunk]

@@ -41,10 +41,13 @@ PROBE_WINDOW_CHUNKS = 4  # each probe cuts this many maximal chunks' worth of by
 # has no page to map: its chunk is only kept at its offset modulo SMALL_FILE_ALIGNMENT.
 PACK_ALIGNMENT = 4096
 SMALL_FILE_ALIGNMENT = 64
-# A pack's first chunk lies at its file offset modulo a huge page (2 MiB on x86-64 and arm64) where
-# that takes at most PACK_START_SLACK bytes of padding; a writer closes a full pack (TARGET_SIZE)
-# at the first chunk after which the next pack can start so, and at TARGET_SIZE + PACK_OVERRUN at
-# the latest. The pages of a file's packs then share one offset modulo the huge page, so a load
+# A pack's first chunk lies at its file offset modulo a huge page (2 MiB on x86-64 and arm64 with
+# 4 KiB pages) where that takes at most PACK_START_SLACK bytes of padding. So does the first new
+# chunk of a file of at least a huge page, if it lies in the file's first block (CUT_BLOCK); where
+# it cannot, it closes the open pack and starts the next one if that can (a bundle's small files
+# open the pack its weights would otherwise start in). A put closes a full pack (TARGET_SIZE) at
+# the first chunk after which the next can start so, and once it holds TARGET_SIZE + PACK_OVERRUN
+# at the latest. Most pages of a new file then share one offset modulo the huge page, so a load
 # maps the page cache's 2 MiB folios with one page-table entry each: faulting a 210 MB adapter in
 # took 4.7 ms instead of 10 on this project's machine.
 HUGE_ALIGNMENT = 2 << 20
@@ -142,14 +145,16 @@ class PackSession:
         if self._writer.size >= TARGET_SIZE:
             self._close_pack()
 
-    def add_file_chunks(self, data: memoryview, chunks: list[FileChunk]) -> list[FileChunk]:
+    def add_file_chunks(self, data: memoryview, chunks: list[FileChunk], *, file_start: bool) -> list[FileChunk]:
         """Store the chunks of a file (``data``) that are not stored yet: (digest, file offset,
         length, xxh3 taken before the digest) in file order. Each run of new chunks that follow
         each other in the file is written with one write, at a pack offset congruent to its file
         offset modulo PACK_ALIGNMENT (SMALL_FILE_ALIGNMENT for a file smaller than that), or
-        modulo HUGE_ALIGNMENT where it starts a pack and that costs at most PACK_START_SLACK of
-        padding. Returns the chunks it did not write."""
+        modulo HUGE_ALIGNMENT where it starts a pack or the file's new chunks, as the comment at
+        HUGE_ALIGNMENT says (``file_start``: ``chunks`` begin the file). Returns the chunks it did
+        not write."""
         alignment = PACK_ALIGNMENT if len(data) >= PACK_ALIGNMENT else SMALL_FILE_ALIGNMENT
+        opens_large_file = file_start and len(data) >= HUGE_ALIGNMENT
         skipped: list[FileChunk] = []
         run: list[FileChunk] = []
         for entry in chunks:
@@ -160,7 +165,8 @@ class PackSession:
             if run and run[-1][1] + run[-1][2] != offset:
                 self._write_run(data, run)
                 run = []
-            writer = self._writer if run else self._writer_at(offset, alignment)
+            writer = self._writer if run else self._writer_at(offset, alignment, opens_large_file)
+            opens_large_file = False
             assert writer is not None
             run.append(entry)
             self._in_open_pack.add(chunk)
@@ -181,8 +187,14 @@ class PackSession:
         return chunk in self._index and any(
             loc.pack not in self._condemned for loc in self._index.all_locations(chunk))
 
-    def _writer_at(self, file_offset: int, alignment: int) -> PackWriter:
-        """The open pack, padded so that a chunk from ``file_offset`` keeps its ``alignment``."""
+    def _writer_at(self, file_offset: int, alignment: int, opens_large_file: bool) -> PackWriter:
+        """The pack for a chunk from ``file_offset``, padded so that the chunk keeps its
+        ``alignment``, or its offset modulo HUGE_ALIGNMENT where that is cheap (HUGE_ALIGNMENT)."""
+        if self._writer is not None and self._writer.size and opens_large_file:
+            if (file_offset - self._writer.size) % HUGE_ALIGNMENT <= PACK_START_SLACK:
+                alignment = HUGE_ALIGNMENT
+            elif file_offset % HUGE_ALIGNMENT <= PACK_START_SLACK:
+                self._close_pack()
         if self._writer is None:
             self._writer = PackWriter(self._backend, guarded=self.guarded)
             if file_offset % HUGE_ALIGNMENT <= PACK_START_SLACK:
@@ -348,7 +360,7 @@ def _store_block(data: memoryview, offsets: list[int], session: PackSession, pro
     digested.result()
     hashes = hashed.result()
     chunks = [(chunk, offsets[i], offsets[i + 1] - offsets[i], xxh3) for i, (chunk, xxh3) in enumerate(hashes, first)]
-    for _, offset, length, xxh3 in session.add_file_chunks(data, chunks):
+    for _, offset, length, xxh3 in session.add_file_chunks(data, chunks, file_start=first == 0):
         if checksum(data[offset:offset + length]) != xxh3:
             raise InvalidInput(INPUT_CHANGED)
     progress(offsets[last] - offsets[first])

@@ -486,19 +486,22 @@ class _Checkers:
     again in a forked child, which inherits none of them."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
-        self._pid = 0
+        self._pool: tuple[int, ThreadPoolExecutor] | None = None  # (the process it belongs to, the pool)
 
     def check(self, work: list[tuple[_Run, np.ndarray, Any]], packs: _PackFiles) -> str | None:
         """Read and check each (run, buffer, its mapping): this thread and the checkers take
         runs in turn. Returns the damage found, if any, once no thread uses the buffers or the
-        packs' descriptors any more."""
+        packs' descriptors any more; checkers busy with another load are not waited for."""
         runs = iter(work)
+        taking = threading.Lock()  # a list iterator is not safe across threads without the GIL
+
+        def next_run() -> tuple[_Run, np.ndarray, Any] | None:
+            with taking:
+                return next(runs, None)
 
         def take_runs() -> str | None:
-            for run, host, mapping in runs:
-                damage = _read_and_check(packs, run, host, mapping)
+            while (item := next_run()) is not None:
+                damage = _read_and_check(packs, *item)
                 if damage is not None:
                     return damage
             return None
@@ -508,19 +511,23 @@ class _Checkers:
         try:
             damage = take_runs()
         finally:
-            for helper in helpers:
-                helper.cancel()  # not started (busy with another load): this thread did its share
-            wait(helpers)
-        for helper in helpers:
-            if damage is None and not helper.cancelled():
+            # a helper still queued (the checkers serve another load) is dropped: this thread did its share
+            started = [helper for helper in helpers if not helper.cancel()]
+            wait(started)
+        for helper in started:
+            if damage is None:
                 damage = helper.result()
         return damage
 
     def _pool_here(self) -> ThreadPoolExecutor | None:
-        with self._lock:
-            if CHECKERS and self._pid != os.getpid():
-                self._pool, self._pid = ThreadPoolExecutor(CHECKERS, "artifactstore-check"), os.getpid()
-            return self._pool
+        # No lock: a child forked while another thread held one would wait for it forever. Two
+        # threads that both make a pool keep one; the other's threads end when it is collected.
+        if not CHECKERS:
+            return None
+        pool = self._pool
+        if pool is None or pool[0] != os.getpid():
+            pool = self._pool = (os.getpid(), ThreadPoolExecutor(CHECKERS, "artifactstore-check"))
+        return pool[1]
 
 
 def _allocate(buffer: _BufferPlan, packs: _PackFiles,
