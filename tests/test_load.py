@@ -25,7 +25,7 @@ from artifactstore.content.pack import TARGET_SIZE, pack_key
 from artifactstore.content.put import PACK_ALIGNMENT
 from artifactstore.demo import Version, lora_tensors, write_bundle
 from artifactstore.ids import format_id
-from artifactstore.serving.load import NUMPY_DTYPES
+from artifactstore.serving.load import NUMPY_DTYPES, usable_cpus
 
 
 def put_bytes(store, path, data: bytes) -> str:
@@ -413,6 +413,16 @@ def test_a_load_does_not_wait_for_checkers_busy_with_another(store, tmp_path, mo
         assert not busy.done()
     finally:
         release.set()
+
+
+@pytest.mark.parametrize(("cpu_max", "cap"), [("max 100000\n", None), ("150000 100000\n", 2), ("50000 100000", 1),
+                                             ("garbled", None), (None, None)])
+def test_usable_cpus_follow_a_cgroup_quota(tmp_path, cpu_max, cap):
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max)
+    available = len(os.sched_getaffinity(0))
+    assert usable_cpus(path) == (available if cap is None else min(available, cap))
 
 
 def test_loaded_tensors_outlive_their_packs(store, tmp_path):

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import accumulate
+from pathlib import Path
 from typing import Any
 
 import blake3
@@ -45,10 +46,26 @@ FRAMEWORKS = ("numpy", "torch")
 # splits into many runs for the threads and a run stays in cache, large enough that the
 # per-run cost does not show (1 to 16 MiB measured within noise on a 210 MB adapter).
 RUN_LIMIT = 8 << 20
-# Threads that read and check a load's runs besides the loading thread: one per further core, up to
-# four threads in all. Two threads saturate the memory bandwidth of this project's 2-core machine;
-# more were not measured.
-CHECKERS = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 4) - 1
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def usable_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """The CPUs this process may use: those it may run on, fewer under a CPU quota of cgroup v2
+    (``cpu.max``, as a container sees it: a 2-CPU limit on a 64-core host is 2)."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()
+        if quota != "max":
+            count = min(count, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):  # no cgroup v2 here, or not readable: the affinity stands
+        pass
+    return count
+
+
+# Threads that read and check a load's runs besides the loading thread: one per further usable CPU,
+# up to four threads in all. Two threads saturate the memory bandwidth of this project's 2-core
+# machine; more were not measured.
+CHECKERS = min(usable_cpus(), 4) - 1
 # Pages of packs are mapped into a load's buffers wherever a whole page of the file lies in one pack.
 PAGE_SIZE = _mapping.PAGE_SIZE
 # A loader remembers the headers and load plans of this many files (a follower keeps a few
