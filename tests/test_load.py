@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -345,10 +346,26 @@ def test_mapped_tensors_keep_the_files_alignment(store, tmp_path, monkeypatch, a
     assert store.verify().ok
 
 
+THP_BUILT = Path("/sys/kernel/mm/transparent_hugepage").is_dir()
+
+
+def vm_flags(address: int) -> list[str]:
+    """The kernel's flags of the mapping holding ``address`` (/proc/self/smaps' VmFlags)."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if line[:1] in "0123456789abcdef" and "-" in line.split()[0]:
+            begin, end = (int(x, 16) for x in line.split()[0].split("-"))
+            inside = begin <= address < end
+        elif inside and line.startswith("VmFlags:"):
+            return line.split()[1:]
+    raise LookupError(f"no mapping holds {address:#x}")
+
+
 def test_a_mapping_agrees_with_the_file_of_most_of_its_bytes_modulo_a_huge_page(tmp_path):
     """The kernel maps a huge page of the page cache whole only where the address and the file
     offset agree modulo its size: a mapping is placed so that its largest share of pieces do
-    (pieces too short to hold a huge page have no say)."""
+    (pieces too short to hold a huge page have no say). Pieces that can hold one are advised
+    MADV_HUGEPAGE, so that pages read from the disk come in huge folios too."""
     data = np.random.default_rng(16).integers(0, 256, 8 << 20, np.uint8).tobytes()
     (tmp_path / "f").write_bytes(data)
     fd = os.open(tmp_path / "f", os.O_RDONLY)
@@ -363,6 +380,8 @@ def test_a_mapping_agrees_with_the_file_of_most_of_its_bytes_modulo_a_huge_page(
                 assert (memory.ctypes.data + offset - file_offset) % HUGE_PAGE_SIZE == 0
             for _, file_offset, offset, length in pieces:
                 assert memory[offset:offset + length].tobytes() == data[file_offset:file_offset + length]
+                advised = "hg" in vm_flags(memory.ctypes.data + offset)
+                assert advised == (length >= HUGE_PAGE_SIZE and THP_BUILT), (offset, length)
             memory[-1] = 7  # writable to its last byte
     finally:
         os.close(fd)
