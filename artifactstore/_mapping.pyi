@@ -5,3 +5,5 @@ PAGE_SIZE: int
 # Private memory with pieces of files mapped into it, exporting the buffer protocol (typed Any so
 # that numpy accepts it as a buffer under every Python version mypy checks).
 FileMapping: Any
+
+def buffer_address(data: Any) -> int: ...

@@ -138,3 +138,8 @@ cdef void* _reserve(Py_ssize_t size, phase):
         munmap(reserved + skip + pages, extra - skip)
     return reserved + skip
 
+
+def buffer_address(const unsigned char[::1] data) -> int:
+    """The address of a contiguous buffer's first byte (0 for an empty one): whether memory is
+    aligned for direct I/O (backends/local.py)."""
+    return <size_t>&data[0] if data.shape[0] else 0

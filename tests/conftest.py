@@ -116,3 +116,34 @@ class Receiver:
         self.release.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+def resident_pages(path) -> list[bool]:
+    """Which pages of a file the page cache holds (Linux's mincore over a mapping of it)."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    size = os.path.getsize(path)
+    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) as mapped:
+        first_byte = ctypes.c_char.from_buffer(mapped)
+        flags = (ctypes.c_ubyte * pages)()
+        status = libc.mincore(ctypes.c_void_p(ctypes.addressof(first_byte)), size, flags)
+        del first_byte  # the mapping closes only once nothing points into it
+        assert status == 0, os.strerror(ctypes.get_errno())
+        return [bool(flag & 1) for flag in flags]
+
+
+def direct_io_taken(directory) -> bool:
+    """Whether the file system under ``directory`` opens files for direct I/O (ext4 and XFS do;
+    tmpfs before Linux 6.6 does not)."""
+    probe_path = directory / "direct-probe"
+    try:
+        os.close(os.open(probe_path, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe_path.unlink(missing_ok=True)

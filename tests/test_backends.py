@@ -9,6 +9,7 @@ import os
 import uuid
 
 import pytest
+from conftest import direct_io_taken, resident_pages
 
 from artifactstore.backends import Backend, open_backend, probe
 from artifactstore.backends.local import LocalBackend
@@ -82,8 +83,9 @@ def test_missing_keys_are_not_found(backend):
     assert backend.read_ref("registry/refs/no/such.json") == (None, None)
 
 
-def test_a_writer_publishes_whole_or_nothing(backend):
-    writer = backend.open_writer()
+@pytest.mark.parametrize("cached", [True, False])
+def test_a_writer_publishes_whole_or_nothing(backend, cached):
+    writer = backend.open_writer(cached=cached)
     writer.write(b"abc")
     writer.write(memoryview(b"def"))
     assert not backend.exists("packs/ab/w.pack")
@@ -155,3 +157,108 @@ def test_a_large_local_write_starts_its_writeback_and_stays_exact(tmp_path):
     assert not backend.exists("packs/big")
     writer.publish("packs/big")
     assert backend.read("packs/big") == b"".join(parts)
+
+
+def uncached_writes(writer, rng, pieces: int) -> bytes:
+    """Random writes of every kind a pack writer makes: mapped file bytes in step with the object's
+    offset modulo a page (a put's), mapped bytes out of step, plain bytes; from none to several
+    MiB (more than the aligned copy buffer), and runs that end inside a block. Returns them joined."""
+    import mmap
+
+    from artifactstore.backends import local
+
+    source = mmap.mmap(-1, 8 << 20)
+    source.write(rng.randbytes(8 << 20))
+    view = memoryview(source)
+    written = bytearray()
+    for _ in range(pieces):
+        length = rng.choice([0, 1, 63, 4095, 4096, 4097, local.BOUNCE_BYTES + 5000, rng.randrange(1, 3 << 20)])
+        kind = rng.choice(["in step", "out of step", "bytes"])
+        if kind == "bytes":
+            data = rng.randbytes(length)
+        else:
+            start = len(written) % local.DIRECT_BLOCK + rng.randrange(0, 64) * local.DIRECT_BLOCK
+            start += 0 if kind == "in step" else rng.randrange(1, local.DIRECT_BLOCK)
+            data = view[start:start + length]
+        writer.write(data)
+        written += data
+    return bytes(written)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_an_uncached_local_writer_writes_around_the_page_cache_and_stays_exact(tmp_path, seed):
+    """``cached=False``: direct I/O where the file system takes it, and the object is exactly what
+    was written whatever the sizes and memory alignment of the writes; only its last partial block
+    passes through the page cache."""
+    import random
+
+    backend = LocalBackend(tmp_path / "store")
+    writer = backend.open_writer(cached=False)
+    expected = uncached_writes(writer, random.Random(seed), 12)
+    writer.publish("packs/ab/direct.pack")
+    assert backend.read("packs/ab/direct.pack") == expected  # from the disk, where the cache lacks it
+
+
+def test_direct_writes_leave_the_page_cache_alone(tmp_path):
+    if not direct_io_taken(tmp_path):
+        pytest.fail(f"the test directory {tmp_path} takes no direct I/O: run the tests on ext4, XFS or tmpfs >= 6.6")
+    import mmap
+
+    backend = LocalBackend(tmp_path / "store")
+    data = mmap.mmap(-1, 4 << 20)
+    data.write(os.urandom(4 << 20))
+    for cached in (True, False):
+        writer = backend.open_writer(cached=cached)
+        writer.write(memoryview(data)[: (4 << 20) - 100])
+        writer.publish(f"packs/ab/{cached}.pack")
+    assert all(resident_pages(backend.path("packs/ab/True.pack")))
+    resident = resident_pages(backend.path("packs/ab/False.pack"))
+    assert not any(resident[:-1]) and resident[-1]  # the last page was written through the cache
+    for cached in (True, False):
+        assert backend.read(f"packs/ab/{cached}.pack") == data[: (4 << 20) - 100]
+
+
+def test_a_local_writer_goes_through_the_page_cache_where_direct_io_is_refused(tmp_path, monkeypatch):
+    """A file system that refuses O_DIRECT when the file is opened (tmpfs before 6.6, some FUSE),
+    or only when a write uses it: the writer writes through the page cache, exactly."""
+    import fcntl
+    import random
+
+    backend = LocalBackend(tmp_path / "store")
+    real_open, real_pwrite = os.open, os.pwrite
+
+    def refusing_open(path, flags, mode=0o777):
+        fd = real_open(path, flags & ~os.O_DIRECT, mode)  # made, then refused: as the kernel does
+        if flags & os.O_DIRECT:
+            os.close(fd)
+            raise OSError(22, "Invalid argument")
+        return fd
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    writer = backend.open_writer(cached=False)
+    expected = uncached_writes(writer, random.Random(7), 6)
+    writer.publish("packs/ab/opened.pack")
+    assert backend.read("packs/ab/opened.pack") == expected
+    monkeypatch.setattr(os, "open", real_open)
+
+    def refusing_pwrite(fd, data, offset):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            raise OSError(22, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", refusing_pwrite)
+    writer = backend.open_writer(cached=False)
+    expected = uncached_writes(writer, random.Random(8), 6)
+    writer.publish("packs/ab/written.pack")
+    assert backend.read("packs/ab/written.pack") == expected
+
+    def failing_pwrite(fd, data, offset):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", failing_pwrite)
+    writer = backend.open_writer(cached=False)
+    with pytest.raises(OSError, match="No space"):
+        writer.write(os.urandom(1 << 20))
+    writer.discard()
+    monkeypatch.setattr(os, "pwrite", real_pwrite)
+    assert list(backend.list("tmp")) == []

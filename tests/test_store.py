@@ -7,7 +7,7 @@ from itertools import accumulate
 import blake3
 import numpy as np
 import pytest
-from conftest import make_tree, random_bytes, run_cli, snapshot
+from conftest import direct_io_taken, make_tree, random_bytes, resident_pages, run_cli, snapshot
 
 from artifactstore import CorruptObject, InvalidInput, InvalidParameter, NotFound, Store, StoreError
 from artifactstore.content import put
@@ -68,6 +68,23 @@ def test_a_file_stored_again_rewrites_what_gc_condemned(store, tmp_path):
     assert store.backend.modified(key) > 0, "the condemned manifest was not written again"
     store.get(file_id, tmp_path / "out")
     assert (tmp_path / "out").read_bytes() == data
+
+
+def test_a_put_writes_its_packs_around_the_page_cache(store, tmp_path):
+    """A put's new packs go to the disk with direct I/O (where the file system takes it): the page
+    cache holds none of their pages but the last, and they load and verify as any others."""
+    if not direct_io_taken(tmp_path):
+        pytest.fail(f"the test directory {tmp_path} takes no direct I/O: run the tests on ext4, XFS or tmpfs >= 6.6")
+    data = random_bytes(6 << 20, 41)
+    (tmp_path / "f").write_bytes(data)
+    object_id = store.put(tmp_path / "f").id
+    packs = [store.backend.path(key) for key in store.backend.list("packs") if key.endswith(".pack")]
+    assert packs
+    for pack in packs:
+        assert not any(resident_pages(pack)[:-1])  # the last: written through the cache
+    store.get(object_id, tmp_path / "back")
+    assert (tmp_path / "back").read_bytes() == data
+    assert Store(store.path).verify().ok
 
 
 def test_pack_layout_keeps_file_offsets_modulo_the_alignment(store, tmp_path):

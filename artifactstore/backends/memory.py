@@ -43,7 +43,7 @@ class MemoryBackend:
     def write(self, key: str, data: bytes) -> None:
         self._objects[key] = (bytes(data), time.time())
 
-    def open_writer(self) -> BufferedWriter:
+    def open_writer(self, *, cached: bool = True) -> BufferedWriter:
         return BufferedWriter(self)
 
     def exists(self, key: str) -> bool:

@@ -157,7 +157,7 @@ class FsspecBackend:
             if self._fs.exists(temporary):
                 self._fs.rm_file(temporary)
 
-    def open_writer(self) -> BufferedWriter:
+    def open_writer(self, *, cached: bool = True) -> BufferedWriter:
         # S3 has no rename to publish by: the object is built in memory and published with one PUT
         return BufferedWriter(self)
 

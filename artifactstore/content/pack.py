@@ -87,12 +87,13 @@ def read_trailer(backend: Backend, key: str) -> tuple[bytes, list[PackEntry]]:
 class PackWriter:
     """Appends chunks to a new pack; ``seal`` then ``publish`` make it visible.
 
-    ``guarded``: also write the pack's guard (guard.py), for packs in a local tier.
+    ``guarded``: also write the pack's guard (guard.py), for packs in a local tier. ``cached``: as
+    ``Backend.open_writer``'s.
     """
 
-    def __init__(self, backend: Backend, *, guarded: bool = False):
+    def __init__(self, backend: Backend, *, guarded: bool = False, cached: bool = True):
         self._backend = backend
-        self._writer: ObjectWriter = backend.open_writer()
+        self._writer: ObjectWriter = backend.open_writer(cached=cached)
         self._layout: list[tuple[bytes, int]] = []  # the trailer's entries, padding included
         self._checksums: list[int] | None = [] if guarded else None
         self.entries: list[PackEntry] = []

@@ -138,7 +138,7 @@ class PackSession:
         if not self._wanted(chunk):
             return
         if self._writer is None:
-            self._writer = PackWriter(self._backend, guarded=self.guarded)
+            self._writer = self._new_writer()
         self._writer.add(chunk, data)
         self._in_open_pack.add(chunk)
         self.new_bytes += len(data)
@@ -196,11 +196,17 @@ class PackSession:
             elif file_offset % HUGE_ALIGNMENT <= PACK_START_SLACK:
                 self._close_pack()
         if self._writer is None:
-            self._writer = PackWriter(self._backend, guarded=self.guarded)
+            self._writer = self._new_writer()
             if file_offset % HUGE_ALIGNMENT <= PACK_START_SLACK:
                 alignment = HUGE_ALIGNMENT
         self._writer.pad((file_offset - self._writer.size) % alignment)
         return self._writer
+
+    def _new_writer(self) -> PackWriter:
+        # A put's new packs go around the page cache where the backend can (direct I/O): the
+        # machine that puts is seldom the one that loads, and the copy into the cache was a quarter
+        # of a put's CPU. A restore copies chunks into this machine's hot tier for loads that follow.
+        return PackWriter(self._backend, guarded=self.guarded, cached=self._restore)
 
     def _write_run(self, data: memoryview, run: list[FileChunk]) -> None:
         assert self._writer is not None
