@@ -14,7 +14,13 @@ from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES
 from libc.errno cimport errno
 from posix.mman cimport MAP_ANONYMOUS, MAP_FAILED, MAP_FIXED, MAP_PRIVATE, PROT_READ, PROT_WRITE, mmap, munmap
 
-cdef extern from "sys/mman.h":
+cdef extern from *:
+    """
+    #include <sys/mman.h>
+    #ifndef MADV_HUGEPAGE
+    #define MADV_HUGEPAGE MADV_NORMAL  /* no transparent huge pages here: the advice is a no-op */
+    #endif
+    """
     int MAP_NORESERVE
     int MADV_HUGEPAGE
     int madvise(void *addr, size_t length, int advice)
@@ -26,9 +32,10 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 # virtual address and the file offset agree modulo 2 MiB, x86-64's and arm64's huge page with
 # 4 KiB pages, and the size modulo which a put lays packs out: a mapping is placed so that the
 # pieces holding most of its bytes agree (faulting a 210 MB adapter in took 4.7 ms instead of 10).
-# A write fills the page cache with such folios; a read from the disk does so only for a mapping
-# advised MADV_HUGEPAGE, and each piece of a huge page or more is: packs read from the disk (after
-# a reboot, an eviction, or a put that wrote around the cache) loaded warm in 23-28 ms, not 9.
+# A write fills the page cache with such folios; the faults of a mapping read pages from the disk
+# in small ones unless it is advised MADV_HUGEPAGE, as each piece of a huge page or more is: packs
+# read from the disk (after a reboot, an eviction, a put that wrote around the cache) then loaded
+# warm in 23-28 ms, not 9.
 HUGE_PAGE_SIZE = 2 << 20
 
 

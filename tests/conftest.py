@@ -139,6 +139,8 @@ def resident_pages(path) -> list[bool]:
 def direct_io_taken(directory) -> bool:
     """Whether the file system under ``directory`` opens files for direct I/O (ext4 and XFS do;
     tmpfs before Linux 6.6 does not)."""
+    if not hasattr(os, "O_DIRECT"):
+        return False
     probe_path = directory / "direct-probe"
     try:
         os.close(os.open(probe_path, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600))

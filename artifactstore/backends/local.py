@@ -27,11 +27,12 @@ _SYNC_FILE_RANGE_WRITE = 2
 # cache. That copy was a quarter of a put's CPU on this project's machine, and the pages it
 # filled pushed out what the machine's loads had cached. Each block is written whole, at a block
 # offset, from memory aligned to a block: a put's mapped input file is, where its chunks keep their
-# file offset modulo a page in the pack (content/put.py); other bytes are copied into aligned
-# memory first. The bytes of the block not yet whole wait in memory, and the last one is written
-# through the page cache at publish, as is everything where direct I/O is refused.
+# file offset modulo a page in the pack (content/put.py); other bytes, and short writes, are
+# gathered in aligned memory first. The last partial block is written through the page cache at
+# publish, as is everything where direct I/O is refused.
 DIRECT_BLOCK = 4096
-BOUNCE_BYTES = 1 << 20
+STAGING_BYTES = 1 << 20
+O_DIRECT = getattr(os, "O_DIRECT", 0)  # Linux (and some BSDs) only
 
 T = TypeVar("T")
 
@@ -76,41 +77,51 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
 
 
 class _DirectAppends:
-    """Appends to a file opened with O_DIRECT, a block at a time (DIRECT_BLOCK)."""
+    """Appends to a file opened with O_DIRECT (DIRECT_BLOCK): the caller's memory written straight
+    where it is aligned and long enough, the rest gathered in an aligned staging buffer of
+    STAGING_BYTES and written a buffer at a time (small writes do not each wait on the disk)."""
 
     def __init__(self, fd: int):
         self._fd = fd
-        self._written = 0  # whole blocks
-        self._partial = bytearray()  # the bytes after them
-        self._bounce: mmap.mmap | None = None  # aligned memory for bytes that are not
+        self._written = 0  # bytes in the file: whole blocks
+        self._staging: mmap.mmap | None = None  # the bytes after them, at its start
+        self._staged = 0
 
     def write(self, view: memoryview) -> None:
-        if self._partial:
-            missing = DIRECT_BLOCK - len(self._partial)
-            self._partial += view[:missing]
-            view = view[missing:]
-            if len(self._partial) < DIRECT_BLOCK:
-                return
-            self._write_blocks(memoryview(self._partial))
-            self._partial.clear()
-        whole = len(view) - len(view) % DIRECT_BLOCK
-        if whole:
-            self._write_blocks(view[:whole])
-        self._partial += view[whole:]
+        while view:
+            to_block = -self._staged % DIRECT_BLOCK  # what completes the staged partial block
+            if len(view) - to_block >= DIRECT_BLOCK and (_mapping.buffer_address(view) + to_block) % DIRECT_BLOCK == 0:
+                self._stage(view[:to_block])
+                self._write_staged()
+                whole = (len(view) - to_block) // DIRECT_BLOCK * DIRECT_BLOCK
+                self._write_at(view[to_block:to_block + whole], self._written)
+                self._written += whole
+                view = view[to_block + whole:]
+            else:
+                view = view[self._stage(view):]
+                if self._staged == STAGING_BYTES:
+                    self._write_staged()
 
-    def _write_blocks(self, view: memoryview) -> None:
-        if _mapping.buffer_address(view) % DIRECT_BLOCK == 0:
-            self._write_at(view, self._written)
-        else:
-            if self._bounce is None:
-                self._bounce = mmap.mmap(-1, BOUNCE_BYTES)
-            bounce = memoryview(self._bounce)
-            for start in range(0, len(view), BOUNCE_BYTES):
-                piece = view[start:start + BOUNCE_BYTES]
-                bounce[:len(piece)] = piece
-                self._write_at(bounce[:len(piece)], self._written + start)
-            bounce.release()
-        self._written += len(view)
+    def _stage(self, view: memoryview) -> int:
+        """Copy what fits of ``view`` into the staging buffer; returns how much did."""
+        if self._staging is None:
+            self._staging = mmap.mmap(-1, STAGING_BYTES)
+        taken = min(len(view), STAGING_BYTES - self._staged)
+        self._staging[self._staged:self._staged + taken] = view[:taken]
+        self._staged += taken
+        return taken
+
+    def _write_staged(self) -> None:
+        """Write the staged whole blocks; keep the partial one."""
+        whole = self._staged // DIRECT_BLOCK * DIRECT_BLOCK
+        if not whole:
+            return
+        assert self._staging is not None
+        with memoryview(self._staging) as staging:
+            self._write_at(staging[:whole], self._written)
+        self._written += whole
+        self._staging.move(0, whole, self._staged - whole)
+        self._staged -= whole
 
     def _write_at(self, view: memoryview, offset: int) -> None:
         try:
@@ -125,15 +136,25 @@ class _DirectAppends:
     def _through_page_cache(self) -> bool:
         """Clear O_DIRECT; whether it was set."""
         flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
-        fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
-        return bool(flags & os.O_DIRECT)
+        fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~O_DIRECT)
+        return bool(flags & O_DIRECT)
 
     def finish(self) -> None:
-        """Write the last partial block (through the page cache: its length is not a block's)."""
+        """Write what is staged, the last partial block through the page cache (its length is not
+        a block's)."""
+        self._write_staged()
         self._through_page_cache()
-        self._write_at(memoryview(self._partial), self._written)
-        if self._bounce is not None:
-            self._bounce.close()
+        if self._staging is not None:
+            with memoryview(self._staging) as staging:
+                self._write_at(staging[:self._staged], self._written)
+        self.close()
+
+    def close(self) -> None:
+        if self._staging is not None:
+            try:
+                self._staging.close()
+            except BufferError:
+                pass  # a failed write's traceback still holds a view of it: it closes when that goes
 
 
 class LocalWriter:
@@ -145,8 +166,8 @@ class LocalWriter:
         self._path = backend.root / "tmp" / f"w-{os.urandom(8).hex()}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         fd = _in_directory(lambda: _open_new(self._path, flags, direct=not cached), self._path.parent)
-        self._fd = fd
-        direct = not cached and bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+        self._file = os.fdopen(fd, "wb", buffering=0)  # closes its descriptor once, and when dropped
+        direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & O_DIRECT)
         self._direct = _DirectAppends(fd) if direct else None
         self._size = 0
 
@@ -156,30 +177,32 @@ class LocalWriter:
             self._direct.write(view)
             return
         start, length = self._size, len(view)
-        _pwrite_all(self._fd, view, start)
+        _pwrite_all(self._file.fileno(), view, start)
         self._size += length
         if length >= WRITEBACK_MIN_BYTES and (start_writeback := _writeback_starter()) is not None:
-            start_writeback(self._fd, start, length, _SYNC_FILE_RANGE_WRITE)  # a hint: errors ignored
+            start_writeback(self._file.fileno(), start, length, _SYNC_FILE_RANGE_WRITE)  # a hint: errors ignored
 
     def publish(self, key: str) -> None:
-        if self._direct is not None:
-            self._direct.finish()
-        os.fsync(self._fd)
-        os.close(self._fd)
+        with self._file:
+            if self._direct is not None:
+                self._direct.finish()
+            os.fsync(self._file.fileno())
         target = self._backend.path(key)
         _in_directory(lambda: os.replace(self._path, target), target.parent)
         _fsync_dir(target.parent)
 
     def discard(self) -> None:
-        os.close(self._fd)
+        if self._direct is not None:
+            self._direct.close()
+        self._file.close()
         self._path.unlink(missing_ok=True)
 
 
 def _open_new(path: Path, flags: int, *, direct: bool) -> int:
     """Create ``path`` with O_DIRECT if ``direct`` and the file system takes it, else without."""
-    if direct and hasattr(os, "O_DIRECT"):
+    if direct and O_DIRECT:
         try:
-            return os.open(path, flags | os.O_DIRECT, 0o600)
+            return os.open(path, flags | O_DIRECT, 0o600)
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise

@@ -157,7 +157,11 @@ class PackWriter:
         return self.pack_id
 
     def publish(self) -> None:
-        self._writer.publish(pack_key(self.pack_id))
+        try:
+            self._writer.publish(pack_key(self.pack_id))
+        except BaseException:
+            self._writer.discard()
+            raise
         if self._checksums is not None:  # after the pack: a guard never names a pack that is not there
             self._backend.write(guard_key(self.pack_id), encode_guard(
                 self.pack_id, [(e.offset, e.length, c) for e, c in zip(self.entries, self._checksums)]))

@@ -216,7 +216,11 @@ class PackSession:
     def _close_pack(self) -> None:
         writer, self._writer = self._writer, None
         assert writer is not None
-        pack_id = writer.seal()
+        try:
+            pack_id = writer.seal()
+        except BaseException:
+            writer.discard()
+            raise
         self._index.add_pack(pack_id, writer.entries)  # the caller drops the index if the put fails
         self._in_open_pack.clear()
         self.finished.append((pack_id, writer.entries))
