@@ -40,6 +40,23 @@ def test_tree_round_trip_keeps_paths_and_bytes(store, tmp_path):
     assert store.verify().ok
 
 
+def test_identify_gives_the_id_a_put_gives_without_reading_files_into_memory(store, tmp_path):
+    """``identify`` (what a re-push compares) hashes each file from a mapping: its memory does not
+    grow with the files' sizes."""
+    import tracemalloc
+
+    root = make_tree(tmp_path / "tree", {"weights.bin": random_bytes(32 << 20, 51), "empty": b"", "a/b.txt": b"b"})
+    tracemalloc.start()
+    try:
+        identified = store.identify(root)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    assert identified == store.put(root).id
+    assert store.identify(root / "empty") == store.put(root / "empty").id
+
+
 def test_same_content_twice_stores_nothing_new(store, tmp_path):
     bundle = make_tree(tmp_path / "b", {"w": random_bytes(2 << 20, 2), "c.json": b"{}"})
     first = store.put(bundle)
