@@ -165,9 +165,8 @@ class LocalWriter:
         self._backend = backend
         self._path = backend.root / "tmp" / f"w-{os.urandom(8).hex()}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        fd = _in_directory(lambda: _open_new(self._path, flags, direct=not cached), self._path.parent)
+        fd, direct = _in_directory(lambda: _open_new(self._path, flags, direct=not cached), self._path.parent)
         self._file = os.fdopen(fd, "wb", buffering=0)  # closes its descriptor once, and when dropped
-        direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & O_DIRECT)
         self._direct = _DirectAppends(fd) if direct else None
         self._size = 0
 
@@ -198,16 +197,17 @@ class LocalWriter:
         self._path.unlink(missing_ok=True)
 
 
-def _open_new(path: Path, flags: int, *, direct: bool) -> int:
-    """Create ``path`` with O_DIRECT if ``direct`` and the file system takes it, else without."""
+def _open_new(path: Path, flags: int, *, direct: bool) -> tuple[int, bool]:
+    """Create ``path`` with O_DIRECT if ``direct`` and the file system takes it, else without:
+    (descriptor, whether O_DIRECT is on)."""
     if direct and O_DIRECT:
         try:
-            return os.open(path, flags | O_DIRECT, 0o600)
+            return os.open(path, flags | O_DIRECT, 0o600), True
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
             flags &= ~os.O_EXCL  # the refusal may come after the file was made (its name is ours)
-    return os.open(path, flags, 0o600)
+    return os.open(path, flags, 0o600), False
 
 
 class LocalBackend:
