@@ -26,6 +26,7 @@ from artifactstore import InvalidInput, InvalidParameter, Store
 from artifactstore.clock import now, parse_time
 from artifactstore.demo import write_bundle
 from artifactstore.registry.bundle import SmokeTest, load_bundle
+from artifactstore.registry.fleet import read_fleet
 from artifactstore.registry.routing import route
 from artifactstore.serving import Follower
 from artifactstore.serving.smoke import check_output
@@ -303,7 +304,13 @@ def test_a_drill_fails_when_a_node_refuses_the_rollback_target_and_the_fleet_rol
                                 f"hooks:\n  - {{name: ops, url: '{receiver.url}', events: [drill_passed, drill_failed]}}\n")
 
     def broken_for_v1_0_0(loaded, known_input):
-        return -1.0 if loaded.version == "v1.0.0" else answer(loaded, known_input)
+        if loaded.version != "v1.0.0":
+            return answer(loaded, known_input)
+        # srv-a confirms first: the drill then sees its heartbeat before production moves again
+        # (else which of the two it saw first would depend on the machine's load)
+        wait_until(lambda: any(h.node == "srv-a" and h.confirms("v1.0.0")
+                               for h in read_fleet(live.registry, MODEL).heartbeats), what="srv-a's confirmation")
+        return -1.0
 
     try:
         with Follower(live, f"{MODEL}@production", poll_interval=0.001, smoke_function=answer, node="srv-a"), \
