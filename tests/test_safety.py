@@ -1,18 +1,23 @@
 """Crash, concurrency and permission safety of put, through real processes."""
 
+import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import make_tree, random_bytes, snapshot
 
 import artifactstore.content.put
 from artifactstore import InvalidInput, Store
+from artifactstore.backends.local import LocalBackend
 from artifactstore.cli import main
+from artifactstore.content.pending import STALE_SECONDS, boot_id
 
 
 def start_put(source, store_path) -> subprocess.Popen:
@@ -39,8 +44,10 @@ def test_kill_after_first_pack_then_retry_reuses_it(tmp_path, big_bundle):
     proc.wait()
     assert Store(store.path).verify().ok
     assert Store(store.path).stats().trees == 0, "a killed put must not publish its tree"
+    assert list((store.path / "pending").iterdir()), "the killed put's marker says where to look"
     retry = Store(store.path).put(big_bundle)
     assert retry.new_bytes <= retry.logical_bytes - (32 << 20), "the retry should reuse the published pack"
+    assert not list((store.path / "pending").iterdir()), "its process is gone: the marker goes"
     assert Store(store.path).verify().ok
     Store(store.path).get(retry.id, tmp_path / "out")
     assert snapshot(tmp_path / "out") == snapshot(big_bundle)
@@ -146,7 +153,9 @@ def test_a_file_changing_in_a_later_block_is_refused_and_verify_stays_clean(stor
     with pytest.raises(InvalidInput, match="weights.bin: the input changed while it was being stored"):
         store.put(source)
     added = set(snapshot(store.path)) - set(before)
-    assert all(key.startswith(("packs/", "guards/")) for key in added) and store.verify().ok
+    assert all(key.startswith(("packs/", "guards/", "pending/")) for key in added) and store.verify().ok
+    [marker] = [key for key in added if key.startswith("pending/")]
+    assert json.loads((store.path / marker).read_bytes())["ended"], "the failed session says it ended"
 
 
 def test_a_stored_chunk_changing_during_put_is_refused(store, tmp_path, monkeypatch):
@@ -189,3 +198,79 @@ def test_a_pack_whose_append_failed_halfway_takes_nothing_more_and_is_never_seal
         with pytest.raises(StoreError, match="last append failed"):
             more()
     writer.discard()
+
+
+def listed_prefixes(monkeypatch) -> list[str]:
+    """Every prefix a local backend lists from now on."""
+    prefixes: list[str] = []
+    real_list = LocalBackend.list
+
+    def recording_list(self, prefix):
+        prefixes.append(prefix)
+        return real_list(self, prefix)
+    monkeypatch.setattr(LocalBackend, "list", recording_list)
+    return prefixes
+
+
+def test_a_put_lists_the_packs_only_where_a_session_left_a_marker(store, tmp_path, monkeypatch):
+    """Looking for packs a failed session never indexed lists every pack of the store, which grows
+    with its history: a put does it only after a session that published packs left its marker."""
+    put = artifactstore.content.put
+    source = make_tree(tmp_path / "a", {"w": random_bytes(12 << 20, 30)})
+    store.put(source)
+    assert not (store.path / "pending").exists() or not list((store.path / "pending").iterdir())
+    prefixes = listed_prefixes(monkeypatch)
+    store.put(make_tree(tmp_path / "b", {"w": random_bytes(12 << 20, 31)}))
+    assert "packs" not in prefixes, "no marker: nothing to look for"
+
+    monkeypatch.setattr(put, "TARGET_SIZE", 4 << 20)  # several packs, the first published before the failure
+    real_hash = put._hash_chunks
+
+    def fail_late(data, offsets, first, last):
+        if offsets[first] >= 16 << 20:
+            raise OSError(28, "No space left on device")
+        return real_hash(data, offsets, first, last)
+    monkeypatch.setattr(put, "_hash_chunks", fail_late)
+    failing = make_tree(tmp_path / "c", {"w": random_bytes(24 << 20, 32)})
+    with pytest.raises(OSError):
+        store.put(failing)
+    [marker] = (store.path / "pending").iterdir()
+    assert json.loads(marker.read_bytes())["ended"]
+    monkeypatch.setattr(put, "_hash_chunks", real_hash)
+    prefixes.clear()
+    retry = Store(store.path).put(failing)
+    assert "packs" in prefixes
+    assert retry.new_bytes <= retry.logical_bytes - (4 << 20), "the retry reuses what the failed put published"
+    assert not list((store.path / "pending").iterdir()), "an ended session's marker goes once its packs are indexed"
+    assert Store(store.path).verify().ok
+
+
+def write_marker(store: Store, name: str, **fields) -> Path:
+    marker = {"boot": boot_id(), "ended": False, "host": socket.gethostname(), "pid": os.getpid(),
+              "started": time.time(), **fields}
+    path = store.path / "pending" / f"{name}.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(marker))
+    return path
+
+
+def test_a_put_removes_the_markers_of_finished_sessions_only(store, tmp_path):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    finished = [
+        write_marker(store, "dead", pid=int(gone.stdout)),  # a process of this boot that is gone
+        write_marker(store, "ended", ended=True),
+        write_marker(store, "stale", host="elsewhere", started=time.time() - STALE_SECONDS - 60),
+    ]
+    old_damaged = store.path / "pending" / "old-damaged.json"
+    old_damaged.write_bytes(b"\xff{")
+    os.utime(old_damaged, (time.time() - STALE_SECONDS - 60,) * 2)
+    kept = [
+        write_marker(store, "alive"),  # this process: it may still publish
+        write_marker(store, "elsewhere", host="elsewhere"),  # cannot be asked, and young
+        write_marker(store, "other-boot", pid=int(gone.stdout), boot="another boot"),
+    ]
+    (store.path / "pending" / "young-damaged.json").write_bytes(b"not json")
+    store.put(make_tree(tmp_path / "a", {"w": random_bytes(1 << 20, 33)}))
+    left = {p.name for p in (store.path / "pending").iterdir()}
+    assert left == {p.name for p in kept} | {"young-damaged.json"}
+    assert not any(p.exists() for p in finished)

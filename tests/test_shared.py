@@ -35,6 +35,7 @@ def test_two_machines_share_one_bucket(tmp_path, bucket_url, bundles):
     for name in ("v1.0.0", "v1.1.0", "v1.2.0"):
         machine_a.push(bundles[name], f"acme/support@{name}")
     machine_a.promote("acme/support@v1.1.0")
+    assert not list(machine_a.content.home.list("pending")), "each push removed its session's marker"
 
     machine_b = Store(bucket_url, cache=tmp_path / "cache-b")
     assert machine_b.ls()[0]["production"] == "v1.1.0"

@@ -27,6 +27,7 @@ from .guard import checksum
 from .index import ChunkIndex, write_index
 from .manifest import FileManifest, TreeEntry, TreeManifest, check_relative_path
 from .pack import INPUT_CHANGED, TARGET_SIZE, PackWriter
+from .pending import SessionMarker
 
 # A put cuts a file this many bytes at a time (about 128 chunks, one task of the hashing pool):
 # hashing, writing and the disk start after the first block, not after the whole file is cut.
@@ -118,8 +119,10 @@ class PackSession:
     Use it through ``ContentStore.pack_session``, which commits it or, on an error, aborts it.
     """
 
-    def __init__(self, backend: Backend, index: ChunkIndex, *, condemned: set[bytes], restore: bool = False):
+    def __init__(self, backend: Backend, index: ChunkIndex, *, condemned: set[bytes], restore: bool = False,
+                 marker: SessionMarker | None = None):
         self._backend = backend
+        self._marker = marker  # written before the first pack is published, removed after the index file
         self.guarded = backend.capabilities.local_directory is not None  # guards never leave the machine
         self._index = index
         self._condemned = condemned  # packs gc will delete: never deduplicate against them
@@ -224,7 +227,16 @@ class PackSession:
         self._index.add_pack(pack_id, writer.entries)  # the caller drops the index if the put fails
         self._in_open_pack.clear()
         self.finished.append((pack_id, writer.entries))
-        self._publishing.append(self._publisher.submit(writer.publish))
+        self._publishing.append(self._publisher.submit(self._publish, writer))
+
+    def _publish(self, writer: PackWriter) -> None:
+        if self._marker is not None:
+            try:
+                self._marker.write()
+            except BaseException:
+                writer.discard()
+                raise
+        writer.publish()
 
     def commit(self) -> None:
         """Publish every pack, then the index file that lists them."""
@@ -235,11 +247,15 @@ class PackSession:
                 publishing.result()
         if self.finished:
             self.index_file = write_index(self._backend, self.finished)
+        if self._marker is not None:
+            self._marker.remove()
 
     def abort(self) -> None:
         self._publisher.shutdown(wait=True)
         if self._writer is not None:
             self._writer.discard()
+        if self._marker is not None:
+            self._marker.end()
 
 
 def _closes(held: int, next_offset: int) -> bool:

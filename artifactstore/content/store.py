@@ -32,6 +32,7 @@ from .config import CONFIG_KEY, DEFAULT_KEEP_HOT, FORMAT_VERSION, SETTINGS, Stor
 from .index import ChunkIndex, IndexFiles, Location, write_index
 from .manifest import FileManifest, TreeEntry, TreeManifest, decode_manifest, manifest_key
 from .pack import pack_id_from_key, pack_key, read_trailer
+from .pending import SessionMarker, finished_markers, pending_markers
 from .put import PackSession, collect_inputs, ingest_file, put_workers, root_object
 
 READ_SEGMENT = 16 << 20
@@ -272,7 +273,8 @@ class ContentStore:
         target = target or (self.hot if restore else self.home)
         if not restore:
             self.upgrade_format()  # a put pads packs, which version-1 readers would take for damage
-        session = PackSession(target, self.index, condemned=condemned_packs(self.home), restore=restore)
+        session = PackSession(target, self.index, condemned=condemned_packs(self.home), restore=restore,
+                              marker=SessionMarker(target) if target is self.home else None)
         try:
             yield session
             session.commit()
@@ -333,7 +335,12 @@ class ContentStore:
             self.home.write(key, encoded)  # rewriting a condemned one makes it young again for gc
 
     def _index_orphan_packs(self) -> None:
-        """Index packs a crashed put published but never indexed, so that a retry reuses them."""
+        """Index packs a failed session published but never indexed, so that a retry reuses them.
+        Only where a session's marker is there (pending.py): listing every pack is the cost."""
+        markers = pending_markers(self.home)
+        if not markers:
+            return
+        finished = finished_markers(self.home, markers)  # before the list: they published all they will
         orphans = []
         condemned = condemned_packs(self.home)
         for key in self.home.list("packs"):
@@ -349,6 +356,8 @@ class ContentStore:
                 self.index.add_pack(pack_id, entries)
         if orphans:
             self.index.mark_read(self.home, write_index(self.home, orphans))
+        for key in finished:
+            self.home.delete(key)
 
     def _merge_index_files(self) -> None:
         """Merge the index files of a place that has INDEX_FILES_MERGED_AT or more into one, unless
