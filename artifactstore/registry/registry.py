@@ -121,11 +121,13 @@ class Registry:
         return dict(versions)
 
     def state(self, model: ModelName | str) -> ModelState:
-        model = ModelName.parse(model) if isinstance(model, str) else model
-        state, _ = self._read_state(model)
+        return self._existing_state(ModelName.parse(model) if isinstance(model, str) else model)[0]
+
+    def _existing_state(self, model: ModelName) -> tuple[ModelState, str | None]:
+        state, token = self._read_state(model)
         if state is None:
             raise NotFound(f"no model {model} in the registry")
-        return state
+        return state, token
 
     def ref_signature(self, model: ModelName) -> tuple:
         """What changes whenever the model's ref is replaced: cheap enough to check every few
@@ -150,8 +152,11 @@ class Registry:
         return {str(m): self.backend.read_ref(ref_key(m))[1] for m in self.models()}
 
     def transact(self, model: ModelName, change: Callable[[ModelState], list[Move]], actor: str | None,
-                 reason: str, create: bool = False, force: bool = False) -> ModelState:
+                 reason: str, create: bool = False, force: bool = False,
+                 read: tuple[ModelState, str | None] | None = None) -> ModelState:
         """Apply ``change`` (returning audit fields) to the current state and swap the ref once.
+        ``read``: the state and ref token the caller prepared ``change`` from (``_resolve_current``);
+        the swap then fails if the ref moved since, rather than change a state the caller never saw.
 
         Every pointer move passes the registry's rules first; with ``force`` (and a reason) a move a
         rule refused is made all the same, the refusal recorded in its audit entry as ``override``.
@@ -160,7 +165,7 @@ class Registry:
         """
         if force and not reason.strip():
             raise InvalidParameter("--force needs a --reason: the override is recorded in the audit log")
-        current, token = self._read_state(model)
+        current, token = read or self._read_state(model)
         if current is None:
             if not create:
                 raise NotFound(f"no model {model} in the registry")
@@ -219,22 +224,16 @@ class Registry:
 
     def resolve_version(self, ref: Ref | str) -> tuple[ModelState, str]:
         """(state, version) named by a ``client/model@…`` ref."""
-        ref = Ref.parse(ref) if isinstance(ref, str) else ref
-        if ref.model is None:
-            raise InvalidParameter(f"{ref} is a content id; this needs client/model@VERSION or @POINTER")
-        state = self.state(ref.model)
-        if ref.is_version:
-            if ref.target not in state.versions:
-                raise NotFound(f"{ref.model} has no version {ref.target}")
-            return state, ref.target
-        if ref.target == LATEST:
-            if not state.versions:
-                raise NotFound(f"{ref.model} has no versions")
-            return state, state.sorted_versions()[-1]
-        version = state.pointer(ref.target)
-        if version is None:
-            raise NotFound(f"{ref.model}@{ref.target} is not set")
-        return state, version
+        model, parsed = _model_ref(ref)
+        state = self.state(model)
+        return state, _version_in(state, parsed)
+
+    def _resolve_current(self, ref: str) -> tuple[str, tuple[ModelState, str | None]]:
+        """The version ``ref`` names, with the state it was resolved in and that state's ref token,
+        for ``transact(read=...)``: a pointer in ``ref`` means what it means in the state changed."""
+        model, parsed = _model_ref(ref)
+        read = self._existing_state(model)
+        return _version_in(read[0], parsed), read
 
     def record(self, state: ModelState, version: str) -> dict[str, Any]:
         """The version record of one of ``state``'s versions."""
@@ -358,7 +357,7 @@ class Registry:
         return self._move(ref, "target", ROLLBACK_TARGET, actor, reason, expect)
 
     def _move(self, ref: str, action: str, pointer: str, actor, reason, expect, force: bool = False) -> ModelState:
-        state, version = self.resolve_version(ref)
+        version, read = self._resolve_current(ref)
 
         def move(current: ModelState) -> list[Move]:
             _check_expected(current, pointer, expect)
@@ -379,7 +378,7 @@ class Registry:
                         moves.append({"action": action, "pointer": cleared, "from": version, "to": None})
             return moves
 
-        return self.transact(state.model, move, actor, reason, force=force)
+        return self.transact(read[0].model, move, actor, reason, force=force, read=read)
 
     def rollback(self, model: str, *, to: str | None = None, actor: str | None = None, reason: str = "",
                  expect: str | None = None, evidence: dict[str, Any] | None = None) -> ModelState:
@@ -419,7 +418,7 @@ class Registry:
         """Send ``percent`` of traffic to a version; 0 ends the canary. ``force``: see ``transact``."""
         if not 0 <= percent <= 100:
             raise InvalidParameter(f"canary percent must be between 0 and 100, not {percent}")
-        state, version = self.resolve_version(ref)
+        version, read = self._resolve_current(ref)
 
         def move(current: ModelState) -> list[Move]:
             old = current.pointer(CANARY)
@@ -431,7 +430,7 @@ class Registry:
                 return [{"action": "canary", "pointer": CANARY, "from": old, "to": None}]
             return [{"action": "canary", "pointer": CANARY, "from": old, "to": version, "percent": percent}]
 
-        return self.transact(state.model, move, actor, reason, force=force)
+        return self.transact(read[0].model, move, actor, reason, force=force, read=read)
 
     def pin(self, ref: str, *, actor: str | None = None, reason: str = "") -> ModelState:
         """Keep a version in the hot tier and out of garbage collection."""
@@ -441,7 +440,7 @@ class Registry:
         return self._pin(ref, False, actor, reason)
 
     def _pin(self, ref: str, pinned: bool, actor, reason) -> ModelState:
-        state, version = self.resolve_version(ref)
+        version, read = self._resolve_current(ref)
 
         def move(current: ModelState) -> list[Move]:
             _check_known(current, version)
@@ -450,7 +449,7 @@ class Registry:
             return [{"action": "pin" if pinned else "unpin", "pointer": "pins",
                      "from": None if pinned else version, "to": version if pinned else None}]
 
-        return self.transact(state.model, move, actor, reason)
+        return self.transact(read[0].model, move, actor, reason, read=read)
 
     def delete(self, ref: str, *, actor: str | None = None, reason: str = "") -> ModelState:
         """Remove a version (a data removal request); refused while a pointer or pin names it.
@@ -522,6 +521,28 @@ class Registry:
                 client, model = key.removeprefix("registry/refs/").removesuffix(".json").split("/")
                 found.append(ModelName(client, model))
         return sorted(found, key=str)
+
+
+def _model_ref(ref: Ref | str) -> tuple[ModelName, Ref]:
+    parsed = Ref.parse(ref) if isinstance(ref, str) else ref
+    if parsed.model is None:
+        raise InvalidParameter(f"{parsed} is a content id; this needs client/model@VERSION or @POINTER")
+    return parsed.model, parsed
+
+
+def _version_in(state: ModelState, ref: Ref) -> str:
+    if ref.is_version:
+        if ref.target not in state.versions:
+            raise NotFound(f"{ref.model} has no version {ref.target}")
+        return ref.target
+    if ref.target == LATEST:
+        if not state.versions:
+            raise NotFound(f"{ref.model} has no versions")
+        return state.sorted_versions()[-1]
+    version = state.pointer(ref.target)
+    if version is None:
+        raise NotFound(f"{ref.model}@{ref.target} is not set")
+    return version
 
 
 def ref_target(data: bytes, key: str) -> str:
