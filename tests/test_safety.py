@@ -17,7 +17,7 @@ import artifactstore.content.put
 from artifactstore import InvalidInput, Store
 from artifactstore.backends.local import LocalBackend
 from artifactstore.cli import main
-from artifactstore.content.pending import STALE_SECONDS, boot_id
+from artifactstore.content.pending import STALE_SECONDS, boot_id, pid_namespace
 
 
 def start_put(source, store_path) -> subprocess.Popen:
@@ -245,32 +245,71 @@ def test_a_put_lists_the_packs_only_where_a_session_left_a_marker(store, tmp_pat
     assert Store(store.path).verify().ok
 
 
-def write_marker(store: Store, name: str, **fields) -> Path:
+def write_marker(store: Store, name: str, age: float = 0, **fields) -> Path:
     marker = {"boot": boot_id(), "ended": False, "host": socket.gethostname(), "pid": os.getpid(),
-              "started": time.time(), **fields}
+              "pid_namespace": pid_namespace(), "started": time.time(), **fields}
     path = store.path / "pending" / f"{name}.json"
     path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(marker))
+    path.write_bytes(json.dumps(marker).encode() if "raw" not in fields else fields["raw"])
+    os.utime(path, (time.time() - age,) * 2)
     return path
 
 
 def test_a_put_removes_the_markers_of_finished_sessions_only(store, tmp_path):
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    old = STALE_SECONDS + 60
     finished = [
-        write_marker(store, "dead", pid=int(gone.stdout)),  # a process of this boot that is gone
-        write_marker(store, "ended", ended=True),
-        write_marker(store, "stale", host="elsewhere", started=time.time() - STALE_SECONDS - 60),
+        write_marker(store, "dead", pid=gone),  # a process of this boot and PID namespace that is gone
+        write_marker(store, "ended", ended=True, host="elsewhere"),
+        write_marker(store, "stale", host="elsewhere", age=old),  # by the store's clock...
+        write_marker(store, "old-damaged", raw=b"\xff{", age=old),
+        write_marker(store, "old-huge-pid", pid=2**40, age=old),
     ]
-    old_damaged = store.path / "pending" / "old-damaged.json"
-    old_damaged.write_bytes(b"\xff{")
-    os.utime(old_damaged, (time.time() - STALE_SECONDS - 60,) * 2)
     kept = [
         write_marker(store, "alive"),  # this process: it may still publish
-        write_marker(store, "elsewhere", host="elsewhere"),  # cannot be asked, and young
-        write_marker(store, "other-boot", pid=int(gone.stdout), boot="another boot"),
+        write_marker(store, "elsewhere", host="elsewhere", started=time.time() - old),  # ...not the writer's
+        write_marker(store, "other-boot", pid=gone, boot="another boot"),
+        write_marker(store, "other-namespace", pid=gone, pid_namespace=1),  # a container on this host
+        write_marker(store, "young-damaged", raw=b"not json"),
+        write_marker(store, "young-huge-pid", pid=2**40),
     ]
-    (store.path / "pending" / "young-damaged.json").write_bytes(b"not json")
     store.put(make_tree(tmp_path / "a", {"w": random_bytes(1 << 20, 33)}))
-    left = {p.name for p in (store.path / "pending").iterdir()}
-    assert left == {p.name for p in kept} | {"young-damaged.json"}
+    assert {p.name for p in (store.path / "pending").iterdir()} == {p.name for p in kept}
     assert not any(p.exists() for p in finished)
+
+
+def test_a_marker_that_cannot_be_removed_fails_no_put(store, tmp_path, monkeypatch):
+    """Removing a marker is best effort: one left behind costs later puts a listing of the packs."""
+    write_marker(store, "ended", ended=True)
+    real_unlink = Path.unlink
+
+    def refuse_in_pending(path, missing_ok=False):
+        if path.parent.name == "pending":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_unlink(path, missing_ok=missing_ok)
+    monkeypatch.setattr(Path, "unlink", refuse_in_pending)
+    source = make_tree(tmp_path / "a", {"w": random_bytes(4 << 20, 34)})
+    put = store.put(source)
+    assert len(list((store.path / "pending").iterdir())) == 2, "the ended one stays, and the put's own, marked ended"
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    Store(store.path).get(put.id, tmp_path / "out")
+    assert snapshot(tmp_path / "out") == snapshot(source)
+    Store(store.path).put(make_tree(tmp_path / "b", {"w": random_bytes(1 << 20, 35)}))
+    assert not list((store.path / "pending").iterdir()), "the next put removes both: the session is over"
+
+
+def test_a_put_indexes_again_the_packs_of_a_damaged_index_file(store, tmp_path):
+    """gc refuses while an index file is damaged and says a put re-indexes its packs: with no
+    marker anywhere, a put still lists the packs when the index it read skipped a damaged file."""
+    first = store.put(make_tree(tmp_path / "a", {"w": random_bytes(300_000, 36)})).id
+    before = set((store.path / "index").iterdir())
+    second = store.put(make_tree(tmp_path / "b", {"w": random_bytes(300_000, 37)})).id
+    [damaged] = set((store.path / "index").iterdir()) - before
+    data = bytearray(damaged.read_bytes())
+    data[20] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    Store(store.path).put(make_tree(tmp_path / "c", {"w": random_bytes(300_000, 38)}))
+    for object_id, name in ((first, "a"), (second, "b")):
+        Store(store.path).get(object_id, tmp_path / f"out-{name}")
+        assert snapshot(tmp_path / f"out-{name}") == snapshot(tmp_path / name)

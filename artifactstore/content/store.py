@@ -32,7 +32,7 @@ from .config import CONFIG_KEY, DEFAULT_KEEP_HOT, FORMAT_VERSION, SETTINGS, Stor
 from .index import ChunkIndex, IndexFiles, Location, write_index
 from .manifest import FileManifest, TreeEntry, TreeManifest, decode_manifest, manifest_key
 from .pack import pack_id_from_key, pack_key, read_trailer
-from .pending import SessionMarker, finished_markers, pending_markers
+from .pending import SessionMarker, finished_markers, pending_markers, remove_marker
 from .put import PackSession, collect_inputs, ingest_file, put_workers, root_object
 
 READ_SEGMENT = 16 << 20
@@ -335,10 +335,12 @@ class ContentStore:
             self.home.write(key, encoded)  # rewriting a condemned one makes it young again for gc
 
     def _index_orphan_packs(self) -> None:
-        """Index packs a failed session published but never indexed, so that a retry reuses them.
-        Only where a session's marker is there (pending.py): listing every pack is the cost."""
+        """Index packs no intact index file lists (published by a session that failed before its
+        index file, or listed by a damaged one), so that a retry reuses them and gc spares them.
+        Only where a session's marker is there (pending.py) or an index file failed its check:
+        listing every pack is the cost."""
         markers = pending_markers(self.home)
-        if not markers:
+        if not markers and not self.index.skipped:
             return
         finished = finished_markers(self.home, markers)  # before the list: they published all they will
         orphans = []
@@ -357,7 +359,7 @@ class ContentStore:
         if orphans:
             self.index.mark_read(self.home, write_index(self.home, orphans))
         for key in finished:
-            self.home.delete(key)
+            remove_marker(self.home, key)
 
     def _merge_index_files(self) -> None:
         """Merge the index files of a place that has INDEX_FILES_MERGED_AT or more into one, unless
