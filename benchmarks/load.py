@@ -19,16 +19,24 @@ the bytes are in memory: safetensors.torch maps the file and reads it lazily, on
 - --device cuda (torch with CUDA): load_file(device="cuda") against device="cuda", each followed
   by torch.cuda.synchronize().
 
+- --from-disk: before the races, every file of both sides leaves the page cache, so that the
+  pages both sides then warm are read from the disk, as on a serving machine after a reboot.
+  Without it each side warms the pages its writer left: safetensors' files written through the
+  page cache, the store's packs written around it by a put (direct I/O) and read back by the first
+  load. On the VM these figures come from, pages read from the disk are slower to fault in than
+  pages a write left, whatever their folio sizes, so the two runs differ (docs/performance.md).
+
 Ours checks every chunk against its pack's guard (xxh3); safetensors checks nothing. The
 "+ xxh3" ratio adds the cheapest way to get the same guarantee with the library (xxh3 of the
 whole mapped file after loading it). safetensors.numpy allocates each tensor with malloc, so its
 time depends on the process's heap: compare figures from one run only.
 
-Usage: python benchmarks/load.py [--repeat 7] [--device cpu|cuda] [--json FILE]
+Usage: python benchmarks/load.py [--repeat 7] [--device cpu|cuda] [--from-disk] [--json FILE]
 """
 
 import argparse
 import mmap
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -69,6 +77,16 @@ def then_hash_file(load: Callable[[object], object], path: Path) -> Callable[[ob
     return load_and_hash
 
 
+def evict(path: Path) -> None:
+    """Drop a file's pages from the page cache (written back first: dirty pages stay)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def numpy_bytes(array: np.ndarray) -> np.ndarray:
     return array.reshape(-1).view(np.uint8)
 
@@ -89,6 +107,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--from-disk", action="store_true",
+                        help="evict both sides' files from the page cache first (see above)")
     parser.add_argument("--json", metavar="FILE", help="write the figures to FILE as JSON")
     args = parser.parse_args()
     notes = []
@@ -105,6 +125,9 @@ def main() -> None:
                 safetensors.numpy.save_file(converted, paths[shape, kind])
                 ids[shape, kind] = store.put(paths[shape, kind]).id
         del original, files
+        if args.from_disk:
+            for path in [*paths.values(), *(store.path / "packs").rglob("*.pack")]:
+                evict(path)
 
         def ours(shape: str, kind: str, fresh: bool, **options) -> Callable[[], dict]:
             return lambda: (Store(store.path) if fresh else store).load(ids[shape, kind], **options)
@@ -134,6 +157,7 @@ def main() -> None:
                     cuda_synchronized(ours("full", "bf16", False, framework="torch", device="cuda")))
 
         figures: dict = {"adapter_bytes": paths["full", "bf16"].stat().st_size, "repeat": args.repeat,
+                         "from_disk": args.from_disk,
                          "load_average": [load_average()], "results": {}, "notes": notes}
         for name, (path, theirs, ours_load) in races.items():
             theirs(None), ours_load(None)  # the page cache, the allocators and the store's loader warm
@@ -151,7 +175,8 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     write_json(args.json, figures)
-    print(f"adapter: {figures['adapter_bytes'] / 1e6:.0f} MB (LoRA rank 40, 8B model), page cache warm; "
+    print(f"adapter: {figures['adapter_bytes'] / 1e6:.0f} MB (LoRA rank 40, 8B model), page cache warm"
+          f"{' (pages read from the disk)' if args.from_disk else ''}; "
           f"median (range) of {args.repeat}; load average {figures['load_average'][0]} -> "
           f"{figures['load_average'][1]}")
     for name, r in figures["results"].items():
