@@ -300,6 +300,29 @@ def test_a_long_lived_store_does_not_dedup_against_deleted_packs(tmp_path):
     Store(writer.path).get(file_id, tmp_path / "out")
 
 
+def test_a_push_landing_as_gc_reads_the_index_does_not_stop_it(history_store, tmp_path, monkeypatch):
+    """gc reads the index after it marks: a version pushed meanwhile is either marked with its
+    index file already durable, or not marked (and young). Found by a stress run of pushes beside
+    gc, which refused 3 runs of 18 with "live chunk ... is in no index"."""
+    bundle = unversioned_bundle(HISTORY[1], tmp_path / "next")
+    read_index_files = artifactstore.lifecycle.gc.IndexFiles.read
+
+    def push_after_reading(tier):
+        files = read_index_files(tier)
+        if not (tmp_path / "pushed").exists():
+            (tmp_path / "pushed").touch()
+            Store(history_store.path).push(bundle, "acme/other", bump="auto")  # another process
+        return files
+
+    monkeypatch.setattr(artifactstore.lifecycle.gc.IndexFiles, "read", push_after_reading)
+    report = Store(history_store.path).gc(grace="0s")
+    assert report.mark_passes >= 1 and (tmp_path / "pushed").exists()
+    final = Store(history_store.path)
+    assert final.verify().ok
+    final.get(final.resolve("acme/other@latest"), tmp_path / "out")
+    assert snapshot(tmp_path / "out") == snapshot(bundle)
+
+
 def test_gc_refuses_to_run_on_a_damaged_index(store, tmp_path):
     (tmp_path / "f").write_bytes(random_bytes(300_000, 9))
     file_id = store.put(tmp_path / "f").id

@@ -66,8 +66,11 @@ def collect_garbage(content: ContentStore, registry: Registry, *, dry_run: bool 
     with content.maintenance_lock() as held:
         if not held:
             raise StoreError(f"another gc (or an index consolidation) is running on {content.location}")
-        # the store's index files (every pack, condemned ones included), and a shared store's
-        # cache's, which list this machine's copies of packs
+        live_keys, live_chunks, manifests = _mark(content, registry, report)
+        # Then the store's index files (every pack, condemned ones included), and a shared store's
+        # cache's, which list this machine's copies of packs. After the mark: a push's index file
+        # is durable before its version is, so every live chunk is listed unless something is
+        # damaged (read before, a push landing in between made gc refuse to run).
         homes = [IndexFiles.read(tier) for tier in {id(t): t for t in (content.home, content.hot)}.values()]
         index = homes[0].index
         for home in homes:
@@ -75,7 +78,6 @@ def collect_garbage(content: ContentStore, registry: Registry, *, dry_run: bool 
                 raise StoreError(f"index file {home.index.skipped[0]} is damaged: gc would take its packs for "
                                  "garbage. Run `artifactstore verify`, then any put (which re-indexes those "
                                  "packs), then gc")
-        live_keys, live_chunks, manifests = _mark(content, registry, report)
         unindexed = next((c for c in live_chunks if c not in index), None)
         if unindexed is not None:
             raise StoreError(f"live chunk {format_id(unindexed)} is in no index: run `artifactstore verify`; "
@@ -237,7 +239,7 @@ def _delete(content: ContentStore, keys: set[str], homes: list[IndexFiles], tree
             progress: Progress, sizes: dict[str, int], written_at: dict[str, float]) -> set[str]:
     """Delete referrers before what they refer to, so that a gc killed at any moment leaves a
     store that verifies: tree manifests, then file manifests, then in each place with index
-    files one without the doomed packs replaces those read at the start, then the packs.
+    files one without the doomed packs replaces those read after the mark, then the packs.
 
     Pushes write into the store while this runs. Anything written again since the sweep read
     its time (a push re-using a condemned pack or manifest, or re-writing an index file with
