@@ -4,7 +4,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -246,7 +245,7 @@ def test_a_put_lists_the_packs_only_where_a_session_left_a_marker(store, tmp_pat
 
 
 def write_marker(store: Store, name: str, age: float = 0, **fields) -> Path:
-    marker = {"boot": boot_id(), "ended": False, "host": socket.gethostname(), "pid": os.getpid(),
+    marker = {"boot": boot_id(), "ended": False, "host": os.uname().nodename, "pid": os.getpid(),
               "pid_namespace": pid_namespace(), "started": time.time(), **fields}
     path = store.path / "pending" / f"{name}.json"
     path.parent.mkdir(exist_ok=True)

@@ -12,8 +12,6 @@ what a dead session wrote, never data, so removing one is best effort.
 
 import json
 import os
-import secrets
-import socket
 import time
 from dataclasses import dataclass, replace
 from functools import cache
@@ -67,7 +65,7 @@ class Marker:
         current boot and PID namespace that is gone (the marker's age is the caller's to judge)."""
         if self.ended:
             return True
-        here = (socket.gethostname(), boot_id(), pid_namespace())
+        here = (os.uname().nodename, boot_id(), pid_namespace())
         if None in here or (self.host, self.boot, self.pid_namespace) != here:
             return False
         try:
@@ -94,12 +92,12 @@ class SessionMarker:
 
     def __init__(self, backend: Backend):
         self._backend = backend
-        self.key = f"{PENDING_PREFIX}/{secrets.token_hex(16)}.json"
+        self.key = f"{PENDING_PREFIX}/{os.urandom(16).hex()}.json"
         self._marker: Marker | None = None
 
     def write(self) -> None:
         if self._marker is None:
-            marker = Marker(socket.gethostname(), boot_id(), pid_namespace(), os.getpid(), time.time(), ended=False)
+            marker = Marker(os.uname().nodename, boot_id(), pid_namespace(), os.getpid(), time.time(), ended=False)
             self._backend.write(self.key, marker.encode())
             self._marker = marker
 
