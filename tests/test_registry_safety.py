@@ -7,9 +7,11 @@ import sys
 import textwrap
 import time
 
+import pytest
 from conftest import run_cli, snapshot
 
-from artifactstore import Store
+import artifactstore.registry.registry
+from artifactstore import Conflict, Store
 from artifactstore.demo import adapter_history, write_bundle
 
 HISTORY = adapter_history(layers=2, scale=16)
@@ -74,6 +76,35 @@ def _kill_repeatedly(args: list[str], store: Store, attempts: int = 6) -> None:
         proc.wait()
         report = Store(store.path).verify()
         assert report.ok, report.problems
+
+
+@pytest.mark.parametrize("move", ["promote", "rollout"])
+def test_a_pointer_in_a_ref_means_what_it_names_in_the_state_the_move_changes(tmp_path, monkeypatch, move):
+    """`promote m@staging` (and `rollout start m@staging`) change the state staging was resolved
+    in: if another process restages in between, the move fails with Conflict instead of putting
+    the version staging used to name into production (or the canary)."""
+    store = pushed_store(tmp_path)
+    store.promote("acme/support@v1.0.0")
+    store.stage("acme/support@v1.1.0")
+    resolve = artifactstore.registry.registry._version_in
+
+    def restaged_meanwhile(state, ref):
+        version = resolve(state, ref)
+        if ref.target == "staging" and not (tmp_path / "raced").exists():
+            (tmp_path / "raced").touch()
+            Store(store.path).stage("acme/support@v1.1.1", actor="other")  # another process
+        return version
+
+    monkeypatch.setattr(artifactstore.registry.registry, "_version_in", restaged_meanwhile)
+    with pytest.raises(Conflict):
+        if move == "promote":
+            store.promote("acme/support@staging")
+        else:
+            store.start_rollout("acme/support@staging")
+    after = Store(store.path).state("acme/support")
+    assert (after.pointer("staging"), after.pointer("production"), after.pointer("canary")) == \
+        ("v1.1.1", "v1.0.0", None)
+    assert Store(store.path).log("acme/support")[-1].actor == "other"
 
 
 def test_kill_during_push_leaves_no_half_version(tmp_path):

@@ -155,7 +155,7 @@ class Registry:
                  reason: str, create: bool = False, force: bool = False,
                  read: tuple[ModelState, str | None] | None = None) -> ModelState:
         """Apply ``change`` (returning audit fields) to the current state and swap the ref once.
-        ``read``: the state and ref token the caller prepared ``change`` from (``_resolve_current``);
+        ``read``: the state and ref token the caller prepared ``change`` from (``resolve_current``);
         the swap then fails if the ref moved since, rather than change a state the caller never saw.
 
         Every pointer move passes the registry's rules first; with ``force`` (and a reason) a move a
@@ -228,7 +228,7 @@ class Registry:
         state = self.state(model)
         return state, _version_in(state, parsed)
 
-    def _resolve_current(self, ref: str) -> tuple[str, tuple[ModelState, str | None]]:
+    def resolve_current(self, ref: str) -> tuple[str, tuple[ModelState, str | None]]:
         """The version ``ref`` names, with the state it was resolved in and that state's ref token,
         for ``transact(read=...)``: a pointer in ``ref`` means what it means in the state changed."""
         model, parsed = _model_ref(ref)
@@ -357,7 +357,7 @@ class Registry:
         return self._move(ref, "target", ROLLBACK_TARGET, actor, reason, expect)
 
     def _move(self, ref: str, action: str, pointer: str, actor, reason, expect, force: bool = False) -> ModelState:
-        version, read = self._resolve_current(ref)
+        version, read = self.resolve_current(ref)
 
         def move(current: ModelState) -> list[Move]:
             _check_expected(current, pointer, expect)
@@ -418,7 +418,7 @@ class Registry:
         """Send ``percent`` of traffic to a version; 0 ends the canary. ``force``: see ``transact``."""
         if not 0 <= percent <= 100:
             raise InvalidParameter(f"canary percent must be between 0 and 100, not {percent}")
-        version, read = self._resolve_current(ref)
+        version, read = self.resolve_current(ref)
 
         def move(current: ModelState) -> list[Move]:
             old = current.pointer(CANARY)
@@ -440,7 +440,7 @@ class Registry:
         return self._pin(ref, False, actor, reason)
 
     def _pin(self, ref: str, pinned: bool, actor, reason) -> ModelState:
-        version, read = self._resolve_current(ref)
+        version, read = self.resolve_current(ref)
 
         def move(current: ModelState) -> list[Move]:
             _check_known(current, version)

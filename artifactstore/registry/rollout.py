@@ -59,7 +59,8 @@ def start_rollout(registry: Registry, ref: str, *, actor: str | None = None, rea
                   force: bool = False) -> ModelState:
     """Start rolling version ``ref`` out: the canary goes to the plan's first step. The move passes the
     registry's rules like any canary move (with a policy: gate and review required)."""
-    state, version = registry.resolve_version(ref)
+    version, read = registry.resolve_current(ref)
+    state = read[0]
     policy = policy_of(registry, state) or Policy()
     first = policy.canary.steps[0]
 
@@ -86,7 +87,7 @@ def start_rollout(registry: Registry, ref: str, *, actor: str | None = None, rea
         return [{"action": "rollout-start", "pointer": CANARY, "from": canary, "to": version,
                  "percent": first.percent, "state": {"rollout": rollout.to_json()}}]
 
-    return registry.transact(state.model, change, actor, reason, force=force)
+    return registry.transact(state.model, change, actor, reason, force=force, read=read)
 
 
 def pause_rollout(registry: Registry, model: ModelName | str, *, actor: str | None = None,
