@@ -16,6 +16,7 @@ import artifactstore.content.put
 from artifactstore import InvalidInput, Store
 from artifactstore.backends.local import LocalBackend
 from artifactstore.cli import main
+from artifactstore.content.condemned import CONDEMNED_KEY
 from artifactstore.content.pending import STALE_SECONDS, boot_id, pid_namespace
 
 
@@ -312,3 +313,20 @@ def test_a_put_indexes_again_the_packs_of_a_damaged_index_file(store, tmp_path):
     for object_id, name in ((first, "a"), (second, "b")):
         Store(store.path).get(object_id, tmp_path / f"out-{name}")
         assert snapshot(tmp_path / f"out-{name}") == snapshot(tmp_path / name)
+
+
+def test_a_put_reads_the_condemned_list_a_bounded_number_of_times(store, tmp_path, monkeypatch):
+    """Every manifest a put finds stored already is checked against gc's condemned list, which was
+    read again for each (a GET per file of a bundle on object storage); now once for them all."""
+    files = {f"f{i}.json": random_bytes(2_000, 40 + i) for i in range(12)}
+    store.put(make_tree(tmp_path / "a", files))
+    store.gc(grace="1h")  # writes the condemned list
+    read_keys: list[str] = []
+    real_read = LocalBackend.read
+
+    def recording_read(self, key):
+        read_keys.append(key)
+        return real_read(self, key)
+    monkeypatch.setattr(LocalBackend, "read", recording_read)
+    store.put(make_tree(tmp_path / "b", {**files, "new.json": random_bytes(2_000, 60)}))
+    assert read_keys.count(CONDEMNED_KEY) <= 3, read_keys.count(CONDEMNED_KEY)

@@ -298,11 +298,12 @@ class ContentStore:
             stored = partial(self._stored_file, session, condemned_times(self.home))
             files = [(f, *ingest_file(f.source, self.config.chunker, session, workers, progress, stored))
                      for f in inputs]
+        condemned = condemned_times(self.home)  # read once for all manifests, after the packs
         for _, file_id, manifest in files:
-            self._publish_manifest(file_id, manifest.encode())
+            self._publish_manifest(file_id, manifest.encode(), condemned)
         object_id, tree = root_object(root, [(f, file_id) for f, file_id, _ in files])
         if tree is not None:
-            self._publish_manifest(object_id, tree)
+            self._publish_manifest(object_id, tree, condemned)
         return PutResult(format_id(object_id), sum(f.size for f in inputs), session.new_bytes)
 
     def _stored_file(self, session: PackSession, condemned: dict[str, float], file_id: bytes,
@@ -329,9 +330,9 @@ class ContentStore:
             files.append((f, blake3.blake3(max_threads=blake3.blake3.AUTO).update_mmap(f.source).digest()))
         return format_id(root_object(root, files)[0])
 
-    def _publish_manifest(self, object_id: bytes, encoded: bytes) -> None:
+    def _publish_manifest(self, object_id: bytes, encoded: bytes, condemned: dict[str, float]) -> None:
         key = manifest_key(object_id)
-        if not self.home.exists(key) or key in condemned_times(self.home):
+        if not self.home.exists(key) or key in condemned:
             self.home.write(key, encoded)  # rewriting a condemned one makes it young again for gc
 
     def _index_orphan_packs(self) -> None:
