@@ -200,16 +200,16 @@ def test_a_pack_whose_append_failed_halfway_takes_nothing_more_and_is_never_seal
     writer.discard()
 
 
-def listed_prefixes(monkeypatch) -> list[str]:
-    """Every prefix a local backend lists from now on."""
-    prefixes: list[str] = []
-    real_list = LocalBackend.list
+def recorded_keys(monkeypatch, method: str) -> list[str]:
+    """The key (or prefix) of every call of a local backend's ``method`` from now on."""
+    keys: list[str] = []
+    real = getattr(LocalBackend, method)
 
-    def recording_list(self, prefix):
-        prefixes.append(prefix)
-        return real_list(self, prefix)
-    monkeypatch.setattr(LocalBackend, "list", recording_list)
-    return prefixes
+    def recording(self, key, *args, **kwargs):
+        keys.append(key)
+        return real(self, key, *args, **kwargs)
+    monkeypatch.setattr(LocalBackend, method, recording)
+    return keys
 
 
 def test_a_put_lists_the_packs_only_where_a_session_left_a_marker(store, tmp_path, monkeypatch):
@@ -219,7 +219,7 @@ def test_a_put_lists_the_packs_only_where_a_session_left_a_marker(store, tmp_pat
     source = make_tree(tmp_path / "a", {"w": random_bytes(12 << 20, 30)})
     store.put(source)
     assert not (store.path / "pending").exists() or not list((store.path / "pending").iterdir())
-    prefixes = listed_prefixes(monkeypatch)
+    prefixes = recorded_keys(monkeypatch, "list")
     store.put(make_tree(tmp_path / "b", {"w": random_bytes(12 << 20, 31)}))
     assert "packs" not in prefixes, "no marker: nothing to look for"
 
@@ -321,12 +321,6 @@ def test_a_put_reads_the_condemned_list_a_bounded_number_of_times(store, tmp_pat
     files = {f"f{i}.json": random_bytes(2_000, 40 + i) for i in range(12)}
     store.put(make_tree(tmp_path / "a", files))
     store.gc(grace="1h")  # writes the condemned list
-    read_keys: list[str] = []
-    real_read = LocalBackend.read
-
-    def recording_read(self, key):
-        read_keys.append(key)
-        return real_read(self, key)
-    monkeypatch.setattr(LocalBackend, "read", recording_read)
+    read_keys = recorded_keys(monkeypatch, "read")
     store.put(make_tree(tmp_path / "b", {**files, "new.json": random_bytes(2_000, 60)}))
     assert read_keys.count(CONDEMNED_KEY) <= 3, read_keys.count(CONDEMNED_KEY)
