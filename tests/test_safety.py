@@ -13,7 +13,7 @@ import pytest
 from conftest import make_tree, random_bytes, snapshot
 
 import artifactstore.content.put
-from artifactstore import InvalidInput, Store
+from artifactstore import InvalidInput, Store, StoreError
 from artifactstore.backends.local import LocalBackend
 from artifactstore.cli import main
 from artifactstore.content.condemned import CONDEMNED_KEY
@@ -324,3 +324,68 @@ def test_a_put_reads_the_condemned_list_a_bounded_number_of_times(store, tmp_pat
     read_keys = recorded_keys(monkeypatch, "read")
     store.put(make_tree(tmp_path / "b", {**files, "new.json": random_bytes(2_000, 60)}))
     assert read_keys.count(CONDEMNED_KEY) <= 3, read_keys.count(CONDEMNED_KEY)
+
+
+def refuse_marker_writes(monkeypatch) -> list[bool]:
+    """From the moment the returned flag is set, writing a session marker fails as on a full disk."""
+    refusing = [False]
+    real_write = LocalBackend.write
+
+    def write(self, key, data):
+        if refusing[0] and key.startswith("pending/"):
+            raise OSError(28, "No space left on device")
+        return real_write(self, key, data)
+    monkeypatch.setattr(LocalBackend, "write", write)
+    return refusing
+
+
+def test_a_marker_that_cannot_be_written_publishes_no_pack(store, tmp_path, monkeypatch):
+    """The marker comes before the first pack: if it cannot be written, the put fails with nothing
+    published and no temporary file left."""
+    refuse_marker_writes(monkeypatch)[0] = True
+    before = snapshot(store.path)
+    with pytest.raises(OSError, match="No space left"):
+        store.put(make_tree(tmp_path / "a", {"w": random_bytes(6 << 20, 41)}))
+    assert snapshot(store.path) == before
+    assert not list((store.path / "tmp").iterdir())
+
+
+def test_a_failed_put_whose_marker_cannot_say_so_keeps_it_open(store, tmp_path, monkeypatch):
+    """A failed session that cannot mark its marker ended raises its own error, and leaves the
+    marker open: later puts keep indexing what it published (a retry reuses it) while its process
+    lives, and an unreadable marker is left alone."""
+    put = artifactstore.content.put
+    refusing = refuse_marker_writes(monkeypatch)
+    monkeypatch.setattr(put, "TARGET_SIZE", 4 << 20)
+    real_hash = put._hash_chunks
+
+    def fail_late(data, offsets, first, last):
+        if offsets[first] >= 16 << 20:
+            deadline = time.monotonic() + 30
+            while not list(store.path.glob("pending/*")):  # the first pack's publisher writes it
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            refusing[0] = True  # the marker was written; now its rewrite fails too
+            raise OSError(5, "Input/output error")
+        return real_hash(data, offsets, first, last)
+    monkeypatch.setattr(put, "_hash_chunks", fail_late)
+    failing = make_tree(tmp_path / "a", {"w": random_bytes(24 << 20, 42)})
+    with pytest.raises(OSError, match="Input/output error"):
+        store.put(failing)
+    [marker] = (store.path / "pending").iterdir()
+    assert not json.loads(marker.read_bytes())["ended"]
+
+    refusing[0] = False
+    monkeypatch.setattr(put, "_hash_chunks", real_hash)
+    real_read = LocalBackend.read
+
+    def unreadable_marker(self, key):
+        if key.startswith("pending/"):
+            raise StoreError(f"cannot read {key}: Input/output error")
+        return real_read(self, key)
+    monkeypatch.setattr(LocalBackend, "read", unreadable_marker)
+    retry = Store(store.path).put(failing)
+    assert retry.new_bytes <= retry.logical_bytes - (4 << 20), "the retry reuses what the failed put published"
+    assert marker.exists(), "neither judged finished (this process lives) nor readable: it stays"
+    monkeypatch.setattr(LocalBackend, "read", real_read)
+    assert Store(store.path).verify().ok
