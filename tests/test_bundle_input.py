@@ -319,7 +319,7 @@ def test_pythons_own_yaml_parser_gets_the_same_checks(bundle, monkeypatch, conte
 def test_push_encodes_the_bundles_data_before_its_first_write(store, bundle, monkeypatch):
     """Should load_bundle ever admit what canonical JSON cannot hold, the push still writes nothing."""
     loaded = replace(load_bundle(bundle), training_config={"when": datetime(2024, 1, 1, 10)})
-    monkeypatch.setattr(bundle_module, "load_bundle", lambda root: loaded)  # push imports it when it runs
+    monkeypatch.setattr(bundle_module, "load_bundle", lambda root, known_tensors=None: loaded)  # push imports it when it runs
     before = snapshot(store.path)
     with pytest.raises(TypeError, match="datetime is not JSON serializable"):
         store.push(bundle, REF)

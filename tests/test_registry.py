@@ -49,6 +49,67 @@ def test_bump_auto_follows_the_versioning_rules(store, bundles):
     assert [store.show(f"acme/support@{v}")["change"] for v in got] == ["initial", "minor", "patch", "minor", "patch"]
 
 
+def _store_with_base(store, bundles):
+    for name in ("v1.0.0", "v1.1.0"):
+        store.push(bundles[name], f"acme/support@{name}")
+    return bundles["v1.1.1"] / "adapter_weights" / "adapter_model.safetensors"
+
+
+def test_a_push_of_unchanged_weights_takes_the_tensors_of_its_base_and_hashes_the_file_once(
+        store, bundles, monkeypatch):
+    from artifactstore.content import put as put_module
+    from artifactstore.registry import bundle as bundle_module
+
+    weights = _store_with_base(store, bundles)
+    hashed_sizes = []
+    take_id = put_module._id_if_probably_stored
+
+    def counted(data, *args):
+        hashed_sizes.append(len(data))
+        return take_id(data, *args)
+
+    def refuse(path):
+        raise AssertionError(f"{path}: hashed tensor by tensor")
+
+    monkeypatch.setattr(put_module, "_id_if_probably_stored", counted)
+    monkeypatch.setattr(bundle_module, "tensor_digests", refuse)
+    assert store.push(bundles["v1.1.1"], "acme/support@v1.1.1").change == "patch"
+    assert hashed_sizes.count(weights.stat().st_size) == 1  # by the check; the put took its id
+    new, base = store.show("acme/support@v1.1.1"), store.show("acme/support@v1.1.0")
+    assert new["tensors"] == base["tensors"] and new["adapter_hash"] == base["adapter_hash"]
+    # a retrain is hashed tensor by tensor, as before
+    with pytest.raises(AssertionError, match="hashed tensor by tensor"):
+        store.push(bundles["v1.2.0"], "acme/support@v1.2.0")
+
+
+def test_weights_that_change_between_the_check_and_the_put_are_stored_as_checked_or_refused(
+        store, bundles, monkeypatch, tmp_path):
+    from artifactstore.content.store import ContentStore
+
+    weights = _store_with_base(store, bundles)
+    checked = weights.read_bytes()
+    take_id = ContentStore.stored_file_id
+
+    def then(change):
+        def stored_file_id(self, path):
+            found = take_id(self, path)
+            change(path)
+            return found
+        return stored_file_id
+
+    # the same size, other bytes: the version stores the bytes its check read
+    monkeypatch.setattr(ContentStore, "stored_file_id", then(lambda path: path.write_bytes(checked[:-1] + b"!")))
+    store.push(bundles["v1.1.1"], "acme/support@v1.1.1")
+    store.get(store.resolve("acme/support@v1.1.1"), tmp_path / "out")
+    assert (tmp_path / "out" / "adapter_weights" / "adapter_model.safetensors").read_bytes() == checked
+    # grown: the put stores other bytes than those checked, and the push records nothing
+    weights.write_bytes(checked)
+    monkeypatch.setattr(ContentStore, "stored_file_id", then(lambda path: path.write_bytes(checked + b"!")))
+    with pytest.raises(InvalidInput, match="changed while it was being stored"):
+        store.push(bundles["v1.1.1"], "acme/support", bump="auto")
+    assert store.ls("acme/support")[0]["versions"] == ["v1.1.1", "v1.1.0", "v1.0.0"]
+
+
 @pytest.mark.parametrize("bundle, label, message", [
     ("v1.2.0", "v1.1.2", "the adapter weights changed (14 of 28 tensors differ): push it as v1.2.0"),
     ("v1.1.1", "v1.2.0", "the weights and inference config are identical: push it as v1.1.2"),

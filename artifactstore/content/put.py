@@ -187,8 +187,7 @@ class PackSession:
 
     def stored(self, chunk: bytes) -> bool:
         """Whether a chunk is stored in a pack that gc is not about to delete."""
-        return chunk in self._index and any(
-            loc.pack not in self._condemned for loc in self._index.all_locations(chunk))
+        return chunk_stored(self._index, self._condemned, chunk)
 
     def _writer_at(self, file_offset: int, alignment: int, opens_large_file: bool) -> PackWriter:
         """The pack for a chunk from ``file_offset``, padded so that the chunk keeps its
@@ -258,6 +257,11 @@ class PackSession:
             self._marker.end()
 
 
+def chunk_stored(index: ChunkIndex, condemned: set[bytes], chunk: bytes) -> bool:
+    """Whether ``index`` has a chunk in a pack that is not ``condemned`` (gc is about to delete those)."""
+    return chunk in index and any(loc.pack not in condemned for loc in index.all_locations(chunk))
+
+
 def _closes(held: int, next_offset: int) -> bool:
     """Whether a pack holding ``held`` bytes closes before the chunk at file offset ``next_offset``."""
     return held >= TARGET_SIZE and (next_offset % HUGE_ALIGNMENT <= PACK_START_SLACK
@@ -281,21 +285,21 @@ def put_workers() -> Iterator[Workers]:
 
 
 def ingest_file(source: Path, chunker: chunking.ChunkerParams, session: PackSession, workers: Workers,
-                progress: Progress, stored: Callable[[bytes, int], FileManifest | None]) -> tuple[bytes, FileManifest]:
+                progress: Progress, stored: Callable[[bytes, int], FileManifest | None],
+                known_id: bytes | None = None) -> tuple[bytes, FileManifest]:
     """Chunk and hash one file, adding its new chunks to ``session``: (file digest, manifest).
 
     ``stored(file id, size)`` is the manifest of a file the store holds whole, if it does. When
     chunks probed over the file are all stored already (a re-put, most likely), its digest is
-    taken first, and a file found stored costs nothing more: no cut, no chunk hashed.
+    taken first, and a file found stored costs nothing more: no cut, no chunk hashed. A
+    ``known_id`` (the caller hashed the file a moment ago) stands for that digest.
     """
-    with open(source, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
+    with _mapped(source) as data:
+        if not data:
             return digest(b""), FileManifest(0, [])
-        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        data = memoryview(mapped)
         try:
-            if _probably_stored(data, chunker, session):
-                file_id = blake3.blake3(data, max_threads=blake3.blake3.AUTO).digest()
+            file_id = known_id or _id_if_probably_stored(data, chunker, session.stored)
+            if file_id is not None:
                 manifest = stored(file_id, len(data))
                 if manifest is not None:
                     progress(len(data))
@@ -303,6 +307,28 @@ def ingest_file(source: Path, chunker: chunking.ChunkerParams, session: PackSess
             return _ingest_buffer(data, chunker, session, workers, progress)
         except InvalidInput as exc:
             raise InvalidInput(f"{source}: {exc}") from None
+
+
+def hash_if_probably_stored(source: Path, chunker: chunking.ChunkerParams,
+                            stored_chunk: Callable[[bytes], bool]) -> tuple[bytes, int] | None:
+    """(id, size) of a file whose probed chunks are all stored; None, without hashing it, for a
+    file that does not look stored (``_probably_stored``)."""
+    with _mapped(source) as data:
+        file_id = _id_if_probably_stored(data, chunker, stored_chunk) if data else digest(b"")
+        return None if file_id is None else (file_id, len(data))
+
+
+@contextmanager
+def _mapped(source: Path) -> Iterator[memoryview]:
+    """A file's bytes, memory-mapped (empty for an empty file, which cannot be mapped)."""
+    with open(source, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            yield memoryview(b"")
+            return
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        data = memoryview(mapped)
+        try:
+            yield data
         finally:
             data.release()
             try:
@@ -311,23 +337,34 @@ def ingest_file(source: Path, chunker: chunking.ChunkerParams, session: PackSess
                 pass  # an exception's traceback still holds slices of it: it closes when they go
 
 
-def _probably_stored(data: memoryview, chunker: chunking.ChunkerParams, session: PackSession) -> bool:
+def _id_if_probably_stored(data: memoryview, chunker: chunking.ChunkerParams,
+                           stored_chunk: Callable[[bytes], bool]) -> bytes | None:
+    """The file's BLAKE3 if a few chunks probed over it are all stored, else None."""
+    if not _probably_stored(data, chunker, stored_chunk):
+        return None
+    return blake3.blake3(data, max_threads=blake3.blake3.AUTO).digest()
+
+
+def _probably_stored(data: memoryview, chunker: chunking.ChunkerParams, stored_chunk: Callable[[bytes], bool]) -> bool:
     """Whether a few chunks spread over the file are all stored: a cheap guess (a few cuts of
-    a MiB) that the whole file is. Its first chunk is exact; each other probe cuts a window of the
-    file and takes the last whole chunk it finds, which is one of the file's own chunks unless
-    the content is pathological (cut points resynchronise within a chunk or two). A wrong guess
-    costs time, nothing else."""
+    a MiB, stopping at the first chunk not stored) that the whole file is. Its first chunk is
+    exact; each other probe cuts a window of the file and takes the last whole chunk it finds,
+    which is one of the file's own chunks unless the content is pathological (cut points
+    resynchronise within a chunk or two). A wrong guess costs time, nothing else."""
     params = chunker.as_kwargs()
     window = PROBE_WINDOW_CHUNKS * chunker.max_size
-    probes = [(0, chunking.cut(data[:chunker.max_size], **params)[0])]
-    for k in range(1, PROBES + 1):
-        start = max(0, len(data) * k // PROBES - window)
-        lengths = chunking.cut(data[start:start + window], **params)
-        if start + window < len(data):
-            lengths.pop()  # cut short by the window's end
-        if lengths:
-            probes.append((start + sum(lengths[:-1]), lengths[-1]))
-    return all(session.stored(digest(data[offset:offset + length])) for offset, length in probes)
+
+    def probes() -> Iterator[tuple[int, int]]:
+        yield 0, chunking.cut(data[:chunker.max_size], **params)[0]
+        for k in range(1, PROBES + 1):
+            start = max(0, len(data) * k // PROBES - window)
+            lengths = chunking.cut(data[start:start + window], **params)
+            if start + window < len(data):
+                lengths.pop()  # cut short by the window's end
+            if lengths:
+                yield start + sum(lengths[:-1]), lengths[-1]
+
+    return all(stored_chunk(digest(data[offset:offset + length])) for offset, length in probes())
 
 
 def _ingest_buffer(data: memoryview, chunker: chunking.ChunkerParams, session: PackSession,

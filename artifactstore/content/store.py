@@ -11,7 +11,7 @@ import fcntl
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
@@ -33,7 +33,15 @@ from .index import ChunkIndex, IndexFiles, Location, write_index
 from .manifest import FileManifest, TreeEntry, TreeManifest, decode_manifest, manifest_key
 from .pack import pack_id_from_key, pack_key, read_trailer
 from .pending import SessionMarker, finished_markers, pending_markers, remove_marker
-from .put import PackSession, collect_inputs, ingest_file, put_workers, root_object
+from .put import (
+    PackSession,
+    chunk_stored,
+    collect_inputs,
+    hash_if_probably_stored,
+    ingest_file,
+    put_workers,
+    root_object,
+)
 
 READ_SEGMENT = 16 << 20
 # A put that finds this many index files in a place merges them into one (under the maintenance
@@ -287,16 +295,23 @@ class ContentStore:
         if session.index_file is not None:
             self.index.mark_read(target, session.index_file)
 
-    def put(self, path: str | os.PathLike, *, progress: Progress = no_progress) -> PutResult:
-        """Store a file or a directory tree; returns its id and how many bytes were new."""
+    def put(self, path: str | os.PathLike, *, progress: Progress = no_progress,
+            hashed: Mapping[str, bytes] | None = None) -> PutResult:
+        """Store a file or a directory tree; returns its id and how many bytes were new.
+
+        ``hashed``: the ids of input files, by their path in the tree (a file's name when ``path``
+        is a file), that the caller took a moment ago (``stored_file_id``): a file this store
+        holds whole under that id is not read again, and the put stores what was hashed."""
         root = Path(path)
         inputs = collect_inputs(root)
         self.refresh_index()  # another process (gc, above all) may have changed it since
         self._index_orphan_packs()
         self._merge_index_files()
+        hashed = hashed or {}
         with self.pack_session() as session, put_workers() as workers:
-            stored = partial(self._stored_file, session, condemned_times(self.home))
-            files = [(f, *ingest_file(f.source, self.config.chunker, session, workers, progress, stored))
+            stored = partial(self._stored_file, session.stored, condemned_times(self.home))
+            files = [(f, *ingest_file(f.source, self.config.chunker, session, workers, progress, stored,
+                                      hashed.get(f.path)))
                      for f in inputs]
         condemned = condemned_times(self.home)  # read once for all manifests, after the packs
         for _, file_id, manifest in files:
@@ -306,7 +321,18 @@ class ContentStore:
             self._publish_manifest(object_id, tree, condemned)
         return PutResult(format_id(object_id), sum(f.size for f in inputs), session.new_bytes)
 
-    def _stored_file(self, session: PackSession, condemned: dict[str, float], file_id: bytes,
+    def stored_file_id(self, path: str | os.PathLike) -> bytes | None:
+        """The id of the regular file at ``path`` if this store holds it whole (as a put would
+        find it), else None. A few chunks are probed first: a file the store lacks is not hashed."""
+        self.refresh_index()
+        stored_chunk = partial(chunk_stored, self.index, condemned_packs(self.home))
+        found = hash_if_probably_stored(Path(path), self.config.chunker, stored_chunk)
+        if found is None:
+            return None
+        file_id, size = found
+        return file_id if self._stored_file(stored_chunk, condemned_times(self.home), file_id, size) else None
+
+    def _stored_file(self, stored_chunk: Callable[[bytes], bool], condemned: dict[str, float], file_id: bytes,
                      size: int) -> FileManifest | None:
         """The manifest of a file this store holds whole, if it does: the manifest is there and not
         condemned, and every chunk it lists is in a pack that is not condemned (what a put that
@@ -320,7 +346,7 @@ class ContentStore:
             return None  # the put stores it (and verify reports a damaged manifest)
         if not isinstance(manifest, FileManifest) or manifest.size != size:
             return None
-        return manifest if all(session.stored(chunk) for chunk, _ in manifest.chunks) else None
+        return manifest if all(stored_chunk(chunk) for chunk, _ in manifest.chunks) else None
 
     def identify(self, path: str | os.PathLike) -> str:
         """The id ``put`` would return for ``path``, computed without writing anything."""

@@ -16,7 +16,7 @@ import mmap
 import os
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -600,8 +600,16 @@ def _check_eval_samples(root: Path, problems: list[str]) -> None:
             problems.append(str(exc).replace(str(path), SAMPLES_FILE, 1))
 
 
-def load_bundle(root: Path) -> Bundle:
-    """Read and validate every file of the bundle; InvalidInput names every problem at once."""
+def recorded_tensors(tensors: dict[str, Any]) -> dict[str, TensorDigest]:
+    """The tensors a version record lists (its ``tensors``), as a bundle holds them."""
+    return {name: TensorDigest(t["dtype"], tuple(t["shape"]), t["digest"], t["bytes"]) for name, t in tensors.items()}
+
+
+def load_bundle(root: Path, known_tensors: Callable[[Path], dict[str, TensorDigest] | None] | None = None) -> Bundle:
+    """Read and validate every file of the bundle; InvalidInput names every problem at once.
+
+    ``known_tensors(weights file)``: the tensors of a weights file the store already holds whole,
+    if it does (a version's weights, pushed again with another config): they are not hashed again."""
     if not root.is_dir():
         raise InvalidInput(f"bundle {root} is not a directory")
     problems: list[str] = []
@@ -643,7 +651,7 @@ def load_bundle(root: Path) -> Bundle:
         problems.append(f"{WEIGHTS}: missing")
     else:
         try:
-            tensors = tensor_digests(root / WEIGHTS)
+            tensors = (known_tensors and known_tensors(root / WEIGHTS)) or tensor_digests(root / WEIGHTS)
         except InvalidInput as exc:
             problems.append(f"{WEIGHTS}: {exc}")
     if problems:

@@ -16,8 +16,9 @@ import blake3
 
 from ..clock import timestamp
 from ..content.manifest import canonical_json
+from ..content.pack import INPUT_CHANGED
 from ..content.store import ContentStore
-from ..errors import Conflict, CorruptObject, HistoryDamaged, InvalidParameter, NotFound, Refused
+from ..errors import Conflict, CorruptObject, HistoryDamaged, InvalidInput, InvalidParameter, NotFound, Refused
 from ..ids import format_id, parse_id
 from .changes import note_change
 from .pointers import CANARY, NAMES, PRODUCTION, ROLLBACK_TARGET, STAGING, Transition, TransitionRule
@@ -263,13 +264,27 @@ class Registry:
         store pick the next version from what changed. A version whose label disagrees with
         what changed, or an existing version with other content, is refused.
         """
-        from .bundle import WEIGHTS, load_bundle  # here: bundles need pydantic and YAML, the registry not
+        from .bundle import WEIGHTS, load_bundle, recorded_tensors  # here: bundles need pydantic and YAML
 
         model, requested = _push_target(ref, bump)
-        bundle = load_bundle(Path(bundle_dir))
+        state = self._read_state(model)[0] or ModelState(model)
+        hashed: dict[str, bytes] = {}  # the weights' id, where it was taken to reuse the base's tensors
+
+        def base_tensors(weights: Path) -> dict[str, Any] | None:
+            """The tensors of the version this push is compared with, if its weights are these very
+            bytes (a new inference config, say): a file's id costs half what hashing its tensors does."""
+            base = self._comparison_base(state, requested)
+            if base is None:
+                return None
+            file_id = self.content.stored_file_id(weights)
+            if file_id is None or format_id(file_id) != base["adapter_hash"]:
+                return None
+            hashed[WEIGHTS] = file_id
+            return recorded_tensors(base["tensors"])
+
+        bundle = load_bundle(Path(bundle_dir), base_tensors)
         actor = actor or default_actor()
         _check_audit_text(actor, reason)
-        state = self._read_state(model)[0] or ModelState(model)
         if requested in state.versions:
             existing = self.record(state, requested)
             if existing["bundle"] != self.content.identify(bundle.path):
@@ -301,8 +316,10 @@ class Registry:
         # load_bundle admits only data canonical JSON holds; encoding it here as well means that if it
         # ever admits more, the push fails before its first write instead of after the packs are stored.
         canonical_json(from_bundle)
-        stored = self.content.put(bundle.path)
+        stored = self.content.put(bundle.path, hashed=hashed)
         adapter_hash = self._file_id_in_tree(stored.id, WEIGHTS)
+        if WEIGHTS in hashed and adapter_hash != format_id(hashed[WEIGHTS]):  # it changed size since
+            raise InvalidInput(f"{bundle.path / WEIGHTS}: {INPUT_CHANGED}")
         record: dict[str, Any] = from_bundle | {
             "kind": "version", "client": model.client, "model": model.model, "version": version,
             "adapter_hash": adapter_hash, "bundle": stored.id,
@@ -322,6 +339,13 @@ class Registry:
         self.transact(model, add_version, actor, reason or bundle.metadata.change_description, create=True)
         return PushResult(f"{model}@{version}", version, stored.id, adapter_hash, record["change"], True,
                           stored.logical_bytes, stored.new_bytes, warnings)
+
+    def _comparison_base(self, state: ModelState, requested: str | None) -> dict[str, Any] | None:
+        """The record of the version a push of ``requested`` (None: the next one) is compared with."""
+        if requested in state.versions:
+            return None  # not compared: a push of an existing version only checks it is the same
+        below = previous_version(state, requested) if requested else next(reversed(state.sorted_versions()), None)
+        return self.record(state, below) if below else None
 
     def _next_version(self, state: ModelState, bundle: "Bundle") -> str:
         if not state.versions:
