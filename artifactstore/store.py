@@ -219,16 +219,17 @@ class Store:
         return state
 
     def rollback(self, model: str, *, to: str | None = None, actor: str | None = None, reason: str = "",
-                 expect: str | None = None) -> ModelState:
-        return self._announced(self.registry.rollback(model, to=to, actor=actor, reason=reason, expect=expect))
+                 expect: str | None = None, force: bool = False) -> ModelState:
+        return self._announced(self.registry.rollback(model, to=to, actor=actor, reason=reason, expect=expect,
+                                                      force=force))
 
     def set_canary(self, ref: str, percent: int, *, actor: str | None = None, reason: str = "",
                    expect: str | None = None, force: bool = False) -> ModelState:
         return self.registry.set_canary(ref, percent, actor=actor, reason=reason, expect=expect, force=force)
 
     def set_rollback_target(self, ref: str, *, actor: str | None = None, reason: str = "",
-                            expect: str | None = None) -> ModelState:
-        return self.registry.set_rollback_target(ref, actor=actor, reason=reason, expect=expect)
+                            expect: str | None = None, force: bool = False) -> ModelState:
+        return self.registry.set_rollback_target(ref, actor=actor, reason=reason, expect=expect, force=force)
 
     def pin(self, ref: str, *, actor: str | None = None, reason: str = "") -> ModelState:
         return self.registry.pin(ref, actor=actor, reason=reason)

@@ -132,10 +132,20 @@ def test_a_policy_without_required_checks_refuses_nothing(gated, tmp_path):
     assert gated.promote("acme/support@v1.1.0", reason="x").pointers["production"] == "v1.1.0"
 
 
-def test_rollback_is_never_refused_and_the_canary_is_gated_like_production(gated):
+def test_a_rollback_restores_what_served_a_never_served_one_is_a_promote_and_the_canary_is_gated(gated):
     gated.promote("acme/support@v1.1.0", actor="oncall", reason="forced", force=True)
     assert gated.rollback("acme/support", actor="oncall", reason="3am").pointers["production"] == "v1.0.0"
-    assert gated.rollback("acme/support", to="v1.2.0", actor="oncall").pointers["production"] == "v1.2.0"
+    assert gated.rollback("acme/support", to="v1.1.0", actor="oncall").pointers["production"] == "v1.1.0"  # served
+    gated.rollback("acme/support", to="v1.0.0", actor="oncall")
+    before = snapshot(gated.path)
+    with pytest.raises(Refused, match="v1.2.0 may not become production under its policy: no gate result"):
+        gated.rollback("acme/support", to="v1.2.0", actor="oncall")
+    cli = run_cli("rollback", "acme/support", "--to", "v1.2.0", "--store", gated.path)
+    assert cli.returncode != 0 and cli.stderr.count("\n") == 1 and "v1.2.0 may not become production" in cli.stderr
+    assert snapshot(gated.path) == before
+    forced = gated.rollback("acme/support", to="v1.2.0", actor="oncall", reason="hotfix", force=True)
+    assert forced.pointers["production"] == "v1.2.0"
+    assert forced.entries[0].override.startswith("acme/support@v1.2.0 may not become production")
     gated.rollback("acme/support", to="v1.0.0", actor="oncall")
     with pytest.raises(Refused, match="may not become canary under its policy"):
         gated.set_canary("acme/support@v1.1.0", 10, actor="jane")
@@ -152,10 +162,14 @@ def test_target_set_names_the_rollback_target(gated):
         gated.set_rollback_target("acme/support@v1.2.0")
     with pytest.raises(InvalidParameter, match="is already v1.0.0"):
         gated.set_rollback_target("acme/support@v1.0.0")
+    # v1.1.0 never served: a rollback to it would be its promote, so naming it needs production's checks
+    with pytest.raises(Refused, match="v1.1.0 may not become rollback_target under its policy: no gate result"):
+        gated.set_rollback_target("acme/support@v1.1.0", actor="jane", reason="skip back further")
     state = gated.set_rollback_target("acme/support@v1.1.0", actor="jane", reason="skip back further",
-                                      expect="v1.0.0")
+                                      expect="v1.0.0", force=True)
     entry = state.entries[0]
     assert (entry.action, entry.pointer, entry.from_, entry.to) == ("target", "rollback_target", "v1.0.0", "v1.1.0")
+    assert entry.override.startswith("acme/support@v1.1.0 may not become rollback_target")
     result = run_cli("target", "set", "acme/support@v1.0.0", "--expect", "v1.1.0", "--by", "jane", "--reason", "back",
                      "--json", "--store", gated.path)
     assert result.returncode == 0 and json.loads(result.stdout)["rollback_target"] == "v1.0.0"

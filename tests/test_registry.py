@@ -307,6 +307,32 @@ def test_each_rollback_goes_one_production_further_back(five):
     assert targets(five) == ("v1.2.0", "v1.0.0")
 
 
+def test_a_drill_leaves_the_production_chain_as_it_was(five):
+    from artifactstore.registry.drills import swap_for_drill
+    from artifactstore.registry.refs import ModelName
+
+    for version in ("v1.0.0", "v1.1.0", "v1.1.1"):
+        five.promote(f"acme/support@{version}")
+    chain = five.state("acme/support").predecessors
+    model = ModelName.parse("acme/support")
+    swap_for_drill(five.registry, model, production="v1.1.1", target="v1.1.0", actor="drill", reason="monthly")
+    swap_for_drill(five.registry, model, production="v1.1.0", target="v1.1.1", actor="drill", reason="monthly")
+    assert five.state("acme/support").predecessors == chain
+    five.rollback("acme/support")
+    assert targets(five) == ("v1.1.0", "v1.0.0")  # the drill had made it v1.1.0: production's own version
+    five.rollback("acme/support")
+    assert targets(five) == ("v1.0.0", None)
+
+
+def test_a_production_chain_that_loops_never_names_the_version_itself():
+    from artifactstore.registry.refs import ModelName
+    from artifactstore.registry.state import ModelState
+
+    looped = ModelState(ModelName.parse("acme/support"), predecessors={"v1.1.0": "v1.1.1", "v1.1.1": "v1.1.0"})
+    assert looped.previous_production("v1.1.0", skipping="v1.1.1") is None
+    assert looped.previous_production("v1.1.0") == "v1.1.1"
+
+
 def test_rollback_to_a_named_version_and_an_explicit_target(five):
     for version in ("v1.0.0", "v1.1.0", "v1.1.1", "v1.2.0"):
         five.promote(f"acme/support@{version}")

@@ -91,11 +91,13 @@ def promote(ref, actor, reason, expect, force, store_path, as_json) -> None:
 @click.argument("model")
 @click.option("--to", "to", metavar="VERSION", help="Roll back to VERSION instead of the rollback target.")
 @move_options
+@force_option
 @store_option
 @json_option
-def rollback(model, to, actor, reason, expect, store_path, as_json) -> None:
+def rollback(model, to, actor, reason, expect, force, store_path, as_json) -> None:
     """Point MODEL's production back at its rollback target (or --to VERSION)."""
-    report_state(Store(store_path).rollback(model, to=to, actor=actor, reason=reason, expect=expect), as_json)
+    report_state(Store(store_path).rollback(model, to=to, actor=actor, reason=reason, expect=expect, force=force),
+                 as_json)
 
 
 @cli.command()

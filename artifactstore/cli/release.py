@@ -9,7 +9,7 @@ import click
 from ..errors import ArtifactStoreError
 from ..store import Store
 from .base import audit_options, cli, emit_json, json_option, store_option
-from .registry import report_state
+from .registry import force_option, report_state
 
 
 @cli.group()
@@ -137,11 +137,13 @@ def target() -> None:
 @click.argument("ref")
 @click.option("--expect", metavar="VERSION", help="Refuse unless the rollback target is at VERSION now.")
 @audit_options
+@force_option
 @store_option
 @json_option
-def set_target(ref, expect, actor, reason, store_path, as_json) -> None:
-    """Name REF's version as its model's rollback target."""
-    report_state(Store(store_path).set_rollback_target(ref, actor=actor, reason=reason, expect=expect), as_json)
+def set_target(ref, expect, actor, reason, force, store_path, as_json) -> None:
+    """Name REF's version as its model's rollback target (one that never served needs production's checks)."""
+    report_state(Store(store_path).set_rollback_target(ref, actor=actor, reason=reason, expect=expect, force=force),
+                 as_json)
 
 
 @cli.command()

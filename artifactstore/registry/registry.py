@@ -174,18 +174,19 @@ class Registry:
         at, actor = timestamp(), actor or default_actor()
         _check_audit_text(actor, reason)
         moves = change(current)
+        complete = self._in_map_era(current)  # with the deployments the rules judge restorations by
         for move in moves:
             if move.get("pointer") in NAMES:
                 transition = Transition(model, move["action"], move["pointer"], move.get("from"), move.get("to"),
                                         move.get("percent"), actor, reason)
                 for rule in self.rules:
                     try:
-                        rule(self, current, transition)
+                        rule(self, complete, transition)
                     except Refused as refusal:
                         if not force:
                             raise
                         move["override"] = "; ".join(filter(None, [move.get("override"), refusal.refusal]))
-        updated = _apply(self._in_map_era(current), moves, at, actor)
+        updated = _apply(complete, moves, at, actor)
         entries = tuple(AuditEntry(current.seq + i + 1, at, actor, m["action"], m.get("pointer"), m.get("from"),
                                    m.get("to"), reason, m.get("percent"), m.get("override"), m.get("evidence"))
                         for i, m in enumerate(moves))
@@ -376,9 +377,10 @@ class Registry:
         return self._move(ref, "promote", PRODUCTION, actor, reason, expect, force)
 
     def set_rollback_target(self, ref: str, *, actor: str | None = None, reason: str = "",
-                            expect: str | None = None) -> ModelState:
-        """Name the version a rollback returns production to (the seeds: name it for each client)."""
-        return self._move(ref, "target", ROLLBACK_TARGET, actor, reason, expect)
+                            expect: str | None = None, force: bool = False) -> ModelState:
+        """Name the version a rollback returns production to (the seeds: name it for each client).
+        ``force``: see ``transact`` (a version that never served needs production's checks)."""
+        return self._move(ref, "target", ROLLBACK_TARGET, actor, reason, expect, force)
 
     def _move(self, ref: str, action: str, pointer: str, actor, reason, expect, force: bool = False) -> ModelState:
         version, read = self.resolve_current(ref)
@@ -405,11 +407,13 @@ class Registry:
         return self.transact(read[0].model, move, actor, reason, force=force, read=read)
 
     def rollback(self, model: str, *, to: str | None = None, actor: str | None = None, reason: str = "",
-                 expect: str | None = None, evidence: dict[str, Any] | None = None) -> ModelState:
+                 expect: str | None = None, evidence: dict[str, Any] | None = None,
+                 force: bool = False) -> ModelState:
         """Point ``production`` back at the rollback target (or ``to``). The rollback target then
         becomes the production version before the one rolled back to (a second rollback goes
         further back), or is cleared if there was none. ``evidence``: what an automatic rollback
-        rested on, kept in its audit entry."""
+        rested on, kept in its audit entry. ``force``: see ``transact`` (``to`` a version that never
+        served needs production's checks)."""
         name = ModelName.parse(model)
         if to is not None:
             parse_version(to)
@@ -435,7 +439,7 @@ class Registry:
                               "from": current.pointer(ROLLBACK_TARGET), "to": next_target})
             return moves
 
-        return self.transact(name, move, actor, reason)
+        return self.transact(name, move, actor, reason, force=force)
 
     def set_canary(self, ref: str, percent: int, *, actor: str | None = None, reason: str = "",
                    expect: str | None = None, force: bool = False) -> ModelState:
@@ -621,7 +625,7 @@ def _apply(state: ModelState, moves: list[Move], at: str, actor: str) -> ModelSt
             pointers[m["pointer"]] = m["to"]
             if m["pointer"] == PRODUCTION:
                 deployments[m["to"]] = {"at": at, "by": actor}
-                if m["action"] != "rollback" and m["from"]:
+                if m["action"] not in ("rollback", "drill") and m["from"]:  # those restore what it replaced
                     predecessors[m["to"]] = m["from"]
     return replace(state, versions=versions, pointers=pointers, canary=canary,
                    pins=tuple(sorted(pins, key=parse_version)), predecessors=predecessors,

@@ -1,8 +1,10 @@
 """The transition rules (pointers.py) a store's registry applies to every pointer move.
 
-``release_rule`` refuses, with ``Refused``, to point ``production`` or the canary at a version that
-lacks a check its model's policy requires. A model without a policy is never refused, and neither
-is a rollback or a drill's move: restoring a version that served before must always be possible.
+``release_rule`` refuses, with ``Refused``, to point ``production``, the canary or (by hand) the
+rollback target at a version that lacks a check its model's policy requires. A model without a
+policy is never refused, and neither is restoring a version that served before: a rollback or a
+drill to a version production had, or to the rollback target (named under this rule), and naming
+a version production had as the target. A rollback to a version that never served is a promote.
 ``rollout_rule`` refuses hand-made canary moves while a rollout drives the canary.
 
 Both are cheap to import: every command opens a registry with them, and only a model with a policy
@@ -10,15 +12,15 @@ needs the policy code (pydantic), which ``release_rule`` imports when it meets o
 """
 
 from ..errors import Refused
-from .pointers import CANARY, PRODUCTION, Transition
+from .pointers import CANARY, PRODUCTION, ROLLBACK_TARGET, Transition
 from .registry import Registry
 from .state import ModelState
 
 
 def release_rule(registry: Registry, state: ModelState, transition: Transition) -> None:
-    """Refuse a move of production or the canary to a version that lacks its required checks."""
-    if state.policy is None or transition.to is None or transition.action in ("rollback", "drill") \
-            or transition.pointer not in (PRODUCTION, CANARY):
+    """Refuse to put a version in traffic's way (production, the canary, the rollback target)
+    unless it has its required checks or served before."""
+    if state.policy is None or transition.to is None or not _needs_checks(state, transition):
         return
     from .checks import missing_checks  # here: a command on a model without a policy never loads it
 
@@ -26,6 +28,17 @@ def release_rule(registry: Registry, state: ModelState, transition: Transition) 
     if missing:
         raise Refused(f"{transition.model}@{transition.to} may not become {transition.pointer} under its policy: "
                       f"{'; '.join(missing)}")
+
+
+def _needs_checks(state: ModelState, transition: Transition) -> bool:
+    if transition.pointer == CANARY:
+        return True
+    served = transition.to in state.deployments
+    if transition.pointer == PRODUCTION:
+        restores = transition.action in ("rollback", "drill")
+        return not (restores and (served or transition.to == state.pointer(ROLLBACK_TARGET)))
+    # a promote, rollback or drill names the production it replaced; a hand-made target may be anything
+    return transition.pointer == ROLLBACK_TARGET and transition.action == "target" and not served
 
 
 def rollout_rule(registry: Registry, state: ModelState, transition: Transition) -> None:

@@ -171,12 +171,10 @@ class ModelState:
         production), passing over ``skipping``."""
         seen = {version}
         previous = self.predecessors.get(version)
-        while previous is not None and previous == skipping:
-            if previous in seen:
-                return None
+        while previous is not None and previous == skipping and previous not in seen:
             seen.add(previous)
             previous = self.predecessors.get(previous)
-        return previous
+        return None if previous in seen else previous  # a chain that loops (drills once wrote one) ends
 
     def sorted_versions(self) -> list[str]:
         return sorted(self.versions, key=parse_version)
