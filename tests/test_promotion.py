@@ -229,3 +229,27 @@ def test_verify_names_a_damaged_gate_result_or_policy(gated):
         assert not report.ok and any(object_id in p and "does not match its id" in p for p in report.problems)
         path.write_bytes(good)
     assert gated.verify().ok
+
+
+def test_a_rollout_step_the_policy_refuses_is_reported_blocked_and_its_tick_writes_nothing(store, tmp_path,
+                                                                                          monkeypatch):
+    from fleet_helpers import FAST_POLICY, MODEL, hours, push_versions, report, set_now, with_policy
+
+    push_versions(store, tmp_path)
+    store.promote(f"{MODEL}@v1.0.0", actor="jane", reason="launch")
+    with_policy(store, tmp_path, FAST_POLICY.replace("review: {required: false}", "review: {min_samples: 1}"))
+    set_now(monkeypatch, hours(0))
+    store.start_rollout(f"{MODEL}@v1.1.0", actor="jane", reason="hotfix", force=True)  # without its review
+    for hour in (1, 2):
+        report(store, hour)
+    set_now(monkeypatch, hours(2.5))
+    before = snapshot(store.path)
+    blocked = store.rollout_tick(MODEL, actor="cron")
+    assert blocked.decision == "blocked" and blocked.note.startswith("advance refused: acme/support@v1.1.0 may not "
+                                                                     "become canary under its policy: no review")
+    cli = run_cli("rollout", "tick", MODEL, "--store", store.path)
+    assert cli.returncode == 0 and cli.stdout.startswith(f"{MODEL}: BLOCKED (step 1, 10%): advance refused")
+    assert snapshot(store.path) == before  # not even the windows' measurements
+    store.review(f"{MODEL}@v1.1.0", approve=True, actor="rev", samples=1)
+    advanced = store.rollout_tick(MODEL, actor="cron")
+    assert advanced.decision == "advance" and [m["window"] for m in advanced.measured] == [0, 1]

@@ -75,10 +75,11 @@ class Registry:
     # -- objects and refs ---------------------------------------------------------------------
 
     def write_object(self, encoded: bytes, context: str) -> str:
-        object_id = blake3.blake3(encoded, derive_key_context=context).digest()
-        if not self.backend.exists(object_key(object_id)):
-            self.backend.write(object_key(object_id), encoded)
-        return format_id(object_id)
+        object_id = registry_object_id(encoded, context)
+        key = object_key(parse_id(object_id))
+        if not self.backend.exists(key):
+            self.backend.write(key, encoded)
+        return object_id
 
     def read_object(self, object_id: str, context: str) -> bytes:
         """An immutable registry object, checked against its id."""
@@ -175,17 +176,7 @@ class Registry:
         _check_audit_text(actor, reason)
         moves = change(current)
         complete = self._in_map_era(current)  # with the deployments the rules judge restorations by
-        for move in moves:
-            if move.get("pointer") in NAMES:
-                transition = Transition(model, move["action"], move["pointer"], move.get("from"), move.get("to"),
-                                        move.get("percent"), actor, reason)
-                for rule in self.rules:
-                    try:
-                        rule(self, complete, transition)
-                    except Refused as refusal:
-                        if not force:
-                            raise
-                        move["override"] = "; ".join(filter(None, [move.get("override"), refusal.refusal]))
+        self._offer_to_rules(complete, moves, actor, reason, force)
         updated = _apply(complete, moves, at, actor)
         entries = tuple(AuditEntry(current.seq + i + 1, at, actor, m["action"], m.get("pointer"), m.get("from"),
                                    m.get("to"), reason, m.get("percent"), m.get("override"), m.get("evidence"))
@@ -203,6 +194,30 @@ class Registry:
                            "nothing was changed: check `artifactstore ls` and retry") from None
         note_change(self.backend, model, state_id)
         return replace(updated, id=state_id)
+
+    def refusal(self, state: ModelState, moves: list[Move], actor: str | None, reason: str) -> Refused | None:
+        """What the rules would refuse of ``moves`` made to ``state`` now, if anything (nothing is written)."""
+        try:
+            self._offer_to_rules(self._in_map_era(state), [dict(m) for m in moves], actor or default_actor(), reason,
+                                 force=False)
+        except Refused as refused:
+            return refused
+        return None
+
+    def _offer_to_rules(self, state: ModelState, moves: list[Move], actor: str, reason: str, force: bool) -> None:
+        """Offer every pointer move to every rule: a refusal raises, or, with ``force``, is recorded in
+        the move as its ``override``."""
+        for move in moves:
+            if move.get("pointer") in NAMES:
+                transition = Transition(state.model, move["action"], move["pointer"], move.get("from"),
+                                        move.get("to"), move.get("percent"), actor, reason)
+                for rule in self.rules:
+                    try:
+                        rule(self, state, transition)
+                    except Refused as refusal:
+                        if not force:
+                            raise
+                        move["override"] = "; ".join(filter(None, [move.get("override"), refusal.refusal]))
 
     def _in_map_era(self, state: ModelState) -> ModelState:
         """``state`` with what the map era keeps in each state: for a state written before (its
@@ -596,6 +611,11 @@ def _push_target(ref: str, bump: str | None) -> tuple[ModelName, str | None]:
         raise InvalidParameter(f"push needs a version: {ref}@vX.Y.Z, or --bump auto")
     parse_version(target)
     return model, target
+
+
+def registry_object_id(encoded: bytes, context: str) -> str:
+    """The id a registry object of these bytes has in ``context`` (``Registry.write_object``)."""
+    return format_id(blake3.blake3(encoded, derive_key_context=context).digest())
 
 
 def _apply(state: ModelState, moves: list[Move], at: str, actor: str) -> ModelState:

@@ -25,7 +25,7 @@ from .metrics import aggregate, records_in_window
 from .pointers import CANARY, PRODUCTION, ROLLBACK_TARGET
 from .policy import Policy, policy_of, read_policy
 from .refs import ModelName
-from .registry import Move, Registry
+from .registry import Move, Registry, registry_object_id
 from .state import ModelState
 
 MEASUREMENT_CONTEXT = "artifactstore 2026-11 canary measurement v1"
@@ -170,7 +170,7 @@ def _measure(registry: Registry, model: ModelName, rollout: Rollout, policy: Pol
         "canary": traffic[rollout.version].to_json() if rollout.version in traffic else None,
         "production_traffic": traffic[rollout.production].to_json() if rollout.production in traffic else None,
         "batches": batches, "previous": previous}
-    return registry.write_object(canonical_json(record), MEASUREMENT_CONTEXT), judgement.outcome, record
+    return registry_object_id(canonical_json(record), MEASUREMENT_CONTEXT), judgement.outcome, record
 
 
 def read_measurement(registry: Registry, measurement_id: str) -> dict[str, Any]:
@@ -195,7 +195,7 @@ def measurements(registry: Registry, newest: str | None, limit: int | None = Non
 @dataclass(frozen=True)
 class TickReport:
     model: str
-    decision: str  # advance, complete, abort, pause, hold, nothing, paused, idle
+    decision: str  # advance, complete, abort, pause, hold, blocked, nothing, paused, idle
     note: str
     version: str | None = None
     step: int | None = None
@@ -245,12 +245,14 @@ def _tick_once(registry: Registry, state: ModelState, rollout: Rollout, actor: s
     measured: list[tuple[str, Outcome]] = []
     shown: list[dict[str, Any]] = []
     notes: dict[str, str] = {}
+    records: list[dict[str, Any]] = []  # written only once the tick's moves may be made
     previous = rollout.measurement
     if rollout.paused is None:
         for window in due_windows(rollout, plan.analysis, moment):
             measurement, outcome, record = _measure(registry, state.model, rollout, policy, window, psi, previous)
             previous = measurement
             measured.append((measurement, outcome))
+            records.append(record)
             notes[measurement] = record["note"]
             shown.append({"id": measurement, "window": window.index, "start": record["start"],
                           "end": record["end"], "outcome": outcome, "note": record["note"]})
@@ -262,6 +264,12 @@ def _tick_once(registry: Registry, state: ModelState, rollout: Rollout, actor: s
         return report
     moves = _moves(registry, state, rollout, decision, plan.steps[decision.rollout.step].percent, measured, notes)
     reason = "; ".join([f"window {s['window']} {s['outcome']}: {s['note']}" for s in shown] + [decision.note])
+    refused = registry.refusal(state, moves, actor, reason)
+    if refused is not None:  # the policy stops the step (a forced start, a gate made stale): tell, change nothing
+        return replace(report, decision="blocked", note=f"{decision.kind} refused: {refused.refusal}; run what is "
+                                                        f"missing, or `rollout abort`")
+    for record in records:
+        registry.write_object(canonical_json(record), MEASUREMENT_CONTEXT)
     committed = _commit(registry, state, moves, actor, reason)
     return replace(report, step=decision.rollout.step, percent=plan.steps[decision.rollout.step].percent,
                    state=committed)
