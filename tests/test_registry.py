@@ -324,6 +324,17 @@ def test_a_drill_leaves_the_production_chain_as_it_was(five):
     assert targets(five) == ("v1.0.0", None)
 
 
+def test_a_rollback_ends_the_canary_and_the_staging_of_the_version_it_restores(five):
+    for version in ("v1.0.0", "v1.1.0"):
+        five.promote(f"acme/support@{version}")
+    five.set_canary("acme/support@v1.0.0", 10)
+    five.stage("acme/support@v1.0.0")
+    state = five.rollback("acme/support")
+    assert state.pointer("production") == "v1.0.0" and state.canary is None and state.pointer("staging") is None
+    assert [(e.action, e.pointer, e.to) for e in state.entries][-2:] == [("rollback", "canary", None),
+                                                                         ("rollback", "staging", None)]
+
+
 def test_a_production_chain_that_loops_never_names_the_version_itself():
     from artifactstore.registry.refs import ModelName
     from artifactstore.registry.state import ModelState

@@ -414,9 +414,7 @@ class Registry:
                 if old is not None:
                     moves.append({"action": action, "pointer": ROLLBACK_TARGET,
                                   "from": current.pointer(ROLLBACK_TARGET), "to": old})
-                for cleared in (CANARY, STAGING):  # a version in production is no candidate any more
-                    if current.pointer(cleared) == version:
-                        moves.append({"action": action, "pointer": cleared, "from": version, "to": None})
+                moves += _candidacies_ended(current, version, action)
             return moves
 
         return self.transact(read[0].model, move, actor, reason, force=force, read=read)
@@ -452,13 +450,15 @@ class Registry:
             if current.pointer(ROLLBACK_TARGET) != next_target:
                 moves.append({"action": "rollback", "pointer": ROLLBACK_TARGET,
                               "from": current.pointer(ROLLBACK_TARGET), "to": next_target})
-            return moves
+            return moves + _candidacies_ended(current, target, "rollback")
 
         return self.transact(name, move, actor, reason, force=force)
 
     def set_canary(self, ref: str, percent: int, *, actor: str | None = None, reason: str = "",
-                   expect: str | None = None, force: bool = False) -> ModelState:
-        """Send ``percent`` of traffic to a version; 0 ends the canary. ``force``: see ``transact``."""
+                   expect: str | None = None, force: bool = False,
+                   evidence: dict[str, Any] | None = None) -> ModelState:
+        """Send ``percent`` of traffic to a version; 0 ends the canary. ``force``: see ``transact``;
+        ``evidence``: what an automatic end rested on, kept in its audit entry."""
         if not 0 <= percent <= 100:
             raise InvalidParameter(f"canary percent must be between 0 and 100, not {percent}")
         version, read = self.resolve_current(ref)
@@ -470,8 +470,10 @@ class Registry:
             if percent == 0:
                 if old is None:
                     raise InvalidParameter(f"{current.model} has no canary")
-                return [{"action": "canary", "pointer": CANARY, "from": old, "to": None}]
-            return [{"action": "canary", "pointer": CANARY, "from": old, "to": version, "percent": percent}]
+                moved: Move = {"action": "canary", "pointer": CANARY, "from": old, "to": None}
+            else:
+                moved = {"action": "canary", "pointer": CANARY, "from": old, "to": version, "percent": percent}
+            return [moved | ({"evidence": evidence} if evidence is not None else {})]
 
         return self.transact(read[0].model, move, actor, reason, force=force, read=read)
 
@@ -611,6 +613,13 @@ def _push_target(ref: str, bump: str | None) -> tuple[ModelName, str | None]:
         raise InvalidParameter(f"push needs a version: {ref}@vX.Y.Z, or --bump auto")
     parse_version(target)
     return model, target
+
+
+def _candidacies_ended(state: ModelState, production: str, action: str) -> list[Move]:
+    """The canary and staging cleared where they name the version going to production: it is no
+    candidate any more."""
+    return [{"action": action, "pointer": cleared, "from": production, "to": None}
+            for cleared in (CANARY, STAGING) if state.pointer(cleared) == production]
 
 
 def registry_object_id(encoded: bytes, context: str) -> str:
