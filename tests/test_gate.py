@@ -7,9 +7,10 @@ import pytest
 import yaml
 from conftest import run_cli, snapshot
 
-from artifactstore import InvalidInput, InvalidParameter
+from artifactstore import InvalidInput, InvalidParameter, Refused
 from artifactstore.demo import adapter_history, write_bundle
 from artifactstore.registry.bundle import metric_values
+from artifactstore.registry.checks import missing_checks
 from artifactstore.registry.gate import direction_of, evaluate
 from artifactstore.registry.policy import GateSection
 
@@ -94,6 +95,24 @@ def test_the_policy_sets_direction_limits_floors_and_ceilings():
     assert checks["score"].verdict == "pass"  # written in percent: 0.7 points
     below_floor = gate_of(settings, before, {**before, "accuracy": 0.899})["accuracy"]
     assert below_floor.verdict == "fail" and "below the floor of 0.9" in below_floor.note
+
+
+@pytest.mark.parametrize("metric, production, slightly_worse, much_worse", [
+    ("eval_loss", 0.6, 0.65, 2.5), ("avg_response_time_s", 0.8, 0.9, 2.7)])
+def test_the_scale_is_read_from_production_so_a_much_worse_candidate_fails_too(metric, production, slightly_worse,
+                                                                               much_worse):
+    for candidate in (slightly_worse, much_worse):
+        check = gate_of(None, {metric: production}, {metric: candidate})[metric]
+        assert (check.verdict, check.scale) == ("fail", "fraction") and check.allowed == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize("metric, sign", [("eval_loss", 1), ("accuracy", -1)])
+@pytest.mark.parametrize("production", [0.3, 0.6, 1.0, 5.0, 50.0, 99.5, 150.0])
+def test_a_bigger_regression_never_passes_where_a_smaller_one_fails(metric, sign, production):
+    worsenings = [0.005, 0.01, 0.05, 0.5, 1.0, 1.9, 2.5, 5.0, 50.0, 200.0]
+    candidates = [production + sign * w for w in worsenings if production + sign * w >= 0]
+    verdicts = [gate_of(None, {metric: production}, {metric: c})[metric].verdict for c in candidates]
+    assert verdicts == sorted(verdicts, key=lambda verdict: verdict == "fail"), list(zip(candidates, verdicts))
 
 
 def test_points_of_a_value_that_is_not_a_rate_count_as_percent_of_production():
@@ -245,3 +264,38 @@ def test_cli_gate_prints_each_metric_and_exits_1_on_failure(regression):
     assert accepted.returncode == 0 and accepted.stdout.splitlines()[-1].startswith("gate: ACCEPTED")
     error = run_cli("gate", "acme/support@v9.0.0", "--store", store)
     assert error.returncode == 1 and error.stderr == "error: acme/support has no version v9.0.0\n"
+
+
+@pytest.fixture
+def production_pushed_again(store, tmp_path):
+    """acme/support, gate required: v1.1.0 gated against production v1.2.0, its accuracy drop
+    accepted; then v1.2.0 rolled back from, deleted, pushed again with other eval results, gated and
+    promoted again: production has v1.1.0's version name, not the bytes it was gated against."""
+    push(store, tmp_path, "v1.0.0", SEED_PRODUCTION)
+    store.promote("acme/support@v1.0.0", actor="jane", reason="launch")
+    push(store, tmp_path, "v1.2.0", {"accuracy": 0.958, "hallucination_rate": 0.014})
+    store.promote("acme/support@v1.2.0", actor="jane", reason="retrain")
+    (tmp_path / "policy.yaml").write_text("review: {required: false}\n")
+    store.set_policy("acme/support", tmp_path / "policy.yaml", actor="lead")
+    push(store, tmp_path, "v1.1.0", {"accuracy": 0.935, "hallucination_rate": 0.014})
+    accepted = store.gate("acme/support@v1.1.0", accept=["accuracy"], reason="shorter answers", actor="jane")
+    assert accepted.verdict == "accepted" and accepted.production == "v1.2.0"
+    store.rollback("acme/support", actor="oncall", reason="3am")
+    store.delete("acme/support@v1.2.0", reason="data removal request")
+    push(store, tmp_path / "again", "v1.2.0", {"accuracy": 0.990, "hallucination_rate": 0.010})
+    store.gate("acme/support@v1.2.0")
+    store.promote("acme/support@v1.2.0", actor="jane", reason="v1.2.0 retrained without the removed data")
+    return store
+
+
+def test_a_gate_result_against_production_s_earlier_bytes_is_stale(production_pushed_again):
+    state = production_pushed_again.state("acme/support")
+    assert missing_checks(production_pushed_again.registry, state, "v1.1.0") == [
+        "the gate compared it with another v1.2.0, since deleted and pushed again (run the gate again)"]
+    with pytest.raises(Refused, match="another v1.2.0, since deleted and pushed again"):
+        production_pushed_again.promote("acme/support@v1.1.0", actor="jane", reason="uses the old gate result")
+
+
+def test_accepted_trade_offs_do_not_carry_over_to_production_pushed_again(production_pushed_again):
+    rerun = production_pushed_again.gate("acme/support@v1.1.0", actor="ci")
+    assert rerun.verdict == "fail" and rerun.failed() == ["accuracy"]

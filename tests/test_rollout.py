@@ -21,10 +21,12 @@ from artifactstore import InvalidInput, InvalidParameter, NotFound, Refused, Sto
 from artifactstore.backends.local import LocalBackend
 from artifactstore.clock import timestamp
 from artifactstore.monitoring.psi import psi
-from artifactstore.registry.analysis import Rollout, decide, judge, population_stability_index
+from artifactstore.registry.analysis import Rollout, decide, interference, judge, population_stability_index
 from artifactstore.registry.metrics import MetricsCollector, Traffic, aggregate
 from artifactstore.registry.policy import CanaryAnalysis, CanarySection
+from artifactstore.registry.refs import ModelName
 from artifactstore.registry.rollout import measurements, read_measurement
+from artifactstore.registry.state import ModelState
 
 
 @pytest.fixture
@@ -99,6 +101,27 @@ def traffic(requests=1000, errors=10, p95=300.0, scores=None, outputs=None) -> T
 ])
 def test_a_window_is_judged_against_absolute_and_relative_thresholds(metrics, canary, production, outcome, note):
     judged = judge(CanaryAnalysis.model_validate({"metrics": metrics}), canary, production)
+    assert judged.outcome == outcome and note in judged.note
+
+
+QUALITY_NOT_SCORED_BY_PRODUCTION = (traffic(scores={"quality": 0.1}), traffic())
+
+
+@pytest.mark.parametrize("rule, canary, production, outcome, note", [
+    ({"max_drop": 0.03, "missing": "fail"}, *QUALITY_NOT_SCORED_BY_PRODUCTION, "fail",
+     "quality not reported by production (missing: fail)"),
+    ({"max_drop": 0.03, "missing": "fail"}, traffic(), traffic(scores={"quality": 0.9}), "fail",
+     "quality not reported by the canary (missing: fail)"),
+    ({"max_drop": 0.03, "missing": "fail"}, traffic(), traffic(), "fail",
+     "quality not reported by the canary and production (missing: fail)"),
+    ({"max_drop": 0.03, "floor": 0.8, "missing": "pass"}, *QUALITY_NOT_SCORED_BY_PRODUCTION, "fail",
+     "quality below the floor of 0.8"),
+    ({"max_drop": 0.03, "floor": 0.05, "missing": "pass"}, *QUALITY_NOT_SCORED_BY_PRODUCTION, "pass", "quality 0.1"),
+    ({"max_drop": 0.03}, *QUALITY_NOT_SCORED_BY_PRODUCTION, "inconclusive", "not reported for both versions: quality"),
+])
+def test_missing_decides_a_window_in_which_a_version_did_not_report_a_metric(rule, canary, production, outcome,
+                                                                              note):
+    judged = judge(CanaryAnalysis.model_validate({"metrics": {"quality": rule}}), canary, production)
     assert judged.outcome == outcome and note in judged.note
 
 
@@ -256,10 +279,48 @@ def test_the_canary_is_not_moved_by_hand_during_a_rollout_and_moves_outside_end_
     assert fleet_store.state(MODEL).rollout is None
 
     fleet_store.start_rollout(f"{MODEL}@v1.1.0", actor="jane")
+    fleet_store.set_canary(f"{MODEL}@v1.1.0", 100, reason="all of it now", force=True)
+    report(fleet_store, 1)
+    resized = tick_at(fleet_store, monkeypatch, 1)
+    assert resized.decision == "abort" and "set to 100% outside the rollout (its step 1 is at 10%)" in resized.note
+    assert fleet_store.state(MODEL).rollout is None and fleet_store.state(MODEL).canary is None
+
+    fleet_store.start_rollout(f"{MODEL}@v1.1.0", actor="jane")
     fleet_store.promote(f"{MODEL}@v1.1.0", actor="jane", reason="skip the rest")
-    done = tick_at(fleet_store, monkeypatch, 0.6)
+    done = tick_at(fleet_store, monkeypatch, 1.1)
     assert done.decision == "complete" and "promoted outside the rollout" in done.note
     assert fleet_store.state(MODEL).rollout is None and fleet_store.state(MODEL).canary is None
+
+
+def test_a_canary_failing_a_metric_production_did_not_report_does_not_complete(store, tmp_path, monkeypatch):
+    push_versions(store, tmp_path)
+    with_policy(store, tmp_path, """\
+gate: {required: false}
+review: {required: false}
+canary:
+  steps: [{percent: 10, hold: 1h}, {percent: 100}]
+  analysis: {interval: 1h, metrics: {quality: {max_drop: 0.03, missing: fail}}}
+""")
+    set_now(monkeypatch, hours(0))
+    store.promote(f"{MODEL}@v1.0.0", actor="jane", reason="launch")
+    store.start_rollout(f"{MODEL}@v1.1.0", actor="jane", reason="retrain")
+    window = {"node": "srv-1", "start": hours(0).isoformat(), "end": hours(1).isoformat(), "errors": 0}
+    store.record_metrics(MODEL, [window | {"version": "v1.1.0", "requests": 300,
+                                           "scores": {"quality": {"mean": 0.10, "count": 300}}},
+                                 window | {"version": "v1.0.0", "requests": 900}])  # production unscored
+    ticked = tick_at(store, monkeypatch, 1)
+    assert [m["outcome"] for m in ticked.measured] == ["fail"] and ticked.decision == "hold"
+    assert store.state(MODEL).pointer("production") == "v1.0.0"
+
+
+def test_a_canary_percent_changed_outside_the_rollout_ends_it():
+    state = ModelState(ModelName.parse(MODEL), pointers={"production": "v1.0.0"},
+                       canary={"version": "v1.1.0", "percent": 100})
+    assert interference(STARTED, state, PLAN) == (
+        "abort", "the canary was set to 100% outside the rollout (its step 1 is at 10%)")
+    at_its_step = ModelState(ModelName.parse(MODEL), pointers={"production": "v1.0.0"},
+                             canary={"version": "v1.1.0", "percent": 10})
+    assert interference(STARTED, at_its_step, PLAN) is None
 
 
 class PowerCut(BaseException):

@@ -25,7 +25,7 @@ from ..clock import duration, parse_time, timestamp
 from .gate import MetricCheck, direction_of, evaluate
 from .metrics import Traffic
 from .pointers import PRODUCTION
-from .policy import BUILTIN_METRICS, LIMITS, CanaryAnalysis, CanarySection, GateSection
+from .policy import BUILTIN_METRICS, LIMITS, CanaryAnalysis, CanarySection, GateSection, MetricRule
 from .state import ModelState
 
 Outcome = Literal["pass", "fail", "inconclusive"]
@@ -67,22 +67,37 @@ def judge(analysis: CanaryAnalysis, canary: Traffic | None, production: Traffic 
     candidate, baseline = canary.values(), production.values()
     if canary.outputs and production.outputs:
         candidate["output_psi"] = psi(production.outputs, canary.outputs)
-    rules, unjudged = {}, []
+    rules, failing_unreported, unjudged = {}, {}, []
     for metric, rule in analysis.metrics.items():
-        relative = any(getattr(rule, limit) is not None for limit in LIMITS)
-        if (metric not in candidate or (relative and metric not in baseline)) and rule.missing is None:
+        unreported = _unreported_by(metric, rule, candidate, baseline)
+        if unreported and rule.missing is None:
             unjudged.append(metric)
-        else:
-            rules[metric] = rule if rule.direction else rule.model_copy(
-                update={"direction": BUILTIN_METRICS.get(metric) or direction_of(metric)})
+            continue
+        if unreported and rule.missing == "fail":
+            failing_unreported[metric] = unreported
+        rules[metric] = rule if rule.direction else rule.model_copy(
+            update={"direction": BUILTIN_METRICS.get(metric) or direction_of(metric)})
     if unjudged:
         return Judgement("inconclusive", f"not reported for both versions: {', '.join(unjudged)}", [])
-    checks = evaluate(GateSection(metrics=rules, unlisted="ignore"), baseline, candidate, default_limit=None)
+    # evaluate passes a metric production lacks (the gate's "new"); a canary's `missing: fail` fails it
+    checks = [replace(c, verdict="fail", note=f"not reported by {failing_unreported[c.metric]} (missing: fail)")
+              if c.metric in failing_unreported else c
+              for c in evaluate(GateSection(metrics=rules, unlisted="ignore"), baseline, candidate, default_limit=None)]
     failed = [f"{c.metric} {c.note}" for c in checks if c.verdict == "fail"]
     if failed:
         return Judgement("fail", "; ".join(failed), checks)
     shown = ", ".join(f"{c.metric} {_shown(c.candidate)} (production {_shown(c.production)})" for c in checks)
     return Judgement("pass", shown, checks)
+
+
+def _unreported_by(metric: str, rule: MetricRule, candidate: Mapping[str, float], baseline: Mapping[str, float]
+                   ) -> str:
+    """Who did not report a metric that the rule needs from them ("" when both did): the canary
+    always, production for a threshold relative to it."""
+    relative = any(getattr(rule, limit) is not None for limit in LIMITS)
+    return " and ".join(who for who, values, needed in (("the canary", candidate, True),
+                                                        ("production", baseline, relative))
+                        if needed and metric not in values)
 
 
 def _shown(value: float | int | None) -> str:
@@ -175,9 +190,11 @@ def decide(rollout: Rollout, plan: CanarySection, now: datetime, measured: Seque
     return Decision("nothing", current, f"no window has ended since the last tick; {waiting}")
 
 
-def interference(rollout: Rollout, state: ModelState) -> tuple[Literal["complete", "abort"], str] | None:
-    """Whether someone moved production or the canary outside the rollout, which then ends: as
-    complete when its version is production now, else as aborted."""
+def interference(rollout: Rollout, state: ModelState, plan: CanarySection
+                 ) -> tuple[Literal["complete", "abort"], str] | None:
+    """Whether someone moved production or the canary (its version or its percent, against the
+    rollout's ``plan``) outside the rollout, which then ends: as complete when its version is
+    production now, else as aborted."""
     production, canary = state.pointer(PRODUCTION), state.canary
     if production == rollout.version:
         return "complete", f"{rollout.version} is production already (promoted outside the rollout)"
@@ -186,4 +203,7 @@ def interference(rollout: Rollout, state: ModelState) -> tuple[Literal["complete
     if canary is None or canary["version"] != rollout.version:
         now_set = f"is {canary['version']}" if canary else "was ended"
         return "abort", f"the canary {now_set} outside the rollout"
+    if canary["percent"] != plan.steps[rollout.step].percent:
+        return "abort", (f"the canary was set to {canary['percent']}% outside the rollout (its step "
+                         f"{rollout.step + 1} is at {plan.steps[rollout.step].percent}%)")
     return None

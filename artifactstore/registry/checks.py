@@ -12,9 +12,9 @@ from .state import ModelState
 
 def missing_checks(registry: Registry, state: ModelState, version: str, policy: Policy | None = None) -> list[str]:
     """What ``version`` lacks, under ``policy`` (default: the model's), to take production's traffic
-    now: a gate passed (or its failures accepted) against the current production under the current
-    gate settings, an approval on enough outputs, and smoke tests when the policy requires them.
-    Empty: nothing."""
+    now: a gate passed (or its failures accepted) against the current production (its record, not
+    only its version name) under the current gate settings, an approval on enough outputs, and smoke
+    tests when the policy requires them. Empty: nothing."""
     policy = policy or policy_of(registry, state)
     if policy is None:
         return []
@@ -27,6 +27,9 @@ def missing_checks(registry: Registry, state: ModelState, version: str, policy: 
         elif result.production != production:
             missing.append(f"the gate compared it with {result.production or 'no production'}, but production is "
                            f"{production or 'unset'} now (run the gate again)")
+        elif production is not None and result.production_record != state.versions.get(production):
+            missing.append(f"the gate compared it with another {production}, since deleted and pushed again "
+                           f"(run the gate again)")
         elif result.settings != policy.gate.model_dump(mode="json"):
             missing.append("the gate ran under other gate settings than the policy's now (run it again)")
         elif not result.passed:

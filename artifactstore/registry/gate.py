@@ -121,14 +121,17 @@ def _rule(settings: GateSection, metric: str, default_limit: Limit | None) -> tu
     return rule, limit, rule.missing or settings.defaults.missing or "fail"
 
 
-def _scale(rule: MetricRule, *values: float) -> Literal["fraction", "percent"] | None:
+def _scale(rule: MetricRule, production: float | None, candidate: float | None
+           ) -> Literal["fraction", "percent"] | None:
+    """How a rate is written: the rule's ``scale``, else read from production's value alone (the
+    candidate's where production has none). Reading both would let a much worse candidate move a
+    0.6 loss from "fraction" (2 points = 0.02) to "percent" (2 points = 2) and pass."""
     if rule.scale is not None:
         return rule.scale
-    if all(0 <= v <= 1 for v in values):
-        return "fraction"
-    if all(0 <= v <= 100 for v in values):
-        return "percent"
-    return None
+    value = candidate if production is None else production
+    if value is None or not 0 <= value <= 100:
+        return None
+    return "fraction" if value <= 1 else "percent"
 
 
 def _allowed(limit: Limit, production: float, scale: str | None) -> float:
@@ -165,7 +168,7 @@ def evaluate(settings: GateSection, production: dict[str, float | int] | None, c
         rule, limit, missing = _rule(settings, metric, default_limit)
         direction = rule.direction or direction_of(metric)
         before, after = (production or {}).get(metric), candidate.get(metric)
-        scale = _scale(rule, *(v for v in (before, after) if v is not None))
+        scale = _scale(rule, before, after)
         change = allowed = None
         problems = []
         if after is None:
@@ -211,13 +214,20 @@ def gate_result(registry: Registry, state: ModelState, version: str) -> GateResu
     return GateResult.decode(registry.read_object(result_id, GATE_CONTEXT), result_id)
 
 
+def _compared(result: GateResult) -> tuple[Any, ...]:
+    """What a result was computed from: production by its record, not its version name (a version
+    deleted and pushed again is other bytes), the candidate's record and the gate settings."""
+    return result.production, result.production_record, result.record, result.settings
+
+
 def run_gate(registry: Registry, ref: str, *, accept: tuple[str, ...] | list[str] = (), reason: str = "",
              actor: str | None = None, record: bool = True) -> tuple[GateResult, ModelState | None]:
     """Gate version ``ref`` against production under the model's policy (without one, the seeds'
     default: no metric more than 2 points worse) and record the result, with the new state.
 
     ``accept`` names failing metrics whose trade-off is accepted, for ``reason``; acceptances of an
-    earlier run against the same production and settings carry over. ``record=False`` only computes.
+    earlier run against the same production (by its record) and settings carry over.
+    ``record=False`` only computes.
     """
     if accept and not reason.strip():
         raise InvalidParameter("--accept needs a --reason: the trade-off's rationale is recorded")
@@ -232,8 +242,8 @@ def run_gate(registry: Registry, ref: str, *, accept: tuple[str, ...] | list[str
     result = GateResult(str(state.model), version, state.versions[version], production, base_record, state.policy,
                         settings.model_dump(mode="json"), at, actor)
     earlier = gate_result(registry, state, version)
-    carried = {m.metric: m.accepted for m in earlier.metrics if m.accepted} if earlier and (
-        earlier.production, earlier.settings, earlier.record) == (production, result.settings, result.record) else {}
+    carried = ({m.metric: m.accepted for m in earlier.metrics if m.accepted}
+               if earlier and _compared(earlier) == _compared(result) else {})
     acceptances = carried | {metric: {"by": actor, "at": at, "reason": reason} for metric in accept}
     from .bundle import metric_values  # here: bundle validation (pydantic, YAML) is no part of a promote
 

@@ -235,7 +235,7 @@ def _tick_once(registry: Registry, state: ModelState, rollout: Rollout, actor: s
     plan = policy.canary
     report = TickReport(str(state.model), "nothing", "", rollout.version, rollout.step,
                         plan.steps[rollout.step].percent)
-    interfered = interference(rollout, state)
+    interfered = interference(rollout, state, plan)
     if interfered is not None:
         kind, why = interfered
         moves = ([{"action": "rollout-complete", "pointer": None, "from": None, "to": rollout.version,
