@@ -53,11 +53,17 @@ def smoke_lines(version_index: int, count: int = 5) -> str:
 
 
 def push_versions(store, tmp_path, count: int = 2, smoke: bool = True, model: str = MODEL) -> None:
-    for index, version in enumerate(HISTORY[:count]):
-        bundle = write_bundle(version, tmp_path / "bundles" / model / version.name)
-        if smoke:
-            (bundle / "smoke_tests.jsonl").write_text(smoke_lines(index))
-        store.push(bundle, f"{model}@{version.name}", actor="ci")
+    for index in range(count):
+        push_version(store, tmp_path, index, smoke=smoke, model=model)
+
+
+def push_version(store, tmp_path, index: int, smoke: bool = True, model: str = MODEL) -> None:
+    """``HISTORY[index]``, with smoke tests its weights pass."""
+    version = HISTORY[index]
+    bundle = write_bundle(version, tmp_path / "bundles" / model / version.name)
+    if smoke:
+        (bundle / "smoke_tests.jsonl").write_text(smoke_lines(index))
+    store.push(bundle, f"{model}@{version.name}", actor="ci")
 
 
 def with_policy(store, tmp_path, text: str = FAST_POLICY, model: str = MODEL) -> None:

@@ -1,6 +1,7 @@
 """The fleet: smoke tests in bundles, the follower's pick(key), heartbeats, automatic rollback after a smoke
 failure (three real follower processes), drills and status."""
 
+import dataclasses
 import json
 from datetime import timedelta
 
@@ -11,6 +12,7 @@ from fleet_helpers import (
     MODEL,
     answer,
     kill,
+    push_version,
     push_versions,
     report,
     set_now,
@@ -22,11 +24,12 @@ from fleet_helpers import (
 )
 from test_hooks import Receiver
 
-from artifactstore import InvalidInput, InvalidParameter, Store
+from artifactstore import CorruptObject, InvalidInput, InvalidParameter, Store
 from artifactstore.clock import now, parse_time
 from artifactstore.demo import write_bundle
 from artifactstore.registry.bundle import SmokeTest, load_bundle
-from artifactstore.registry.fleet import read_fleet
+from artifactstore.registry.drills import swap_for_drill
+from artifactstore.registry.refs import ModelName
 from artifactstore.registry.routing import route
 from artifactstore.serving import Follower
 from artifactstore.serving.smoke import check_output
@@ -209,6 +212,114 @@ def test_heartbeats_and_an_automatic_rollback_on_a_shared_store(s3_bucket, tmp_p
         assert store.fleet(MODEL).heartbeats[0].serving == "v1.0.0"
 
 
+def never(loaded, known_input):
+    """The inference of a node whose environment is broken (a bad driver): every answer is garbage."""
+    return -1.0
+
+
+def production_moves(store) -> list[tuple[str, str | None, str | None]]:
+    return [(e.action, e.from_, e.to) for e in store.log(MODEL) if e.pointer == "production"]
+
+
+def test_a_node_that_serves_nothing_never_rolls_production_back(store, tmp_path, caplog):
+    push_versions(store, tmp_path, count=4)
+    with_policy(store, tmp_path)
+    for version in HISTORY[:4]:
+        store.promote(f"{MODEL}@{version.name}", actor="jane")
+    moves = production_moves(store)
+    follower = Follower(store, f"{MODEL}@production", smoke_function=never, node="srv-new")
+    for _ in range(3):  # each look fails production again
+        follower.refresh(force=True)
+    state = store.state(MODEL)
+    assert (state.pointer("production"), state.pointer("rollback_target")) == ("v1.2.0", "v1.1.1")
+    assert production_moves(store) == moves, "a node that serves nothing has nothing to roll back to"
+    with pytest.raises(InvalidParameter, match="v1.2.0 failed the smoke check"):
+        follower.current
+    heartbeat = store.fleet(MODEL).heartbeats[0]
+    assert heartbeat.serving is None and heartbeat.smoke["v1.2.0"]["ok"] is False
+    assert "the node serves nothing" in caplog.text
+
+
+def test_a_node_that_lags_behind_the_rollback_target_does_not_roll_back(live, tmp_path, monkeypatch):
+    push_version(live, tmp_path, 2)  # v1.1.1
+    monkeypatch.setenv("SMOKE_BROKEN_FOR", "v1.1.1")
+    follower = Follower(live, f"{MODEL}@production", smoke_function=answer, node="srv-1")
+    live.promote(f"{MODEL}@v1.1.0", actor="jane")
+    live.promote(f"{MODEL}@v1.1.1", actor="jane")  # before the node looked again: it still serves v1.0.0
+    follower.refresh()
+    assert follower.current.version == "v1.0.0" and follower.smoke["v1.1.1"].ok is False
+    assert live.state(MODEL).pointer("production") == "v1.1.1", \
+        "rolling back to v1.1.0 would not make the registry agree with a node that serves v1.0.0"
+
+
+def test_a_node_does_not_roll_back_a_version_a_person_rolled_back_to(live, tmp_path, monkeypatch):
+    push_version(live, tmp_path, 2)  # v1.1.1
+    monkeypatch.setenv("SMOKE_BROKEN_FOR", "v1.1.0")
+    follower = Follower(live, f"{MODEL}@production", smoke_function=answer, node="srv-1")  # serves v1.0.0
+    live.promote(f"{MODEL}@v1.1.0", actor="jane")
+    live.promote(f"{MODEL}@v1.1.1", actor="jane")
+    live.rollback(MODEL, actor="oncall", reason="v1.1.1 is bad")  # to v1.1.0; the target is now v1.0.0
+    live.stage(f"{MODEL}@v1.1.1", actor="ci")  # a later change: the rollback is no longer the state's last entry
+    moves = production_moves(live)
+    follower.refresh()
+    assert follower.current.version == "v1.0.0" and follower.smoke["v1.1.0"].ok is False
+    state = live.state(MODEL)
+    assert (state.pointer("production"), state.pointer("rollback_target")) == ("v1.1.0", "v1.0.0")
+    assert production_moves(live) == moves, "one node's smoke check does not undo a person's rollback"
+
+
+def test_a_node_does_not_roll_back_a_version_a_drill_restored(live, monkeypatch):
+    monkeypatch.setenv("SMOKE_BROKEN_FOR", "v1.0.0")
+    live.promote(f"{MODEL}@v1.1.0", actor="jane")
+    follower = Follower(live, f"{MODEL}@production", smoke_function=answer, node="srv-1")  # serves v1.1.0
+    swap_for_drill(live.registry, ModelName.parse(MODEL), production="v1.1.0", target="v1.0.0", actor="oncall",
+                   reason="drill")
+    follower.refresh()
+    assert follower.current.version == "v1.1.0" and follower.smoke["v1.0.0"].ok is False
+    state = live.state(MODEL)
+    assert (state.pointer("production"), state.pointer("rollback_target")) == ("v1.0.0", "v1.1.0"), \
+        "the drill rolls forward itself, with its own swap that keeps the rollback target"
+
+
+@pytest.mark.parametrize("refusal", ["smoke check", "base model", "load"])
+def test_a_refused_production_still_takes_the_registrys_canary(live, tmp_path, monkeypatch, refusal):
+    with_policy(live, tmp_path, "gate: {required: false}\nreview: {required: false}\nsmoke: {on_failure: keep}\n")
+    refused = HISTORY[2]
+    if refusal == "base model":
+        refused = dataclasses.replace(refused, name="v2.0.0", base_model="mistralai/Mistral-7B-Instruct-v0.3")
+    bundle = write_bundle(refused, tmp_path / "refused")
+    (bundle / "smoke_tests.jsonl").write_text(smoke_lines(0 if refusal == "smoke check" else 2))
+    live.push(bundle, f"{MODEL}@{refused.name}")
+    if refusal == "load":
+        monkeypatch.setattr(live, "load", failing_load(live.load, f"{MODEL}@{refused.name}"))
+    live.set_canary(f"{MODEL}@v1.1.0", 50, actor="jane")
+    follower = Follower(live, f"{MODEL}@production", smoke_function=answer, node="srv-1")
+    keys = [f"user-{i}" for i in range(200)]
+    assert {follower.pick(key).version for key in keys} == {"v1.0.0", "v1.1.0"}
+
+    live.set_canary(f"{MODEL}@v1.1.0", 0, actor="jane", reason="end it")
+    live.promote(f"{MODEL}@{refused.name}", actor="jane")
+    follower.refresh()
+    assert follower.current.version == "v1.0.0" and refused.name in follower.last_error, "production is refused"
+    assert follower.canary is None and {follower.pick(key).version for key in keys} == {"v1.0.0"}
+    assert live.fleet(MODEL).heartbeats[0].canary is None
+
+    live.set_canary(f"{MODEL}@v1.1.0", 50, actor="jane", reason="again")
+    follower.refresh()
+    assert follower.current.version == "v1.0.0" and follower.canary.version == "v1.1.0"
+    assert [follower.pick(key).version for key in keys] == [
+        "v1.1.0" if route(live.state(MODEL), "production", key) == "v1.1.0" else "v1.0.0" for key in keys]
+
+
+def failing_load(load, failing_ref: str):
+    """``Store.load`` as it behaves when the packs of one version are damaged."""
+    def damaged(ref: str, **options):
+        if ref == failing_ref:
+            raise CorruptObject(f"{ref}: a chunk does not match its id")
+        return load(ref, **options)
+    return damaged
+
+
 # -- real follower processes ---------------------------------------------------------------------
 
 
@@ -297,38 +408,33 @@ def test_status_without_fleet_or_drill_says_what_is_missing(live):
     assert live.status(MODEL)["nodes"] == [] and live.status(MODEL)["rollout"] is None
 
 
-def test_a_drill_fails_when_a_node_refuses_the_rollback_target_and_the_fleet_rolls_forward_itself(live, tmp_path):
+def test_a_drill_fails_when_a_node_refuses_the_rollback_target_and_the_drill_rolls_forward_itself(live, tmp_path):
     live.promote(f"{MODEL}@v1.1.0", actor="jane")
     receiver = Receiver()
     with_policy(live, tmp_path, f"gate: {{required: false}}\nreview: {{required: false}}\n"
                                 f"hooks:\n  - {{name: ops, url: '{receiver.url}', events: [drill_passed, drill_failed]}}\n")
 
     def broken_for_v1_0_0(loaded, known_input):
-        if loaded.version != "v1.0.0":
-            return answer(loaded, known_input)
-        # srv-a confirms first: the drill then sees its heartbeat before production moves again
-        # (else which of the two it saw first would depend on the machine's load)
-        wait_until(lambda: any(h.node == "srv-a" and h.confirms("v1.0.0")
-                               for h in read_fleet(live.registry, MODEL).heartbeats), what="srv-a's confirmation")
-        return -1.0
+        return -1.0 if loaded.version == "v1.0.0" else answer(loaded, known_input)
 
     try:
         with Follower(live, f"{MODEL}@production", poll_interval=0.001, smoke_function=answer, node="srv-a"), \
                 Follower(live, f"{MODEL}@production", poll_interval=0.001, smoke_function=broken_for_v1_0_0,
                          node="srv-b"):
-            drilled = live.drill(MODEL, actor="oncall", max_seconds=30)
+            drilled = live.drill(MODEL, actor="oncall", max_seconds=1)
             assert not drilled.passed and drilled.seconds is None and "srv-b" in drilled.unconfirmed
-            assert "moved during the drill" in drilled.note
+            assert "rolled forward to v1.1.0" in drilled.note
             assert live.status(MODEL)["drill"]["passed"] is False
             assert any("the last drill" in a and "failed" in a for a in live.status(MODEL)["alerts"])
         wait_until(lambda: receiver.events() == ["drill_failed"], what="the drill event")
     finally:
         receiver.close()
     state = live.state(MODEL)
-    assert state.pointer("production") == "v1.1.0", "srv-b's failed check rolled production forward"
-    rolled = next(e for e in reversed(live.log(MODEL)) if e.action == "rollback" and e.pointer == "production")
-    assert rolled.actor == "node:srv-b" and (rolled.from_, rolled.to) == ("v1.0.0", "v1.1.0")
-    assert receiver.received[0]["event"]["drill"]["unconfirmed"] == ["srv-b"]
+    assert (state.pointer("production"), state.pointer("rollback_target")) == ("v1.1.0", "v1.0.0"), \
+        "the drill's own swap back keeps the rollback target"
+    assert [e.action for e in live.log(MODEL) if e.pointer == "production"][-2:] == ["drill", "drill"], \
+        "srv-b only reported: a node does not roll back what a drill restored"
+    assert "srv-b" in receiver.received[0]["event"]["drill"]["unconfirmed"]
 
 
 def test_verify_names_a_missing_measurement(live, monkeypatch):

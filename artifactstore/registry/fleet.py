@@ -12,7 +12,10 @@ A node whose smoke check fails on a new production (or on the canary) makes the 
 the fleet instead of serving the old version silently: per ``smoke.on_failure`` it rolls production
 back (or aborts the rollout) in one transaction naming the node and the failure. That transaction
 expects the failing version to still be there, so several nodes failing at once produce one
-rollback: the others find it done.
+rollback: the others find it done. A node rolls production back only to the version it serves, when
+that is the rollback target, and never a production that a rollback or a drill restored: a node
+that serves nothing (just started, its inference broken) would otherwise roll production back
+through the whole history, one failed look at a time.
 """
 
 import json
@@ -26,17 +29,18 @@ from ..clock import parse_time
 from ..content.manifest import canonical_json
 from ..errors import Conflict, CorruptObject, InvalidParameter, NotFound
 from .hooks import announce
-from .pointers import PRODUCTION
+from .pointers import PRODUCTION, ROLLBACK_TARGET
 from .policy import Policy, policy_of
 from .refs import ModelName
 from .registry import Registry
 from .rollout import abort_rollout
-from .state import ModelState
+from .state import AuditEntry, ModelState
 
 FLEET = "fleet"
 NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 STALE_INTERVALS = 3  # a node is stale once this many of its heartbeat intervals pass without one
 MIN_STALE = timedelta(seconds=3)
+RESTORING = ("rollback", "drill")  # the moves of production that bring back a version that served before
 
 _log = logging.getLogger(__name__)
 
@@ -134,11 +138,12 @@ Role = Literal["production", "canary"]
 
 
 def act_on_smoke_failure(registry: Registry, model: ModelName, node: str, version: str, role: Role,
-                         detail: str) -> ModelState | None:
-    """What the registry does when ``node``'s smoke check fails ``version`` (production's or the
-    canary's), per the model's policy: roll production back to the rollback target / abort the
-    rollout or canary, unless ``smoke.on_failure`` is ``keep``. The new state, or None when nothing
-    was changed (policy says keep, another node did it first, nothing to roll back to)."""
+                         detail: str, *, serving: str | None) -> ModelState | None:
+    """What the registry does when ``node``, which serves ``serving``, fails ``version`` (production's
+    or the canary's) in its smoke check, per the model's policy: roll production back to the version
+    the node serves / abort the rollout or canary, unless ``smoke.on_failure`` is ``keep``. The new
+    state, or None when nothing was changed (policy says keep, another node did it first, nothing to
+    roll back to, a rollback that would not bring the registry to what the node serves)."""
     state = registry.state(model)
     policy = policy_of(registry, state) or Policy()
     if policy.smoke.on_failure != "rollback":
@@ -147,7 +152,8 @@ def act_on_smoke_failure(registry: Registry, model: ModelName, node: str, versio
     actor = f"node:{node}"
     try:
         if role == PRODUCTION:
-            committed = registry.rollback(str(model), expect=version, actor=actor, evidence=evidence,
+            committed = registry.rollback(str(model), to=_rollback_version(registry, state, serving), expect=version,
+                                          actor=actor, evidence=evidence,
                                           reason=f"automatic rollback: node {node}'s smoke check failed {version}: "
                                                  f"{detail}")
         elif state.rollout is not None:
@@ -160,10 +166,40 @@ def act_on_smoke_failure(registry: Registry, model: ModelName, node: str, versio
                                                    f"{detail}")
     except Conflict:  # another node (or a person) moved it first: one rollback, not several
         return None
-    except (InvalidParameter, NotFound) as exc:  # no rollback target, no canary any more
+    except (InvalidParameter, NotFound) as exc:  # no rollback target, no canary any more, not this node's call
         _log.warning("%s: node %s's smoke check failed %s, and the registry was not changed: %s",
                      model, node, version, exc)
         return None
     announce(registry, committed, wait=0)
     return committed
 
+
+def _rollback_version(registry: Registry, state: ModelState, serving: str | None) -> str:
+    """The version a node serving ``serving`` rolls production back to: the rollback target, when the
+    node serves it (the rollback then makes the registry agree with the node) and production came by a
+    move forward. A rollback of a restored version would undo a person's rollback or a drill, and one
+    by a node that serves something else would move the fleet to a version this node has not shown
+    it can serve: InvalidParameter, saying why."""
+    if serving is None:
+        raise InvalidParameter("the node serves nothing: no rollback would make the registry agree with it")
+    target = state.pointer(ROLLBACK_TARGET)
+    if serving != target:
+        raise InvalidParameter(f"the node serves {serving} and the rollback target is {target or 'unset'}: "
+                               f"a rollback would not make the registry agree with it")
+    arrival = _production_move(registry, state)
+    if arrival is None:
+        raise InvalidParameter("the move that set production is not in the history: it may have been a restoration")
+    if arrival.action in RESTORING:
+        raise InvalidParameter(f"production came back by a {arrival.action}, and a restored version is rolled "
+                               f"back by a person, not by a node")
+    return serving
+
+
+def _production_move(registry: Registry, state: ModelState) -> AuditEntry | None:
+    """The audit entry that put production where it is in ``state`` (later changes, a gate run or a
+    canary step, may have come since)."""
+    for _, made in registry.trail(state.model, state.id):
+        for entry in reversed(made):
+            if entry.pointer == PRODUCTION:
+                return entry
+    return None

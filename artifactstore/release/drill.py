@@ -4,9 +4,10 @@
 until every node that was live when it decided reports serving the rollback target with its smoke
 check passed (its heartbeat, registry/fleet.py); a node that goes quiet does not confirm. The time
 from the decision to the last confirmation is the drill's result, against the policy's limit (the
-seeds: 60 s). Then it swaps back, waits for the fleet again, and records the drill. If a node's
-smoke check fails the rollback target, the fleet rolls production forward itself (the automatic
-rollback); the drill then fails and does not move production again.
+seeds: 60 s). Then it swaps back, waits for the fleet again, and records the drill. A node whose
+smoke check fails the rollback target only reports it: the drill fails at its limit and rolls
+forward as always; if production moved during the drill (a person), it fails and does not move it
+again.
 """
 
 import time
@@ -87,8 +88,8 @@ def drill(registry: Registry, model: ModelName | str, *, max_seconds: float | No
         notes.append(f"rolled forward to {production}: {len(forward)} of {len(nodes)} nodes confirmed")
     else:
         passed = False
-        notes.append(f"production is {current.pointer(PRODUCTION)} now, moved during the drill (a node's smoke "
-                     f"check?): not rolled forward")
+        notes.append(f"production is {current.pointer(PRODUCTION)} now, moved during the drill: not rolled "
+                     f"forward")
     report = DrillReport(str(name), at, production, target, back, [n for n in nodes if n not in back], seconds,
                          limit, passed, max(forward.values()) if len(forward) == len(nodes) else None,
                          [n for n in nodes if n not in forward], "; ".join(notes))

@@ -10,9 +10,10 @@ mix of two versions.
 
 With a ``node`` name the follower also reports to the fleet (registry/fleet.py): a heartbeat after
 every look at a moved pointer and every ``heartbeat_interval``; when its smoke check fails a new
-production (or the canary) it makes the registry roll back (or abort) per the policy, so the
-registry never says one thing while the node serves another; and it can gather its server's
-request metrics and flush them for the canary analysis.
+production (or the canary) it makes the registry roll back to the version it serves (or abort the
+canary) per the policy, so that the registry does not say one thing while the node serves another
+(where a rollback would not bring the two together, it only reports: registry/fleet.py); and it can
+gather its server's request metrics and flush them for the canary analysis.
 """
 
 import functools
@@ -84,7 +85,8 @@ class Follower:
     server's inference on one input, run on each test of the bundle's ``smoke_tests.jsonl`` and
     compared with its expected output; ``smoke_check(candidate)`` may add a check of the server's
     own (return False or raise to refuse). A refused version does not go live: the old one stays,
-    the failure is kept in ``last_error`` and ``smoke``, and passed to ``on_error``.
+    the failure is kept in ``last_error`` and ``smoke``, and passed to ``on_error``; the canary and
+    its share of keys follow the registry all the same.
     ``start()``'s thread wakes when a local ref's file is replaced (inotify on Linux) and otherwise
     looks at the pointer every ``poll_interval``: by default 0.5 s where the ref is watched, 2 ms
     where it cannot be (a ``stat`` per look). On object storage it looks at the store's change
@@ -187,31 +189,41 @@ class Follower:
         if target is None:
             self._fail(f"{self.ref} is not set")
             return False
-        swapped = False
-        if self._current is not None and self._current.version == target:
-            self.last_error = None  # what the pointer names is live: an earlier refusal is history
-        else:
-            if self.base_model is None:
-                self.base_model = self._base_model_of(state, target)
-            if not self._serves_base_model_of(state, target):
-                return False
-            candidate = self._resident(state, target)
-            if not self._passes_smoke_check(candidate):
-                self._smoke_failed(target, "production")
-                return False
-            previous, self._current = self._current, candidate
-            if previous is not None:
-                self._replaced[previous.version] = now()
-            self._replaced.pop(target, None)
-            self.last_error = None
-            self.last_swap = timestamp()
-            swapped = True
-            if self.on_swap is not None:
-                self.on_swap(previous, candidate)
+        try:
+            swapped = self._follow_production(state, target)
+        except ArtifactStoreError as exc:  # a failed load (or registry read) refuses production, not the canary
+            self._fail(f"{self.ref}: {exc}")
+            swapped = False
+        # the canary and its split follow the registry whatever became of production: a refused
+        # production must not leave this node routing keys to a canary the registry ended
         self._follow_canary(state)
         self._state = state
-        self._keep_hot(state)
+        if self._current is not None and self._current.version == target:
+            self._keep_hot(state)  # not after a refusal: it would load, and report, the refused version again
         return swapped
+
+    def _follow_production(self, state: ModelState, target: str) -> bool:
+        """Swap to ``target``, the version the pointer names, if it passes; True if it went live."""
+        if self._current is not None and self._current.version == target:
+            self.last_error = None  # what the pointer names is live: an earlier refusal is history
+            return False
+        if self.base_model is None:
+            self.base_model = self._base_model_of(state, target)
+        if not self._serves_base_model_of(state, target):
+            return False
+        candidate = self._resident(state, target)
+        if not self._passes_smoke_check(candidate):
+            self._smoke_failed(target, "production")
+            return False
+        previous, self._current = self._current, candidate
+        if previous is not None:
+            self._replaced[previous.version] = now()
+        self._replaced.pop(target, None)
+        self.last_error = None
+        self.last_swap = timestamp()
+        if self.on_swap is not None:
+            self.on_swap(previous, candidate)
+        return True
 
     def _follow_canary(self, state: ModelState) -> None:
         """Keep the canary resident and checked, so that ``pick`` can route its keys to it."""
@@ -228,12 +240,14 @@ class Follower:
                     self._smoke_failed(version, "canary")
 
     def _smoke_failed(self, version: str, role: Role) -> None:
-        """Make the registry agree with this node: roll production back or end the canary, per policy."""
+        """Make the registry agree with this node, per policy: roll production back to what it serves,
+        or end the canary (registry/fleet.py says when a node may)."""
         result = self.smoke.get(version)
         if self.node is None or self.ref.target != PRODUCTION or result is None or result.ok:
             return
         self._report()  # the fleet sees the failure before the registry moves
-        act_on_smoke_failure(self.store.registry, self.model, self.node, version, role, result.detail)
+        act_on_smoke_failure(self.store.registry, self.model, self.node, version, role, result.detail,
+                             serving=self._current.version if self._current else None)
 
     def _resident(self, state: ModelState, version: str) -> LoadedVersion:
         loaded = self.resident.get(version)
