@@ -335,6 +335,30 @@ def test_a_rollback_ends_the_canary_and_the_staging_of_the_version_it_restores(f
                                                                          ("rollback", "staging", None)]
 
 
+def test_the_ref_signature_changes_with_the_ref_even_where_inode_time_and_size_come_back(five):
+    """Two swaps within one tick of the file system's clock may reuse the inode number the ref had,
+    with the same modification time and size (a ref's bytes have one length): a follower must not
+    take that for "unchanged"."""
+    import os
+
+    from artifactstore.registry.refs import ModelName
+
+    model = ModelName.parse("acme/support")
+    five.promote("acme/support@v1.0.0")
+    ref = five.registry.ref_file(model)
+    before, stat = five.registry.ref_signature(model), ref.stat()
+    keep = ref.with_name("kept")
+    os.link(ref, keep)  # the inode number stays taken, to come back below
+    moved = five.promote("acme/support@v1.1.0")
+    with open(keep, "r+b") as f:  # the new ref's bytes in the old inode, with the old times
+        f.write(ref.read_bytes())
+    os.utime(keep, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(keep, ref)
+    assert (ref.stat().st_ino, ref.stat().st_mtime_ns, ref.stat().st_size) == \
+        (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    assert five.registry.ref_signature(model) != before and five.state("acme/support").id == moved.id
+
+
 def test_a_production_chain_that_loops_never_names_the_version_itself():
     from artifactstore.registry.refs import ModelName
     from artifactstore.registry.state import ModelState

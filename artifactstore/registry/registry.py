@@ -6,7 +6,6 @@ compute the new state, write it, compare-and-swap the ref (docs/format.md, "Regi
 """
 
 import json
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -132,15 +131,10 @@ class Registry:
         return state, token
 
     def ref_signature(self, model: ModelName) -> tuple:
-        """What changes whenever the model's ref is replaced: cheap enough to check every few
-        milliseconds where the ref is a local file (a ``stat``), one GET elsewhere."""
-        path = self.ref_file(model)
-        if path is not None:
-            try:
-                st = os.stat(path)
-            except FileNotFoundError:
-                return ()
-            return st.st_ino, st.st_mtime_ns, st.st_size
+        """What changes whenever the model's ref is replaced: its token (the hash of the ref, which
+        names a state that names its parent, so it never comes back). A local ref is read (a few
+        microseconds), not stat-ed: two swaps within one tick of the file system's clock can leave
+        an inode number, a modification time and a size that the ref had before."""
         return (self.backend.read_ref(ref_key(model))[1],)
 
     def ref_file(self, model: ModelName) -> Path | None:
