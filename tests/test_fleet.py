@@ -170,6 +170,20 @@ def test_a_node_that_fails_the_canary_aborts_the_rollout(live, monkeypatch):
     assert state.entries[-1].action == "rollout-abort" and state.entries[-1].evidence["node"] == "srv-1"
 
 
+def test_a_node_that_fails_a_hand_made_canary_ends_it_with_its_evidence_and_an_event(live, monkeypatch):
+    from artifactstore.registry.hooks import events_of
+
+    monkeypatch.setenv("SMOKE_BROKEN_FOR", "v1.1.0")
+    follower = Follower(live, f"{MODEL}@production", smoke_function=answer, node="srv-1")
+    live.set_canary(f"{MODEL}@v1.1.0", 10, actor="jane", reason="try it")
+    follower.refresh()
+    state = live.state(MODEL)
+    entry = state.entries[-1]
+    assert state.canary is None and (entry.action, entry.actor, entry.from_) == ("canary", "node:srv-1", "v1.1.0")
+    assert entry.evidence["node"] == "srv-1" and entry.evidence["version"] == "v1.1.0"
+    assert [(e["event"], e["version"]) for e in events_of(live.registry, state)] == [("canary_aborted", "v1.1.0")]
+
+
 def test_a_replaced_production_stays_resident_for_keep_loaded(live, tmp_path, monkeypatch):
     with_policy(live, tmp_path, "gate: {required: false}\nreview: {required: false}\nkeep_loaded: 1h\n")
     third = write_bundle(HISTORY[2], tmp_path / "third")

@@ -161,7 +161,7 @@ def act_on_smoke_failure(registry: Registry, model: ModelName, node: str, versio
                                       reason=f"automatic abort: node {node}'s smoke check failed the canary "
                                              f"{version}: {detail}")
         else:
-            committed = registry.set_canary(f"{model}@{version}", 0, actor=actor, expect=version,
+            committed = registry.set_canary(f"{model}@{version}", 0, actor=actor, expect=version, evidence=evidence,
                                             reason=f"canary ended: node {node}'s smoke check failed {version}: "
                                                    f"{detail}")
     except Conflict:  # another node (or a person) moved it first: one rollback, not several

@@ -64,6 +64,8 @@ def _event_kind(registry: Registry, state: ModelState, entry: AuditEntry) -> tup
     if entry.action == "drill" and entry.pointer is None and state.drill is not None:
         record = drill_summary(registry, state.drill)
         return ("drill_passed" if record["passed"] else "drill_failed"), {"drill": record}
+    if entry.pointer == CANARY and entry.action == "canary" and entry.to is None and entry.evidence is not None:
+        return "canary_aborted", {}  # a node ended a hand-made canary its smoke check failed
     if entry.pointer == PRODUCTION and entry.to is not None and entry.action == "promote":
         return "promoted", {}
     if entry.pointer == PRODUCTION and entry.action == "rollback":
