@@ -213,6 +213,35 @@ def test_the_follower_gathers_its_servers_metrics_for_the_analysis(live, monkeyp
     assert ticked.decision == "hold" and ticked.measured[0]["outcome"] == "pass", ticked.measured
 
 
+def test_metrics_a_failed_write_left_are_written_by_the_next_flush_once(live, monkeypatch):
+    from artifactstore.registry.metrics import records_in_window
+
+    start = parse_time("2026-11-26T00:00:00Z", "t")
+    set_now(monkeypatch, start)
+    follower = Follower(live, f"{MODEL}@production", smoke_function=answer, node="srv-1")
+    follower.refresh()
+    backend, write = live.registry.backend, live.registry.backend.write
+
+    def disk_full(key, data):
+        if key.startswith("metrics/"):
+            raise OSError(28, "No space left on device")
+        write(key, data)
+
+    for _ in range(100):
+        follower.observe("v1.0.0", 100.0)
+    monkeypatch.setattr(backend, "write", disk_full)
+    set_now(monkeypatch, start + timedelta(minutes=10))
+    with pytest.raises(OSError, match="No space left"):
+        follower.flush_metrics()
+    monkeypatch.setattr(backend, "write", write)
+    for _ in range(50):
+        follower.observe("v1.0.0", 200.0)
+    set_now(monkeypatch, start + timedelta(minutes=20))
+    assert follower.flush_metrics() == 2 and follower.flush_metrics() == 0
+    records, _ = records_in_window(live.registry, ModelName.parse(MODEL), start, start + timedelta(hours=1))
+    assert sorted(r.requests for r in records) == [50, 100]
+
+
 def test_heartbeats_and_an_automatic_rollback_on_a_shared_store(s3_bucket, tmp_path, monkeypatch):
     store = Store.init(s3_bucket, cache=tmp_path / "cache")
     push_versions(store, tmp_path)

@@ -13,7 +13,7 @@ import json
 import math
 import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -31,6 +31,9 @@ from .registry import Registry
 METRICS_CONTEXT = "artifactstore 2026-11 metrics batch v1"
 METRICS = "metrics"
 MAX_WINDOW = timedelta(days=1)  # a record covers at most a day: the analysis files it by its end
+# Records a follower keeps while its writes fail: one per version per flush (10 s by default), so
+# hours of a few versions' traffic.
+UNWRITTEN_LIMIT = 4096
 NODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 Percentile = Literal["p50", "p95", "p99"]
 PERCENTILES: tuple[Percentile, ...] = ("p50", "p95", "p99")
@@ -203,13 +206,33 @@ def aggregate(records: Iterable[MetricsRecord]) -> dict[str, Traffic]:
 
 class MetricsCollector:
     """What a follower gathers for its server between two flushes: per version, every request's
-    latency, whether it failed, its quality scores and an output bin. ``take`` turns them into records."""
+    latency, whether it failed, its quality scores and an output bin. ``take`` turns them into records;
+    ``flush`` writes them, and keeps those a failed write did not store for the next flush."""
 
     def __init__(self, node: str):
         self.node = node
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()
         self._since = now()
         self._requests: dict[str, list[tuple[float, bool, dict[str, float], str | None]]] = {}
+        self._unwritten: list[MetricsRecord] = []
+
+    def flush(self, write: Callable[[list[MetricsRecord]], object]) -> int:
+        """``write`` the records of the requests observed since the last take, after those an earlier
+        flush failed to write (a store unreachable for a while loses no traffic; the newest
+        UNWRITTEN_LIMIT are kept). Writing records again stores them once: ``record_metrics`` names
+        a batch by its bytes. Returns how many were written; a failed write raises."""
+        with self._flushing:
+            records = self._unwritten + self.take()
+            if not records:
+                return 0
+            try:
+                write(records)
+            except BaseException:
+                self._unwritten = records[-UNWRITTEN_LIMIT:]
+                raise
+            self._unwritten = []
+            return len(records)
 
     def observe(self, version: str, latency_ms: float, *, error: bool = False, scores: dict[str, float] | None = None,
                 output: str | None = None) -> None:

@@ -354,14 +354,17 @@ class Follower:
         self.metrics.observe(version, latency_ms, error=error, scores=scores, output=output)
 
     def flush_metrics(self) -> int:
-        """Store the requests observed since the last flush as metrics records; how many records."""
+        """Store the requests observed since the last flush as metrics records; how many records.
+        Records a failed write left are written with them (those of versions deleted since dropped)."""
         if self.metrics is None:
             return 0
         self._metrics_due = time.monotonic() + self.metrics_interval
-        records = self.metrics.take()
-        if records:
-            record_metrics(self.store.registry, self.model, records)
-        return len(records)
+
+        def write(records: list) -> None:
+            versions = self.store.registry.state(self.model).versions
+            record_metrics(self.store.registry, self.model, [r for r in records if r.version in versions])
+
+        return self.metrics.flush(write)
 
     def _fail(self, message: str) -> None:
         self.last_error = message
