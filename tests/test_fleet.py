@@ -79,6 +79,9 @@ def test_a_bundle_may_carry_smoke_tests_checked_like_its_other_files(tmp_path):
     ({"input": 1, "contains": ["refund", "days"]}, "a refund within 30 days", None),
     ({"input": 1, "contains": "refund"}, "no idea", "'no idea' does not contain 'refund'"),
     ({"input": 1, "matches": r"\d+ days"}, "within 30 days", None),
+    ({"input": 1, "contains": "30 días"}, {"answer": "Tiene 30 días para devolverlo."}, None),
+    ({"input": 1, "matches": r"\d+ 日"}, ["30 日以内"], None),
+    ({"input": 1, "contains": "Tage"}, {"a": "nö"}, """'{"a": "nö"}' does not contain 'Tage'"""),
 ])
 def test_an_output_is_checked_against_its_test(test, output, why):
     assert check_output(SmokeTest.model_validate(test), output) == why

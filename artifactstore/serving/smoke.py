@@ -33,7 +33,7 @@ def check_output(test: SmokeTest, output: Any) -> str | None:
         if _same(test.expected, output, test.tolerance or 0.0):
             return None
         return f"expected {_short(test.expected)}, got {_short(output)}"
-    text = output if isinstance(output, str) else json.dumps(output, default=str)
+    text = output if isinstance(output, str) else _as_text(output)
     if test.contains is not None:
         wanted = [test.contains] if isinstance(test.contains, str) else test.contains
         absent = [w for w in wanted if w not in text]
@@ -54,9 +54,15 @@ def _same(expected: Any, actual: Any, tolerance: float) -> bool:
     return expected == actual
 
 
+def _as_text(value: Any) -> str:
+    """A structured output as the JSON text a test searches: characters as they are, not escaped
+    (a Spanish answer's "días" must contain "días")."""
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
 def _short(value: Any) -> str:
     """A value in a one-line message: text quoted, anything else as JSON; at most about 60 characters."""
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = value if isinstance(value, str) else _as_text(value)
     text = text if len(text) <= 60 else text[:57] + "..."
     return repr(text) if isinstance(value, str) else text
 
