@@ -1,6 +1,7 @@
 """The OpenAI-compatible gateway, run as its own process (`artifactstore gateway`) in front of a
 real HTTP upstream on 127.0.0.1 that answers with the model it was asked for."""
 
+import http.client
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 from conftest import run_cli
 
 from artifactstore.demo import adapter_history
+from artifactstore.registry.refs import ModelName
 
 HISTORY = adapter_history(layers=2, scale=16)
 TIMEOUT = 30
@@ -171,6 +173,30 @@ def test_adapter_loading_is_not_forwarded(gateway, upstream):
         assert answer.status_code == 403
         assert answer.json()["error"]["message"] == (f"the gateway does not forward {path}: the server loads "
                                                      f"adapters from the store by their version names")
+    assert upstream.requests == []
+
+
+def test_adapter_loading_is_not_forwarded_under_any_spelling_of_its_path(gateway, upstream):
+    """A load balancer that merges slashes (nginx's default) would make each of these the endpoint."""
+    address = httpx.URL(str(gateway.base_url))
+    for path in ("//v1/load_lora_adapter", "/v1//load_lora_adapter", "/v1/load_lora_adapter/",
+                 "/v1/x/../unload_lora_adapter"):
+        connection = http.client.HTTPConnection(address.host, address.port, timeout=TIMEOUT)
+        try:  # sent as written: httpx would tidy the path itself
+            connection.request("POST", path, body=b'{"lora_name": "x", "lora_path": "/etc"}',
+                               headers={"content-type": "application/json"})
+            assert connection.getresponse().status == 403, path
+        finally:
+            connection.close()
+    assert upstream.requests == []
+
+
+def test_a_registry_the_disk_cannot_read_is_a_503(gateway, upstream, served):
+    ref = served.registry.ref_file(ModelName.parse("acme/support"))
+    ref.unlink()
+    ref.mkdir()  # reading it fails with an OSError that is not "no such file"
+    answer = complete(gateway, "acme/support@production")
+    assert answer.status_code == 503 and answer.json()["error"]["message"].startswith("the registry cannot be read")
     assert upstream.requests == []
 
 

@@ -11,6 +11,7 @@ Needs the ``serve`` extra (Starlette, uvicorn, httpx). docs/serving.md, "Gateway
 
 import asyncio
 import json
+import posixpath
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 
@@ -60,6 +61,13 @@ def routed_body(body: bytes, registry: Registry, key: str | None) -> tuple[bytes
     return json.dumps(request | {"model": routed}).encode(), routed
 
 
+def normal_path(path: str) -> str:
+    """A request path as the gateway judges and forwards it: repeated slashes, a trailing slash and
+    dot segments gone. A load balancer that merges slashes (nginx's default) would otherwise turn a
+    forwarded //v1/load_lora_adapter into the endpoint the gateway refuses."""
+    return posixpath.normpath("/" + "/".join(part for part in path.split("/") if part))
+
+
 def create_app(registry: Registry, upstream: str) -> Starlette:
     """The gateway: POST /v1/completions and /v1/chat/completions routed, vLLM's adapter loading
     refused, everything else passed through."""
@@ -68,21 +76,22 @@ def create_app(registry: Registry, upstream: str) -> Starlette:
     client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0))
 
     async def forward(request: Request) -> Response:
-        if request.url.path in REFUSED_PATHS:
-            return error(403, f"the gateway does not forward {request.url.path}: the server loads adapters "
+        path = normal_path(request.url.path)
+        if path in REFUSED_PATHS:
+            return error(403, f"the gateway does not forward {path}: the server loads adapters "
                               f"from the store by their version names", "PermissionDeniedError")
         body, routed = await request.body(), None
-        if request.method == "POST" and request.url.path in ROUTED_PATHS:
+        if request.method == "POST" and path in ROUTED_PATHS:
             try:
                 # the registry read is blocking IO (a GET on a shared store): off the event loop
                 body, routed = await asyncio.to_thread(routed_body, body, registry, request.headers.get(KEY_HEADER))
             except (InvalidParameter, NotFound) as exc:
                 status, kind = (404, "NotFoundError") if isinstance(exc, NotFound) else (400, "BadRequestError")
                 return error(status, str(exc), kind)
-            except ArtifactStoreError as exc:
+            except (ArtifactStoreError, OSError) as exc:
                 return error(503, f"the registry cannot be read: {exc}", "ServiceUnavailableError")
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
-        outgoing = client.build_request(request.method, base + request.url.path, params=request.url.query,
+        outgoing = client.build_request(request.method, base + path, params=request.url.query,
                                         headers=headers, content=body)
         try:
             answer = await client.send(outgoing, stream=True)
