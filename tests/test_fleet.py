@@ -245,6 +245,37 @@ def test_metrics_a_failed_write_left_are_written_by_the_next_flush_once(live, mo
     assert sorted(r.requests for r in records) == [50, 100]
 
 
+def test_metrics_of_a_stored_write_are_counted_once_when_a_version_it_names_is_deleted(live, monkeypatch):
+    """A write that stored its batch and then failed is written again without the records of a version
+    deleted since: each record is a batch of its own, so the others stay the same bytes, stored once."""
+    from artifactstore.registry.metrics import aggregate, records_in_window
+
+    start = parse_time("2026-11-26T00:00:00Z", "t")
+    set_now(monkeypatch, start)
+    follower = Follower(live, f"{MODEL}@production", smoke_function=answer, node="srv-1")
+    follower.refresh()
+    backend, write = live.registry.backend, live.registry.backend.write
+
+    def stored_then_timed_out(key, data):
+        write(key, data)
+        if key.startswith("metrics/"):
+            raise TimeoutError("the PUT's answer did not come back")
+
+    for _ in range(100):
+        follower.observe("v1.0.0", 100.0)
+        follower.observe("v1.1.0", 100.0)
+    monkeypatch.setattr(backend, "write", stored_then_timed_out)
+    set_now(monkeypatch, start + timedelta(minutes=10))
+    with pytest.raises(TimeoutError):
+        follower.flush_metrics()
+    monkeypatch.setattr(backend, "write", write)
+    live.delete(f"{MODEL}@v1.1.0", actor="jane", reason="withdrawn")
+    set_now(monkeypatch, start + timedelta(minutes=20))
+    follower.flush_metrics()
+    records, _ = records_in_window(live.registry, ModelName.parse(MODEL), start, start + timedelta(hours=1))
+    assert aggregate(records)["v1.0.0"].requests == 100
+
+
 def test_heartbeats_and_an_automatic_rollback_on_a_shared_store(s3_bucket, tmp_path, monkeypatch):
     store = Store.init(s3_bucket, cache=tmp_path / "cache")
     push_versions(store, tmp_path)

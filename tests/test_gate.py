@@ -1,6 +1,7 @@
 """The eval gate: every verdict of the pure computation, and the recorded result where it is shown."""
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -145,6 +146,19 @@ def test_new_metrics_and_a_first_release_pass_unless_below_a_floor():
     first = gate_of({"metrics": {"accuracy": {"floor": 0.9}}}, None, {"accuracy": 0.85, "f1": 0.1})
     assert first["f1"].note == "no production version to compare with" and first["f1"].verdict == "pass"
     assert first["accuracy"].verdict == "fail"
+
+
+@pytest.mark.parametrize("production, candidate, note", [
+    (0.95, math.nan, "the candidate's value is nan, not a finite number"),
+    (0.95, math.inf, "the candidate's value is inf, not a finite number"),
+    (math.nan, 0.95, "production's value is nan, not a finite number to compare with"),
+    (-math.inf, 0.95, "production's value is -inf, not a finite number to compare with"),
+])
+def test_a_value_that_is_not_a_finite_number_fails_its_metric(production, candidate, note):
+    """Every comparison with NaN is False: without this rule a failed measurement passed any floor and limit."""
+    settings = {"metrics": {"accuracy": {"floor": 0.9, "ceiling": 1.0, "max_drop_points": 1}}}
+    check = gate_of(settings, {"accuracy": production}, {"accuracy": candidate})["accuracy"]
+    assert (check.verdict, check.note, check.change) == ("fail", note, None)
 
 
 def test_nested_results_are_addressed_by_dotted_path():

@@ -5,12 +5,14 @@ commands and their one-line errors, and the hooks a rollout fires."""
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
 import time
 
+import blake3
 import numpy as np
 import pytest
 from conftest import run_cli, snapshot
@@ -20,9 +22,11 @@ from test_hooks import Receiver
 from artifactstore import InvalidInput, InvalidParameter, NotFound, Refused, Store
 from artifactstore.backends.local import LocalBackend
 from artifactstore.clock import timestamp
+from artifactstore.content.manifest import canonical_json
 from artifactstore.monitoring.psi import psi
+from artifactstore.registry import metrics
 from artifactstore.registry.analysis import Rollout, decide, interference, judge, population_stability_index
-from artifactstore.registry.metrics import MetricsCollector, Traffic, aggregate
+from artifactstore.registry.metrics import METRICS_CONTEXT, MetricsCollector, Traffic, aggregate, records_in_window
 from artifactstore.registry.policy import CanaryAnalysis, CanarySection
 from artifactstore.registry.refs import ModelName
 from artifactstore.registry.rollout import measurements, read_measurement
@@ -151,6 +155,43 @@ def test_records_are_summed_per_version_and_a_collector_makes_records():
     summed = aggregate([by_version["v1.1.0"], other])["v1.1.0"]
     assert summed.requests == 400 and summed.latency_ms["p95"] == pytest.approx((95 * 100 + 195 * 300) / 400)
     assert summed.nodes == ("srv-1", "srv-2") and collector.take(hours(2)) == []
+
+
+@pytest.mark.parametrize("request_, refusal", [
+    ({"latency_ms": math.nan}, "latency_ms: Value error, nan is not a finite number"),
+    ({"latency_ms": -1.0}, "latency_ms: Input should be greater than or equal to 0"),
+    ({"scores": {"quality": math.nan}}, "scores.quality: Value error, nan is not a finite number"),
+    ({"scores": {"quality": math.inf}}, "scores.quality: Value error, inf is not a finite number"),
+    ({"scores": {"Accuracy": 0.9}}, "scores.Accuracy.[key]: String should match pattern"),
+    ({"scores": {"error_rate": 0.1}}, "error_rate is a built-in metric's name"),
+    ({"output": "x" * 65}, "output: String should have at most 64 characters"),
+    ({"version": "1.1.0"}, "version: String should match pattern"),
+])
+def test_a_request_no_record_could_hold_is_refused_and_the_others_are_kept(request_, refusal):
+    """Refused when observed, one request cannot make taking the records fail and lose every version's."""
+    collector = MetricsCollector("srv-1")
+    for latency in range(1, 101):
+        collector.observe("v1.0.0", float(latency), scores={"quality": 0.9})
+        collector.observe("v1.1.0", float(latency), scores={"quality": 0.8}, output="short")
+    bad = {"version": "v1.1.0", "latency_ms": 30.0} | request_
+    with pytest.raises(InvalidParameter, match=re.escape(refusal)):
+        collector.observe(bad.pop("version"), bad.pop("latency_ms"), **bad)
+    written: list = []
+    assert collector.flush(written.extend) == 2
+    assert {r.version: (r.requests, r.scores["quality"].count) for r in written} == {"v1.0.0": (100, 100),
+                                                                                     "v1.1.0": (100, 100)}
+
+
+def test_taking_records_cannot_fail_on_requests_the_collector_took():
+    """A record covers at most a day and a score's mean must be finite: a longer pause between takes, or
+    finite scores whose sum overflows, still make records (they used to raise and lose the requests)."""
+    collector = MetricsCollector("srv-1")
+    collector.take(hours(0))
+    collector.observe("v1.1.0", 20.0, scores={"quality": 1e308})
+    collector.observe("v1.1.0", 20.0, scores={"quality": 1e308})
+    [record] = collector.take(hours(30))
+    assert (record.start, record.end) == (timestamp(hours(6)), timestamp(hours(30)))
+    assert record.requests == 2 and record.scores["quality"].mean == 1e308
 
 
 # -- ticks through the registry ------------------------------------------------------------------
@@ -438,6 +479,84 @@ def test_metrics_records_are_checked_before_anything_is_written(fleet_store):
     assert snapshot(fleet_store.path) == before
     stored = fleet_store.record_metrics(MODEL, [good])
     assert fleet_store.record_metrics(MODEL, [good]) == stored, "the same report is stored once"
+
+
+def test_metrics_records_refuse_values_that_are_not_finite(fleet_store):
+    before = snapshot(fleet_store.path)
+    good = {"version": "v1.1.0", "node": "srv-1", "start": "2026-11-26T00:00:00Z", "end": "2026-11-26T01:00:00Z",
+            "requests": 10}
+    with pytest.raises(InvalidInput, match="record 1: scores.quality.mean: Value error, nan is not a finite number"):
+        fleet_store.record_metrics(MODEL, [good | {"scores": {"quality": {"mean": math.nan, "count": 10}}}])
+    with pytest.raises(InvalidInput, match="record 1: latency_ms.p95: Value error, inf is not a finite number"):
+        fleet_store.record_metrics(MODEL, [good | {"latency_ms": {"p95": math.inf}}])
+    assert snapshot(fleet_store.path) == before
+
+
+def test_a_batch_stored_with_a_nan_score_fails_the_metric_it_holds(fleet_store, tmp_path, monkeypatch):
+    """A batch written before non-finite values were refused is still read, and its NaN fails the metric
+    instead of passing every threshold (each comparison with NaN is False)."""
+    with_policy(fleet_store, tmp_path, FAST_POLICY.replace("min_requests: 100}",
+                                                           "min_requests: 100, metrics: {quality: {floor: 0.8}}}"))
+    fleet_store.start_rollout(f"{MODEL}@v1.1.0", actor="jane")
+    window = {"node": "srv-1", "start": timestamp(hours(0)), "end": timestamp(hours(1)), "errors": 0, "latency_ms": {},
+              "outputs": {}}
+    records = [window | {"version": "v1.1.0", "requests": 300, "scores": {"quality": {"mean": math.nan, "count": 300}}},
+               window | {"version": "v1.0.0", "requests": 900, "scores": {"quality": {"mean": 0.95, "count": 900}}}]
+    encoded = canonical_json({"kind": "metrics-batch", "model": MODEL, "records": records})
+    digest = blake3.blake3(encoded, derive_key_context=METRICS_CONTEXT).hexdigest()
+    fleet_store.registry.backend.write(f"metrics/{MODEL}/{hours(1):%Y-%m-%dT%H}/{digest}.json", encoded)
+    ticked = tick_at(fleet_store, monkeypatch, 1)
+    assert ticked.measured[0]["outcome"] == "fail"
+    assert "quality the candidate's value is nan, not a finite number" in ticked.measured[0]["note"]
+
+
+def test_a_write_that_stored_its_batch_and_then_failed_is_counted_once(fleet_store, monkeypatch):
+    """The records of a failed write are written again alone, as the same batch: merged with the next
+    take's they would be another batch, and a write that had stored its batch (an answer lost on the
+    way back) would count them twice."""
+    backend, write = fleet_store.registry.backend, fleet_store.registry.backend.write
+
+    def stored_then_timed_out(key, data):
+        write(key, data)
+        raise TimeoutError("the PUT's answer did not come back")
+
+    collector = MetricsCollector("srv-1")
+    for _ in range(100):
+        collector.observe("v1.0.0", 20.0)
+    monkeypatch.setattr(backend, "write", stored_then_timed_out)
+    set_now(monkeypatch, hours(0.25))
+    with pytest.raises(TimeoutError):
+        collector.flush(lambda records: fleet_store.record_metrics(MODEL, records))
+    monkeypatch.setattr(backend, "write", write)
+    for _ in range(50):
+        collector.observe("v1.0.0", 20.0)
+    set_now(monkeypatch, hours(0.5))
+    assert collector.flush(lambda records: fleet_store.record_metrics(MODEL, records)) == 2
+    found, _ = records_in_window(fleet_store.registry, ModelName.parse(MODEL), hours(0), hours(1))
+    assert aggregate(found)["v1.0.0"].requests == 150
+
+
+def test_failed_writes_are_kept_whole_up_to_the_limit(fleet_store, monkeypatch):
+    """Part of a failed write would be another batch: what a long outage drops is whole writes, the oldest."""
+    backend, write = fleet_store.registry.backend, fleet_store.registry.backend.write
+
+    def unreachable(key, data):
+        raise OSError("the store is out of reach")
+
+    monkeypatch.setattr(metrics, "UNWRITTEN_LIMIT", 3)
+    monkeypatch.setattr(backend, "write", unreachable)
+    collector = MetricsCollector("srv-1")
+    for minute in (10, 20):  # two failed writes of two records each: only the newest fits the limit
+        collector.observe("v1.0.0", 20.0)
+        collector.observe("v1.1.0", 20.0)
+        set_now(monkeypatch, hours(minute / 60))
+        with pytest.raises(OSError):
+            collector.flush(lambda records: fleet_store.record_metrics(MODEL, records))
+    monkeypatch.setattr(backend, "write", write)
+    assert collector.flush(lambda records: fleet_store.record_metrics(MODEL, records)) == 2
+    found, _ = records_in_window(fleet_store.registry, ModelName.parse(MODEL), hours(0), hours(1))
+    assert sorted((r.version, r.end) for r in found) == [("v1.0.0", timestamp(hours(1 / 3))),
+                                                          ("v1.1.0", timestamp(hours(1 / 3)))]
 
 
 def test_cli_rollout_commands_and_one_line_errors(fleet_store, monkeypatch):

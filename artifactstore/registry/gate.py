@@ -8,6 +8,7 @@ lives beside the version, and the audit log keeps every run.
 """
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
@@ -177,6 +178,12 @@ def evaluate(settings: GateSection, production: dict[str, float | int] | None, c
                 problems.append(note)
             else:
                 note += " (the policy lets that pass)"
+        elif not math.isfinite(after):  # NaN passes every comparison it is in: a failed measurement fails
+            note = f"the candidate's value is {after}, not a finite number"
+            problems.append(note)
+        elif before is not None and not math.isfinite(before):
+            note = f"production's value is {before}, not a finite number to compare with"
+            problems.append(note)
         else:
             if before is not None:
                 change = after - before

@@ -19,11 +19,20 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import blake3
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 from ..clock import now, parse_time, timestamp
 from ..content.manifest import canonical_json
-from ..errors import CorruptObject, InvalidInput, NotFound
+from ..errors import CorruptObject, InvalidInput, InvalidParameter, NotFound
 from .policy import BUILTIN_METRICS, ScoreName
 from .refs import ModelName, parse_version
 from .registry import Registry
@@ -31,14 +40,37 @@ from .registry import Registry
 METRICS_CONTEXT = "artifactstore 2026-11 metrics batch v1"
 METRICS = "metrics"
 MAX_WINDOW = timedelta(days=1)  # a record covers at most a day: the analysis files it by its end
-# Records a follower keeps while its writes fail: one per version per flush (10 s by default), so
-# hours of a few versions' traffic.
+# Records a follower keeps while its writes fail: one per version per flush (60 s by default), so
+# more than a day of a canary's two versions.
 UNWRITTEN_LIMIT = 4096
+_STORED = {"stored": True}  # the validation context of records read back from batches
 NODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 Percentile = Literal["p50", "p95", "p99"]
 PERCENTILES: tuple[Percentile, ...] = ("p50", "p95", "p99")
 
+
+def _finite(value: float, info: ValidationInfo) -> float:
+    # A NaN compares False with every threshold, so it would pass any of them. Batches stored before
+    # this rule still read: the analysis fails a metric whose value is not finite, where refusing
+    # them would stop every tick that reads their hour.
+    if not math.isfinite(value) and info.context != _STORED:
+        raise ValueError(f"{value} is not a finite number")
+    return value
+
+
+def _not_builtin(name: str) -> str:
+    if name in BUILTIN_METRICS:
+        raise ValueError(f"{name} is a built-in metric's name")
+    return name
+
+
 NodeName = Annotated[str, Field(pattern=NODE_PATTERN)]
+VersionName = Annotated[str, Field(pattern=r"^v(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$")]
+Finite = Annotated[float, AfterValidator(_finite)]
+Latency = Annotated[Finite, Field(ge=0)]
+ReportedScoreName = Annotated[ScoreName, AfterValidator(_not_builtin)]
+OutputLabel = Annotated[str, Field(min_length=1, max_length=64)]
+_NODE_NAME: TypeAdapter[str] = TypeAdapter(NodeName)
 
 
 class _Strict(BaseModel):
@@ -46,22 +78,22 @@ class _Strict(BaseModel):
 
 
 class Score(_Strict):
-    mean: float
+    mean: Finite
     count: int = Field(ge=1)  # how many requests were scored
 
 
 class MetricsRecord(_Strict):
     """One node's traffic to one version over one window ``(start, end]``."""
 
-    version: str = Field(pattern=r"^v(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$")
+    version: VersionName
     node: NodeName
     start: str
     end: str
     requests: int = Field(ge=0)
     errors: int = Field(default=0, ge=0)
-    latency_ms: dict[Percentile, Annotated[float, Field(ge=0)]] = {}
-    scores: dict[ScoreName, Score] = {}
-    outputs: dict[Annotated[str, Field(min_length=1, max_length=64)], Annotated[int, Field(ge=0)]] = {}
+    latency_ms: dict[Percentile, Latency] = {}
+    scores: dict[ReportedScoreName, Score] = {}
+    outputs: dict[OutputLabel, Annotated[int, Field(ge=0)]] = {}
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -70,9 +102,6 @@ class MetricsRecord(_Strict):
             raise ValueError(f"end must follow start by at most a day ({self.start} .. {self.end})")
         if self.errors > self.requests:
             raise ValueError(f"{self.errors} errors in {self.requests} requests")
-        clashes = sorted(set(self.scores) & set(BUILTIN_METRICS))
-        if clashes:
-            raise ValueError(f"scores: {', '.join(clashes)} is a built-in metric's name")
         return self
 
     def normalized(self) -> dict[str, Any]:
@@ -101,10 +130,11 @@ def record_metrics(registry: Registry, model: ModelName | str, records: Iterable
     parsed, problems = [], []
     for number, record in enumerate(records, 1):
         try:
-            parsed.append(record if isinstance(record, MetricsRecord) else MetricsRecord.model_validate(record))
+            # an instance too: one read back from a batch stored before non-finite values were refused
+            fields = record.model_dump() if isinstance(record, MetricsRecord) else record
+            parsed.append(MetricsRecord.model_validate(fields))
         except ValidationError as exc:
-            problems += [f"record {number}: {'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}"
-                         for e in exc.errors()]
+            problems += [f"record {number}: {problem}" for problem in _problems(exc)]
     if problems:
         raise InvalidInput("; ".join(problems))
     versions = registry.state(name).versions
@@ -141,12 +171,16 @@ def records_in_window(registry: Registry, model: ModelName, start: datetime, end
     return records, batches
 
 
+def _problems(error: ValidationError) -> list[str]:
+    return [f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in error.errors()]
+
+
 def _read_batch(registry: Registry, key: str) -> list[MetricsRecord]:
     encoded = registry.backend.read(key)
     if blake3.blake3(encoded, derive_key_context=METRICS_CONTEXT).hexdigest() != key.rsplit("/", 1)[-1][:-5]:
         raise CorruptObject(f"metrics batch {key} does not match its name (damaged): delete it or restore it")
     try:
-        return [MetricsRecord.model_validate(r) for r in json.loads(encoded)["records"]]
+        return [MetricsRecord.model_validate(r, context=_STORED) for r in json.loads(encoded)["records"]]
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptObject(f"metrics batch {key}: malformed ({str(exc).splitlines()[0]})") from None
 
@@ -204,40 +238,67 @@ def aggregate(records: Iterable[MetricsRecord]) -> dict[str, Traffic]:
     return traffic
 
 
+class _Request(_Strict):
+    """One observed request, held to the rules of a record of it alone: then the record of every
+    request a version served since the last take is valid too, and taking it cannot fail."""
+
+    version: VersionName
+    latency_ms: Latency
+    error: bool
+    scores: dict[ReportedScoreName, Finite]
+    output: OutputLabel | None
+
+
 class MetricsCollector:
     """What a follower gathers for its server between two flushes: per version, every request's
     latency, whether it failed, its quality scores and an output bin. ``take`` turns them into records;
-    ``flush`` writes them, and keeps those a failed write did not store for the next flush."""
+    ``flush`` writes them, and keeps what a failed write did not store for the next flush."""
 
     def __init__(self, node: str):
-        self.node = node
+        try:
+            self.node = _NODE_NAME.validate_python(node)
+        except ValidationError as exc:
+            raise InvalidParameter(f"node name {node!r}: {exc.errors()[0]['msg']}") from None
         self._lock = threading.Lock()
         self._flushing = threading.Lock()
         self._since = now()
-        self._requests: dict[str, list[tuple[float, bool, dict[str, float], str | None]]] = {}
-        self._unwritten: list[MetricsRecord] = []
+        self._requests: dict[str, list[_Request]] = {}
+        self._unwritten: list[list[MetricsRecord]] = []  # the records of each failed write, oldest first
 
     def flush(self, write: Callable[[list[MetricsRecord]], object]) -> int:
-        """``write`` the records of the requests observed since the last take, after those an earlier
-        flush failed to write (a store unreachable for a while loses no traffic; the newest
-        UNWRITTEN_LIMIT are kept). Writing records again stores them once: ``record_metrics`` names
-        a batch by its bytes. Returns how many were written; a failed write raises."""
+        """``write`` the records of the requests observed since the last take, after those of each
+        earlier flush whose write failed: every failed write's records again in a call of their own,
+        exactly as they were. A write may have stored its batches and failed after (an answer lost on
+        its way back): sent again alone, its records are the same bytes, which ``record_metrics``
+        stores once; merged with other records they would be another batch, counted twice. A store
+        unreachable for a while loses no traffic: the newest failed writes, up to UNWRITTEN_LIMIT
+        records, are kept. Returns how many records were written; a failed write raises."""
         with self._flushing:
-            records = self._unwritten + self.take()
-            if not records:
-                return 0
-            try:
-                write(records)
-            except BaseException:
-                self._unwritten = records[-UNWRITTEN_LIMIT:]
-                raise
+            attempts = [records for records in self._unwritten + [self.take()] if records]
+            written = 0
+            for tried, records in enumerate(attempts):
+                try:
+                    write(records)
+                except BaseException:
+                    self._unwritten = _newest(attempts[tried:])
+                    raise
+                written += len(records)
             self._unwritten = []
-            return len(records)
+            return written
 
     def observe(self, version: str, latency_ms: float, *, error: bool = False, scores: dict[str, float] | None = None,
                 output: str | None = None) -> None:
+        """Count one request. One that no record could hold (a latency or a score that is not a
+        finite number, a negative latency, a score named like a built-in metric or not as a score
+        name must be, an output label over 64 characters) is refused with InvalidParameter, and
+        the requests counted before it stay."""
+        try:
+            request = _Request(version=version, latency_ms=latency_ms, error=error, scores=scores or {},
+                               output=output)
+        except ValidationError as exc:
+            raise InvalidParameter(f"request to {version} not counted: {'; '.join(_problems(exc))}") from None
         with self._lock:
-            self._requests.setdefault(version, []).append((latency_ms, error, scores or {}, output))
+            self._requests.setdefault(version, []).append(request)
 
     def take(self, until: datetime | None = None) -> list[MetricsRecord]:
         """One record per version for the requests observed since the last take (none: no record)."""
@@ -247,21 +308,39 @@ class MetricsCollector:
             since, self._since = self._since, until
         if until <= since:  # a clock that stood still (ARTIFACTSTORE_NOW): the window still needs a length
             until = since + timedelta(microseconds=1)
+        # a record covers at most a day: the requests of a longer pause between takes are the last day's
+        start = max(since, until - MAX_WINDOW)
         records = []
         for version, seen in sorted(requests.items()):
-            latencies = sorted(latency for latency, _, _, _ in seen)
+            latencies = sorted(request.latency_ms for request in seen)
             scores: dict[str, list[float]] = {}
-            for _, _, scored, _ in seen:
-                for name, value in scored.items():
+            for request in seen:
+                for name, value in request.scores.items():
                     scores.setdefault(name, []).append(value)
             records.append(MetricsRecord(
-                version=version, node=self.node, start=timestamp(since), end=timestamp(until), requests=len(seen),
-                errors=sum(error for _, error, _, _ in seen),
+                version=version, node=self.node, start=timestamp(start), end=timestamp(until), requests=len(seen),
+                errors=sum(request.error for request in seen),
                 latency_ms={p: _nearest_rank(latencies, int(p[1:])) for p in PERCENTILES},
-                scores={name: Score(mean=sum(values) / len(values), count=len(values))
-                        for name, values in sorted(scores.items())},
-                outputs=dict(Counter(output for _, _, _, output in seen if output is not None))))
+                scores={name: Score(mean=_mean(values), count=len(values)) for name, values in sorted(scores.items())},
+                outputs=dict(Counter(request.output for request in seen if request.output is not None))))
         return records
+
+
+def _newest(attempts: list[list[MetricsRecord]]) -> list[list[MetricsRecord]]:
+    """The newest attempts that hold at most UNWRITTEN_LIMIT records together, each whole: part of
+    one would be other bytes."""
+    kept: list[list[MetricsRecord]] = []
+    total = 0
+    for records in reversed(attempts):
+        total += len(records)
+        if total > UNWRITTEN_LIMIT:
+            break
+        kept.insert(0, records)
+    return kept
+
+
+def _mean(values: list[float]) -> float:
+    return math.fsum(value / len(values) for value in values)  # of quotients: a sum of finite scores may overflow
 
 
 def _nearest_rank(ordered: list[float], percent: int) -> float:

@@ -34,7 +34,7 @@ from ..errors import ArtifactStoreError, InvalidInput, InvalidParameter
 from ..registry.bundle import SmokeTest, smoke_tests_of
 from ..registry.changes import has_marker, marker_token
 from ..registry.fleet import Heartbeat, Role, act_on_smoke_failure, check_node, remove_heartbeat, write_heartbeat
-from ..registry.metrics import MetricsCollector, record_metrics
+from ..registry.metrics import MetricsCollector, MetricsRecord, record_metrics
 from ..registry.pointers import CANARY, PRODUCTION, ROLLBACK_TARGET
 from ..registry.policy import Policy, policy_of
 from ..registry.refs import Ref
@@ -348,21 +348,27 @@ class Follower:
                 scores: dict[str, float] | None = None, output: str | None = None) -> None:
         """Count one request the server answered with ``version`` (``pick``'s choice), for the canary
         analysis: its latency, whether it failed, its quality scores, a bin of some output
-        characteristic (for output PSI). Flushed every ``metrics_interval``, or by ``flush_metrics``."""
+        characteristic (for output PSI). Flushed every ``metrics_interval``, or by ``flush_metrics``.
+        A request no record could hold (a latency or score that is not a finite number, say) is refused
+        with InvalidParameter and not counted; the others are kept."""
         if self.metrics is None:
             raise InvalidParameter("request metrics are reported per node: give the follower a node name")
         self.metrics.observe(version, latency_ms, error=error, scores=scores, output=output)
 
     def flush_metrics(self) -> int:
         """Store the requests observed since the last flush as metrics records; how many records.
-        Records a failed write left are written with them (those of versions deleted since dropped)."""
+        Records a failed write left are written again first (those of versions deleted since dropped)."""
         if self.metrics is None:
             return 0
         self._metrics_due = time.monotonic() + self.metrics_interval
 
-        def write(records: list) -> None:
+        def write(records: list[MetricsRecord]) -> None:
             versions = self.store.registry.state(self.model).versions
-            record_metrics(self.store.registry, self.model, [r for r in records if r.version in versions])
+            # A batch of its own per record: dropping a deleted version's record from a write that was
+            # stored before it failed must leave the others' batches the same bytes, stored once.
+            for record in records:
+                if record.version in versions:
+                    record_metrics(self.store.registry, self.model, [record])
 
         return self.metrics.flush(write)
 
