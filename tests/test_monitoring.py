@@ -16,9 +16,11 @@ from conftest import Receiver
 
 from artifactstore import Conflict, InvalidInput, InvalidParameter, NotFound, Store
 from artifactstore.demo import adapter_history, write_bundle
+from artifactstore.monitoring.alerts import parse_alert_key, raised_alerts
 from artifactstore.monitoring.arrays import PREFIX
 from artifactstore.monitoring.psi import DECILES, Thresholds
 from artifactstore.monitoring.report import read_baseline
+from artifactstore.registry.refs import ModelName
 
 HISTORY = adapter_history(layers=2, scale=16)[:3]  # v1.0.0, v1.1.0, v1.1.1: tiny tensors
 T0 = int(datetime(2026, 11, 26, 10, tzinfo=UTC).timestamp())
@@ -166,6 +168,70 @@ def test_batched_observation_counts_what_single_requests_count(tmp_path, store):
         2 * sum(v is not None for v in lang), 2 * int((~np.isnan(length)).sum()), 2 * n, 2 * n]
 
 
+def test_a_request_with_a_feature_of_the_wrong_kind_is_refused_alone(tmp_path, store):
+    rng = np.random.default_rng(3)
+    store.take_baseline("acme/support@v1.0.0", write_jsonl(tmp_path / "ref.jsonl", traffic(rng, 500)))
+    with store.monitor("acme/support@v1.0.0", node="web-1") as monitor:
+        # first in the buffer, so a request that were buffered would fix its features' kinds there
+        with pytest.raises(InvalidParameter, match="inputs.length is text or true/false, but the baseline "
+                                                   "counts it as a numeric feature"):
+            monitor.observe({"length": "forty-two", "category": "billing"}, at=T0 + 10)
+        with pytest.raises(InvalidParameter, match="inputs.category is a number, but the baseline counts it "
+                                                   "as a categorical feature"):
+            monitor.observe({"length": 40.0, "category": 7}, at=T0 + 10)
+        for i in range(100):
+            monitor.observe({"length": 40.0 + i, "category": "tech", "note": i if i % 2 else "text"},
+                            {"refused": False}, at=T0 + 20 + i)
+    assert monitor.ignored == {"inputs.note"}  # unknown to the baseline: not counted, whatever its kind
+    counts = store.drift("acme/support@v1.0.0").counts.sum(axis=0).tolist()  # category, length, out length, refused
+    assert counts == [100, 100, 0, 100]
+
+
+def test_a_time_that_is_not_finite_or_beyond_year_9999_is_refused_before_anything_is_counted(tmp_path, store):
+    rng = np.random.default_rng(3)
+    store.take_baseline("acme/support@v1.0.0", write_jsonl(tmp_path / "ref.jsonl", traffic(rng, 500)))
+    monitor = store.monitor("acme/support@v1.0.0", node="web-1")
+    for times in (np.array([T0 + 10, np.nan]), np.array([T0, np.inf]), [T0, 1e300], float("nan"), -float("inf")):
+        with pytest.raises(InvalidParameter, match="time"):
+            monitor.observe_batch({"inputs.length": [40.0, 50.0]}, at=times)
+    with pytest.raises(InvalidParameter, match="time"):
+        monitor.observe({"length": 40.0}, at=float("nan"))
+    assert monitor.windows == [] and monitor.values == 0
+    monitor.observe_batch({"inputs.length": [40.0, 50.0]}, at=np.array([T0 + 10, T0 + 20]))
+    monitor.observe({"length": 45.0}, at=T0 + 30)
+    monitor.flush()
+    rows = store.monitoring.read_rows(store.monitoring.store, "acme/support/v1.0.0", "counts")
+    assert [(node, r[:, 0].tolist()) for node, r in rows] == [("web-1", [T0])]
+    assert store.drift("acme/support@v1.0.0").counts.sum() == 3
+    assert store.verify().ok
+
+
+def test_a_batch_bins_booleans_and_missing_values_as_single_requests_do(tmp_path, store):
+    rng = np.random.default_rng(3)
+    store.take_baseline("acme/support@v1.0.0", write_jsonl(tmp_path / "ref.jsonl", traffic(rng, 500)))
+    refused = [True, False, None, False, np.True_]
+    category = np.array(["billing", None, "tech", np.nan, "legal"], dtype=object)
+    with store.monitor("acme/support@v1.0.0", node="batch") as batch:
+        batch.observe_batch({"outputs.refused": refused, "inputs.category": category}, at=T0)
+    with store.monitor("acme/support@v1.0.0", node="single") as single:
+        for r, c in zip(refused, category):
+            single.observe({"category": c if isinstance(c, str) else None},
+                           {"refused": None if r is None else bool(r)}, at=T0)
+    rows = dict(store.monitoring.read_rows(store.monitoring.store, "acme/support/v1.0.0", "counts"))
+    assert rows["batch"].tolist() == rows["single"].tolist()
+    report = store.drift("acme/support@v1.0.0")
+    assert report.counts.sum(axis=0).tolist() == [2 * 3, 0, 0, 2 * 4]  # category, length, out length, refused
+
+    monitor = store.monitor("acme/support@v1.0.0", node="refusing")
+    wrong_kinds = [("outputs.refused", [True, 1.0]), ("inputs.category", np.array([1, 2])),
+                   ("inputs.category", [b"billing", "tech"]), ("inputs.length", ["40", "50"]),
+                   ("inputs.length", np.array([True, False])), ("inputs.length", [40.0, True])]
+    for name, values in wrong_kinds:
+        with pytest.raises(InvalidParameter, match=f"{name} is a (numeric|categorical) feature"):
+            monitor.observe_batch({"outputs.length": [100.0, 120.0], name: values}, at=T0)
+    assert monitor.windows == [] and monitor.values == 0
+
+
 # -- concurrent nodes on a shared store -----------------------------------------------------------
 
 NODE_SCRIPT = """
@@ -252,6 +318,30 @@ def test_an_alert_is_delivered_once_per_crossing(tmp_path, store):
     assert failing and failing[0].window == at(7)
     retried = store.raise_alerts("acme/support@v1.0.0", lambda alert: None)
     assert [(a.feature, a.window) for a in retried] == [(a.feature, a.window) for a in failing]
+
+
+def test_the_dashboard_summarises_the_alerts_of_a_feature_whose_name_holds_spaces(tmp_path, store):
+    from artifactstore.web.dashboard import drift_summary  # here: the dashboard needs the serve extra
+
+    def spaced(requests):
+        for request in requests:
+            request["inputs"]["input length"] = request["inputs"].pop("length")
+        return requests
+
+    rng = np.random.default_rng(3)
+    store.take_baseline("acme/support@v1.0.0", write_jsonl(tmp_path / "ref.jsonl", spaced(traffic(rng, 2000))))
+    delivered = []
+    for hour, shift in enumerate([0, 0.6]):
+        requests = spaced(traffic(rng, 1500, shift=shift, when=at(hour, 10)))
+        store.record("acme/support@v1.0.0", write_jsonl(tmp_path / f"h{hour}.jsonl", requests), node="n1",
+                     deliver=delivered.append)
+    assert ("inputs.input length", at(1), "investigate") in [(a.feature, a.window, a.status) for a in delivered]
+    raised = raised_alerts(store.monitoring, ModelName.parse("acme/support"))
+    assert sorted(parse_alert_key(key) for key in raised) == \
+        sorted((a.version, a.feature, a.window, a.status) for a in delivered)
+    summary = drift_summary(store.drift("acme/support@v1.0.0"), raised)
+    assert ("inputs.input length", at(1), "investigate") in \
+        [(a["feature"], a["window"], a["status"]) for a in summary.open_alerts]
 
 
 # -- bundles, eval runs, labelled data, the retrain check -----------------------------------------

@@ -53,6 +53,17 @@ class Alert:
 Deliver = Callable[[Alert], None]
 
 
+def parse_alert_key(key: str) -> tuple[str, str, str, str]:
+    """(version, feature, window, status) of an ``Alert.key``. A feature's name may hold spaces; a
+    version, a window and a status never do, so they are split off the ends."""
+    version, _, rest = key.partition(" ")
+    fields = rest.rsplit(" ", 2)
+    if len(fields) != 3:
+        raise CorruptObject(f"alert {key!r}: expected <version> <feature> <window start> <status>")
+    feature, window, status = fields
+    return version, feature, window, status
+
+
 def alerts_key(model: ModelName) -> str:
     return f"{PREFIX}/{model.client}/{model.model}/alerts.json"
 

@@ -9,7 +9,7 @@ a binary search per value and one ``bincount`` per feature and batch.
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import numpy as np
 from ..clock import now, parse_duration, timestamp
 from ..errors import Conflict, InvalidInput, InvalidParameter, NotFound
 from ..registry.registry import Registry
-from ..registry.samples import NUMERIC, SAMPLES_FILE, Samples, SamplesBuilder, parse_samples, read_samples
+from ..registry.samples import NUMERIC, SAMPLES_FILE, Column, Samples, SamplesBuilder, parse_samples, read_samples
 from .alerts import Alert, Deliver, raise_alerts
 from .arrays import DEFAULT_WINDOW, MonitoringArrays, check_node, default_node, version_path
 from .baseline import Baseline, take_baseline
@@ -27,6 +27,9 @@ from .report import iso, read_baseline
 from .versions import Served, check_stamp, served
 
 BUFFERED_REQUESTS = 4096  # single requests are binned in batches of this many
+# a window must start at a time a report can print (a datetime): from year 1 to year 9999
+FIRST_WINDOW_START = datetime.min.replace(tzinfo=UTC).timestamp()
+LAST_WINDOW_START = datetime.max.replace(tzinfo=UTC).timestamp()
 
 
 # -- baselines ------------------------------------------------------------------------------------
@@ -73,7 +76,7 @@ def _count_in(frozen: Baseline, samples: Samples, source: str) -> Baseline:
         if i is None:
             continue
         feature = frozen.features[i]
-        _check_kind(feature.kind, name, column.kind, samples, column.rows[0])
+        _check_column_kind(feature.kind, name, column, samples)
         values = np.array(column.values, dtype=np.float64) if feature.kind == NUMERIC else column.values
         reference[frozen.offsets[i]:frozen.offsets[i] + feature.bins] += np.bincount(feature.bin(values),
                                                                                        minlength=feature.bins)
@@ -127,11 +130,60 @@ def promotion_baseline(registry: Registry, arrays: MonitoringArrays, ref: str) -
 # -- the monitor ----------------------------------------------------------------------------------
 
 
-def _check_kind(kind: str, name: str, given: str, samples: Samples, row: int) -> None:
-    if kind != given:
-        said = "a number" if given == NUMERIC else "text or true/false"
-        raise InvalidInput(f"{samples.where} line {samples.lines[row]}: {name} is {said}, but the baseline "
-                           f"counts it as a {kind} feature")
+def _wrong_kind(kind: str, name: str, given: str) -> str | None:
+    """Why values of kind ``given`` cannot be counted in a feature the baseline counts as ``kind``."""
+    if kind == given:
+        return None
+    said = "a number" if given == NUMERIC else "text or true/false"
+    return f"{name} is {said}, but the baseline counts it as a {kind} feature"
+
+
+def _check_column_kind(kind: str, name: str, column: Column, samples: Samples) -> None:
+    wrong = _wrong_kind(kind, name, column.kind)
+    if wrong is not None:
+        raise InvalidInput(f"{samples.where} line {samples.lines[column.rows[0]]}: {wrong}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+
+
+def _is_missing(value) -> bool:
+    return value is None or isinstance(value, float | np.floating) and math.isnan(value)
+
+
+def _numeric_column(name: str, values) -> np.ndarray:
+    """A batch's values of a numeric feature as floats (NaN where a request has none). What a single
+    request would not count as a number (text, true/false) is refused, not converted."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iuf":
+        return values.astype(np.float64, copy=False)
+    if (isinstance(values, np.ndarray) and values.dtype.kind != "O") or \
+            not all(v is None or _is_number(v) for v in values):
+        raise InvalidParameter(f"{name} is a numeric feature: its values must be numbers "
+                               "(NaN or None where a request has none)")
+    return np.asarray(values, dtype=np.float64)
+
+
+def _categorical_column(name: str, values) -> tuple[Any, np.ndarray | None]:
+    """A batch's values of a categorical feature as a single request spells them (true/false for
+    booleans), and the requests that have one (None: all). Numbers are refused, not counted as other."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in "bU":
+        return values, None
+    if isinstance(values, np.ndarray) and values.dtype.kind != "O":
+        values = values.tolist()  # bytes and the like: refused below
+    texts, rows = [], []
+    for row, value in enumerate(values):
+        if isinstance(value, bool | np.bool_):
+            texts.append("true" if value else "false")
+        elif isinstance(value, str):
+            texts.append(value)
+        elif _is_missing(value):
+            continue
+        else:
+            raise InvalidParameter(f"{name} is a categorical feature: its values must be text or true/false "
+                                   f"(None or NaN where a request has none), not {value!r}")
+        rows.append(row)
+    return texts, None if len(rows) == len(values) else np.array(rows, dtype=np.intp)
 
 
 def _seconds(at: datetime | float | None) -> float:
@@ -161,7 +213,9 @@ class Monitor:
         self._index = {f.name: i for i, f in enumerate(self.baseline.features)}
         self._offsets = self.baseline.offsets
         self._pending: dict[int, np.ndarray] = {}  # window start -> counts
-        self._requests = SamplesBuilder(f"a request to {version.ref}")
+        self._request_where = f"a request to {version.ref}"
+        self._buffered_at: list[float] = []  # the time of each buffered request
+        self._buffered: dict[str, Column] = {}  # their values of the features the baseline knows
 
     def __enter__(self) -> "Monitor":
         return self
@@ -178,9 +232,27 @@ class Monitor:
     def observe(self, inputs: Mapping | None = None, outputs: Mapping | None = None,
                 at: datetime | float | None = None) -> None:
         """One request (features as in the JSON Lines form); ``at``: a datetime or seconds since
-        the epoch, default now."""
-        self._requests.add({"inputs": inputs, "outputs": outputs}, len(self._requests) + 1, _seconds(at))
-        if len(self._requests) >= BUFFERED_REQUESTS:
+        the epoch, default now. A malformed request, or one with a feature whose kind differs from the
+        baseline's, is refused here, so that every buffered request can be counted."""
+        seconds, row = _seconds(at), len(self._buffered_at)
+        self._windows(seconds)  # refuses a bad time now: in the buffer it would fail every flush
+        request = SamplesBuilder(self._request_where)
+        request.add({"inputs": inputs, "outputs": outputs}, row + 1, seconds)
+        features = request.build().columns
+        for name, column in features.items():
+            i = self._index.get(name)
+            wrong = None if i is None else _wrong_kind(self.baseline.features[i].kind, name, column.kind)
+            if wrong is not None:
+                raise InvalidParameter(f"{self._request_where}: {wrong}")
+        for name, column in features.items():
+            if name in self._index:
+                buffered = self._buffered.setdefault(name, Column(column.kind, [], [], row + 1))
+                buffered.rows.append(row)
+                buffered.values += column.values
+            else:
+                self.ignored.add(name)
+        self._buffered_at.append(seconds)
+        if len(self._buffered_at) >= BUFFERED_REQUESTS:
             self._count_requests()
 
     def observe_batch(self, features: Mapping[str, Any], at=None) -> None:
@@ -189,28 +261,20 @@ class Monitor:
         now) or an array of seconds, one per request."""
         times = np.asarray(at, dtype=np.float64) if isinstance(at, np.ndarray | list | tuple) else _seconds(at)
         windows = self._windows(times)
+        columns: list[tuple[int, Any, np.ndarray | None]] = []  # every column is checked before any is counted
         for name, values in features.items():
             i = self._index.get(name)
             if i is None:
                 self.ignored.add(name)
-                continue
-            feature = self.baseline.features[i]
-            rows = None
-            if feature.kind == NUMERIC:
-                try:
-                    values = np.asarray(values, dtype=np.float64)
-                except (TypeError, ValueError):
-                    raise InvalidParameter(f"{name} is a numeric feature: its values must be numbers") from None
-                present = ~np.isnan(values)
-                if not present.all():
-                    rows = np.flatnonzero(present)
-                    values = values[rows]
-            elif not isinstance(values, np.ndarray) or values.dtype.kind == "O":
-                values = list(values)
-                if any(v is None for v in values):
-                    rows = np.array([r for r, v in enumerate(values) if v is not None], dtype=np.intp)
-                    values = [values[r] for r in rows]
-            self._add(i, feature.bin(values), windows, rows)
+            elif self.baseline.features[i].kind == NUMERIC:
+                numbers = _numeric_column(name, values)
+                present = ~np.isnan(numbers)
+                columns.append((i, numbers, None) if present.all() else
+                               (i, numbers[present], np.flatnonzero(present)))
+            else:
+                columns.append((i, *_categorical_column(name, values)))
+        for i, values, rows in columns:
+            self._add(i, self.baseline.features[i].bin(values), windows, rows)
 
     def observe_samples(self, samples: Samples, default_at: float | None = None) -> None:
         """Requests parsed from JSON Lines; those without "at" count at ``default_at`` (default now).
@@ -220,7 +284,7 @@ class Monitor:
             if i is None:
                 self.ignored.add(name)
             else:
-                _check_kind(self.baseline.features[i].kind, name, column.kind, samples, column.rows[0])
+                _check_column_kind(self.baseline.features[i].kind, name, column, samples)
         times = np.where(np.isnan(samples.at), _seconds(default_at), samples.at)
         windows = self._windows(times)
         for name, column in samples.columns.items():
@@ -249,11 +313,18 @@ class Monitor:
                             now().timestamp(), self.thresholds)
 
     def _windows(self, times) -> tuple[np.ndarray, np.ndarray] | int:
-        """The window start of scalar ``times``, or (window starts, each request's index into them)."""
-        if np.ndim(times) == 0:
-            return int(math.floor(float(times) / self.window_seconds)) * self.window_seconds
-        starts = (np.floor(np.asarray(times) / self.window_seconds) * self.window_seconds).astype(np.int64)
-        return np.unique(starts, return_inverse=True)
+        """The window start of scalar ``times``, or (window starts, each request's index into them).
+        A time that is not finite, or whose window would start outside years 1 to 9999, is refused:
+        cast to a window start it would become a row no report can read."""
+        starts = np.floor(np.asarray(times, dtype=np.float64) / self.window_seconds) * self.window_seconds
+        usable = (starts >= FIRST_WINDOW_START) & (starts <= LAST_WINDOW_START)  # false for NaN
+        if not usable.all():
+            refused = np.asarray(times, dtype=np.float64).ravel()[~usable.ravel()][0]
+            raise InvalidParameter(f"a request's time must be finite seconds since the epoch, from year 1 to 9999: "
+                                   f"got {refused}")
+        if np.ndim(starts) == 0:
+            return int(starts)
+        return np.unique(starts.astype(np.int64), return_inverse=True)
 
     def _add(self, i: int, bins: np.ndarray, windows, rows: np.ndarray | None) -> None:
         """Count feature ``i``'s ``bins`` (of the requests ``rows``, default all) in their windows."""
@@ -276,9 +347,10 @@ class Monitor:
                 counts[first:first + count] += counted
 
     def _count_requests(self) -> None:
-        if len(self._requests):
-            self.observe_samples(self._requests.build())
-            self._requests = SamplesBuilder(self._requests.where)
+        if self._buffered_at:
+            lines = list(range(1, len(self._buffered_at) + 1))
+            self.observe_samples(Samples(self._request_where, np.array(self._buffered_at), lines, self._buffered))
+            self._buffered_at, self._buffered = [], {}
 
 
 # -- recording a file -----------------------------------------------------------------------------

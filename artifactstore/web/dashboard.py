@@ -28,7 +28,7 @@ from ..content.manifest import TreeManifest
 from ..errors import ArtifactStoreError, CorruptObject, InvalidParameter, NotFound
 from ..ids import format_id
 from ..lifecycle.roots import hot_versions
-from ..monitoring.alerts import raised_alerts
+from ..monitoring.alerts import parse_alert_key, raised_alerts
 from ..monitoring.psi import EMPTY, RANK, Thresholds
 from ..monitoring.report import DriftReport, drift_report, iso
 from ..registry import queries
@@ -108,7 +108,7 @@ def drift_summary(report: DriftReport, raised: dict[str, dict]) -> DriftSummary:
     current = {f: str(statuses[w, i]) for i, f in enumerate(report.features)}
     latest: dict[str, dict[str, Any]] = {}
     for key, claim in raised.items():
-        version, feature, window, status = key.split(" ")
+        version, feature, window, status = parse_alert_key(key)
         if version == report.version and (feature not in latest or (window, RANK.get(status, 0)) > (
                 latest[feature]["window"], RANK.get(latest[feature]["status"], 0))):
             latest[feature] = {"feature": feature, "window": window, "status": status, "psi": claim.get("psi"),
