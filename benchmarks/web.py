@@ -163,7 +163,7 @@ def main() -> None:
         }
         app = create_app(Store(location), [], poll=3600)  # the watcher's first pass only: nothing runs meanwhile
         board = app.state.dashboard
-        with TestClient(app) as client:
+        with TestClient(app, base_url="http://127.0.0.1") as client:  # a Host the app serves
             started = time.perf_counter()
             while not app.state.watcher.version:
                 time.sleep(0.05)

@@ -9,7 +9,8 @@ import pytest
 from conftest import Receiver, run_cli
 from test_gate import SEED_PRODUCTION, SEED_REGRESSION, push
 
-from artifactstore.registry.hooks import DELIVERED, OUTBOX, deliver_pending
+from artifactstore import CorruptObject
+from artifactstore.registry.hooks import DELIVERED, OUTBOX, attempt_delivery, deliver_pending
 
 
 @pytest.fixture
@@ -163,3 +164,49 @@ def test_without_hooks_nothing_is_written(store, tmp_path):
     store.promote("acme/support@v1.0.0", actor="jane", reason="launch")
     assert list(store.backend.list("hooks")) == [] and store.hook_log() == []
     assert run_cli("hooks", "deliver", "--store", store.path).stdout == "delivered 0, still pending 0\n"
+
+
+def test_a_header_secret_with_a_line_break_is_a_failed_attempt_that_never_shows_it(store, tmp_path, receiver):
+    """A secret read from a file (a Kubernetes secret, say) often ends in a newline, which no header
+    may carry: the attempt fails, naming the variable, and the value is printed nowhere."""
+    secret = "s3cret-value-never-printed"
+    with_hooks(store, tmp_path,
+               f"  - {{name: relay, url: '{receiver.url}', env_headers: {{X-Token: HOOK_TOKEN}}, backoff: 0}}\n")
+    env = {"HOOK_TOKEN": secret + "\n"}
+    promoted = run_cli("promote", "acme/support@v1.1.0", "--by", "jane", "--reason", "retrain", "--store", store.path,
+                       env=env)
+    assert promoted.returncode == 0 and promoted.stderr == ""
+    [pending] = store.hook_log()
+    assert (pending["status"], pending["attempts"]) == ("pending", 1)
+    assert pending["last_error"] == "environment variable HOOK_TOKEN (for a header) holds a line break or NUL"
+    delivered = run_cli("hooks", "deliver", "--store", store.path, env=env)
+    assert delivered.returncode == 1 and delivered.stdout == "delivered 0, still pending 1\n"
+    assert secret not in delivered.stderr and store.hook_log()[0]["attempts"] == 5  # the first, then 1 + retries
+    assert receiver.received == []
+
+
+def test_an_attempt_a_header_value_breaks_is_recorded_without_the_value(receiver, monkeypatch):
+    """http.client refuses a value it cannot encode with a ValueError: a failed attempt, not a crash,
+    and its message, which may quote the value, is not the recorded error."""
+    secret = "s3cret-€-value"
+    hook = {"name": "relay", "url": receiver.url, "timeout": 2.0, "env_headers": {"X-Token": "HOOK_TOKEN"}}
+    event = {"event": "promoted", "model": "acme/support", "version": "v1.1.0"}
+    monkeypatch.setenv("HOOK_TOKEN", secret)
+    attempt = attempt_delivery(hook, event, "0" * 32 + "-relay")
+    assert attempt["ok"] is False and attempt["status"] is None and secret not in attempt["error"]
+    assert attempt["error"] == "the request could not be made (UnicodeEncodeError in a header or the URL)"
+    assert receiver.received == []
+
+
+def test_a_delivery_whose_id_is_not_one_key_component_is_refused_before_it_is_sent(store, tmp_path, receiver):
+    """An outbox record written under looser rules (a hook name with '/' and '..') must not name a key
+    outside hooks/: it is refused before its attempt, and nothing is written for it."""
+    escaping = "0" * 32 + "-x/../../../../escaped"
+    record = {"kind": "hook-delivery", "id": escaping, "created_at": "2026-11-26T10:00:00.000000Z", "attempts": [],
+              "hook": {"name": "x/../../../../escaped", "url": receiver.url, "command": None, "timeout": 2.0,
+                       "retries": 0, "backoff": 0.0, "env_headers": {}},
+              "event": {"id": "0" * 64, "event": "promoted", "model": "acme/support", "version": "v1.1.0"}}
+    store.backend.write(f"{OUTBOX}/queued.json", json.dumps(record).encode())
+    with pytest.raises(CorruptObject, match="is not a plain key component"):
+        deliver_pending(store.registry, sleep=lambda _: None)
+    assert receiver.received == [] and list(tmp_path.rglob("escaped*")) == []

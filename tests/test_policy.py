@@ -189,3 +189,18 @@ def test_policy_changes_racing_from_two_processes_exactly_one_wins(store, tmp_pa
         current = state.policy
     policy_moves = [e for e in store.log("acme/support") if e.action == "policy"]
     assert len(policy_moves) == 4 and store.verify().ok  # the first set and one per round
+
+
+@pytest.mark.parametrize("hook, field", [
+    ("{name: 'x/../../../../escaped', url: 'http://x'}", "hooks[0].name"),
+    ('{name: "relay\\n", url: \'http://x\'}', "hooks[0].name"),
+    ("{name: relay, url: 'http://x', env_headers: {'X-A: injected': TOKEN}}", "hooks[0].env_headers.X-A: injected.[key]"),
+    ("{name: relay, url: 'http://x', env_headers: {X-Token: 'TOKEN; echo'}}", "hooks[0].env_headers.X-Token"),
+])
+def test_hook_names_headers_and_variables_are_matched_whole(tmp_path, hook, field):
+    """Each rule holds for the whole text: one valid character somewhere in it is not enough."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(f"hooks:\n  - {hook}\n")
+    with pytest.raises(InvalidInput) as error:
+        read_policy_file(path)
+    assert f"policy.yaml: {field}: String should match pattern" in str(error.value)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -21,6 +22,7 @@ from playwright.sync_api import expect, sync_playwright
 from showcase import build_showcase
 
 from artifactstore import Store
+from artifactstore.clock import timestamp
 from artifactstore.demo import adapter_history, write_bundle
 from artifactstore.ids import parse_id
 from artifactstore.registry import queries
@@ -411,3 +413,50 @@ def test_without_the_serve_extra_one_line_says_what_to_install(tmp_path):
                              capture_output=True, text=True)
     assert blocked.returncode == 1
     assert blocked.stderr == "error: the dashboard needs jinja2: pip install 'artifactstore[serve]'\n"
+
+
+def test_a_page_is_served_only_for_the_names_the_server_is_reached_by(site):
+    """DNS rebinding: a site that points its own name at 127.0.0.1 sends its name as the Host, and
+    must not read the pages a loopback server shows without a token."""
+    with dashboard(site, "--allowed-host", "dash.example.com") as url:
+        port = urlsplit(url).port
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "dash.example.com"):
+            assert httpx.get(f"{url}/m/{MODEL}", headers={"host": host}).status_code == 200, host
+        rebound = httpx.get(f"{url}/m/{MODEL}", headers={"host": f"attacker.example:{port}"})
+        assert rebound.status_code == 400 and "v1.3.0" not in rebound.text
+    refused = run_cli("serve", "--allowed-host", "dash.example.com:443", "--port", "0",
+                      "--store", site[0] / "agency-store")
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
+        "error: not a host name to allow: 'dash.example.com:443' (a name such as dash.example.com, a wildcard such "
+        "as *.example.com, or an address)"]
+
+
+def test_a_time_outside_the_years_a_registry_spans_is_a_400_page(site):
+    with dashboard(site) as url:
+        for at in ("9999-12-31", "9999-12-31T23:59:59.999999Z", "0001-01-01", "0001-01-01T00:00+01:00"):
+            answer = httpx.get(f"{url}/m/{MODEL}", params={"at": at})
+            assert answer.status_code == 400 and "is outside the years 1970 to 2099" in answer.text, at
+
+
+def test_a_pointer_the_page_showed_unset_is_not_moved_once_someone_set_it(tmp_path, page):
+    """The form carries the pointer as the page showed it; unset is a version to expect too."""
+    store = Store.init(tmp_path / "agency-store")
+    for version in adapter_history(layers=1, scale=16)[:3]:
+        store.push(write_bundle(version, tmp_path / "bundles" / version.name), f"{MODEL}@{version.name}")
+    store.promote(f"{MODEL}@v1.0.0", reason="launch")
+    with dashboard((tmp_path, timestamp()), token=TOKEN) as url:
+        open_model(page, url)
+        sign_in(page)
+        form = page.locator("#form-target")
+        shown = {field: form.locator(f"input[name={field}]").get_attribute("value") for field in ("csrf", "expect")}
+        assert shown["expect"] == ""  # the page shows the rollback target unset
+        store.set_rollback_target(f"{MODEL}@v1.1.0", actor="bob", reason="meanwhile, from the command line")
+        answer = page.request.post(f"{url}/m/{MODEL}/actions/target",  # to the page it redirects to
+                                   form={**shown, "version": "v1.1.1", "reason": "set from the page"})
+        assert f"{MODEL}@rollback_target is v1.1.0, not unset as expected; nothing changed" in answer.text()
+    assert store.state(MODEL).pointer("rollback_target") == "v1.1.0"
+    # the command line says the same with --expect none
+    moved = run_cli("target", "set", f"{MODEL}@v1.1.1", "--expect", "none", "--store", store.path)
+    assert moved.returncode == 1 and "is v1.1.0, not unset as expected" in moved.stderr
+    staged = run_cli("stage", f"{MODEL}@v1.1.1", "--expect", "none", "--store", store.path)
+    assert staged.returncode == 0 and store.state(MODEL).pointer("staging") == "v1.1.1"

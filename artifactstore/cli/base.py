@@ -54,7 +54,7 @@ def audit_options(command):
 def move_options(command):
     """--by, --reason and --expect, shared by every pointer move."""
     return audit_options(click.option("--expect", metavar="VERSION",
-                                      help="Refuse unless the pointer being moved is at VERSION now.")(command))
+                                      help="Refuse unless the pointer being moved is at VERSION now ('none': unless it is unset).")(command))
 
 
 @contextmanager

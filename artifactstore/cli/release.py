@@ -135,7 +135,7 @@ def target() -> None:
 
 @target.command(name="set")
 @click.argument("ref")
-@click.option("--expect", metavar="VERSION", help="Refuse unless the rollback target is at VERSION now.")
+@click.option("--expect", metavar="VERSION", help="Refuse unless the rollback target is at VERSION now ('none': unless it is unset).")
 @audit_options
 @force_option
 @store_option

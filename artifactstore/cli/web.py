@@ -19,11 +19,15 @@ from .base import cli, store_option
 @click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
               help="Tokens that may act, one NAME:SECRET per line (besides $ARTIFACTSTORE_UI_TOKEN); the audit log "
                    "records ui:NAME.")
+@click.option("--allowed-host", "allowed_hosts", metavar="NAME", multiple=True,
+              help="A name browsers reach the server by besides --host and the loopback's (a proxy's, this machine's "
+                   "on the network; *.example.com for its subdomains); repeatable. A request naming any other host "
+                   "is refused (DNS rebinding).")
 @click.option("--poll", type=click.FloatRange(min=0.1), metavar="SECONDS",
               help="How often to look for registry changes [default: 1 for a local store, 5 for a shared one].")
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="Print {\"listening\": URL, \"actions\": [names]} once serving.")
-def serve(host, port, token_file, poll, store_path, as_json) -> None:
+def serve(host, port, token_file, allowed_hosts, poll, store_path, as_json) -> None:
     """Serve the dashboard: every client and model, versions, pointers over time, drift, compare;
     promote, roll back, set the rollback target and review with a token. Read-only without one."""
     try:
@@ -42,4 +46,4 @@ def serve(host, port, token_file, poll, store_path, as_json) -> None:
             click.echo(f"dashboard at {url} ({'actions on for ' + ', '.join(names) if names else 'read-only: no token'})")
         sys.stdout.flush()
 
-    run(Store(store_path), host, port, tokens, announce, poll=poll)
+    run(Store(store_path), host, port, tokens, announce, poll=poll, allowed_hosts=allowed_hosts)

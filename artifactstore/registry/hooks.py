@@ -15,6 +15,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import subprocess
 import threading
 import time
@@ -30,7 +31,7 @@ import blake3
 from ..backends.remote import mask_url
 from ..clock import timestamp
 from ..content.manifest import canonical_json
-from ..errors import ArtifactStoreError, NotFound
+from ..errors import ArtifactStoreError, CorruptObject, NotFound
 from .drills import drill_summary
 from .gate import gate_result
 from .pointers import CANARY, PRODUCTION
@@ -43,6 +44,10 @@ OUTBOX = "hooks/outbox"
 DELIVERED = "hooks/delivered"
 INLINE_WAIT = 2.0  # seconds a registry command waits, at most, for its hooks' first attempts
 MAX_PARALLEL = 8
+# A delivery id becomes one component of an object key: no "/", never "." or "..".
+_KEY_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# What http.client refuses in a header value, raising with the value in its message.
+_HEADER_BREAKS = re.compile(r"[\r\n\0]")
 
 _log = logging.getLogger(__name__)
 
@@ -102,6 +107,10 @@ def events_of(registry: Registry, state: ModelState) -> list[dict[str, Any]]:
 
 
 def _key(place: str, delivery_id: str) -> str:
+    # the policy's rules keep hook names plain; this keeps a record written under looser rules from
+    # naming a key outside ``place``
+    if _KEY_COMPONENT.fullmatch(delivery_id) is None:
+        raise CorruptObject(f"hook delivery id {delivery_id!r} is not a plain key component")
     return f"{place}/{delivery_id}.json"
 
 
@@ -186,8 +195,11 @@ def attempt_delivery(hook: dict[str, Any], event: dict[str, Any], delivery_id: s
         headers = {"Content-Type": "application/json", "User-Agent": "artifactstore-hooks",
                    "X-Artifactstore-Event": event["event"], "X-Artifactstore-Delivery": delivery_id}
         unset = [v for v in hook["env_headers"].values() if v not in os.environ]
+        broken = [v for v in hook["env_headers"].values() if _HEADER_BREAKS.search(os.environ.get(v, ""))]
         if unset:
             error = f"environment variable {unset[0]} (for a header) is not set"
+        elif broken:  # a secret read from a file often ends in a newline; its value is never shown
+            error = f"environment variable {broken[0]} (for a header) holds a line break or NUL"
         else:
             headers |= {header: os.environ[v] for header, v in hook["env_headers"].items()}
             request = urllib.request.Request(hook["url"], data=body, headers=headers, method="POST")
@@ -200,6 +212,8 @@ def attempt_delivery(hook: dict[str, Any], event: dict[str, Any], delivery_id: s
                 error = str(exc.reason)
             except (OSError, http.client.HTTPException) as exc:
                 error = str(exc) or type(exc).__name__
+            except ValueError as exc:  # its message may quote a header's value: a secret
+                error = f"the request could not be made ({type(exc).__name__} in a header or the URL)"
     else:
         try:
             done = subprocess.run(hook["command"], input=body, capture_output=True, timeout=hook["timeout"])

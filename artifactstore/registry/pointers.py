@@ -39,6 +39,7 @@ KINDS = (
     PointerKind(ROLLBACK_TARGET, "the version a rollback returns production to"),
 )
 NAMES = tuple(kind.name for kind in KINDS)
+EXPECT_UNSET = "none"  # what --expect says of a pointer that names no version (no version is called so)
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,11 @@ EVENTS = ("gate_passed", "gate_failed", "review_recorded", "promoted", "rolled_b
           "canary_started", "canary_advanced", "canary_paused", "canary_resumed", "canary_aborted",
           "canary_completed", "drill_passed", "drill_failed", "drift_watch", "drift_investigate")
 
-_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
-_HEADER = re.compile(r"[A-Za-z0-9-]{1,64}")
-_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+# Whole-string rules: pydantic's ``pattern`` searches, so each is anchored at both ends (pydantic's
+# regex engine reads ``$`` as the end of the text, never before a final newline).
+_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+_HEADER_PATTERN = r"^[A-Za-z0-9-]{1,64}$"
+_VARIABLE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 
 
 class _Section(BaseModel):
@@ -130,15 +132,15 @@ class DriftSection(_Section):
 class Hook(_Section):
     """Where events go: an HTTP endpoint (JSON POST) or a command (the event JSON on stdin)."""
 
-    name: str = Field(pattern=_NAME.pattern)
+    name: str = Field(pattern=_NAME_PATTERN)
     url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", max_length=2048)
     command: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
     events: list[Literal[EVENTS]] | None = None  # type: ignore[valid-type]  # None: every event
     timeout: float = Field(default=2.0, gt=0, le=30)  # seconds per attempt
     retries: int = Field(default=3, ge=0, le=10)  # further attempts of `hooks deliver` after a failed one
     backoff: float = Field(default=1.0, ge=0, le=60)  # seconds before the first retry, doubled before each next
-    env_headers: dict[Annotated[str, Field(pattern=_HEADER.pattern)],
-                      Annotated[str, Field(pattern=_VARIABLE.pattern)]] = {}  # header -> environment variable
+    env_headers: dict[Annotated[str, Field(pattern=_HEADER_PATTERN)],
+                      Annotated[str, Field(pattern=_VARIABLE_PATTERN)]] = {}  # header -> environment variable
 
     @model_validator(mode="after")
     def _one_target(self):

@@ -20,7 +20,7 @@ from ..content.store import ContentStore
 from ..errors import Conflict, CorruptObject, HistoryDamaged, InvalidInput, InvalidParameter, NotFound, Refused
 from ..ids import format_id, parse_id
 from .changes import note_change
-from .pointers import CANARY, NAMES, PRODUCTION, ROLLBACK_TARGET, STAGING, Transition, TransitionRule
+from .pointers import CANARY, EXPECT_UNSET, NAMES, PRODUCTION, ROLLBACK_TARGET, STAGING, Transition, TransitionRule
 from .refs import LATEST, ModelName, Ref, parse_version
 from .state import (
     STATE_CONTEXT,
@@ -664,12 +664,16 @@ def _without(predecessors: dict[str, str], deleted: str) -> dict[str, str]:
 
 
 def _check_expected(state: ModelState, pointer: str, expect: str | None) -> None:
+    """Refuse unless ``pointer`` names the version ``expect``, or, for ``"none"`` (which no version is
+    called), names none; ``None`` checks nothing."""
     if expect is None:
         return
-    parse_version(expect)
+    if expect != EXPECT_UNSET:
+        parse_version(expect)
     current = state.pointer(pointer)
-    if current != expect:
-        raise Conflict(f"{state.model}@{pointer} is {current or 'unset'}, not {expect} as expected; nothing changed")
+    if (current or EXPECT_UNSET) != expect:
+        raise Conflict(f"{state.model}@{pointer} is {current or 'unset'}, not "
+                       f"{'unset' if expect == EXPECT_UNSET else expect} as expected; nothing changed")
 
 
 def _check_audit_text(actor: str, reason: str) -> None:

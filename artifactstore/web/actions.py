@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ..errors import InvalidParameter
+from ..registry.pointers import EXPECT_UNSET
 from ..registry.refs import ModelName, parse_version
 from ..store import Store
 
@@ -33,8 +34,12 @@ def _version(form: Form, field: str, required: bool = True) -> str | None:
 
 
 def _expect(form: Form) -> str | None:
-    """The version the page showed at the pointer being moved: the move is refused if it moved since."""
-    return _version(form, "expect", required=False)
+    """The version the page showed at the pointer being moved, or ``EXPECT_UNSET`` where the page
+    showed it unset (an empty field): the move is refused if the pointer moved since. A form without
+    the field checks nothing, as a command without --expect."""
+    if "expect" not in form:
+        return None
+    return _version(form, "expect", required=False) or EXPECT_UNSET
 
 
 def promote(store: Store, model: ModelName, form: Form, actor: str, reason: str) -> str:

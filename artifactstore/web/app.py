@@ -9,11 +9,12 @@ form is even read for anything else.
 
 import asyncio
 import ipaddress
+import re
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -21,6 +22,8 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 import jinja2
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -44,6 +47,9 @@ DRIFT_SECONDS = 30  # how often drift statuses are read again when the registry 
 RELEASE_SECONDS = 5  # how often the serving nodes' reports are read again (they report every 5 s)
 KEEPALIVE_SECONDS = 15
 FAILED_SIGN_IN_PAUSE = 0.5
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # as a Host header names them
+# a name, a wildcard for its subdomains, an IPv4 address, or an IPv6 one in brackets
+ALLOWED_HOST = re.compile(r"(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*|\[[0-9A-Fa-f:.]+\]")
 SECURITY_HEADERS = {
     # everything from this server, no inline script or style: a feature name that slipped through
     # escaping still could not run
@@ -112,9 +118,12 @@ def _when(moment: str | datetime | None) -> str:
 
 
 def create_app(store: Store, tokens: list[Token], *, require_sign_in: bool = False, poll: float = 1.0,
-               release_status: ReleaseStatus = fleet_status) -> Starlette:
+               release_status: ReleaseStatus = fleet_status, allowed_hosts: Iterable[str] = ()) -> Starlette:
     """The dashboard over ``store``. Actions are on only with ``tokens``; ``require_sign_in``
-    closes the read-only pages too (a server bound beyond the loopback)."""
+    closes the read-only pages too (a server bound beyond the loopback). A request is served only
+    when its Host names the loopback or one of ``allowed_hosts`` (the bound address, a proxy's
+    name): a site that points its own name at 127.0.0.1 (DNS rebinding) must not read the pages."""
+    trusted_hosts = [*LOOPBACK_HOSTS, *map(_host_header_name, allowed_hosts)]
     dashboard = Dashboard(store, release_status)
     sessions = Sessions(tokens)
     watcher = Watcher(dashboard, poll)
@@ -308,10 +317,20 @@ def create_app(store: Store, tokens: list[Token], *, require_sign_in: bool = Fal
         Route("/events", events),
         Mount("/static", StaticFiles(packages=[("artifactstore.web", "static")]), name="static"),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts)])
     app.state.dashboard = dashboard
     app.state.watcher = watcher
     return app
+
+
+def _host_header_name(host: str) -> str:
+    """``host`` as a Host header names it (an IPv6 address in brackets), or InvalidParameter."""
+    name = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    if ALLOWED_HOST.fullmatch(name) is None:
+        raise InvalidParameter(f"not a host name to allow: {host!r} (a name such as dash.example.com, a wildcard "
+                               "such as *.example.com, or an address)")
+    return name
 
 
 def _random() -> str:
@@ -340,16 +359,19 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(store: Store, host: str, port: int, tokens: list[Token], on_listening: Callable[[str], None], *,
-          poll: float | None = None, release_status: ReleaseStatus = fleet_status) -> None:
+          poll: float | None = None, release_status: ReleaseStatus = fleet_status,
+          allowed_hosts: Iterable[str] = ()) -> None:
     """Run the dashboard until interrupted. Beyond the loopback it needs a token, and every page
-    then needs signing in. ``port`` 0 picks a free port; ``on_listening`` gets the URL."""
+    then needs signing in. ``port`` 0 picks a free port; ``on_listening`` gets the URL. Requests
+    are served for ``host``, the loopback's names and ``allowed_hosts`` only."""
     loopback = is_loopback(host)
     if not loopback and not tokens:
         raise InvalidParameter(f"--host {host} is not a loopback address: serving there needs a token "
                                "(ARTIFACTSTORE_UI_TOKEN or --token-file), or bind 127.0.0.1")
-    listener, address = listen(host, port)
     app = create_app(store, tokens, require_sign_in=not loopback,
-                     poll=poll if poll is not None else (5.0 if store.shared else 1.0), release_status=release_status)
+                     poll=poll if poll is not None else (5.0 if store.shared else 1.0), release_status=release_status,
+                     allowed_hosts=[host, *allowed_hosts])
+    listener, address = listen(host, port)
     on_listening(address)
     # open /events streams end at once on shutdown instead of holding it up
     run(app, listener, timeout_graceful_shutdown=1)

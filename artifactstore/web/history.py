@@ -14,6 +14,11 @@ from ..errors import InvalidParameter
 from ..registry.pointers import NAMES
 from ..registry.state import AuditEntry
 
+# The times ``?at=`` may ask about: no registry holds older entries, a later one is a typo, and the
+# timeline, which stretches to the time asked about, draws a tick per year at most: under 130.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+
 
 @dataclass(frozen=True)
 class Span:
@@ -66,16 +71,20 @@ class Moment:
     @classmethod
     def parse(cls, text: str) -> "Moment":
         text = text.strip()
+        outside = InvalidParameter(f"{text!r} is outside the years {EARLIEST.year} to {LATEST.year - 1}")
         try:
-            day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
-            return cls(text, day, day + timedelta(days=1))
+            start, length = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC), timedelta(days=1)
         except ValueError:
-            pass
-        try:
-            instant = parse_time(text, "at")
-        except InvalidParameter:
-            raise InvalidParameter(f"not a date or time: {text!r} (e.g. 2026-11-26 or 2026-11-26T10:00:00Z)") from None
-        return cls(text, instant, instant + timedelta(microseconds=1))
+            try:
+                start, length = parse_time(text, "at"), timedelta(microseconds=1)
+            except OverflowError:  # a zone pushed it past year 1 or 9999
+                raise outside from None
+            except InvalidParameter:
+                raise InvalidParameter(f"not a date or time: {text!r} (e.g. 2026-11-26 or 2026-11-26T10:00:00Z)") \
+                    from None
+        if not EARLIEST <= start < LATEST:
+            raise outside
+        return cls(text, start, start + length)
 
 
 def in_production(spans: Iterable[Span], moment: Moment) -> list[Span]:
