@@ -532,8 +532,9 @@ class Store:
     # -- serving ----------------------------------------------------------------------------
 
     def load(self, ref_or_id: str, *, device: str = "cpu", framework: str = "numpy",
-             names: Iterable[str] | None = None) -> dict[str, Any]:
+             names: Iterable[str] | None = None, label: str | None = None) -> dict[str, Any]:
         """The tensors of a version (``client/model@vX.Y.Z``, ``@POINTER``, ``@latest``) or of a
-        stored safetensors file or tree (``b3:…``); see ``Loader.load``."""
+        stored safetensors file or tree (``b3:…``); see ``Loader.load`` (``label``: what messages call
+        it, by default ``ref_or_id``)."""
         return self.loader.load(self.resolve(ref_or_id), device=device, framework=framework, names=names,
-                                label=ref_or_id)
+                                label=label or ref_or_id)

@@ -24,9 +24,11 @@ from fleet_helpers import (
 )
 from test_hooks import Receiver
 
-from artifactstore import CorruptObject, InvalidInput, InvalidParameter, Store
+from artifactstore import InvalidInput, InvalidParameter, Store
 from artifactstore.clock import now, parse_time
+from artifactstore.content.pack import pack_key
 from artifactstore.demo import write_bundle
+from artifactstore.ids import format_id
 from artifactstore.registry.bundle import SmokeTest, load_bundle
 from artifactstore.registry.drills import swap_for_drill
 from artifactstore.registry.refs import ModelName
@@ -361,14 +363,14 @@ def test_a_node_does_not_roll_back_a_version_a_drill_restored(live, monkeypatch)
 @pytest.mark.parametrize("refusal", ["smoke check", "base model", "load"])
 def test_a_refused_production_still_takes_the_registrys_canary(live, tmp_path, monkeypatch, refusal):
     with_policy(live, tmp_path, "gate: {required: false}\nreview: {required: false}\nsmoke: {on_failure: keep}\n")
-    refused = HISTORY[2]
+    refused = HISTORY[3] if refusal == "load" else HISTORY[2]  # v1.2.0 has weights of its own to damage
     if refusal == "base model":
         refused = dataclasses.replace(refused, name="v2.0.0", base_model="mistralai/Mistral-7B-Instruct-v0.3")
     bundle = write_bundle(refused, tmp_path / "refused")
     (bundle / "smoke_tests.jsonl").write_text(smoke_lines(0 if refusal == "smoke check" else 2))
     live.push(bundle, f"{MODEL}@{refused.name}")
     if refusal == "load":
-        monkeypatch.setattr(live, "load", failing_load(live.load, f"{MODEL}@{refused.name}"))
+        damage_a_chunk_of_only(live, f"{MODEL}@{refused.name}", [f"{MODEL}@v1.0.0", f"{MODEL}@v1.1.0"])
     live.set_canary(f"{MODEL}@v1.1.0", 50, actor="jane")
     follower = Follower(live, f"{MODEL}@production", smoke_function=answer, node="srv-1")
     keys = [f"user-{i}" for i in range(200)]
@@ -388,13 +390,22 @@ def test_a_refused_production_still_takes_the_registrys_canary(live, tmp_path, m
         "v1.1.0" if route(live.state(MODEL), "production", key) == "v1.1.0" else "v1.0.0" for key in keys]
 
 
-def failing_load(load, failing_ref: str):
-    """``Store.load`` as it behaves when the packs of one version are damaged."""
-    def damaged(ref: str, **options):
-        if ref == failing_ref:
-            raise CorruptObject(f"{ref}: a chunk does not match its id")
-        return load(ref, **options)
-    return damaged
+def damage_a_chunk_of_only(store, ref: str, others: list[str]) -> None:
+    """Flip a byte, in its pack, of a chunk of ``ref``'s weights that ``others``' weights lack: loads
+    of ``ref`` fail on it, the others' do not."""
+    def weight_chunks(of: str) -> list[bytes]:
+        tree = store.content.read_manifest(store.resolve(of))
+        weights = next(entry.file for entry in tree.entries if entry.path.endswith(".safetensors"))
+        return [chunk for chunk, _ in store.content.read_manifest(format_id(weights)).chunks]
+
+    shared = {chunk for other in others for chunk in weight_chunks(other)}
+    chunk = next(chunk for chunk in weight_chunks(ref) if chunk not in shared)
+    location = store.content.index[chunk]
+    path = store.content.home.path(pack_key(location.pack))
+    data = bytearray(path.read_bytes())
+    data[location.offset + location.length // 2] ^= 0x40
+    path.chmod(0o644)
+    path.write_bytes(data)
 
 
 # -- real follower processes ---------------------------------------------------------------------

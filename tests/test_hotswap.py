@@ -23,6 +23,35 @@ def expected(version_index: int) -> np.ndarray:
     return HISTORY[version_index].tensors[PROBE]
 
 
+def test_a_version_number_deleted_and_pushed_again_is_loaded_again(served, tmp_path):
+    """Resident versions and the live one are known by their version record, not their number alone:
+    a number deleted and pushed again (docs/format.md allows it) is other weights."""
+    def push_as_v110(history_index: int) -> None:
+        bundle = write_bundle(HISTORY[history_index], tmp_path / f"again-{history_index}")
+        metadata = bundle / "metadata.yaml"
+        metadata.write_text(metadata.read_text().replace(HISTORY[history_index].name, "v1.1.0"))
+        served.push(bundle, "acme/support@v1.1.0")
+
+    follower = Follower(served, "acme/support@production")
+    served.promote("acme/support@v1.1.0")
+    follower.refresh()
+    served.rollback("acme/support")
+    follower.refresh()  # v1.1.0 stays resident
+    served.delete("acme/support@v1.1.0", reason="data removal")
+    push_as_v110(3)
+    served.promote("acme/support@v1.1.0")
+    follower.refresh()
+    np.testing.assert_array_equal(follower.current.tensors[PROBE], HISTORY[3].tensors[PROBE])
+    # the same, unseen by the follower from its live version's rollback to its return
+    served.rollback("acme/support")
+    served.delete("acme/support@v1.1.0", reason="data removal")
+    push_as_v110(1)
+    served.promote("acme/support@v1.1.0")
+    follower.refresh()
+    np.testing.assert_array_equal(follower.current.tensors[PROBE], expected(1))
+    assert follower.current.bundle == served.resolve("acme/support@v1.1.0")
+
+
 def test_follower_swaps_on_promote_and_rollback(served):
     swaps = []
     with Follower(served, "acme/support@production", poll_interval=0.001,

@@ -49,6 +49,11 @@ class LoadedVersion:
     version: str
     bundle: str
     tensors: dict[str, Any]
+    record: str = ""  # the version record's id: a number deleted and pushed again has another one
+
+    def is_version(self, state: ModelState, version: str) -> bool:
+        """Whether this is ``version`` as ``state`` names it (its record, not only its number)."""
+        return self.version == version and self.record == state.versions.get(version)
 
 
 SmokeCheck = Callable[[LoadedVersion], object]
@@ -74,7 +79,8 @@ class VersionSource(Protocol):
     registry: Registry
 
     def resolve(self, ref: str) -> str: ...
-    def load(self, ref_or_id: str, *, device: str = "cpu", framework: str = "numpy") -> dict[str, Any]: ...
+    def load(self, ref_or_id: str, *, device: str = "cpu", framework: str = "numpy",
+             label: str | None = None) -> dict[str, Any]: ...
 
 
 class Follower:
@@ -192,19 +198,20 @@ class Follower:
         try:
             swapped = self._follow_production(state, target)
         except ArtifactStoreError as exc:  # a failed load (or registry read) refuses production, not the canary
-            self._fail(f"{self.ref}: {exc}")
+            live = self._current.version if self._current else "nothing"
+            self._fail(f"{self.ref}: {target} could not be loaded ({exc}); {live} stays live")
             swapped = False
         # the canary and its split follow the registry whatever became of production: a refused
         # production must not leave this node routing keys to a canary the registry ended
         self._follow_canary(state)
         self._state = state
-        if self._current is not None and self._current.version == target:
+        if self._current is not None and self._current.is_version(state, target):
             self._keep_hot(state)  # not after a refusal: it would load, and report, the refused version again
         return swapped
 
     def _follow_production(self, state: ModelState, target: str) -> bool:
         """Swap to ``target``, the version the pointer names, if it passes; True if it went live."""
-        if self._current is not None and self._current.version == target:
+        if self._current is not None and self._current.is_version(state, target):
             self.last_error = None  # what the pointer names is live: an earlier refusal is history
             return False
         if self.base_model is None:
@@ -230,7 +237,7 @@ class Follower:
         version = state.pointer(CANARY) if self.ref.target == PRODUCTION else None
         if version is None or self._current is None or version == self._current.version:
             self._canary = None
-        elif self._canary is None or self._canary.version != version:
+        elif self._canary is None or not self._canary.is_version(state, version):
             self._canary = None
             if self._serves_base_model_of(state, version):
                 candidate = self._resident(state, version)
@@ -251,9 +258,10 @@ class Follower:
 
     def _resident(self, state: ModelState, version: str) -> LoadedVersion:
         loaded = self.resident.get(version)
-        if loaded is None:
-            ref = f"{state.model}@{version}"
-            loaded = LoadedVersion(version, self.store.resolve(ref), self.store.load(ref, **self._load_options))
+        if loaded is None or not loaded.is_version(state, version):
+            bundle = self.store.registry.record(state, version)["bundle"]  # as this state names it
+            tensors = self.store.load(bundle, label=f"{state.model}@{version}", **self._load_options)
+            loaded = LoadedVersion(version, bundle, tensors, state.versions[version])
             self.resident[version] = loaded
         return loaded
 
