@@ -52,6 +52,36 @@ def test_a_version_number_deleted_and_pushed_again_is_loaded_again(served, tmp_p
     assert follower.current.bundle == served.resolve("acme/support@v1.1.0")
 
 
+@pytest.mark.parametrize("args, message", [
+    (["acme/nosuch@production"], "no model acme/nosuch in the registry"),
+    (["acme/support@production", "--device", "gpu"], "device 'gpu' needs framework='torch'"),
+    (["acme/support@production", "--framework", "torch", "--device", "gpu"], "unknown device 'gpu'"),
+])
+def test_follow_refuses_what_it_could_not_serve_in_one_line_and_joins_no_fleet(served, args, message):
+    done = run_cli("follow", *args, "--node", "srv-9", "--store", served.path, input="")
+    assert done.returncode != 0 and done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+    assert not (served.path / "fleet").exists()
+
+
+def test_follow_with_a_probe_the_version_lacks_warns_and_serves(served):
+    done = run_cli("follow", "acme/support@production", "--probe", "no.such.tensor", "--node", "srv-9",
+                   "--store", served.path, input="")
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "warning: --probe no.such.tensor: v1.0.0 has no such tensor" in done.stderr
+    swap = json.loads(done.stdout.splitlines()[0])
+    assert swap["version"] == "v1.0.0" and swap["probe"] is None
+    assert served.fleet("acme/support").heartbeats == []  # it left the fleet when it stopped
+
+
+def test_a_follower_whose_first_look_fails_leaves_no_heartbeat(served):
+    def refuse(old, new):
+        raise RuntimeError("the server could not take it")
+
+    with pytest.raises(RuntimeError, match="could not take it"):
+        Follower(served, "acme/support@production", node="srv-9", on_swap=refuse)
+    assert served.fleet("acme/support").heartbeats == []
+
+
 def test_follower_swaps_on_promote_and_rollback(served):
     swaps = []
     with Follower(served, "acme/support@production", poll_interval=0.001,

@@ -59,14 +59,27 @@ def follow(ref, framework, device, poll_ms, probe, node, smoke, heartbeat, store
     Once the hot versions are loaded it prints {"resident": [versions]}."""
     from ..serving.follower import Follower
 
-    def announce(_, live) -> None:
-        value = float(live.tensors[probe].reshape(-1)[0].item()) if probe else None
-        click.echo(json.dumps({"version": live.version, "bundle": live.bundle, "at": time.monotonic(),
-                               "probe": value}))
-        sys.stdout.flush()
-
     def warn(message: str) -> None:
         click.echo(f"warning: {message}", err=True)
+
+    def probed(live) -> float | None:
+        """The probe's first element, or None (and a warning) where the version cannot give one: a
+        callback of the follower must not raise, or the swap it reports would look failed."""
+        if probe is None:
+            return None
+        if probe not in live.tensors:
+            warn(f"--probe {probe}: {live.version} has no such tensor")
+            return None
+        try:
+            return float(live.tensors[probe].reshape(-1)[0].item())
+        except (IndexError, TypeError, ValueError) as exc:
+            warn(f"--probe {probe}: {live.version}'s first element cannot be shown ({exc})")
+            return None
+
+    def announce(_, live) -> None:
+        click.echo(json.dumps({"version": live.version, "bundle": live.bundle, "at": time.monotonic(),
+                               "probe": probed(live)}))
+        sys.stdout.flush()
 
     with Follower(Store(store_path), ref, framework=framework, device=device,
                   poll_interval=poll_ms / 1000 if poll_ms else None, node=node or socket.gethostname(),

@@ -41,6 +41,7 @@ from ..registry.refs import Ref
 from ..registry.registry import Registry
 from ..registry.routing import route
 from ..registry.state import ModelState
+from .load import check_target
 from .smoke import SmokeResult, run_smoke_tests
 
 
@@ -115,6 +116,8 @@ class Follower:
         parsed = Ref.parse(ref)
         if parsed.model is None or parsed.is_version:
             raise InvalidParameter(f"a follower follows a pointer (client/model@production), not {ref}")
+        check_target(framework, device)  # a server that could load nothing must not start
+        store.registry.state(parsed.model)  # NotFound: a model the registry lacks (a typo) is followed by nobody
         self.store, self.ref, self.model = store, parsed, parsed.model
         self._load_options = {"device": device, "framework": framework}
         shared = has_marker(store.registry.backend)
@@ -149,7 +152,12 @@ class Follower:
         self._thread: threading.Thread | None = None
         self._watch: _RefWatch | None = None
         self._marker: _MarkerWatch | None = None
-        self.refresh()
+        try:
+            self.refresh()
+        except BaseException:
+            if self.node is not None:  # its first look's heartbeat would name a node that never served
+                remove_heartbeat(self.store.registry, self.model, self.node)
+            raise
 
     @property
     def current(self) -> LoadedVersion:

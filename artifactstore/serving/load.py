@@ -711,6 +711,11 @@ class _PackFiles:
                 remaining[0] = remaining[0][count:]
 
 
+def check_target(framework: str, device: str) -> None:
+    """Refuse (InvalidParameter) a framework or device that loads cannot use here, before any load."""
+    _converter(framework, device)
+
+
 def _converter(framework: str, device: str) -> _NumpyArrays | _TorchTensors:
     if framework not in FRAMEWORKS:
         raise InvalidParameter(f"unknown framework {framework!r}: expected one of {', '.join(FRAMEWORKS)}")
