@@ -308,6 +308,19 @@ def test_get_refuses_existing_destination_and_unknown_ids(store, tmp_path):
             store.get(bad, tmp_path / "x")
 
 
+def test_get_restores_a_tree_holding_a_partial_name_and_leaves_others_files_alone(store, tmp_path):
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a").write_bytes(b"one")
+    (tree / ".a.partial").write_bytes(b"two")  # the name a get once staged "a" under
+    store.get(store.put(tree).id, tmp_path / "out")
+    assert snapshot(tmp_path / "out") == snapshot(tree)
+    (tmp_path / ".b.partial").write_bytes(b"another get's file in progress")
+    store.get(store.put(tree / "a").id, tmp_path / "b")
+    assert (tmp_path / "b").read_bytes() == b"one"
+    assert (tmp_path / ".b.partial").read_bytes() == b"another get's file in progress"
+
+
 def _plant_tree(store, entries) -> str:
     encoded = canonical_json({"kind": "tree", "entries": entries})
     tree_id = tree_digest(encoded)

@@ -498,9 +498,11 @@ class ContentStore:
 
     def _get_file(self, file_id: bytes, manifest: FileManifest, out: Path, progress: Progress) -> None:
         hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-        partial = out.with_name(f".{out.name}.partial")
+        # a name of its own: a tree may hold ".X.partial" beside X, and a killed get leaves its file
+        partial = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:12]}")
+        staged = open(partial, "xb")  # outside the try: a file this call did not create is never removed
         try:
-            with open(partial, "xb") as f:
+            with staged as f:
                 for segment in self.read_segments(manifest):
                     hasher.update(segment)
                     f.write(segment)
