@@ -200,8 +200,12 @@ def test_notices_for_clients(gated):
 
 
 def test_cli_review(gated):
-    missing = run_cli("review", "acme/support@v1.2.0", "--by", "rev", "--samples", "20", "--store", gated.path)
-    assert missing.returncode == 2 and "give --approve or --reject" in missing.stderr
+    for verdicts in ([], ["--approve", "--reject"]):  # none, or both: never the last one given
+        unclear = run_cli("review", "acme/support@v1.2.0", *verdicts, "--by", "rev", "--samples", "20", "--store",
+                          gated.path)
+        assert unclear.returncode == 2 and unclear.stderr == "error: give one of --approve and --reject\n"
+    usage = run_cli("log", "acme/support", "--limit", "0", "--store", gated.path)  # click's own usage errors too
+    assert usage.returncode == 2 and usage.stderr.startswith("error: ") and usage.stderr.count("\n") == 1
     approved = run_cli("review", "acme/support@v1.2.0", "--approve", "--by", "rev", "--samples", "24", "--notes",
                        "tone ok", "--json", "--store", gated.path)
     assert approved.returncode == 0, approved.stderr

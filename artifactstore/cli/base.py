@@ -28,14 +28,7 @@ def resolve_store(ctx: click.Context, _: click.Parameter | None, value: str | No
         if location:
             ctx.meta["store_source"] = source
             return location
-    raise OneLineUsageError(f"no store given: use --store PATH|URL or set {STORE_VARIABLE}")
-
-
-class OneLineUsageError(click.UsageError):
-    """A usage error (exit status 2) said in one line, like every other error."""
-
-    def show(self, file=None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+    raise click.UsageError(f"no store given: use --store PATH|URL or set {STORE_VARIABLE}")
 
 
 store_option = click.option("--store", "store_path", metavar="PATH|URL", callback=resolve_store, help=STORE_HELP)
@@ -90,6 +83,9 @@ def run_reporting_errors(command: Callable[..., None]) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:  # click's own says it in three lines: one, like every other error
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

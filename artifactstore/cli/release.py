@@ -110,16 +110,17 @@ def gate(ref, accept, reason, actor, dry_run, store_path, as_json) -> None:
 
 @cli.command()
 @click.argument("ref")
-@click.option("--approve/--reject", "approve", default=None, help="The reviewer's verdict (one is required).")
+@click.option("--approve", is_flag=True, help="The reviewer approves (give this or --reject).")
+@click.option("--reject", is_flag=True, help="The reviewer rejects (give this or --approve).")
 @click.option("--by", "actor", metavar="WHO", required=True, help="The reviewer.")
 @click.option("--samples", type=int, required=True, metavar="N", help="How many outputs were reviewed.")
 @click.option("--notes", default="", help="What the reviewer saw; recorded with the review.")
 @store_option
 @json_option
-def review(ref, approve, actor, samples, notes, store_path, as_json) -> None:
+def review(ref, approve, reject, actor, samples, notes, store_path, as_json) -> None:
     """Record a human review of REF: approved or rejected after reviewing N outputs."""
-    if approve is None:
-        raise click.UsageError("give --approve or --reject")
+    if approve == reject:  # neither, or both: a verdict is never guessed
+        raise click.UsageError("give one of --approve and --reject")
     recorded = Store(store_path).review(ref, approve=approve, actor=actor, samples=samples, notes=notes)
     if as_json:
         emit_json(asdict(recorded))
