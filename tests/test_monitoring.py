@@ -229,6 +229,12 @@ def test_a_batch_bins_booleans_and_missing_values_as_single_requests_do(tmp_path
     for name, values in wrong_kinds:
         with pytest.raises(InvalidParameter, match=f"{name} is a (numeric|categorical) feature"):
             monitor.observe_batch({"outputs.length": [100.0, 120.0], name: values}, at=T0)
+    with pytest.raises(InvalidParameter, match="inputs.length: a value is infinite"):
+        monitor.observe_batch({"inputs.length": [40.0, np.inf]}, at=T0)  # as a single request's would be
+    for columns, at in (({"inputs.length": [40.0, 50.0], "outputs.length": [100.0]}, T0),
+                        ({"inputs.length": [40.0]}, np.array([T0, T0 + 1.0]))):  # not broadcast: refused
+        with pytest.raises(InvalidParameter, match="one value per request in every column"):
+            monitor.observe_batch(columns, at=at)
     assert monitor.windows == [] and monitor.values == 0
 
 

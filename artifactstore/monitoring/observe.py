@@ -156,12 +156,16 @@ def _numeric_column(name: str, values) -> np.ndarray:
     """A batch's values of a numeric feature as floats (NaN where a request has none). What a single
     request would not count as a number (text, true/false) is refused, not converted."""
     if isinstance(values, np.ndarray) and values.dtype.kind in "iuf":
-        return values.astype(np.float64, copy=False)
-    if (isinstance(values, np.ndarray) and values.dtype.kind != "O") or \
+        numbers = values.astype(np.float64, copy=False)
+    elif (isinstance(values, np.ndarray) and values.dtype.kind != "O") or \
             not all(v is None or _is_number(v) for v in values):
         raise InvalidParameter(f"{name} is a numeric feature: its values must be numbers "
                                "(NaN or None where a request has none)")
-    return np.asarray(values, dtype=np.float64)
+    else:
+        numbers = np.asarray(values, dtype=np.float64)
+    if np.isinf(numbers).any():  # a single request's infinity is refused too
+        raise InvalidParameter(f"{name}: a value is infinite, not a number a request can have")
+    return numbers
 
 
 def _categorical_column(name: str, values) -> tuple[Any, np.ndarray | None]:
@@ -261,6 +265,11 @@ class Monitor:
         now) or an array of seconds, one per request."""
         times = np.asarray(at, dtype=np.float64) if isinstance(at, np.ndarray | list | tuple) else _seconds(at)
         windows = self._windows(times)
+        sizes = {name: len(values) for name, values in features.items()} | (
+            {"at": len(times)} if isinstance(times, np.ndarray) and times.ndim else {})
+        if len(set(sizes.values())) > 1:  # numpy would broadcast one value over every request, or miscount
+            raise InvalidParameter("a batch gives one value per request in every column (and in at): got "
+                                   + ", ".join(f"{name} {size}" for name, size in sizes.items()))
         columns: list[tuple[int, Any, np.ndarray | None]] = []  # every column is checked before any is counted
         for name, values in features.items():
             i = self._index.get(name)
