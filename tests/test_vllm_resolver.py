@@ -192,6 +192,15 @@ def test_names_that_are_not_this_stores_are_left_to_other_resolvers(resolver, se
     assert ask_like_vllm("Acme/Support@v1.0.0")[0] == 400, "a malformed name says why"
 
 
+def test_a_bundle_without_adapter_weights_is_refused_with_a_400(resolver, served, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    pushed = served.resolve("acme/support@v1.0.0")
+    (bare / "metadata.yaml").write_bytes(served.content.read_tree_file(pushed, "metadata.yaml"))
+    status, message = ask_like_vllm(served.put(bare).id)
+    assert status == 400 and "adapter_weights" in message, message
+
+
 def test_register_without_a_store_registers_nothing(vllm, monkeypatch, caplog):
     from vllm.lora.resolver import LoRAResolverRegistry
 

@@ -83,7 +83,10 @@ class StoreResolver:
             raise InvalidParameter(
                 f"{lora_name} is an adapter for {base_model}, and this server runs {served} "
                 f"(if that is the same model, add {base_model} to ARTIFACTSTORE_BASE_MODEL)")
-        return self.cache.get(bundle_id, label=lora_name), bundle_id
+        try:
+            return self.cache.get(bundle_id, label=lora_name), bundle_id
+        except NotFound as exc:  # a bundle that is no adapter (no adapter_weights/): the request is wrong
+            raise InvalidParameter(str(exc)) from None
 
     def _bundle_base_model(self, bundle_id: str) -> str:
         """metadata.yaml's base model, read from the bundle itself (a bundle id names no version)."""
