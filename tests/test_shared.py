@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from artifactstore import Store, StoreError
 from artifactstore.content.index import ChunkIndex, write_index
 from artifactstore.content.pack import pack_key
 from artifactstore.demo import adapter_history, write_bundle
-from artifactstore.ids import format_id
+from artifactstore.ids import digest, format_id
 from artifactstore.serving import Follower
 
 HISTORY = adapter_history(layers=4, scale=8)
@@ -179,3 +180,76 @@ def test_gc_refuses_while_the_cache_index_is_damaged(tmp_path, bucket_url, bundl
     store.hot.path(index_file).write_bytes(b"garbage")
     with pytest.raises(StoreError, match=f"index file {index_file} is damaged"):
         Store(bucket_url, cache=tmp_path / "cache").gc(grace="0s")
+
+
+def dead_pack(store: Store) -> tuple[bytes, bytes]:
+    """(pack id, its one chunk's bytes): a published, indexed pack no manifest names, as an abandoned
+    put leaves one."""
+    data = os.urandom(5000)
+    with store.content.pack_session() as session:
+        session.add(digest(data), data)
+    return session.finished[0][0], data
+
+
+def condemned_dead_pack(store: Store) -> tuple[bytes, bytes]:
+    pack, data = dead_pack(store)
+    time.sleep(1.1)  # the bucket's times are whole seconds: older than a grace of 0 s
+    assert pack_key(pack) in store.gc(grace="0s").condemned_packs
+    return pack, data
+
+
+def test_while_one_machine_collects_no_other_collects_or_merges_index_files(tmp_path, bucket_url, monkeypatch):
+    """Another machine's merge from a read taken before this gc's deletes would list a deleted pack:
+    a put of its chunk would then store nothing and its file could not be read."""
+    import artifactstore.lifecycle.gc as gc_module
+
+    a = Store.init(bucket_url, cache=tmp_path / "cache-a")
+    b = Store(bucket_url, cache=tmp_path / "cache-b")
+    pack, data = condemned_dead_pack(a)
+    for k in range(16):  # a put merges the index files from 16 on
+        (tmp_path / f"f{k}").write_bytes(os.urandom(3000))
+        a.put(tmp_path / f"f{k}")
+    time.sleep(1.1)
+    delete, counted = gc_module._delete, {}
+
+    def meanwhile_on_b(*args, **kwargs):
+        before = len(list(a.backend.list("index")))
+        (tmp_path / "b-file").write_bytes(os.urandom(3000))
+        b.put(tmp_path / "b-file")
+        counted["index files"] = (before, len(list(a.backend.list("index"))))
+        with pytest.raises(StoreError, match="the store's maintenance lease is held by"):
+            b.gc(grace="0s")
+        return delete(*args, **kwargs)
+
+    monkeypatch.setattr(gc_module, "_delete", meanwhile_on_b)
+    assert pack_key(pack) in a.gc(grace="0s").deleted_packs
+    before, after = counted["index files"]
+    assert after == before + 1, "B's put merged nothing"
+    c = Store(bucket_url, cache=tmp_path / "cache-c")
+    assert c.verify().ok
+    (tmp_path / "same").write_bytes(data)
+    stored = c.put(tmp_path / "same")
+    assert stored.new_bytes == len(data)  # the deleted pack is in no index: stored anew
+    c.get(stored.id, tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == data
+
+
+def test_a_gc_whose_lapsed_lease_another_machine_took_deletes_nothing(tmp_path, bucket_url, monkeypatch):
+    import artifactstore.content.lease as lease_module
+    import artifactstore.lifecycle.gc as gc_module
+
+    a = Store.init(bucket_url, cache=tmp_path / "cache-a")
+    b = Store(bucket_url, cache=tmp_path / "cache-b")
+    pack, _ = condemned_dead_pack(a)
+    time.sleep(1.1)
+    monkeypatch.setattr(lease_module, "LEASE_SECONDS", 0)  # every lease lapses at once, as after an hour unrenewed
+    sweep = gc_module._sweep
+
+    def taken_meanwhile(*args, **kwargs):
+        assert lease_module.StoreLease.take(b.content.home) is not None
+        return sweep(*args, **kwargs)
+
+    monkeypatch.setattr(gc_module, "_sweep", taken_meanwhile)
+    with pytest.raises(StoreError, match="another machine took the store's maintenance lease"):
+        a.gc(grace="0s")
+    assert a.backend.exists(pack_key(pack))

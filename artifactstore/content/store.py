@@ -30,6 +30,7 @@ from .chunking import DEFAULT_PARAMS, ChunkerParams
 from .condemned import condemned_packs, condemned_times
 from .config import CONFIG_KEY, DEFAULT_KEEP_HOT, FORMAT_VERSION, SETTINGS, StoreConfig
 from .index import ChunkIndex, IndexFiles, Location, write_index
+from .lease import Lease, StoreLease
 from .manifest import FileManifest, TreeEntry, TreeManifest, decode_manifest, manifest_key
 from .pack import pack_id_from_key, pack_key, read_trailer
 from .pending import SessionMarker, finished_markers, pending_markers, remove_marker
@@ -411,18 +412,30 @@ class ContentStore:
                 self.cold.delete(key)
 
     @contextmanager
-    def maintenance_lock(self) -> Iterator[bool]:
-        """The lock that gc and index merging hold on this machine (an ``flock`` in this machine's
-        directory of the store); yields whether it was free. Puts never take it."""
+    def maintenance_lock(self) -> Iterator[Lease | None]:
+        """The lock that gc and index merging hold: an ``flock`` in this machine's directory of the
+        store, and on a shared store the store's lease too (lease.py), so that no other machine's
+        gc or merge runs meanwhile. Yields what is held (None: another holds it). Puts never take
+        it to store, only to merge index files."""
         path = self.path / "gc" / "lock"
         path.parent.mkdir(exist_ok=True)
         with open(path, "a+b") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                yield False
+                yield None
                 return
-            yield True
+            if not self.shared:
+                yield Lease()
+                return
+            lease = StoreLease.take(self.home)
+            if lease is None:
+                yield None
+                return
+            try:
+                yield lease
+            finally:
+                lease.release()
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from ..clock import parse_duration
 from ..content.condemned import condemned_records, condemned_times, write_condemned
 from ..content.guard import guard_key
 from ..content.index import ChunkIndex, IndexFiles
+from ..content.lease import LEASE_SECONDS, Lease, lease_holder
 from ..content.manifest import manifest_key
 from ..content.pack import pack_id_from_key, pack_key
 from ..content.store import ContentStore
@@ -63,9 +64,12 @@ def collect_garbage(content: ContentStore, registry: Registry, *, dry_run: bool 
     """Condemn what nothing uses; delete what was condemned more than ``grace`` ago and is still unused."""
     grace_seconds = parse_duration(grace)
     report = GcReport(dry_run, grace_seconds)
-    with content.maintenance_lock() as held:
-        if not held:
-            raise StoreError(f"another gc (or an index consolidation) is running on {content.location}")
+    with content.maintenance_lock() as lease:
+        if lease is None:
+            holder = lease_holder(content.home)
+            raise StoreError(f"another gc (or an index consolidation) is running on {content.location}" + (
+                f": the store's maintenance lease is held by {holder}, and lapses {LEASE_SECONDS // 60} minutes "
+                f"after its last renewal" if holder else ""))
         live_keys, live_chunks, manifests = _mark(content, registry, report)
         # Then the store's index files (every pack, condemned ones included), and a shared store's
         # cache's, which list this machine's copies of packs. After the mark: a push's index file
@@ -83,7 +87,7 @@ def collect_garbage(content: ContentStore, registry: Registry, *, dry_run: bool 
             raise StoreError(f"live chunk {format_id(unindexed)} is in no index: run `artifactstore verify`; "
                              "gc deletes nothing until every live chunk is indexed")
         report.live_chunks = len(live_chunks)
-        _sweep(content, report, homes, live_keys, live_chunks, manifests, progress)
+        _sweep(content, report, homes, live_keys, live_chunks, manifests, progress, lease)
         _collect_monitoring(content, registry, report)
     return report
 
@@ -153,7 +157,7 @@ def _mark(content: ContentStore, registry: Registry, report: GcReport) -> tuple[
 
 
 def _sweep(content: ContentStore, report: GcReport, homes: list[IndexFiles], live_keys: set[str],
-           live_chunks: set[bytes], manifests: Manifests, progress: Progress) -> None:
+           live_chunks: set[bytes], manifests: Manifests, progress: Progress, lease: Lease) -> None:
     now = time.time()
     index = homes[0].index
     old, written_at = {}, {}
@@ -185,8 +189,10 @@ def _sweep(content: ContentStore, report: GcReport, homes: list[IndexFiles], liv
     for key in sorted(newly):
         (report.condemned_packs if key.startswith("packs/") else report.condemned_manifests).append(key)
         report.pending_bytes += old[key]
+    if not report.dry_run:
+        lease.renew()  # still this machine's since the index files were read, or nothing is deleted
     if not report.dry_run and due:
-        due = _delete(content, due, homes, set(manifests.trees), progress, old, written_at)
+        due = _delete(content, due, homes, set(manifests.trees), progress, old, written_at, lease)
     elif not report.dry_run:
         for home in homes:  # nothing to delete: still leave one index file where there were several
             if len(home.modified) > 1:
@@ -236,7 +242,7 @@ def _repack(content: ContentStore, index: ChunkIndex, copies: list[tuple[bytes, 
 
 
 def _delete(content: ContentStore, keys: set[str], homes: list[IndexFiles], tree_keys: set[str],
-            progress: Progress, sizes: dict[str, int], written_at: dict[str, float]) -> set[str]:
+            progress: Progress, sizes: dict[str, int], written_at: dict[str, float], lease: Lease) -> set[str]:
     """Delete referrers before what they refer to, so that a gc killed at any moment leaves a
     store that verifies: tree manifests, then file manifests, then in each place with index
     files one without the doomed packs replaces those read after the mark, then the packs.
@@ -248,20 +254,22 @@ def _delete(content: ContentStore, keys: set[str], homes: list[IndexFiles], tree
     """
     keys = {k for k in keys if not written_since(content.home, k, written_at)}
     manifests = sorted((k for k in keys if k.startswith("manifests/")), key=lambda k: (k not in tree_keys, k))
-    deleted = {k for k in manifests if _delete_unused(content, k, written_at, sizes, progress)}
+    deleted = {k for k in manifests if _delete_unused(content, k, written_at, sizes, progress, lease)}
     packs = sorted(k for k in keys if k.startswith("packs/"))
     doomed = {pack_id_from_key(k) for k in packs}
+    lease.renew()
     for home in homes:
         content.replace_index_files(home, frozenset(p for p in doomed if p))
-    deleted |= {k for k in packs if _delete_unused(content, k, written_at, sizes, progress)}
+    deleted |= {k for k in packs if _delete_unused(content, k, written_at, sizes, progress, lease)}
     content.forget_index()
     content.rescan_hot_tier()
     return deleted
 
 
 def _delete_unused(content: ContentStore, key: str, written_at: dict[str, float], sizes: dict[str, int],
-                   progress: Progress) -> bool:
+                   progress: Progress, lease: Lease) -> bool:
     """Delete a pack from every tier, or a manifest; False if a push wrote it again a moment ago."""
+    lease.renew_if_due()
     if written_since(content.home, key, written_at):
         return False
     pack_id = pack_id_from_key(key)
