@@ -321,6 +321,20 @@ def test_get_restores_a_tree_holding_a_partial_name_and_leaves_others_files_alon
     assert (tmp_path / ".b.partial").read_bytes() == b"another get's file in progress"
 
 
+def test_a_put_of_a_file_whose_manifest_is_damaged_writes_the_manifest_again(store, tmp_path):
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(random_bytes(300_000, seed=9))
+    file_id = store.put(weights).id
+    manifest = store.backend.path(manifest_key(parse_id(file_id)))
+    manifest.chmod(0o644)
+    manifest.write_bytes(manifest.read_bytes()[:-7])  # torn: it no longer parses
+    assert not Store(store.path).verify().ok
+    assert Store(store.path).put(weights).id == file_id
+    assert Store(store.path).verify().ok
+    Store(store.path).get(file_id, tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == weights.read_bytes()
+
+
 def _plant_tree(store, entries) -> str:
     encoded = canonical_json({"kind": "tree", "entries": entries})
     tree_id = tree_digest(encoded)

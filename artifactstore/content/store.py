@@ -11,7 +11,7 @@ import fcntl
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
@@ -309,17 +309,20 @@ class ContentStore:
         self._index_orphan_packs()
         self._merge_index_files()
         hashed = hashed or {}
+        damaged: set[str] = set()  # manifests found unreadable: written again
         with self.pack_session() as session, put_workers() as workers:
-            stored = partial(self._stored_file, session.stored, condemned_times(self.home))
+            stored = partial(self._stored_file, session.stored, condemned_times(self.home), damaged)
             files = [(f, *ingest_file(f.source, self.config.chunker, session, workers, progress, stored,
                                       hashed.get(f.path)))
                      for f in inputs]
-        condemned = condemned_times(self.home)  # read once for all manifests, after the packs
+        # condemned ones are written again too (which makes them young again for gc): the list is read
+        # once for all manifests, after the packs
+        rewritten = condemned_times(self.home).keys() | damaged
         for _, file_id, manifest in files:
-            self._publish_manifest(file_id, manifest.encode(), condemned)
+            self._publish_manifest(file_id, manifest.encode(), rewritten)
         object_id, tree = root_object(root, [(f, file_id) for f, file_id, _ in files])
         if tree is not None:
-            self._publish_manifest(object_id, tree, condemned)
+            self._publish_manifest(object_id, tree, rewritten)
         return PutResult(format_id(object_id), sum(f.size for f in inputs), session.new_bytes)
 
     def stored_file_id(self, path: str | os.PathLike) -> bytes | None:
@@ -331,20 +334,25 @@ class ContentStore:
         if found is None:
             return None
         file_id, size = found
-        return file_id if self._stored_file(stored_chunk, condemned_times(self.home), file_id, size) else None
+        stored = self._stored_file(stored_chunk, condemned_times(self.home), set(), file_id, size)
+        return file_id if stored else None
 
-    def _stored_file(self, stored_chunk: Callable[[bytes], bool], condemned: dict[str, float], file_id: bytes,
-                     size: int) -> FileManifest | None:
+    def _stored_file(self, stored_chunk: Callable[[bytes], bool], condemned: dict[str, float], damaged: set[str],
+                     file_id: bytes, size: int) -> FileManifest | None:
         """The manifest of a file this store holds whole, if it does: the manifest is there and not
         condemned, and every chunk it lists is in a pack that is not condemned (what a put that
-        stored the file again would find, and so would neither write nor re-write)."""
+        stored the file again would find, and so would neither write nor re-write). A manifest
+        that cannot be read is added to ``damaged``: the put that stores the file again repairs it."""
         key = manifest_key(file_id)
         if key in condemned:
             return None
         try:
             manifest = decode_manifest(self.home.read(key), key)
-        except (NotFound, CorruptObject):
-            return None  # the put stores it (and verify reports a damaged manifest)
+        except NotFound:
+            return None
+        except CorruptObject:
+            damaged.add(key)
+            return None
         if not isinstance(manifest, FileManifest) or manifest.size != size:
             return None
         return manifest if all(stored_chunk(chunk) for chunk, _ in manifest.chunks) else None
@@ -357,10 +365,11 @@ class ContentStore:
             files.append((f, blake3.blake3(max_threads=blake3.blake3.AUTO).update_mmap(f.source).digest()))
         return format_id(root_object(root, files)[0])
 
-    def _publish_manifest(self, object_id: bytes, encoded: bytes, condemned: dict[str, float]) -> None:
+    def _publish_manifest(self, object_id: bytes, encoded: bytes, rewritten: Container[str]) -> None:
+        """Write a manifest the store lacks, or one of ``rewritten`` (condemned or damaged)."""
         key = manifest_key(object_id)
-        if not self.home.exists(key) or key in condemned:
-            self.home.write(key, encoded)  # rewriting a condemned one makes it young again for gc
+        if key in rewritten or not self.home.exists(key):
+            self.home.write(key, encoded)
 
     def _index_orphan_packs(self) -> None:
         """Index packs no intact index file lists (published by a session that failed before its
