@@ -299,3 +299,20 @@ def test_a_writer_whose_publish_failed_closes_nothing_of_anyone_else(tmp_path):
             other.write(b"still open")
     assert (tmp_path / "other").read_bytes() == b"still open"
     assert list(backend.list("tmp")) == []
+
+
+def test_a_local_delete_is_durable_when_it_returns(tmp_path, monkeypatch):
+    """gc deletes index files before the packs they list: a power cut must not bring one back."""
+    backend = LocalBackend(tmp_path)
+    backend.write("index/a.idx", b"listing")
+    synced = []
+    fsync = os.fsync
+
+    def recording(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    backend.delete("index/a.idx")
+    backend.delete("index/a.idx")  # gone already: nothing to make durable
+    assert not backend.exists("index/a.idx") and synced == [str(tmp_path / "index")]

@@ -280,7 +280,14 @@ class LocalBackend:
                 yield f"{rel}/{name}"
 
     def delete(self, key: str) -> None:
-        self.path(key).unlink(missing_ok=True)
+        """Remove an object, durably: gc deletes index files before the packs they list, an order a
+        power cut must not undo (an index file back from the dead would list a deleted pack)."""
+        path = self.path(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        _fsync_dir(path.parent)
 
     def read_ref(self, key: str) -> tuple[bytes | None, str | None]:
         try:
