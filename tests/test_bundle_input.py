@@ -98,6 +98,14 @@ def test_the_cli_refuses_them_in_one_line(store, bundle, case):
     assert says_one_of(says, refused_cli_push(store, bundle, name))
 
 
+@pytest.mark.parametrize("line", ["adapter_hash:", "created_at: null", "created_by: ~", "deployed_at: ''"])
+def test_a_computed_field_is_refused_whatever_its_value(store, bundle, line):
+    with (bundle / "metadata.yaml").open("a") as metadata:
+        metadata.write(f"\n{line}\n")
+    field = line.partition(":")[0]
+    assert f"metadata.yaml: {field}: computed by the store" in refused_push(store, bundle, "metadata.yaml")
+
+
 def test_yaml_timestamps_are_kept_as_the_text_written(store, bundle):
     (bundle / "training_config.yaml").write_text("when: 2024-01-01 10:00:00\nday: 2024-01-01\nlr: 2.0e-4\n")
     store.push(bundle, REF)

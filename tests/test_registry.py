@@ -72,7 +72,7 @@ def test_a_push_of_unchanged_weights_takes_the_tensors_of_its_base_and_hashes_th
         raise AssertionError(f"{path}: hashed tensor by tensor")
 
     monkeypatch.setattr(put_module, "_id_if_probably_stored", counted)
-    monkeypatch.setattr(bundle_module, "tensor_digests", refuse)
+    monkeypatch.setattr(bundle_module, "hash_weights", refuse)
     assert store.push(bundles["v1.1.1"], "acme/support@v1.1.1").change == "patch"
     assert hashed_sizes.count(weights.stat().st_size) == 1  # by the check; the put took its id
     new, base = store.show("acme/support@v1.1.1"), store.show("acme/support@v1.1.0")
@@ -108,6 +108,34 @@ def test_weights_that_change_between_the_check_and_the_put_are_stored_as_checked
     with pytest.raises(InvalidInput, match="changed while it was being stored"):
         store.push(bundles["v1.1.1"], "acme/support", bump="auto")
     assert store.ls("acme/support")[0]["versions"] == ["v1.1.1", "v1.1.0", "v1.0.0"]
+
+
+WEIGHTS = "adapter_weights/adapter_model.safetensors"
+
+
+@pytest.mark.parametrize("path, change", [
+    (WEIGHTS, lambda bundle, other: (bundle / WEIGHTS).write_bytes((other / WEIGHTS).read_bytes())),
+    ("inference_config.yaml", lambda bundle, _: (bundle / "inference_config.yaml").write_text("t: .nan\nt: 1\n")),
+    ("metadata.yaml", lambda bundle, _: (bundle / "metadata.yaml").write_text("adapter_hash: b3:00\n")),
+    ("changelog.md", lambda bundle, _: (bundle / "changelog.md").unlink()),
+    ("eval_samples.jsonl", lambda bundle, _: (bundle / "eval_samples.jsonl").write_text('{"inputs": [1]}\n')),
+])
+def test_a_file_that_changes_after_its_check_is_refused_before_any_version_names_it(
+        store, tmp_path, monkeypatch, path, change):
+    bundle = write_bundle(BY_NAME["v1.0.0"], tmp_path / "bundle", eval_samples='{"inputs": {"length": 3}}\n')
+    other = write_bundle(BY_NAME["v1.1.0"], tmp_path / "other")
+    put = store.content.put
+
+    def put_while_the_bundle_changes(root, **options):  # a training job still writing it, a concurrent cp
+        change(bundle, other)
+        return put(root, **options)
+
+    monkeypatch.setattr(store.content, "put", put_while_the_bundle_changes)
+    with pytest.raises(InvalidInput, match=f"{bundle / path}: the input changed while it was being stored"):
+        store.push(bundle, "acme/support@v1.0.0")
+    with pytest.raises(NotFound, match="no model acme/support"):
+        store.show("acme/support@v1.0.0")
+    assert store.verify().ok
 
 
 @pytest.mark.parametrize("bundle, label, message", [
@@ -198,6 +226,15 @@ def test_promote_rollback_and_the_audit_log(pushed):
     assert pushed.verify().ok
 
 
+def test_ending_a_canary_needs_the_canarys_version(pushed):
+    pushed.set_canary("acme/support@v1.1.1", 20)
+    before = snapshot(pushed.path)
+    with pytest.raises(InvalidParameter, match="acme/support's canary is v1.1.1, not v1.1.0"):
+        pushed.set_canary("acme/support@v1.1.0", 0)
+    assert snapshot(pushed.path) == before
+    assert pushed.set_canary("acme/support@canary", 0).canary is None
+
+
 def test_stage_canary_pins_and_guards(pushed):
     pushed.stage("acme/support@v1.1.1")
     pushed.promote("acme/support@v1.1.0")
@@ -273,6 +310,12 @@ def test_export_lineage_diff_and_changelog(pushed, bundles):
     assert "| Metric | Previous (v1.1.1) | Updated (v1.2.0) |" in text and "| accuracy | 94.2% | 94.2% |" in text
     assert "- retrain of the upper half of the layers" in text and "tensors" not in text, "no technical lines"
     assert "Previous version (v1.1.1) is available for instant rollback" in text
+
+
+def test_a_changelogs_type_is_the_change_from_a_to_b_across_skipped_versions(pushed):
+    # v1.1.1 changed only the inference config over v1.1.0, but its weights differ from v1.0.0's
+    assert "**Type:** Configuration update" in pushed.changelog("acme/support@v1.1.0", "acme/support@v1.1.1")
+    assert "**Type:** Retraining" in pushed.changelog("acme/support@v1.0.0", "acme/support@v1.1.1")
 
 
 @pytest.fixture

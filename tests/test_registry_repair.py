@@ -142,6 +142,25 @@ def test_a_ref_naming_a_missing_state_is_rebuilt_from_the_newest_state_before_it
     loads_every_version(store)
 
 
+def test_a_ref_naming_another_models_state_is_refused_named_by_verify_and_rebuilt(store, tmp_path):
+    store.push(write_bundle(HISTORY[0], tmp_path / "other"), "acme/other@v1.0.0")
+    own, other = store.state(MODEL), store.state("acme/other")
+    store.backend.write(REF, store.backend.read(ref_key(other.model)))
+    damaged = f"{REF}: names state {other.id}, which is a state of acme/other, not of {MODEL}"
+    with pytest.raises(CorruptObject, match=damaged):
+        store.ls(MODEL)
+    with pytest.raises(CorruptObject, match=damaged):
+        store.promote(f"{MODEL}@v1.0.0")
+    assert store.backend.read(REF) == store.backend.read(ref_key(other.model))  # nothing written into it
+    assert f"registry {MODEL}: {damaged}" in store.verify().problems
+    report = store.verify(repair=True)
+    assert report.ok, report.problems
+    assert f"{REF} names {other.id}, which is a state of acme/other; rebuilt from the state {own.id}" \
+        in report.repaired[0]
+    assert store.state(MODEL).versions == own.versions and store.state(MODEL).parent == own.id
+    loads_every_version(store)
+
+
 def test_a_malformed_ref_is_named_and_verify_checks_the_other_models(tmp_path):
     store = Store.init(tmp_path / "store")
     for model in ("acme/a", "acme/b", "acme/c"):

@@ -175,3 +175,40 @@ def test_an_actor_or_reason_that_is_not_utf8_is_refused_before_any_write(tmp_pat
     moved = run_cli("promote", "acme/support@v1.0.0", "--store", store.path, "--reason", "ok\udcff")
     assert moved.returncode == 1 and "--reason" in moved.stderr and "Traceback" not in moved.stderr
     assert store.state("acme/support").pointer("production") is None
+
+
+def test_a_version_number_past_18_digits_is_refused_in_one_line(tmp_path):
+    from artifactstore import InvalidParameter
+    from artifactstore.registry.refs import SemVer, parse_version
+
+    store = Store.init(tmp_path / "store")
+    bundle = write_bundle(HISTORY[0], tmp_path / "bundle")
+    huge = "v" + "1" * 5000 + ".0.0"  # past 4,300 digits Python's int() itself refuses
+    for args in (("push", bundle, f"acme/support@{huge}"), ("show", f"acme/support@{huge}")):
+        result = run_cli(*args, "--store", store.path)
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+        assert "a version's numbers have at most 18 digits" in result.stderr
+    assert parse_version("v999999999999999999.0.1") == SemVer(10 ** 18 - 1, 0, 1)
+    with pytest.raises(InvalidParameter, match="at most 18 digits"):
+        parse_version("v1.1000000000000000000.0")
+    with pytest.raises(InvalidParameter, match="v1.999999999999999999.0 has no next minor version"):
+        parse_version("v1.999999999999999999.0").bump("minor")
+
+
+def test_a_version_in_a_running_rollout_is_not_deleted(tmp_path, monkeypatch):
+    from fleet_helpers import MODEL, hours, push_versions, set_now, with_policy
+
+    store = Store.init(tmp_path / "store")
+    push_versions(store, tmp_path, count=3)
+    with_policy(store, tmp_path)
+    store.promote(f"{MODEL}@v1.0.0", reason="launch")
+    set_now(monkeypatch, hours(0))
+    store.start_rollout(f"{MODEL}@v1.1.0", reason="go")
+    # the canary moved by hand (forced): no pointer names the rolled-out version any more
+    store.set_canary(f"{MODEL}@v1.1.1", 10, force=True, reason="hand test")
+    before = snapshot(store.path)
+    with pytest.raises(Conflict, match=f"{MODEL}@v1.1.0 is in {MODEL}'s running rollout: abort the rollout first"):
+        store.delete(f"{MODEL}@v1.1.0", reason="data removal")
+    assert snapshot(store.path) == before
+    store.abort_rollout(MODEL, reason="done")
+    assert "v1.1.0" not in store.delete(f"{MODEL}@v1.1.0", reason="data removal").versions

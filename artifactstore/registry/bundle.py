@@ -10,6 +10,7 @@ changelog.md  metadata.yaml  [eval_samples.jsonl]  [smoke_tests.jsonl]
 checks, which a follower runs through the server's own inference at every swap (serving/smoke.py).
 """
 
+import io
 import json
 import math
 import mmap
@@ -35,9 +36,10 @@ from yaml.resolver import Resolver
 from yaml.scanner import Scanner
 
 from ..content.store import ContentStore
-from ..content.tensorfile import read_header_from_path
+from ..content.tensorfile import read_header
 from ..errors import InvalidInput
-from .samples import MAX_SAMPLES_BYTES, SAMPLES_FILE, read_samples
+from ..ids import digest
+from .samples import MAX_SAMPLES_BYTES, SAMPLES_FILE, parse_samples
 
 WEIGHTS = "adapter_weights/adapter_model.safetensors"
 METADATA = "metadata.yaml"
@@ -188,6 +190,9 @@ class Bundle:
     inference_config: dict[str, Any]
     changelog: str
     tensors: dict[str, TensorDigest]
+    # the file id (plain BLAKE3) of the exact bytes each file read was validated from, by its path in
+    # the bundle: what the push checks the stored files against, since the files may change meanwhile
+    file_ids: dict[str, bytes]
     smoke_tests: tuple[SmokeTest, ...] = ()
 
     @property
@@ -207,7 +212,8 @@ def canonical_settings(adapter_settings: dict[str, Any]) -> dict[str, Any]:
                                if key in UNORDERED_SETTINGS and isinstance(value, list)}
 
 
-def _read_text(root: Path, name: str, problems: list[str]) -> str | None:
+def _read_text(root: Path, name: str, problems: list[str], file_ids: dict[str, bytes] | None = None) -> str | None:
+    """A text file's content, its id noted in ``file_ids``; None after noting the problem."""
     path = root / name
     if not path.is_file() or path.is_symlink():
         problems.append(f"{name}: missing")
@@ -221,6 +227,8 @@ def _read_text(root: Path, name: str, problems: list[str]) -> str | None:
         if size > MAX_FILE_BYTES:
             problems.append(f"{name}: {size:,} bytes, more than the limit of {MAX_FILE_BYTES:,}")
             return None
+        if file_ids is not None:
+            file_ids[name] = digest(data)
         return data.decode("utf-8")
     except UnicodeDecodeError:
         problems.append(f"{name}: not UTF-8 text")
@@ -452,9 +460,9 @@ def _check_json_data(data) -> None:
             raise _Refused(f"{at}{type(value).__name__} is not JSON data")
 
 
-def _load(root: Path, name: str, parse, problems: list[str]):
+def _load(root: Path, name: str, parse, problems: list[str], file_ids: dict[str, bytes] | None = None):
     """The parsed content of a JSON or YAML file, or _MISSING after noting the problem."""
-    text = _read_text(root, name, problems)
+    text = _read_text(root, name, problems, file_ids)
     if text is None:
         return _MISSING
     return _parse(text, name, parse, problems)
@@ -568,36 +576,52 @@ def read_metadata(data: bytes, where: str) -> Metadata:
     raise InvalidInput(f"{where}: " + "; ".join(problems))
 
 
-def tensor_digests(path: Path) -> dict[str, TensorDigest]:
-    """Each tensor's dtype, shape and BLAKE3 of its bytes: what decides whether weights changed."""
-    header = read_header_from_path(path)
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped, \
-            ThreadPoolExecutor(2) as pool:
-        data = memoryview(mapped)
-        try:
-            digests = pool.map(lambda t: "b3:" + blake3.blake3(data[t.begin:t.end]).hexdigest(),
-                               header.tensors.values())
-            return {name: TensorDigest(t.dtype, tuple(t.shape), d, t.end - t.begin)
-                    for (name, t), d in zip(header.tensors.items(), digests)}
-        finally:
-            data.release()
+def hash_weights(path: Path) -> tuple[bytes, dict[str, TensorDigest]]:
+    """The weights file's id (the BLAKE3 of the whole file) and each tensor's dtype, shape and
+    BLAKE3 of its bytes (what decides whether weights changed), all from one mapping of the file,
+    its header included: the id then vouches for the very bytes the tensors were read from."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:  # which cannot be mapped
+            raise InvalidInput("safetensors: the file is empty")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped, ThreadPoolExecutor(3) as pool:
+            data = memoryview(mapped)
+            try:
+                header = read_header(lambda offset, length: bytes(data[offset:offset + length]), len(data))
+                whole = pool.submit(digest, data)  # beside the tensors: the pool's third thread
+                digests = pool.map(lambda t: "b3:" + blake3.blake3(data[t.begin:t.end]).hexdigest(),
+                                   header.tensors.values())
+                tensors = {name: TensorDigest(t.dtype, tuple(t.shape), d, t.end - t.begin)
+                           for (name, t), d in zip(header.tensors.items(), digests)}
+                return whole.result(), tensors
+            finally:
+                data.release()
 
 
-def _check_eval_samples(root: Path, problems: list[str]) -> None:
-    """The optional eval_samples.jsonl (requests of the eval set, the default drift baseline at promotion)."""
+def _check_eval_samples(root: Path, problems: list[str], file_ids: dict[str, bytes]) -> None:
+    """The optional eval_samples.jsonl (requests of the eval set, the default drift baseline at
+    promotion), its id noted in ``file_ids``."""
     path = root / SAMPLES_FILE
     if not path.exists() and not path.is_symlink():
         return
     if not path.is_file() or path.is_symlink():
         problems.append(f"{SAMPLES_FILE}: not a regular file")
-    elif path.stat().st_size > MAX_SAMPLES_BYTES:
-        problems.append(f"{SAMPLES_FILE}: {path.stat().st_size:,} bytes, more than the limit of {MAX_SAMPLES_BYTES:,}")
-    else:
-        try:
-            if not len(read_samples(path)):
-                problems.append(f"{SAMPLES_FILE}: holds no request")
-        except InvalidInput as exc:
-            problems.append(str(exc).replace(str(path), SAMPLES_FILE, 1))
+        return
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(MAX_SAMPLES_BYTES + 1) if size <= MAX_SAMPLES_BYTES else b""
+    size = max(size, len(data))  # a file that grew after the fstat is still read no further
+    if size > MAX_SAMPLES_BYTES:
+        problems.append(f"{SAMPLES_FILE}: {size:,} bytes, more than the limit of {MAX_SAMPLES_BYTES:,}")
+        return
+    file_ids[SAMPLES_FILE] = digest(data)
+    try:
+        # read as a file opened in text mode reads (universal newlines), from the bytes just hashed
+        if not len(parse_samples(io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"), SAMPLES_FILE)):
+            problems.append(f"{SAMPLES_FILE}: holds no request")
+    except UnicodeDecodeError:
+        problems.append(f"{SAMPLES_FILE}: not UTF-8 text")
+    except InvalidInput as exc:
+        problems.append(str(exc))
 
 
 def recorded_tensors(tensors: dict[str, Any]) -> dict[str, TensorDigest]:
@@ -605,34 +629,37 @@ def recorded_tensors(tensors: dict[str, Any]) -> dict[str, TensorDigest]:
     return {name: TensorDigest(t["dtype"], tuple(t["shape"]), t["digest"], t["bytes"]) for name, t in tensors.items()}
 
 
-def load_bundle(root: Path, known_tensors: Callable[[Path], dict[str, TensorDigest] | None] | None = None) -> Bundle:
+def load_bundle(root: Path, known_tensors: Callable[[Path], tuple[bytes, dict[str, TensorDigest]] | None] | None = None
+                ) -> Bundle:
     """Read and validate every file of the bundle; InvalidInput names every problem at once.
 
-    ``known_tensors(weights file)``: the tensors of a weights file the store already holds whole,
-    if it does (a version's weights, pushed again with another config): they are not hashed again."""
+    ``known_tensors(weights file)``: the file's id and its tensors where the store already holds
+    the file whole (a version's weights, pushed again with another config): they are not hashed again."""
     if not root.is_dir():
         raise InvalidInput(f"bundle {root} is not a directory")
     problems: list[str] = []
-    raw_metadata = _load(root, "metadata.yaml", _parse_yaml, problems)
+    file_ids: dict[str, bytes] = {}
+    raw_metadata = _load(root, "metadata.yaml", _parse_yaml, problems, file_ids)
     if isinstance(raw_metadata, dict):
         for field in COMPUTED_FIELDS:
-            if raw_metadata.pop(field, None) is not None:
+            if field in raw_metadata:  # `adapter_hash:` (null) too: the file claims to set it all the same
+                del raw_metadata[field]
                 problems.append(f"metadata.yaml: {field}: computed by the store, remove it from the file")
     metadata = _validate("metadata.yaml", raw_metadata, Metadata, problems)
-    adapter_config = _validate(ADAPTER_CONFIG, _load(root, ADAPTER_CONFIG, _parse_json, problems),
+    adapter_config = _validate(ADAPTER_CONFIG, _load(root, ADAPTER_CONFIG, _parse_json, problems, file_ids),
                                AdapterConfig, problems)
     training_config = _validate("training_config.yaml", _load(root, "training_config.yaml", _parse_yaml,
-                                                              problems), Mapping, problems)
+                                                              problems, file_ids), Mapping, problems)
     inference_config = _validate("inference_config.yaml", _load(root, "inference_config.yaml", _parse_yaml,
-                                                               problems), Mapping, problems)
-    eval_scores = _validate("eval_results.json", _load(root, "eval_results.json", _parse_json, problems),
+                                                               problems, file_ids), Mapping, problems)
+    eval_scores = _validate("eval_results.json", _load(root, "eval_results.json", _parse_json, problems, file_ids),
                             Mapping, problems)
     if eval_scores is not None:
         _check_metrics(eval_scores.root, problems)
-    changelog = _read_text(root, "changelog.md", problems)
+    changelog = _read_text(root, "changelog.md", problems, file_ids)
     if changelog is not None and not changelog.strip():
         problems.append("changelog.md: empty")
-    data_hashes = training_data_hashes(_read_text(root, "training_data.hash", problems), problems)
+    data_hashes = training_data_hashes(_read_text(root, "training_data.hash", problems, file_ids), problems)
     if data_hashes and metadata is not None and metadata.training_data_hash not in (None, *data_hashes):
         problems.append("metadata.yaml: training_data_hash is not one of training_data.hash's")
     if metadata is not None and adapter_config is not None \
@@ -640,10 +667,10 @@ def load_bundle(root: Path, known_tensors: Callable[[Path], dict[str, TensorDige
             and metadata.base_model != adapter_config.base_model_name_or_path:
         problems.append(f"metadata.yaml: base_model {metadata.base_model!r} differs from "
                         f"adapter_config.json's base_model_name_or_path {adapter_config.base_model_name_or_path!r}")
-    _check_eval_samples(root, problems)
+    _check_eval_samples(root, problems, file_ids)
     smoke_tests: tuple[SmokeTest, ...] = ()
     if os.path.lexists(root / SMOKE_TESTS):
-        smoke_text = _read_text(root, SMOKE_TESTS, problems)
+        smoke_text = _read_text(root, SMOKE_TESTS, problems, file_ids)
         if smoke_text is not None:
             smoke_tests = _smoke_tests(smoke_text, problems)
     tensors = None
@@ -651,7 +678,7 @@ def load_bundle(root: Path, known_tensors: Callable[[Path], dict[str, TensorDige
         problems.append(f"{WEIGHTS}: missing")
     else:
         try:
-            tensors = (known_tensors and known_tensors(root / WEIGHTS)) or tensor_digests(root / WEIGHTS)
+            file_ids[WEIGHTS], tensors = (known_tensors and known_tensors(root / WEIGHTS)) or hash_weights(root / WEIGHTS)
         except InvalidInput as exc:
             problems.append(f"{WEIGHTS}: {exc}")
     if problems:
@@ -660,5 +687,5 @@ def load_bundle(root: Path, known_tensors: Callable[[Path], dict[str, TensorDige
     assert metadata and adapter_config and training_config and inference_config and eval_scores
     assert changelog is not None and data_hashes and tensors is not None
     return Bundle(root, metadata, adapter_config.model_dump(), training_config.root, data_hashes,
-                  eval_scores.root, inference_config.root, changelog, tensors, smoke_tests)
+                  eval_scores.root, inference_config.root, changelog, tensors, file_ids, smoke_tests)
 

@@ -237,7 +237,7 @@ def changelog(registry: Registry, ref_a: str, ref_b: str) -> str:
         f"## Model Update: {b['client']}/{b['model']} {b['version']}",
         "",
         f"**Date:** {b['created_at'][:10]}",
-        f"**Type:** {TYPE_OF_CHANGE[b['change']]}",
+        f"**Type:** {TYPE_OF_CHANGE[_kind_of_change(d, a, b)]}",
         *verdict,
         "",
         "### What Changed",
@@ -253,6 +253,20 @@ def changelog(registry: Registry, ref_a: str, ref_b: str) -> str:
         rollback,
         "",
     ])
+
+
+def _kind_of_change(d: dict[str, Any], a: dict[str, Any], b: dict[str, Any]) -> str:
+    """The versioning rules' kind of the change from record A to record B (their ``diff`` ``d``):
+    B's own ``change`` is against its previous version, which need not be A."""
+    from .bundle import canonical_settings  # records written before settings were stored sorted compare too
+
+    if d["base_model"]["changed"]:
+        return "major"
+    tensors = d["tensor_summary"]
+    if any(tensors[status]["count"] for status in ("changed", "added", "removed")) or \
+            canonical_settings(a["adapter_settings"]) != canonical_settings(b["adapter_settings"]):
+        return "minor"
+    return "patch"
 
 
 def _changelog_sections(registry: Registry, record: dict[str, Any]) -> dict[str, list[str]]:

@@ -11,6 +11,9 @@ from .pointers import NAMES as POINTER_NAMES
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 VERSION = re.compile(r"v(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)")
 LATEST = "latest"
+# Digits a version's number may have: far beyond any real version, and a bound on what int() is given
+# (past 4,300 digits Python refuses to convert at all).
+MAX_VERSION_DIGITS = 18
 
 
 class SemVer(NamedTuple):
@@ -23,10 +26,15 @@ class SemVer(NamedTuple):
 
     def bump(self, kind: str) -> "SemVer":
         if kind == "major":
-            return SemVer(self.major + 1, 0, 0)
-        if kind == "minor":
-            return SemVer(self.major, self.minor + 1, 0)
-        return SemVer(self.major, self.minor, self.patch + 1)
+            bumped = SemVer(self.major + 1, 0, 0)
+        elif kind == "minor":
+            bumped = SemVer(self.major, self.minor + 1, 0)
+        else:
+            bumped = SemVer(self.major, self.minor, self.patch + 1)
+        if max(bumped) >= 10 ** MAX_VERSION_DIGITS:
+            raise InvalidParameter(f"{self} has no next {kind} version: a version's numbers have at most "
+                                   f"{MAX_VERSION_DIGITS} digits")
+        return bumped
 
     def kind_of_bump_from(self, previous: "SemVer") -> str | None:
         """'major', 'minor' or 'patch' if this is a well-formed bump over ``previous``, else None."""
@@ -43,6 +51,10 @@ def parse_version(text: str) -> SemVer:
     match = VERSION.fullmatch(text)
     if match is None:
         raise InvalidParameter(f"not a version: {text!r} (expected vMAJOR.MINOR.PATCH, e.g. v1.2.0)")
+    if any(len(number) > MAX_VERSION_DIGITS for number in match.groups()):
+        shown = text if len(text) <= 60 else f"{text[:57]}..."
+        raise InvalidParameter(f"not a version: {shown!r} (a version's numbers have at most {MAX_VERSION_DIGITS} "
+                               "digits)")
     return SemVer(*map(int, match.groups()))
 
 

@@ -98,15 +98,21 @@ class Registry:
 
     def _read_head(self, model: ModelName) -> tuple[str, bytes, str | None] | None:
         """The id and bytes of the model's current state, with its ref's token; None: no such model.
-        A ref naming a missing state is a damaged ref, named by its key."""
+        A ref naming a missing state, or another model's, is a damaged ref, named by its key: a
+        command would otherwise show, and write into this model's ref, the other model's versions."""
         data, token = self.backend.read_ref(ref_key(model))
         if data is None:
             return None
         state_id = ref_target(data, ref_key(model))
         try:
-            return state_id, self.read_object(state_id, STATE_CONTEXT), token
+            encoded = self.read_object(state_id, STATE_CONTEXT)
         except NotFound:
             raise CorruptObject(f"{ref_key(model)}: names state {state_id}, which is missing") from None
+        owner = _state_owner(encoded, state_id)
+        if owner != model:
+            raise CorruptObject(f"{ref_key(model)}: names state {state_id}, which is a state of {owner}, "
+                                f"not of {model}")
+        return state_id, encoded, token
 
     def read_state_object(self, state_id: str) -> ModelState:
         return ModelState.decode(self.read_object(state_id, STATE_CONTEXT), state_id, self.read_version_map)
@@ -278,19 +284,17 @@ class Registry:
 
         model, requested = _push_target(ref, bump)
         state = self._read_state(model)[0] or ModelState(model)
-        hashed: dict[str, bytes] = {}  # the weights' id, where it was taken to reuse the base's tensors
 
-        def base_tensors(weights: Path) -> dict[str, Any] | None:
-            """The tensors of the version this push is compared with, if its weights are these very
-            bytes (a new inference config, say): a file's id costs half what hashing its tensors does."""
+        def base_tensors(weights: Path) -> tuple[bytes, dict[str, Any]] | None:
+            """The id and tensors of the version this push is compared with, if its weights are these
+            very bytes (a new inference config, say): a file's id costs half what hashing its tensors does."""
             base = self._comparison_base(state, requested)
             if base is None:
                 return None
             file_id = self.content.stored_file_id(weights)
             if file_id is None or format_id(file_id) != base["adapter_hash"]:
                 return None
-            hashed[WEIGHTS] = file_id
-            return recorded_tensors(base["tensors"])
+            return file_id, recorded_tensors(base["tensors"])
 
         bundle = load_bundle(Path(bundle_dir), base_tensors)
         actor = actor or default_actor()
@@ -326,10 +330,11 @@ class Registry:
         # load_bundle admits only data canonical JSON holds; encoding it here as well means that if it
         # ever admits more, the push fails before its first write instead of after the packs are stored.
         canonical_json(from_bundle)
-        stored = self.content.put(bundle.path, hashed=hashed)
-        adapter_hash = self._file_id_in_tree(stored.id, WEIGHTS)
-        if WEIGHTS in hashed and adapter_hash != format_id(hashed[WEIGHTS]):  # it changed size since
-            raise InvalidInput(f"{bundle.path / WEIGHTS}: {INPUT_CHANGED}")
+        # A file the store holds whole under its validated id is stored as validated, unread; any other
+        # is read again, and must still be what was validated: the files may change while the push runs.
+        stored = self.content.put(bundle.path, hashed=bundle.file_ids)
+        self._check_stored_as_validated(stored.id, bundle)
+        adapter_hash = format_id(bundle.file_ids[WEIGHTS])
         record: dict[str, Any] = from_bundle | {
             "kind": "version", "client": model.client, "model": model.model, "version": version,
             "adapter_hash": adapter_hash, "bundle": stored.id,
@@ -363,9 +368,14 @@ class Registry:
         latest = state.sorted_versions()[-1]
         return str(parse_version(latest).bump(compare(self.record(state, latest), bundle).kind))
 
-    def _file_id_in_tree(self, tree_id: str, path: str) -> str:
+    def _check_stored_as_validated(self, tree_id: str, bundle: "Bundle") -> None:
+        """Refuse the push (before any record names the tree, which gc then collects) if a file of the
+        stored tree is not the one ``load_bundle`` validated."""
         tree = self.content.read_manifest(tree_id)
-        return next(format_id(e.file) for e in getattr(tree, "entries", []) if e.path == path)
+        stored = {e.path: e.file for e in getattr(tree, "entries", [])}
+        for path, file_id in sorted(bundle.file_ids.items()):
+            if stored.get(path) != file_id:
+                raise InvalidInput(f"{bundle.path / path}: {INPUT_CHANGED}")
 
     # -- pointer moves --------------------------------------------------------------------------
 
@@ -464,6 +474,8 @@ class Registry:
             if percent == 0:
                 if old is None:
                     raise InvalidParameter(f"{current.model} has no canary")
+                if old != version:  # a --percent 0 meant for another version must not end this canary
+                    raise InvalidParameter(f"{current.model}'s canary is {old}, not {version}")
                 moved: Move = {"action": "canary", "pointer": CANARY, "from": old, "to": None}
             else:
                 moved = {"action": "canary", "pointer": CANARY, "from": old, "to": version, "percent": percent}
@@ -491,7 +503,8 @@ class Registry:
         return self.transact(read[0].model, move, actor, reason, read=read)
 
     def delete(self, ref: str, *, actor: str | None = None, reason: str = "") -> ModelState:
-        """Remove a version (a data removal request); refused while a pointer or pin names it.
+        """Remove a version (a data removal request); refused while a pointer, a pin or a running
+        rollout names it.
         gc then reclaims what only it used."""
         parsed = Ref.parse(ref)
         if not parsed.is_version or parsed.model is None:
@@ -504,6 +517,11 @@ class Registry:
             named = current.where(version)
             if named:
                 raise Conflict(f"{ref} is still {', '.join(named)}: move the pointer first")
+            # a rollout reads both versions at every tick, even after a forced move took a pointer off one
+            rollout = current.rollout or {}
+            if version in (rollout.get("version"), rollout.get("production")):
+                raise Conflict(f"{ref} is in {current.model}'s running rollout: abort the rollout first "
+                               f"(`artifactstore rollout abort {current.model}`)")
             return [{"action": "delete", "pointer": None, "from": version, "to": None,
                      "bundle": self.record(current, version)["bundle"]}]
 
@@ -592,6 +610,15 @@ def ref_target(data: bytes, key: str) -> str:
     except (ValueError, KeyError, TypeError, AttributeError) as exc:  # parse_id's InvalidParameter is a ValueError
         raise CorruptObject(f"{key}: malformed ref ({exc})") from None
     return state_id
+
+
+def _state_owner(encoded: bytes, state_id: str) -> ModelName:
+    """The model a state's bytes say they belong to."""
+    try:
+        obj = json.loads(encoded)
+        return ModelName(obj["client"], obj["model"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptObject(f"{state_id}: malformed model state ({exc})") from None
 
 
 def _push_target(ref: str, bump: str | None) -> tuple[ModelName, str | None]:
