@@ -218,64 +218,74 @@ def test_the_follower_gathers_its_servers_metrics_for_the_analysis(live, monkeyp
     assert ticked.decision == "hold" and ticked.measured[0]["outcome"] == "pass", ticked.measured
 
 
-def test_metrics_a_failed_write_left_are_written_by_the_next_flush_once(live, monkeypatch):
-    from artifactstore.registry.metrics import records_in_window
+METRICS_START = parse_time("2026-11-26T00:00:00Z", "t")
 
-    start = parse_time("2026-11-26T00:00:00Z", "t")
-    set_now(monkeypatch, start)
+
+def failing_metrics_writes(live, monkeypatch, failure):
+    """A node's follower, and a switch: on(), the metrics writes of the store go through ``failure(write,
+    key, data)``; off(), they work again."""
+    set_now(monkeypatch, METRICS_START)
     follower = Follower(live, f"{MODEL}@production", smoke_function=answer, node="srv-1")
     follower.refresh()
     backend, write = live.registry.backend, live.registry.backend.write
 
-    def disk_full(key, data):
+    def failing(key, data):
         if key.startswith("metrics/"):
-            raise OSError(28, "No space left on device")
-        write(key, data)
+            failure(write, key, data)
+        else:
+            write(key, data)
 
+    return follower, (lambda: monkeypatch.setattr(backend, "write", failing),
+                      lambda: monkeypatch.setattr(backend, "write", write))
+
+
+def counted_requests(live) -> dict[str, int]:
+    from artifactstore.registry.metrics import aggregate, records_in_window
+
+    records, _ = records_in_window(live.registry, ModelName.parse(MODEL), METRICS_START,
+                                   METRICS_START + timedelta(hours=1))
+    return {version: traffic.requests for version, traffic in aggregate(records).items()}
+
+
+def test_metrics_a_failed_write_left_are_written_by_the_next_flush_once(live, monkeypatch):
+    def disk_full(write, key, data):
+        raise OSError(28, "No space left on device")
+
+    follower, (fail, work) = failing_metrics_writes(live, monkeypatch, disk_full)
     for _ in range(100):
         follower.observe("v1.0.0", 100.0)
-    monkeypatch.setattr(backend, "write", disk_full)
-    set_now(monkeypatch, start + timedelta(minutes=10))
+    fail()
+    set_now(monkeypatch, METRICS_START + timedelta(minutes=10))
     with pytest.raises(OSError, match="No space left"):
         follower.flush_metrics()
-    monkeypatch.setattr(backend, "write", write)
+    work()
     for _ in range(50):
         follower.observe("v1.0.0", 200.0)
-    set_now(monkeypatch, start + timedelta(minutes=20))
+    set_now(monkeypatch, METRICS_START + timedelta(minutes=20))
     assert follower.flush_metrics() == 2 and follower.flush_metrics() == 0
-    records, _ = records_in_window(live.registry, ModelName.parse(MODEL), start, start + timedelta(hours=1))
-    assert sorted(r.requests for r in records) == [50, 100]
+    assert counted_requests(live) == {"v1.0.0": 150}
 
 
 def test_metrics_of_a_stored_write_are_counted_once_when_a_version_it_names_is_deleted(live, monkeypatch):
     """A write that stored its batch and then failed is written again without the records of a version
     deleted since: each record is a batch of its own, so the others stay the same bytes, stored once."""
-    from artifactstore.registry.metrics import aggregate, records_in_window
-
-    start = parse_time("2026-11-26T00:00:00Z", "t")
-    set_now(monkeypatch, start)
-    follower = Follower(live, f"{MODEL}@production", smoke_function=answer, node="srv-1")
-    follower.refresh()
-    backend, write = live.registry.backend, live.registry.backend.write
-
-    def stored_then_timed_out(key, data):
+    def stored_then_timed_out(write, key, data):
         write(key, data)
-        if key.startswith("metrics/"):
-            raise TimeoutError("the PUT's answer did not come back")
+        raise TimeoutError("the PUT's answer did not come back")
 
+    follower, (fail, work) = failing_metrics_writes(live, monkeypatch, stored_then_timed_out)
     for _ in range(100):
         follower.observe("v1.0.0", 100.0)
         follower.observe("v1.1.0", 100.0)
-    monkeypatch.setattr(backend, "write", stored_then_timed_out)
-    set_now(monkeypatch, start + timedelta(minutes=10))
+    fail()
+    set_now(monkeypatch, METRICS_START + timedelta(minutes=10))
     with pytest.raises(TimeoutError):
         follower.flush_metrics()
-    monkeypatch.setattr(backend, "write", write)
+    work()
     live.delete(f"{MODEL}@v1.1.0", actor="jane", reason="withdrawn")
-    set_now(monkeypatch, start + timedelta(minutes=20))
+    set_now(monkeypatch, METRICS_START + timedelta(minutes=20))
     follower.flush_metrics()
-    records, _ = records_in_window(live.registry, ModelName.parse(MODEL), start, start + timedelta(hours=1))
-    assert aggregate(records)["v1.0.0"].requests == 100
+    assert counted_requests(live) == {"v1.0.0": 100}
 
 
 def test_heartbeats_and_an_automatic_rollback_on_a_shared_store(s3_bucket, tmp_path, monkeypatch):

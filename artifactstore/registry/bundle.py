@@ -218,23 +218,33 @@ def _read_text(root: Path, name: str, problems: list[str], file_ids: dict[str, b
     if not path.is_file() or path.is_symlink():
         problems.append(f"{name}: missing")
         return None
+    data = _read_bounded(path, name, MAX_FILE_BYTES, problems, file_ids)
     try:
-        with open(path, "rb") as f:
-            # The size is known before a byte is read: a 50 MB config is refused, not parsed for minutes.
-            size = os.fstat(f.fileno()).st_size
-            data = f.read(MAX_FILE_BYTES + 1) if size <= MAX_FILE_BYTES else b""
-        size = max(size, len(data))  # a file that grew after the fstat is still read no further
-        if size > MAX_FILE_BYTES:
-            problems.append(f"{name}: {size:,} bytes, more than the limit of {MAX_FILE_BYTES:,}")
-            return None
-        if file_ids is not None:
-            file_ids[name] = digest(data)
-        return data.decode("utf-8")
+        return None if data is None else data.decode("utf-8")
     except UnicodeDecodeError:
         problems.append(f"{name}: not UTF-8 text")
+    return None
+
+
+def _read_bounded(path: Path, name: str, limit: int, problems: list[str],
+                  file_ids: dict[str, bytes] | None) -> bytes | None:
+    """A file's bytes, at most ``limit`` of them, their id noted in ``file_ids``; None after noting
+    the problem. The size is known before a byte is read: a 50 MB config is refused, not parsed for
+    minutes."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(limit + 1) if size <= limit else b""
     except OSError as exc:
         problems.append(f"{name}: cannot read ({exc.strerror})")
-    return None
+        return None
+    size = max(size, len(data))  # a file that grew after the fstat is still read no further
+    if size > limit:
+        problems.append(f"{name}: {size:,} bytes, more than the limit of {limit:,}")
+        return None
+    if file_ids is not None:
+        file_ids[name] = digest(data)
+    return data
 
 
 _MISSING = object()
@@ -606,14 +616,9 @@ def _check_eval_samples(root: Path, problems: list[str], file_ids: dict[str, byt
     if not path.is_file() or path.is_symlink():
         problems.append(f"{SAMPLES_FILE}: not a regular file")
         return
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        data = f.read(MAX_SAMPLES_BYTES + 1) if size <= MAX_SAMPLES_BYTES else b""
-    size = max(size, len(data))  # a file that grew after the fstat is still read no further
-    if size > MAX_SAMPLES_BYTES:
-        problems.append(f"{SAMPLES_FILE}: {size:,} bytes, more than the limit of {MAX_SAMPLES_BYTES:,}")
+    data = _read_bounded(path, SAMPLES_FILE, MAX_SAMPLES_BYTES, problems, file_ids)
+    if data is None:
         return
-    file_ids[SAMPLES_FILE] = digest(data)
     try:
         # read as a file opened in text mode reads (universal newlines), from the bytes just hashed
         if not len(parse_samples(io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"), SAMPLES_FILE)):
