@@ -138,6 +138,20 @@ def test_a_file_that_changes_after_its_check_is_refused_before_any_version_names
     assert store.verify().ok
 
 
+def test_a_version_pushed_below_another_must_leave_that_ones_number_true(store, tmp_path):
+    store.push(write_bundle(HISTORY[0], tmp_path / "a"), "acme/support@v1.0.0")
+    store.push(write_bundle(replace(BY_NAME["v1.1.0"], name="v1.2.0"), tmp_path / "b"), "acme/support@v1.2.0")
+    before = snapshot(store.path)
+    # a minor bump over v1.0.0, but with v1.2.0's very content v1.2.0 would be a minor bump of nothing
+    with pytest.raises(InvalidParameter, match=r"v1.1.0 would come right before v1.2.0, a minor bump over it, but "
+                                               r"from v1.1.0 to v1.2.0 the weights and inference config are "
+                                               r"identical: push it under another number"):
+        store.push(write_bundle(BY_NAME["v1.1.0"], tmp_path / "c"), "acme/support@v1.1.0")
+    assert snapshot(store.path) == before
+    store.push(write_bundle(replace(BY_NAME["v1.2.0"], name="v1.1.0"), tmp_path / "d"), "acme/support@v1.1.0")
+    assert store.ls("acme/support")[0]["versions"] == ["v1.2.0", "v1.1.0", "v1.0.0"]
+
+
 @pytest.mark.parametrize("bundle, label, message", [
     ("v1.2.0", "v1.1.2", "the adapter weights changed (14 of 28 tensors differ): push it as v1.2.0"),
     ("v1.1.1", "v1.2.0", "the weights and inference config are identical: push it as v1.1.2"),

@@ -35,7 +35,7 @@ from .state import (
     object_key,
     ref_key,
 )
-from .versioning import check_label, compare, previous_version
+from .versioning import check_insertion, check_label, compare, next_version, previous_version
 
 if TYPE_CHECKING:
     from .bundle import Bundle
@@ -310,6 +310,9 @@ class Registry:
         previous = previous_version(state, version)
         change = compare(self.record(state, previous), bundle) if previous else None
         check_label(version, previous, change)
+        following = next_version(state, version)
+        if following is not None:  # equal or not, what changed between two versions reads the same both ways
+            check_insertion(version, following, compare(self.record(state, following), bundle))
         warnings = []
         if bundle.metadata.version not in (None, version):
             said = f"metadata.yaml says version {bundle.metadata.version}"
@@ -347,8 +350,8 @@ class Registry:
         def add_version(current: ModelState) -> list[Move]:
             if version in current.versions:
                 raise Conflict(f"{model}@{version} was pushed by someone else while this push ran")
-            if previous_version(current, version) != previous:
-                raise Conflict(f"{model} gained a version below {version} while this push ran; push again")
+            if previous_version(current, version) != previous or next_version(current, version) != following:
+                raise Conflict(f"{model} gained a version next to {version} while this push ran; push again")
             return [{"action": "push", "from": previous, "to": version, "version_record": record_id}]
 
         self.transact(model, add_version, actor, reason or bundle.metadata.change_description, create=True)

@@ -68,6 +68,21 @@ def previous_version(state: ModelState, version: str) -> str | None:
     return below[-1] if below else None
 
 
+def next_version(state: ModelState, version: str) -> str | None:
+    """The lowest existing version above ``version``: the one a push of it comes right before."""
+    above = [v for v in state.sorted_versions() if parse_version(v) > parse_version(version)]
+    return above[0] if above else None
+
+
+def check_insertion(version: str, following: str, change: Change) -> None:
+    """Refuse a version pushed right below an existing one whose number would then no longer say
+    what changed since its previous version (``change``: from ``version`` to ``following``)."""
+    label = parse_version(following).kind_of_bump_from(parse_version(version))
+    if label is not None and label != change.kind:
+        raise InvalidParameter(f"{version} would come right before {following}, a {label} bump over it, but from "
+                               f"{version} to {following} {change.describe()}: push it under another number")
+
+
 def check_label(version: str, previous: str | None, change: Change | None) -> None:
     """Refuse a version number that does not say what changed since ``previous``."""
     if previous is None or change is None:
