@@ -32,6 +32,7 @@ def test_a_version_number_deleted_and_pushed_again_is_loaded_again(served, tmp_p
         metadata.write_text(metadata.read_text().replace(HISTORY[history_index].name, "v1.1.0"))
         served.push(bundle, "acme/support@v1.1.0")
 
+    served.delete("acme/support@v1.1.1")  # v1.1.0 pushed again with other weights would make its patch label wrong
     follower = Follower(served, "acme/support@production")
     served.promote("acme/support@v1.1.0")
     follower.refresh()

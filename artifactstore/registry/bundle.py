@@ -19,6 +19,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -591,9 +592,10 @@ def hash_weights(path: Path) -> tuple[bytes, dict[str, TensorDigest]]:
     BLAKE3 of its bytes (what decides whether weights changed), all from one mapping of the file,
     its header included: the id then vouches for the very bytes the tensors were read from."""
     with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:  # which cannot be mapped
-            raise InvalidInput("safetensors: the file is empty")
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped, ThreadPoolExecutor(3) as pool:
+        # an empty file cannot be mapped: its header is refused as the loader refuses it
+        empty = os.fstat(f.fileno()).st_size == 0
+        with nullcontext(b"") if empty else mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped, \
+                ThreadPoolExecutor(3) as pool:
             data = memoryview(mapped)
             try:
                 header = read_header(lambda offset, length: bytes(data[offset:offset + length]), len(data))
