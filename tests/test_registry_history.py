@@ -14,7 +14,7 @@ from artifactstore.content.manifest import canonical_json
 from artifactstore.demo import adapter_history, write_bundle
 from artifactstore.ids import parse_id
 from artifactstore.registry.registry import Registry
-from artifactstore.registry.state import STATE_CONTEXT, VERSION_MAP_CONTEXT, object_key, ref_key
+from artifactstore.registry.state import STATE_CONTEXT, VERSION_MAP_CONTEXT, AuditEntry, object_key, ref_key
 
 HISTORY = adapter_history(layers=2, scale=16)
 
@@ -134,3 +134,43 @@ def test_a_damaged_state_in_the_middle_leaves_the_newer_log_readable(pushed):
     as_json = run_cli("log", "acme/support", "--json", "--store", pushed.path)
     printed = json.loads(as_json.stdout)
     assert as_json.returncode == 1 and len(printed["entries"]) == len(readable) and middle in printed["damaged"]
+
+
+def commit_forged(store: Store, **changes) -> str:
+    """Put in place by hand a state made from the current one with ``changes``, its parent the
+    current one, as a forger would: every link and id is sound."""
+    head = store.state("acme/support")
+    forged = store.registry.write_object(replace(head, parent=head.id, id=None, **changes).encode(), STATE_CONTEXT)
+    store.backend.write(ref_key(head.model), canonical_json({"state": forged}))
+    return forged
+
+
+def forged_entry(store: Store, action: str, pointer: str | None, to: str) -> AuditEntry:
+    """An audit entry numbered after the current state's."""
+    return AuditEntry(store.state("acme/support").seq + 1, "2026-03-10T14:30:00.000000Z", "mallory", action,
+                      pointer, None, to, "")
+
+
+@pytest.mark.parametrize("forgery", ["no entry", "seq", "pointer", "map", "push"])
+def test_verify_names_a_state_its_audit_entries_do_not_account_for(pushed, forgery):
+    head = pushed.state("acme/support")
+    pin = forged_entry(pushed, "pin", "pins", "v1.0.0")
+    pinned = {"entries": (pin,), "seq": pin.seq, "pins": ("v1.0.0",)}
+    second_push_map = [s for _, s in pushed.states("acme/support")][2].versions_id
+    changes, expected = {
+        "no entry": ({"entries": (), "pointers": {"production": "v1.0.0"}},
+                     ["has no audit entry: every transaction records at least one",
+                      "has production v1.0.0, but its parent and its audit entries make it unset"]),
+        "seq": (pinned | {"seq": pin.seq + 1}, [f"has seq {pin.seq + 1}, but its last audit entry is {pin.seq}"]),
+        "pointer": (pinned | {"pointers": {"production": "v1.0.0"}},
+                    ["has production v1.0.0, but its parent and its audit entries make it unset"]),
+        "map": (pinned | {"versions_id": second_push_map},
+                [f"names the versions map {second_push_map}, but no audit entry of it pushes or deletes a version "
+                 f"(its parent names {head.versions_id})"]),
+        "push": ({"entries": (forged_entry(pushed, "push", None, "v1.3.0"),), "seq": head.seq + 1},
+                 [f"has no version v1.3.0, which its audit entry {head.seq + 1} pushed"]),
+    }[forgery]
+    forged = commit_forged(pushed, **changes)
+    problems = Store(pushed.path).verify().problems
+    named = f"registry acme/support: state {forged} "
+    assert [p.removeprefix(named) for p in problems if p.startswith(named)] == expected, problems

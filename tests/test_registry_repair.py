@@ -7,11 +7,12 @@ import pytest
 from conftest import run_cli
 
 from artifactstore import Conflict, CorruptObject, Store
+from artifactstore.content.manifest import canonical_json
 from artifactstore.demo import adapter_history, write_bundle
 from artifactstore.ids import parse_id
 from artifactstore.registry.registry import Registry
 from artifactstore.registry.repair import REPAIR
-from artifactstore.registry.state import object_key, ref_key
+from artifactstore.registry.state import VERSION_CONTEXT, AuditEntry, ModelState, object_key, ref_key
 
 HISTORY = adapter_history(layers=2, scale=16)
 VERSIONS = ("v1.0.0", "v1.1.0", "v1.1.1")
@@ -294,3 +295,77 @@ def test_a_truncated_ref_still_picks_the_winner_of_a_race(store):
     assert report.ok, report.problems
     assert f"from the state {winner.id} (entry 7): nothing lost" in report.repaired[0]
     assert store.log(MODEL)[-2].reason == "won the race"
+
+
+def test_verify_names_a_ref_set_back_over_committed_states_but_not_a_lost_race(store, monkeypatch):
+    lose_a_race(store)  # the loser's state follows the state that the winner (a stage, entry 7) replaced
+    winner = store.state(MODEL)
+
+    def killed(*_):
+        raise Conflict("killed between its write and its swap")
+
+    with monkeypatch.context() as patched:  # a promote whose state follows the head and was never committed
+        patched.setattr(store.backend, "swap_ref", killed)
+        with pytest.raises(Conflict):
+            store.promote(f"{MODEL}@v1.0.0")
+    assert store.verify().ok, "a state that merely follows the head proves nothing"
+
+    first_promote, _ = list(store.registry.trail(MODEL))[2]
+    store.backend.write(REF, canonical_json({"state": first_promote}))  # the ref set back by hand: entries 5-7 gone
+    assert store.log(MODEL)[-1].seq == 4
+    # the killed promote names the winner as its parent, so the ref once named the winner
+    assert store.verify().problems == [
+        f"registry {MODEL}: {REF} names {first_promote} (entry 4), but {winner.id} (entry 7), which follows it, was "
+        "committed: the ref was set back, and the entries from 5 on are gone from the log"]
+
+
+def unlinked_versions_maps(store: Store, how: str) -> tuple[list[ModelState], list[AuditEntry]]:
+    """Delete or damage the versions map of the newest state (the third push's, which the promotes
+    share) and the second push's; returns the states above the first push's and the audit log."""
+    states = [state for _, state in store.states(MODEL)][:-1]
+    for map_id in dict.fromkeys(state.versions_id for state in states):
+        key = object_key(parse_id(map_id))
+        if how == "missing":
+            store.backend.delete(key)
+        else:
+            damage(store, key, how)
+    return states, store.log(MODEL)
+
+
+@pytest.mark.parametrize("how", ["missing", "truncate"])
+def test_a_missing_or_damaged_versions_map_is_named_and_rebuilt_exactly(store, how):
+    head, first_push = store.state(MODEL), list(store.states(MODEL))[-1][0]
+    record = json.loads(store.backend.read(object_key(parse_id(head.versions["v1.1.1"]))))
+    # a push of v1.1.1 that lost its race leaves a record of the same version: the map's id tells them apart
+    store.registry.write_object(canonical_json(record | {"created_by": "lost@race"}), VERSION_CONTEXT)
+    states, log = unlinked_versions_maps(store, how)
+
+    problems = Store(store.path).verify().problems
+    said = "is missing" if how == "missing" else "is damaged (registry object"
+    assert any(p.startswith(f"registry {MODEL}: versions map {head.versions_id} of state {head.id} {said}")
+               for p in problems), problems
+    assert not any("malformed model state" in p for p in problems), "the state itself is intact"
+
+    report = Store(store.path).verify(repair=True)
+    assert report.ok, report.problems
+    [line] = report.repaired
+    assert f"versions map {head.versions_id} of state {head.id} {said}" in line
+    assert f"rebuilt exactly (it hashes to its id) from the versions map of the state {first_push}" in line
+    repaired = Store(store.path)
+    assert repaired.log(MODEL) == log, "nothing was lost: no repair state is written"
+    assert repaired.state(MODEL) == head and [s for _, s in repaired.states(MODEL)][:-1] == states
+    loads_every_version(repaired)
+
+
+def test_a_versions_map_that_cannot_be_rebuilt_is_named_and_the_ref_left_alone(store):
+    head = store.state(MODEL)
+    store.backend.delete(object_key(parse_id(head.versions["v1.1.1"])))
+    _, log = unlinked_versions_maps(store, "missing")
+    ref = store.backend.read(REF)
+
+    report = Store(store.path).verify(repair=True)
+    assert not report.ok and not report.repaired
+    assert (f"registry {MODEL}: versions map {head.versions_id} of state {head.id} is missing and cannot be rebuilt: "
+            f"no version record of {MODEL}@v1.1.1 (entry 3) is in the store") in report.problems[0]
+    assert "the ref is left alone" in report.problems[0]
+    assert store.backend.read(REF) == ref and Store(store.path).log(MODEL) == log

@@ -6,21 +6,37 @@ an intact state of the model it names. The repair picks the newest committed one
 ("Repairing a ref") describes, and is itself a transaction: a new state whose one audit entry
 (action ``repair``) says what was lost, its parent the chosen state, put in place by compare-and-swap
 from the damaged ref's token so that it never overwrites a ref someone else wrote meanwhile.
+
+A versions map the ref's state names that is missing or damaged is rebuilt instead, from the newest
+readable map below it and the versions pushed and deleted since: content-addressed, the rebuilt map
+is the lost one exactly when it hashes to the id the state names, and only then is it written.
 """
 
 import json
 import re
 from dataclasses import dataclass, replace
+from typing import Any
 
 import blake3
 
 from ..clock import timestamp
 from ..content.manifest import canonical_json
 from ..errors import Conflict, CorruptObject, NotFound
+from ..ids import parse_id
 from .changes import note_change
 from .refs import ModelName
-from .registry import Registry, ref_target
-from .state import STATE_CONTEXT, AuditEntry, ModelState, default_actor, ref_key
+from .registry import Registry, ref_target, registry_object_id
+from .state import (
+    STATE_CONTEXT,
+    VERSION_MAP_CONTEXT,
+    AuditEntry,
+    ModelState,
+    VersionMapUnreadable,
+    default_actor,
+    encode_version_map,
+    object_key,
+    ref_key,
+)
 
 REPAIR = "repair"  # the audit action of a rebuilt ref
 
@@ -34,11 +50,14 @@ _AGREEING, _DISAGREEING = 12, 2
 
 @dataclass(frozen=True)
 class RegistryScan:
-    """Every intact model state in the registry by model and id, and the bytes of every registry
-    object that may be a damaged state (it is no intact state, and not JSON of another kind)."""
+    """Every intact model state in the registry by model and id, the bytes of every registry
+    object that may be a damaged state (it is no intact state, and not JSON of another kind), and
+    the ids of the version records by (client, model, version): a record that lost its push's race
+    shares its version with the committed one."""
 
     states: dict[ModelName, dict[str, ModelState]]
     damaged: dict[str, bytes]
+    records: dict[tuple[Any, Any, Any], list[str]]  # (client, model, version) -> ids
 
     def committed_without_ref(self, with_ref: list[ModelName]) -> list[ModelName]:
         """Models with committed history (a state that names a parent: the ref once named that
@@ -47,11 +66,22 @@ class RegistryScan:
         return sorted((model for model, states in self.states.items()
                        if model not in with_ref and any(s.parent for s in states.values())), key=str)
 
+    def newest_dropped(self, model: ModelName, head: str) -> ModelState | None:
+        """The newest state after ``head`` in the model's history that was committed, if any: the
+        ref was set back over it. A later state is proved committed by a state naming it as its
+        parent (a transaction reads its parent from the ref); a state that merely follows the head
+        proves nothing, since a transaction that loses its compare-and-swap leaves just that."""
+        states = self.states.get(model, {})
+        later = _descendants(states, head)
+        committed = [states[s.parent] for i, s in states.items() if i in later and s.parent in later]
+        return max(committed, key=lambda s: s.seq, default=None)
+
 
 def scan_registry(registry: Registry) -> RegistryScan:
     """Read every registry object once (states and version records share ``registry/objects/``)."""
     states: dict[ModelName, dict[str, ModelState]] = {}
     damaged: dict[str, bytes] = {}
+    records: dict[tuple[Any, Any, Any], list[str]] = {}
     for key in registry.backend.list("registry/objects"):
         named = _OBJECT_KEY.fullmatch(key)
         if named is None:
@@ -64,26 +94,40 @@ def scan_registry(registry: Registry) -> RegistryScan:
         state = _as_state(data) if blake3.blake3(data, derive_key_context=STATE_CONTEXT).hexdigest() == named[2] else None
         if state is not None:
             states.setdefault(state.model, {})[object_id] = replace(state, id=object_id)
-        elif _json_kind(data) in (None, "model-state"):
+            continue
+        obj = _json_object(data)
+        if obj is None or obj.get("kind") == "model-state":
             damaged[object_id] = data
-    return RegistryScan(states, damaged)
+        elif obj.get("kind") == "version":
+            records.setdefault((obj.get("client"), obj.get("model"), obj.get("version")), []).append(object_id)
+    return RegistryScan(states, damaged, records)
 
 
 def repair_refs(registry: Registry, actor: str | None = None) -> tuple[list[str], list[str]]:
     """(repairs, problems): rebuild every ref that is damaged, names a damaged or missing state, or
-    is missing while its model has committed history; a problem for each that cannot be rebuilt."""
+    is missing while its model has committed history, then the versions map of the state the ref
+    names where that is missing or damaged; a problem for each that cannot be rebuilt."""
     scan = scan_registry(registry)
     with_ref = registry.models()
     repairs: list[str] = []
     problems: list[str] = []
     for model in sorted(set(with_ref) | set(scan.committed_without_ref(with_ref)), key=str):
         damage = _inspect_ref(registry, model)
-        if damage is None:
-            continue
+        if damage is not None:
+            try:
+                repairs.append(_rebuild(registry, scan, model, damage, actor or default_actor()))
+            except _Unrepairable as exc:
+                problems.append(f"registry {model}: {damage.key} {damage.cause} and cannot be rebuilt: {exc}")
+                continue
         try:
-            repairs.append(_rebuild(registry, scan, model, damage, actor or default_actor()))
-        except _Unrepairable as exc:
-            problems.append(f"registry {model}: {damage.key} {damage.cause} and cannot be rebuilt: {exc}")
+            registry.state(model)
+        except VersionMapUnreadable as unreadable:
+            try:
+                repairs.append(_restore_versions_map(registry, scan, model, unreadable))
+            except _Unrepairable as exc:
+                problems.append(f"registry {model}: {unreadable} and cannot be rebuilt: {exc}; which version "
+                                f"record each of the model's versions is, is lost (its pointers and audit log "
+                                f"are not); the ref is left alone")
     return repairs, problems
 
 
@@ -112,7 +156,7 @@ def _inspect_ref(registry: Registry, model: ModelName) -> _RefDamage | None:
     except CorruptObject:
         return _RefDamage(key, token, "is damaged", legible[1] if legible else None, None)
     try:
-        state = registry.read_state_object(named)
+        state = _read_without_versions(registry, named)  # a missing versions map is no damage of the ref
         if state.model == model:
             return None
         named_is = f"a state of {state.model}"
@@ -146,6 +190,63 @@ def _rebuild(registry: Registry, scan: RegistryScan, model: ModelName, damage: _
         raise _Unrepairable("the ref changed while it was being rebuilt; run verify --repair again") from None
     note_change(registry.backend, model, state_id)
     return f"registry {model}: {reason}; the repair is entry {entry.seq}" + "".join(f"; {note}" for note in notes)
+
+
+def _restore_versions_map(registry: Registry, scan: RegistryScan, model: ModelName,
+                          unreadable: VersionMapUnreadable) -> str:
+    """Rebuild the unreadable versions map of the ref's state, and every unreadable map between it
+    and the newest readable one below it, state by state: that map, then each state's pushes (the
+    version records the scan found for the version pushed) and deletes. Each rebuilt map must hash
+    to the id its state names; nothing is written unless all of them do."""
+    pending: list[tuple[ModelState, str]] = []  # newest first: the states whose maps are unreadable, with the map's id
+    versions: dict[str, str] = {}
+    source = "nothing (the model's first state)"
+    state_id: str | None = unreadable.state_id
+    while state_id is not None:
+        try:
+            state = _read_without_versions(registry, state_id)
+        except (CorruptObject, NotFound) as exc:
+            raise _Unrepairable(f"the state {state_id} below it cannot be read ({exc})") from None
+        if state.versions_id is None:
+            versions, source = state.versions, f"the versions of the state {state_id} (entry {state.seq})"
+            break
+        if not pending or state.versions_id != pending[-1][1]:
+            try:
+                versions = registry.read_version_map(state.versions_id)
+                source = f"the versions map of the state {state_id} (entry {state.seq})"
+                break
+            except (CorruptObject, NotFound):
+                pass
+        pending.append((state, state.versions_id))
+        state_id = state.parent
+    rebuilt: dict[str, bytes] = {}
+    for state, map_id in reversed(pending):
+        candidates = [versions]
+        for entry in state.entries:
+            if entry.action == "push" and entry.to is not None:
+                records = scan.records.get((model.client, model.model, entry.to), [])
+                if not records:
+                    raise _Unrepairable(f"no version record of {model}@{entry.to} (entry {entry.seq}) is in the store")
+                candidates = [c | {entry.to: record} for c in candidates for record in records]
+            elif entry.action == "delete":
+                candidates = [{v: r for v, r in c.items() if v != entry.from_} for c in candidates]
+        matching = [c for c in candidates
+                    if registry_object_id(encode_version_map(model, c), VERSION_MAP_CONTEXT) == map_id]
+        if not matching:
+            raise _Unrepairable(f"the versions pushed and deleted up to the state {state.id} (entry {state.seq}) "
+                                f"do not give the map {map_id} it names")
+        versions = matching[0]
+        rebuilt[map_id] = encode_version_map(model, versions)
+    for map_id, encoded in rebuilt.items():
+        registry.backend.write(object_key(parse_id(map_id)), encoded)  # its exact bytes, over any damaged ones
+    return (f"registry {model}: {unreadable}; rebuilt exactly (it hashes to its id) from {source} and the "
+            f"versions pushed and deleted since")
+
+
+def _read_without_versions(registry: Registry, state_id: str) -> ModelState:
+    """An intact state with its id, its versions map unread (``versions`` empty where it names one)."""
+    data = registry.read_object(state_id, STATE_CONTEXT)
+    return replace(ModelState.decode(data, state_id, _unread_versions), id=state_id)
 
 
 def _before_named_state(scan: RegistryScan, states: dict[str, ModelState], named: str,
@@ -236,17 +337,17 @@ def _descendants(states: dict[str, ModelState], ancestor: str) -> set[str]:
     return found
 
 
-def _json_kind(data: bytes) -> str | None:
-    """The ``kind`` of a registry object that parses as a JSON object, else None."""
+def _json_object(data: bytes) -> dict[str, Any] | None:
+    """A registry object that parses as a JSON object, else None."""
     try:
         obj = json.loads(data)
     except ValueError:
         return None
-    return str(obj.get("kind")) if isinstance(obj, dict) else None
+    return obj if isinstance(obj, dict) else None
 
 
 def _unread_versions(_: str) -> dict[str, str]:
-    # choosing a head needs no versions, and a rebuilt state names the head's versions map itself
+    # choosing a head or checking a ref needs no versions, and a rebuilt state names the head's map itself
     return {}
 
 

@@ -11,11 +11,11 @@ import json
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..content.manifest import canonical_json
-from ..errors import CorruptObject
+from ..errors import CorruptObject, NotFound
 from .pointers import CANARY, KINDS
 from .refs import ModelName, parse_version
 
@@ -35,6 +35,16 @@ def ref_key(model: ModelName) -> str:
 def object_key(object_id: bytes) -> str:
     hex_id = object_id.hex()
     return f"registry/objects/{hex_id[:2]}/{hex_id}.json"
+
+
+class VersionMapUnreadable(CorruptObject):
+    """An intact state whose versions map is missing or damaged: the state, its pointers and its
+    audit entries read; its versions do not (verify --repair rebuilds the map where it can)."""
+
+    def __init__(self, map_id: str, state_id: str, what: str):
+        super().__init__(f"versions map {map_id} of state {state_id} {what}")
+        self.map_id = map_id
+        self.state_id = state_id
 
 
 @dataclass(frozen=True)
@@ -136,16 +146,23 @@ class ModelState:
                 raise ValueError("not a model state")
             named = obj["versions"]
             versions_id = named if isinstance(named, str) else None
-            versions = version_map(named) if versions_id is not None else dict(named)
-            return cls(ModelName(obj["client"], obj["model"]), versions, dict(obj["pointers"]),
-                       obj["canary"], tuple(obj["pins"]), obj["seq"], obj["parent"],
-                       tuple(AuditEntry.from_json(e) for e in obj["entries"]), policy=obj.get("policy"),
-                       checks={v: dict(c) for v, c in obj.get("checks", {}).items()},
-                       predecessors=dict(obj.get("predecessors", {})), rollout=obj.get("rollout"),
-                       drill=obj.get("drill"), versions_id=versions_id, retired=tuple(obj.get("retired", ())),
-                       deployments={v: dict(d) for v, d in obj.get("deployments", {}).items()})
+            state = cls(ModelName(obj["client"], obj["model"]), {} if versions_id is not None else dict(named),
+                        dict(obj["pointers"]), obj["canary"], tuple(obj["pins"]), obj["seq"], obj["parent"],
+                        tuple(AuditEntry.from_json(e) for e in obj["entries"]), policy=obj.get("policy"),
+                        checks={v: dict(c) for v, c in obj.get("checks", {}).items()},
+                        predecessors=dict(obj.get("predecessors", {})), rollout=obj.get("rollout"),
+                        drill=obj.get("drill"), versions_id=versions_id, retired=tuple(obj.get("retired", ())),
+                        deployments={v: dict(d) for v, d in obj.get("deployments", {}).items()})
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptObject(f"{where}: malformed model state ({exc})") from None
+        if versions_id is None:
+            return state
+        try:
+            return replace(state, versions=version_map(versions_id))
+        except NotFound:
+            raise VersionMapUnreadable(versions_id, where, "is missing") from None
+        except CorruptObject as exc:
+            raise VersionMapUnreadable(versions_id, where, f"is damaged ({exc})") from None
 
     def pointer(self, name: str) -> str | None:
         """The version a pointer names, if it is set."""
