@@ -4,6 +4,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -11,7 +12,19 @@ import numpy as np
 import pytest
 
 from artifactstore import Store
+from artifactstore.clock import timestamp
+from artifactstore.content.manifest import canonical_json
 from artifactstore.demo import adapter_history, write_bundle
+from artifactstore.registry.refs import ModelName
+from artifactstore.registry.state import (
+    STATE_CONTEXT,
+    VERSION_CONTEXT,
+    VERSION_MAP_CONTEXT,
+    AuditEntry,
+    encode_version_map,
+    ref_key,
+)
+from artifactstore.registry.versioning import previous_version
 
 
 @pytest.fixture
@@ -26,6 +39,26 @@ def served(store, tmp_path) -> Store:
         store.push(write_bundle(version, tmp_path / "bundles" / version.name), f"acme/support@{version.name}")
     store.promote("acme/support@v1.0.0")
     return store
+
+
+def reuse_deleted_number(store: Store, ref: str, number: str) -> None:
+    """Give the version ``ref`` names the number of a deleted version, ``number``, as a push could
+    before the registry kept deleted numbers: a store from that release may hold such a version,
+    which what serves versions must still tell from the deleted one. Written as that release wrote
+    it: the version's record under the new number, then a state (without ``deleted``) adding it."""
+    registry, name = store.registry, ModelName.parse(ref.partition("@")[0])
+    record = registry.record(store.state(name), ref.partition("@")[2]) | {"version": number}
+    record_id = registry.write_object(canonical_json(record), VERSION_CONTEXT)
+    store.delete(ref, reason="renumbered")
+    state = store.state(name)
+    versions = state.versions | {number: record_id}
+    entry = AuditEntry(state.seq + 1, timestamp(), "ci@agency", "push", None, previous_version(state, number),
+                       number, "pushed again")
+    renumbered = replace(state, versions=versions, deleted=None, seq=entry.seq, entries=(entry,), parent=state.id,
+                         versions_id=registry.write_object(encode_version_map(name, versions), VERSION_MAP_CONTEXT))
+    token = store.backend.read_ref(ref_key(name))[1]
+    store.backend.swap_ref(ref_key(name), canonical_json({"state": registry.write_object(renumbered.encode(),
+                                                                                          STATE_CONTEXT)}), token)
 
 
 def random_bytes(size: int, seed: int = 0) -> bytes:

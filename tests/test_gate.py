@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 import yaml
-from conftest import run_cli, snapshot
+from conftest import reuse_deleted_number, run_cli, snapshot
 
 from artifactstore import InvalidInput, InvalidParameter, Refused
 from artifactstore.demo import adapter_history, write_bundle
@@ -284,7 +284,8 @@ def test_cli_gate_prints_each_metric_and_exits_1_on_failure(regression):
 def production_pushed_again(store, tmp_path):
     """acme/support, gate required: v1.1.0 gated against production v1.2.0, its accuracy drop
     accepted; then v1.2.0 rolled back from, deleted, pushed again with other eval results, gated and
-    promoted again: production has v1.1.0's version name, not the bytes it was gated against."""
+    promoted again: production has v1.2.0's version name, not the bytes v1.1.0 was gated against.
+    Pushing a deleted number again is refused now; a store from before holds such versions."""
     push(store, tmp_path, "v1.0.0", SEED_PRODUCTION)
     store.promote("acme/support@v1.0.0", actor="jane", reason="launch")
     push(store, tmp_path, "v1.2.0", {"accuracy": 0.958, "hallucination_rate": 0.014})
@@ -296,7 +297,9 @@ def production_pushed_again(store, tmp_path):
     assert accepted.verdict == "accepted" and accepted.production == "v1.2.0"
     store.rollback("acme/support", actor="oncall", reason="3am")
     store.delete("acme/support@v1.2.0", reason="data removal request")
-    push(store, tmp_path / "again", "v1.2.0", {"accuracy": 0.990, "hallucination_rate": 0.010})
+    again = replace(BY_NAME["v1.2.0"], name="v1.3.0", eval_results={"accuracy": 0.990, "hallucination_rate": 0.010})
+    store.push(write_bundle(again, tmp_path / "again"), "acme/support@v1.3.0", actor="ci@agency")
+    reuse_deleted_number(store, "acme/support@v1.3.0", "v1.2.0")  # as a store from an older release may have it
     store.gate("acme/support@v1.2.0")
     store.promote("acme/support@v1.2.0", actor="jane", reason="v1.2.0 retrained without the removed data")
     return store

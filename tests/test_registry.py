@@ -456,6 +456,42 @@ def test_promote_without_a_version_promotes_staging_and_clears_it(five):
     assert [(e.pointer, e.to) for e in state.entries] == [("production", "v1.1.0"), ("staging", None)]
 
 
+def test_a_deleted_version_s_number_never_names_other_content(pushed, bundles, tmp_path):
+    """A vLLM keeps a name's adapter until it restarts, and a follower may still hold the deleted
+    weights: the number of a deleted version is refused to other content, and skipped by --bump auto."""
+    pushed.delete("acme/support@v1.1.1", reason="wrong prompt")
+    other = write_bundle(replace(BY_NAME["v1.1.1"], inference_config={"temperature": 0.1}), tmp_path / "other")
+    before = snapshot(pushed.path)
+    with pytest.raises(Conflict, match=r"acme/support@v1\.1\.1 was deleted, and a deleted version's number never "
+                                       r"names other content .*: push it as v1\.1\.2, or with --bump auto"):
+        pushed.push(other, "acme/support@v1.1.1")
+    cli = run_cli("push", other, "acme/support@v1.1.1", "--store", pushed.path)
+    assert cli.returncode != 0 and cli.stderr.count("\n") == 1 and "was deleted" in cli.stderr
+    assert snapshot(pushed.path) == before, "refused before the first byte is written"
+    with pytest.raises(NotFound, match=r"acme/support has no version v1\.1\.1 \(it was deleted\)"):
+        pushed.show("acme/support@v1.1.1")
+    assert pushed.push(other, "acme/support", bump="auto").version == "v1.1.2"
+    # the deleted version's own bundle may come back under its number: a delete undone
+    restored = pushed.push(bundles["v1.1.1"], "acme/support@v1.1.1", reason="deleted by mistake")
+    assert restored.created and restored.bundle == pushed.resolve("acme/support@v1.1.1")
+    assert pushed.state("acme/support").deleted == {}
+    assert pushed.verify().ok
+
+
+def test_bump_auto_and_the_label_check_pass_over_deleted_numbers(store, bundles):
+    for name in ("v1.0.0", "v1.1.0"):
+        store.push(bundles[name], f"acme/support@{name}")
+    store.delete("acme/support@v1.1.0")
+    with pytest.raises(InvalidParameter, match=r"push it as v1\.2\.0 \(a minor bump\)"):
+        store.push(bundles["v1.2.0"], "acme/support@v1.0.1")  # retrained weights: v1.1.0 is gone for good
+    assert store.push(bundles["v1.2.0"], "acme/support", bump="auto").version == "v1.2.0"
+    for name in ("v1.0.0", "v1.2.0"):
+        store.delete(f"acme/support@{name}")
+    assert store.push(bundles["v1.2.1"], "acme/support", bump="auto").version == "v2.0.0", \
+        "a model whose versions were all deleted starts again past them"
+    assert set(store.state("acme/support").deleted) == {"v1.0.0", "v1.1.0", "v1.2.0"}
+
+
 def test_bump_auto_numbers_the_version_and_warns_when_metadata_says_another(store, bundles):
     store.push(bundles["v1.0.0"], "acme/support", bump="auto")
     result = store.push(bundles["v1.2.0"], "acme/support", bump="auto")  # its metadata.yaml says v1.2.0

@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 from conftest import run_cli
 
-from artifactstore import HistoryDamaged, Store
+from artifactstore import Conflict, HistoryDamaged, Store
 from artifactstore.content.manifest import canonical_json
 from artifactstore.demo import adapter_history, write_bundle
 from artifactstore.ids import parse_id
@@ -75,7 +75,7 @@ def rewrite_before_version_maps(store: Store) -> None:
     chain = [state for _, state in registry.states("acme/support")][::-1]
     parent = None
     for state in chain:
-        old = replace(state, versions_id=None, retired=(), deployments={}, parent=parent)
+        old = replace(state, versions_id=None, retired=(), deployments={}, deleted=None, parent=parent)
         parent = registry.write_object(old.encode(), STATE_CONTEXT)
     data, token = store.backend.read_ref(ref_key(chain[-1].model))
     store.backend.swap_ref(ref_key(chain[-1].model), canonical_json({"state": parent}), token)
@@ -91,8 +91,11 @@ def test_a_store_from_before_version_maps_is_read_collected_and_carried_over(pus
     assert not head.map_era and head.retired == ()
     assert old.show("acme/support@v1.1.0")["deployed_by"] == "jane", "from the log, as before"
     assert retired_bundle in old.roots().retired, "gc reads the history of a store from before"
+    with pytest.raises(Conflict, match="v1.0.0 was deleted"):
+        old.push(write_bundle(HISTORY[3], tmp_path / "other"), "acme/support@v1.0.0")
     moved = old.promote("acme/support@v1.1.1")
     assert moved.map_era and moved.retired == (retired_bundle,) and moved.deployments["v1.1.0"]["by"] == "jane"
+    assert moved.deleted == {"v1.0.0": retired_bundle}
     assert retired_bundle in Store(pushed.path).roots().retired
     for _ in range(2):
         Store(pushed.path).gc(grace="0s")
@@ -100,6 +103,25 @@ def test_a_store_from_before_version_maps_is_read_collected_and_carried_over(pus
     assert final.verify().ok
     final.get(final.resolve("acme/support@v1.2.0"), tmp_path / "out")
     assert not final.content.home.exists(f"manifests/{retired_bundle[3:5]}/{retired_bundle[3:]}.json")
+
+
+def test_a_store_from_before_deleted_numbers_were_kept_reads_them_from_its_history(pushed, tmp_path):
+    """States of the previous release name their versions maps but keep no deleted numbers: the
+    history tells them, once; the next transaction keeps them in its state."""
+    deleted_bundle = pushed.version_record("acme/support@v1.1.1")["bundle"]
+    pushed.delete("acme/support@v1.1.1")
+    head = pushed.state("acme/support")
+    assert json.loads(state_bytes(pushed, head.id))["deleted"] == {"v1.1.1": deleted_bundle}
+    before = pushed.registry.write_object(replace(head, deleted=None).encode(), STATE_CONTEXT)
+    pushed.backend.write(ref_key(head.model), canonical_json({"state": before}))
+    old = Store(pushed.path)
+    assert old.state("acme/support").deleted is None and "deleted" not in json.loads(state_bytes(old, before))
+    other = write_bundle(HISTORY[4], tmp_path / "other")
+    with pytest.raises(Conflict, match="v1.1.1 was deleted"):
+        old.push(other, "acme/support@v1.1.1")
+    assert old.push(other, "acme/support", bump="auto").version == "v1.2.1"
+    assert old.state("acme/support").deleted == {"v1.1.1": deleted_bundle}
+    assert old.verify().ok
 
 
 def test_log_limit_on_the_command_line(pushed):
@@ -151,7 +173,7 @@ def forged_entry(store: Store, action: str, pointer: str | None, to: str) -> Aud
                       pointer, None, to, "")
 
 
-@pytest.mark.parametrize("forgery", ["no entry", "seq", "pointer", "map", "push"])
+@pytest.mark.parametrize("forgery", ["no entry", "seq", "pointer", "map", "push", "deleted"])
 def test_verify_names_a_state_its_audit_entries_do_not_account_for(pushed, forgery):
     head = pushed.state("acme/support")
     pin = forged_entry(pushed, "pin", "pins", "v1.0.0")
@@ -169,6 +191,8 @@ def test_verify_names_a_state_its_audit_entries_do_not_account_for(pushed, forge
                  f"(its parent names {head.versions_id})"]),
         "push": ({"entries": (forged_entry(pushed, "push", None, "v1.3.0"),), "seq": head.seq + 1},
                  [f"has no version v1.3.0, which its audit entry {head.seq + 1} pushed"]),
+        "deleted": (pinned | {"deleted": {"v1.0.0": pushed.resolve("acme/support@v1.0.0")}},
+                    ["has version v1.0.0, and keeps it among its deleted versions too"]),
     }[forgery]
     forged = commit_forged(pushed, **changes)
     problems = Store(pushed.path).verify().problems

@@ -357,12 +357,14 @@ class ContentStore:
             return None
         return manifest if all(stored_chunk(chunk) for chunk, _ in manifest.chunks) else None
 
-    def identify(self, path: str | os.PathLike) -> str:
-        """The id ``put`` would return for ``path``, computed without writing anything."""
+    def identify(self, path: str | os.PathLike, *, hashed: Mapping[str, bytes] | None = None) -> str:
+        """The id ``put`` would return for ``path``, computed without writing anything; ``hashed``:
+        the ids of input files the caller has taken already, by their path in the tree (as ``put``)."""
         root = Path(path)
-        files = []
-        for f in collect_inputs(root):  # each file hashed from a mapping: a 16 GB base model is not read into memory
-            files.append((f, blake3.blake3(max_threads=blake3.blake3.AUTO).update_mmap(f.source).digest()))
+        hashed = hashed or {}
+        # each file hashed from a mapping: a 16 GB base model is not read into memory
+        files = [(f, hashed.get(f.path) or blake3.blake3(max_threads=blake3.blake3.AUTO).update_mmap(f.source).digest())
+                 for f in collect_inputs(root)]
         return format_id(root_object(root, files)[0])
 
     def _publish_manifest(self, object_id: bytes, encoded: bytes, rewritten: Container[str]) -> None:

@@ -21,7 +21,7 @@ from ..errors import Conflict, CorruptObject, HistoryDamaged, InvalidInput, Inva
 from ..ids import format_id, parse_id
 from .changes import note_change
 from .pointers import CANARY, EXPECT_UNSET, NAMES, PRODUCTION, ROLLBACK_TARGET, STAGING, Transition, TransitionRule
-from .refs import LATEST, ModelName, Ref, parse_version
+from .refs import LATEST, ModelName, Ref, SemVer, parse_version
 from .state import (
     STATE_CONTEXT,
     VERSION_CONTEXT,
@@ -35,7 +35,7 @@ from .state import (
     object_key,
     ref_key,
 )
-from .versioning import check_insertion, check_label, compare, next_version, previous_version
+from .versioning import check_insertion, check_label, compare, free_bump, next_version, previous_version
 
 if TYPE_CHECKING:
     from .bundle import Bundle
@@ -174,8 +174,8 @@ class Registry:
             current = ModelState(model)
         at, actor = timestamp(), actor or default_actor()
         _check_audit_text(actor, reason)
-        moves = change(current)
-        complete = self._in_map_era(current)  # with the deployments the rules judge restorations by
+        complete = self._completed(current)  # with the deployments the rules judge restorations by
+        moves = change(complete)
         self._offer_to_rules(complete, moves, actor, reason, force)
         updated = _apply(complete, moves, at, actor)
         entries = tuple(AuditEntry(current.seq + i + 1, at, actor, m["action"], m.get("pointer"), m.get("from"),
@@ -198,7 +198,7 @@ class Registry:
     def refusal(self, state: ModelState, moves: list[Move], actor: str | None, reason: str) -> Refused | None:
         """What the rules would refuse of ``moves`` made to ``state`` now, if anything (nothing is written)."""
         try:
-            self._offer_to_rules(self._in_map_era(state), [dict(m) for m in moves], actor or default_actor(), reason,
+            self._offer_to_rules(self._completed(state), [dict(m) for m in moves], actor or default_actor(), reason,
                                  force=False)
         except Refused as refused:
             return refused
@@ -219,22 +219,27 @@ class Registry:
                             raise
                         move["override"] = "; ".join(filter(None, [move.get("override"), refusal.refusal]))
 
-    def _in_map_era(self, state: ModelState) -> ModelState:
-        """``state`` with what the map era keeps in each state: for a state written before (its
-        versions inline), the bundles of deleted versions and the last deployments, read once from
-        its history; the transaction that writes the model's first map-era state carries them on."""
-        if state.map_era or state.id is None:
+    def _completed(self, state: ModelState) -> ModelState:
+        """``state`` with what each state keeps so that nothing reads the history for it, read once
+        from the history where the state was written before it was kept: the bundles of deleted
+        versions and the last deployments (before versions maps), the deleted version numbers
+        (before those were kept). The transaction that writes the model's next state carries them on."""
+        if state.id is None:  # a model's first state
+            return state if state.deleted is not None else replace(state, deleted={})
+        if state.map_era and state.deleted is not None:
             return state
-        ever: dict[str, str] = {}
+        ever: dict[str, str] = {}  # version -> its newest record
         deployments: dict[str, dict[str, str]] = {}
         for _, older in self.states(state.model):
             ever.update({v: r for v, r in older.versions.items() if v not in ever})
             for entry in older.entries:
                 if entry.pointer == PRODUCTION and entry.to is not None:
                     deployments.setdefault(entry.to, {"at": entry.at, "by": entry.actor})
+        deleted = {v: self.read_version_record(r)["bundle"] for v, r in ever.items() if v not in state.versions}
+        if state.map_era:
+            return replace(state, deleted=deleted)
         current = {self.read_version_record(r)["bundle"] for r in state.versions.values()}
-        retired = {self.read_version_record(r)["bundle"] for v, r in ever.items() if v not in state.versions}
-        return replace(state, retired=tuple(sorted(retired - current)),
+        return replace(state, retired=tuple(sorted(set(deleted.values()) - current)), deleted=deleted,
                        deployments={v: d for v, d in deployments.items() if v in state.versions})
 
     # -- resolving ------------------------------------------------------------------------------
@@ -283,7 +288,7 @@ class Registry:
         from .bundle import WEIGHTS, load_bundle, recorded_tensors  # here: bundles need pydantic and YAML
 
         model, requested = _push_target(ref, bump)
-        state = self._read_state(model)[0] or ModelState(model)
+        state = self._completed(self._read_state(model)[0] or ModelState(model))
 
         def base_tensors(weights: Path) -> tuple[bytes, dict[str, Any]] | None:
             """The id and tensors of the version this push is compared with, if its weights are these
@@ -299,17 +304,23 @@ class Registry:
         bundle = load_bundle(Path(bundle_dir), base_tensors)
         actor = actor or default_actor()
         _check_audit_text(actor, reason)
+        bundle_id = self.content.identify(bundle.path, hashed=bundle.file_ids)
         if requested in state.versions:
             existing = self.record(state, requested)
-            if existing["bundle"] != self.content.identify(bundle.path):
+            if existing["bundle"] != bundle_id:
                 raise Conflict(f"{model}@{requested} already exists with different content; versions are immutable: "
                                f"push a new version")
             return PushResult(f"{model}@{requested}", requested, existing["bundle"], existing["adapter_hash"],
                               existing["change"], False, 0, 0)
+        deleted = state.deleted or {}
+        if requested in deleted and deleted[requested] != bundle_id:
+            raise Conflict(f"{model}@{requested} was deleted, and a deleted version's number never names other "
+                           f"content (a server that loaded it may still serve its weights under that name): push "
+                           f"it as {self._next_version(state, bundle)}, or with --bump auto")
         version = requested or self._next_version(state, bundle)
         previous = previous_version(state, version)
         change = compare(self.record(state, previous), bundle) if previous else None
-        check_label(version, previous, change)
+        check_label(version, previous, change, deleted)
         following = next_version(state, version)
         if following is not None:  # equal or not, what changed between two versions reads the same both ways
             check_insertion(version, following, compare(self.record(state, following), bundle))
@@ -350,6 +361,8 @@ class Registry:
         def add_version(current: ModelState) -> list[Move]:
             if version in current.versions:
                 raise Conflict(f"{model}@{version} was pushed by someone else while this push ran")
+            if (current.deleted or {}).get(version, bundle_id) != bundle_id:
+                raise Conflict(f"{model}@{version} was deleted by someone else while this push ran; push again")
             if previous_version(current, version) != previous or next_version(current, version) != following:
                 raise Conflict(f"{model} gained a version next to {version} while this push ran; push again")
             return [{"action": "push", "from": previous, "to": version, "version_record": record_id}]
@@ -366,10 +379,13 @@ class Registry:
         return self.record(state, below) if below else None
 
     def _next_version(self, state: ModelState, bundle: "Bundle") -> str:
+        """The number ``--bump auto`` gives ``bundle``: the latest version's, bumped as the change
+        says, past the numbers of deleted versions."""
         if not state.versions:
-            return "v1.0.0"
+            return str(free_bump(SemVer(0, 0, 0), "major", state.deleted or {}))
         latest = state.sorted_versions()[-1]
-        return str(parse_version(latest).bump(compare(self.record(state, latest), bundle).kind))
+        return str(free_bump(parse_version(latest), compare(self.record(state, latest), bundle).kind,
+                             state.deleted or {}))
 
     def _check_stored_as_validated(self, tree_id: str, bundle: "Bundle") -> None:
         """Refuse the push (before any record names the tree, which gc then collects) if a file of the
@@ -593,7 +609,8 @@ def _model_ref(ref: Ref | str) -> tuple[ModelName, Ref]:
 def _version_in(state: ModelState, ref: Ref) -> str:
     if ref.is_version:
         if ref.target not in state.versions:
-            raise NotFound(f"{ref.model} has no version {ref.target}")
+            deleted = " (it was deleted)" if ref.target in (state.deleted or {}) else ""
+            raise NotFound(f"{ref.model} has no version {ref.target}{deleted}")
         return ref.target
     if ref.target == LATEST:
         if not state.versions:
@@ -654,14 +671,16 @@ def registry_object_id(encoded: bytes, context: str) -> str:
 def _apply(state: ModelState, moves: list[Move], at: str, actor: str) -> ModelState:
     versions, pointers = dict(state.versions), dict(state.pointers)
     canary, pins, predecessors = state.canary, set(state.pins), dict(state.predecessors)
-    retired, deployments = set(state.retired), dict(state.deployments)
+    retired, deployments, deleted = set(state.retired), dict(state.deployments), dict(state.deleted or {})
     fields: dict[str, Any] = {}
     for m in moves:
         fields.update(m.get("state", {}))
         if m["action"] == "push":
             versions[m["to"]] = m["version_record"]
+            deleted.pop(m["to"], None)  # its own bundle pushed again
         elif m["action"] == "delete":
             del versions[m["from"]]
+            deleted[m["from"]] = m["bundle"]
             predecessors = _without(predecessors, m["from"])
             deployments.pop(m["from"], None)
             retired.add(m["bundle"])
@@ -682,7 +701,7 @@ def _apply(state: ModelState, moves: list[Move], at: str, actor: str) -> ModelSt
                     predecessors[m["to"]] = m["from"]
     return replace(state, versions=versions, pointers=pointers, canary=canary,
                    pins=tuple(sorted(pins, key=parse_version)), predecessors=predecessors,
-                   retired=tuple(sorted(retired)), deployments=deployments, **fields)
+                   retired=tuple(sorted(retired)), deployments=deployments, deleted=deleted, **fields)
 
 
 def _without(predecessors: dict[str, str], deleted: str) -> dict[str, str]:

@@ -107,6 +107,10 @@ class ModelState:
     # registry), and when each version last went to production and by whom (show).
     retired: tuple[str, ...] = ()
     deployments: dict[str, dict[str, str]] = field(default_factory=dict)  # version -> {"at", "by"}
+    # version -> its bundle id, of every version deleted and not pushed again: such a number never
+    # names other content (a server that loaded it may still serve its weights under that name).
+    # None: a state written before it was kept, for which only the history tells.
+    deleted: dict[str, str] | None = None
 
     def encode(self) -> bytes:
         fields = {
@@ -130,6 +134,8 @@ class ModelState:
             fields["retired"] = list(self.retired)
         if self.deployments:
             fields["deployments"] = self.deployments
+        if self.deleted is not None:  # even when empty: it says that no version was deleted
+            fields["deleted"] = self.deleted
         return canonical_json(fields)
 
     @property
@@ -152,7 +158,8 @@ class ModelState:
                         checks={v: dict(c) for v, c in obj.get("checks", {}).items()},
                         predecessors=dict(obj.get("predecessors", {})), rollout=obj.get("rollout"),
                         drill=obj.get("drill"), versions_id=versions_id, retired=tuple(obj.get("retired", ())),
-                        deployments={v: dict(d) for v, d in obj.get("deployments", {}).items()})
+                        deployments={v: dict(d) for v, d in obj.get("deployments", {}).items()},
+                        deleted=_strings_by_version(obj["deleted"]) if "deleted" in obj else None)
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptObject(f"{where}: malformed model state ({exc})") from None
         if versions_id is None:
@@ -218,8 +225,15 @@ def encode_version_map(model: ModelName, versions: dict[str, str]) -> bytes:
 def decode_version_map(data: bytes, where: str) -> dict[str, str]:
     try:
         obj = json.loads(data)
-        if obj["kind"] != "version-map" or not all(isinstance(v, str) for v in obj["versions"].values()):
+        if obj["kind"] != "version-map":
             raise ValueError("not a version map")
-        return dict(obj["versions"])
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return _strings_by_version(obj["versions"])
+    except (ValueError, KeyError, TypeError) as exc:
         raise CorruptObject(f"{where}: malformed version map ({exc})") from None
+
+
+def _strings_by_version(obj: Any) -> dict[str, str]:
+    """A decoded JSON object of version -> id (a record's, a bundle's)."""
+    if not isinstance(obj, dict) or not all(isinstance(v, str) for v in obj.values()):
+        raise ValueError("not a map of versions to ids")
+    return dict(obj)

@@ -107,11 +107,16 @@ def _unaccounted(state: ModelState, made: tuple[AuditEntry, ...], states: dict[s
 
 def _versions_unaccounted(state: ModelState) -> list[str]:
     """What the entries of a state whose versions were read say against them: a pushed version must
-    be there, a deleted one not."""
+    be there, a deleted one not, and among the deleted numbers where the state keeps them."""
+    deleted = state.deleted or {}
     return ([f"has no version {e.to}, which its audit entry {e.seq} pushed"
              for e in state.entries if e.action == "push" and e.to not in state.versions]
             + [f"still has version {e.from_}, which its audit entry {e.seq} deleted"
-               for e in state.entries if e.action == "delete" and e.from_ in state.versions])
+               for e in state.entries if e.action == "delete" and e.from_ in state.versions]
+            + [f"does not keep the number of {e.from_}, which its audit entry {e.seq} deleted, among its deleted "
+               f"versions" for e in state.entries
+               if e.action == "delete" and state.deleted is not None and e.from_ not in deleted]
+            + [f"has version {v}, and keeps it among its deleted versions too" for v in deleted if v in state.versions])
 
 
 def _pointers_and_pins(state: ModelState) -> dict[str, Any]:

@@ -4,11 +4,12 @@ major = a different base model; minor = retrained adapter weights (any tensor, o
 settings); patch = nothing in the weights (inference config, prompt, eval, changelog).
 """
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidParameter
-from .refs import parse_version
+from .refs import SemVer, parse_version
 from .state import ModelState
 
 if TYPE_CHECKING:
@@ -83,13 +84,22 @@ def check_insertion(version: str, following: str, change: Change) -> None:
                                f"{version} to {following} {change.describe()}: push it under another number")
 
 
-def check_label(version: str, previous: str | None, change: Change | None) -> None:
-    """Refuse a version number that does not say what changed since ``previous``."""
+def free_bump(version: SemVer, kind: str, deleted: Collection[str]) -> SemVer:
+    """``version`` bumped as ``kind`` says, past the numbers of ``deleted`` versions (never reused)."""
+    bumped = version.bump(kind)
+    while str(bumped) in deleted:
+        bumped = bumped.bump(kind)
+    return bumped
+
+
+def check_label(version: str, previous: str | None, change: Change | None, deleted: Collection[str] = ()) -> None:
+    """Refuse a version number that does not say what changed since ``previous`` (the number it
+    suggests instead is none of ``deleted``)."""
     if previous is None or change is None:
         return
     label = parse_version(version).kind_of_bump_from(parse_version(previous))
     if label != change.kind:
-        expected = parse_version(previous).bump(change.kind)
+        expected = free_bump(parse_version(previous), change.kind, deleted)
         said = f"a {label} bump over {previous}" if label else f"not a valid bump over {previous}"
         raise InvalidParameter(f"{version} is {said}, but {change.describe()}: push it as {expected} "
                                f"(a {change.kind} bump)")
