@@ -94,12 +94,14 @@ class Registry:
         if head is None:
             return None, None
         state_id, data, token = head
-        return replace(ModelState.decode(data, state_id, self.read_version_map), id=state_id), token
+        state = ModelState.decode(data, state_id, self.read_version_map)
+        _check_owner(model, state_id, state.model)
+        return replace(state, id=state_id), token
 
     def _read_head(self, model: ModelName) -> tuple[str, bytes, str | None] | None:
         """The id and bytes of the model's current state, with its ref's token; None: no such model.
-        A ref naming a missing state, or another model's, is a damaged ref, named by its key: a
-        command would otherwise show, and write into this model's ref, the other model's versions."""
+        A ref naming a missing state is a damaged ref, named by its key (and so is one naming
+        another model's state: the caller checks that on the state it decodes)."""
         data, token = self.backend.read_ref(ref_key(model))
         if data is None:
             return None
@@ -108,10 +110,6 @@ class Registry:
             encoded = self.read_object(state_id, STATE_CONTEXT)
         except NotFound:
             raise CorruptObject(f"{ref_key(model)}: names state {state_id}, which is missing") from None
-        owner = _state_owner(encoded, state_id)
-        if owner != model:
-            raise CorruptObject(f"{ref_key(model)}: names state {state_id}, which is a state of {owner}, "
-                                f"not of {model}")
         return state_id, encoded, token
 
     def read_state_object(self, state_id: str) -> ModelState:
@@ -560,16 +558,20 @@ class Registry:
     def trail(self, model: ModelName | str, start: str | None = None) -> Iterator[tuple[str, tuple[AuditEntry, ...]]]:
         """(state id, its audit entries) of every state of a model, newest first (from ``start``, a
         state id, else the current one): the hash-chained audit log, read without any versions map."""
+        head_of = None
         if start is None:
-            model = ModelName.parse(model) if isinstance(model, str) else model
-            head = self._read_head(model)
+            head_of = ModelName.parse(model) if isinstance(model, str) else model
+            head = self._read_head(head_of)
             if head is None:
-                raise NotFound(f"no model {model} in the registry")
+                raise NotFound(f"no model {head_of} in the registry")
             state_id, data, _ = head
         else:
             state_id, data = start, self.read_object(start, STATE_CONTEXT)
         while True:
-            entries, parent = decode_trail(data, state_id)
+            entries, parent, owner = decode_trail(data, state_id)
+            if head_of is not None:
+                _check_owner(head_of, state_id, owner)
+                head_of = None
             yield state_id, entries
             if parent is None:
                 return
@@ -632,13 +634,11 @@ def ref_target(data: bytes, key: str) -> str:
     return state_id
 
 
-def _state_owner(encoded: bytes, state_id: str) -> ModelName:
-    """The model a state's bytes say they belong to."""
-    try:
-        obj = json.loads(encoded)
-        return ModelName(obj["client"], obj["model"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CorruptObject(f"{state_id}: malformed model state ({exc})") from None
+def _check_owner(model: ModelName, state_id: str, owner: ModelName) -> None:
+    """A ref naming another model's state is damaged, named by its key: a command would otherwise
+    show, and write into this model's ref, the other model's versions."""
+    if owner != model:
+        raise CorruptObject(f"{ref_key(model)}: names state {state_id}, which is a state of {owner}, not of {model}")
 
 
 def _push_target(ref: str, bump: str | None) -> tuple[ModelName, str | None]:

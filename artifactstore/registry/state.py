@@ -205,14 +205,15 @@ class ModelState:
 
 
 
-def decode_trail(data: bytes, where: str) -> tuple[tuple[AuditEntry, ...], str | None]:
-    """A state's audit entries and its parent's id, without its versions: what reading the audit
-    log needs of each state, at a cost that does not grow with the number of versions."""
+def decode_trail(data: bytes, where: str) -> tuple[tuple[AuditEntry, ...], str | None, ModelName]:
+    """A state's audit entries, its parent's id and its model, without its versions: what reading
+    the audit log needs of each state, at a cost that does not grow with the number of versions."""
     try:
         obj = json.loads(data)
         if obj["kind"] != "model-state":
             raise ValueError("not a model state")
-        return tuple(AuditEntry.from_json(e) for e in obj["entries"]), obj["parent"]
+        return tuple(AuditEntry.from_json(e) for e in obj["entries"]), obj["parent"], \
+            ModelName(obj["client"], obj["model"])
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptObject(f"{where}: malformed model state ({exc})") from None
 
