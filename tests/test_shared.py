@@ -234,6 +234,37 @@ def test_while_one_machine_collects_no_other_collects_or_merges_index_files(tmp_
     assert (tmp_path / "out").read_bytes() == data
 
 
+def test_a_gc_renews_its_lease_while_it_deletes_and_stops_once_another_machine_took_it(tmp_path, bucket_url,
+                                                                                       monkeypatch):
+    """A gc renews its lease every LEASE_RENEWAL while it deletes (here: before every delete). Once
+    another machine took the lease (after an hour unrenewed: here at once), it deletes nothing more,
+    and the new holder's gc finishes the work."""
+    import artifactstore.content.lease as lease_module
+
+    a = Store.init(bucket_url, cache=tmp_path / "cache-a")
+    b = Store(bucket_url, cache=tmp_path / "cache-b")
+    packs = [dead_pack(a)[0] for _ in range(3)]
+    time.sleep(1.1)  # the bucket's times are whole seconds: older than a grace of 0 s
+    assert {pack_key(p) for p in packs} <= set(a.gc(grace="0s").condemned_packs)
+    time.sleep(1.1)
+    monkeypatch.setattr(lease_module, "LEASE_RENEWAL", 0)
+    monkeypatch.setattr(lease_module, "LEASE_SECONDS", 0)
+    taken = []
+
+    def after_each_delete(_: int) -> None:
+        if not taken:
+            taken.append(lease_module.StoreLease.take(b.content.home))
+
+    with pytest.raises(StoreError, match="another machine took the store's maintenance lease"):
+        a.gc(grace="0s", progress=after_each_delete)
+    assert taken[0] is not None
+    assert sum(a.backend.exists(pack_key(p)) for p in packs) == 2, "one pack deleted, then none"
+    taken[0].release()
+    assert {pack_key(p) for p in packs if a.backend.exists(pack_key(p))} <= set(b.gc(grace="0s").deleted_packs)
+    assert not any(a.backend.exists(pack_key(p)) for p in packs)
+    assert Store(bucket_url, cache=tmp_path / "cache-c").verify().ok
+
+
 def test_a_gc_whose_lapsed_lease_another_machine_took_deletes_nothing(tmp_path, bucket_url, monkeypatch):
     import artifactstore.content.lease as lease_module
     import artifactstore.lifecycle.gc as gc_module
