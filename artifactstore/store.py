@@ -18,6 +18,7 @@ from .backends.remote import mask_secrets, mask_url
 from .clock import now, timestamp
 from .content.chunking import DEFAULT_PARAMS, ChunkerParams
 from .content.config import DEFAULT_KEEP_HOT, StoreConfig
+from .content.kept import keep
 from .content.store import ContentStore, PutResult, StoreStats
 from .progress import Progress, no_progress
 from .registry import queries
@@ -149,7 +150,10 @@ class Store:
     # -- content ----------------------------------------------------------------------------
 
     def put(self, path: str | os.PathLike, *, progress: Progress = no_progress) -> PutResult:
-        return self.content.put(path, progress=progress)
+        """Store a file or a tree outside the registry; gc keeps it (content/kept.py)."""
+        result = self.content.put(path, progress=progress)
+        keep(self.content.home, result.id)
+        return result
 
     def identify(self, path: str | os.PathLike) -> str:
         return self.content.identify(path)

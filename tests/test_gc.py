@@ -78,6 +78,28 @@ def test_gc_condemns_then_deletes_and_keeps_everything_live(history_store, tmp_p
     assert reopened.stats().stored_bytes < sum(len(v) for v in before_delete.values())
 
 
+def test_a_plain_put_of_a_deleted_version_s_bundle_or_weights_is_kept(history_store, tmp_path):
+    """gc takes a tree that only deleted versions named for garbage, and the files only it lists;
+    the same bytes put outside the registry since are the user's (content/kept.py)."""
+    bundle = tmp_path / "bundles" / "v1.2.0"
+    weights = bundle / "adapter_weights" / "adapter_model.safetensors"
+    deleted = history_store.version_record("acme/support@v1.2.0")["bundle"]
+    history_store.delete("acme/support@v1.2.0")
+    assert history_store.gc(grace="0s").condemned_manifests, "the deleted version's objects are garbage"
+    assert history_store.put(bundle).id == deleted  # put after gc condemned it
+    kept_weights = history_store.put(weights).id
+    for _ in range(2):
+        Store(history_store.path).gc(grace="0s")
+    reopened = Store(history_store.path)
+    assert reopened.verify().ok
+    reopened.get(deleted, tmp_path / "bundle-out")
+    assert snapshot(tmp_path / "bundle-out") == snapshot(bundle)
+    reopened.get(kept_weights, tmp_path / "weights-out")
+    assert (tmp_path / "weights-out").read_bytes() == weights.read_bytes()
+    os.remove(reopened.path / manifest_key(bytes.fromhex(deleted[3:])))
+    assert f"kept/{deleted[3:]}: " in " ".join(Store(history_store.path).verify().problems)
+
+
 def test_a_young_object_is_never_touched(history_store):
     history_store.delete("acme/support@v1.1.0")
     report = history_store.gc(grace="1h")

@@ -1,8 +1,8 @@
 """What is live and what is hot: the one place that decides it.
 
 Roots are what the registry names (every current version's bundle; the hot set of versions that
-pointers, pins and recency keep on local disk) and what was stored without the registry (trees no
-version ever named, files no tree lists). gc keeps what is live, ``tier`` keeps what is hot in the
+pointers, pins and recency keep on local disk) and what was stored without the registry (what a
+plain put recorded as kept, trees no version ever named, files no tree lists). gc keeps what is live, ``tier`` keeps what is hot in the
 hot tier, and verify checks that every root is present. A new kind of registry-owned object
 becomes live by being named here.
 
@@ -14,6 +14,7 @@ counts and alert record are live while the model has a version.
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..content.kept import kept_objects
 from ..content.manifest import FileManifest, TreeManifest
 from ..content.store import ContentStore
 from ..errors import CorruptObject, NotFound
@@ -76,20 +77,22 @@ def hot_versions(state: ModelState, keep_hot: int) -> list[str]:
 
 @dataclass(frozen=True)
 class ContentGraph:
-    """Every manifest of the store: trees and files by id."""
+    """Every manifest of the store: trees and files by id, and the ids plain puts kept."""
 
     trees: dict[str, TreeManifest]
     files: dict[str, FileManifest]
+    kept: frozenset[str] = frozenset()
 
     @classmethod
     def read(cls, content: ContentStore) -> "ContentGraph":
+        kept = frozenset(object_id for _, object_id in kept_objects(content.home) if object_id is not None)
         trees, files = {}, {}
         for object_id, manifest in content.manifests():
             if isinstance(manifest, TreeManifest):
                 trees[format_id(object_id)] = manifest
             else:
                 files[format_id(object_id)] = manifest
-        return cls(trees, files)
+        return cls(trees, files, kept)
 
     def files_of(self, trees: set[str]) -> set[str]:
         return {format_id(e.file) for t in trees if t in self.trees for e in self.trees[t].entries}
@@ -100,11 +103,11 @@ class ContentGraph:
 
 def stored_without_registry(roots: Roots, graph: ContentGraph,
                             abandoned: Callable[[str], bool] = lambda _: False) -> tuple[set[str], set[str]]:
-    """(trees, files) put without the registry: trees no version ever named, and files no tree
-    lists unless ``abandoned`` (gc's judgement of a file whose tree it deleted)."""
-    trees = set(graph.trees) - set(roots.bundles.values()) - roots.retired
+    """(trees, files) put without the registry: those a plain put kept, trees no version ever named,
+    and files no tree lists unless ``abandoned`` (gc's judgement of a file whose tree it deleted)."""
+    trees = (set(graph.trees) - set(roots.bundles.values()) - roots.retired) | (graph.kept & graph.trees.keys())
     listed = graph.files_of(set(graph.trees))
-    return trees, {f for f in set(graph.files) - listed if not abandoned(f)}
+    return trees, {f for f in set(graph.files) - listed if not abandoned(f)} | (graph.kept & graph.files.keys())
 
 
 def live_objects(roots: Roots, graph: ContentGraph,
@@ -143,8 +146,16 @@ def live_model(roots: Roots, model: ModelName) -> bool:
 
 def missing_roots(registry: Registry, content: ContentStore) -> list[str]:
     """A problem for each current version whose bundle is not in the store (a state or version
-    record that cannot be read is left to the registry's own check)."""
+    record that cannot be read is left to the registry's own check), and for each object a plain
+    put kept that is not."""
     problems = []
+    for key, object_id in kept_objects(content.home):
+        try:
+            if object_id is None:
+                raise CorruptObject("not a kept object's name")
+            content.read_manifest(object_id)
+        except (CorruptObject, NotFound) as exc:
+            problems.append(f"{key}: {exc}")
     for model in registry.models():
         try:
             state = registry.state(model)
