@@ -428,10 +428,12 @@ class Store:
 
         return pull(self.content, self.resolve(ref), progress=progress)
 
-    def gc(self, *, dry_run: bool = False, grace: str = "1h", progress: Progress = no_progress) -> GcReport:
+    def gc(self, *, dry_run: bool = False, grace: str = "1h", progress: Progress = no_progress,
+           keep_telemetry: str | None = None) -> GcReport:
         from .lifecycle.gc import collect_garbage
 
-        return collect_garbage(self.content, self.registry, dry_run=dry_run, grace=grace, progress=progress)
+        return collect_garbage(self.content, self.registry, dry_run=dry_run, grace=grace, progress=progress,
+                               keep_telemetry=keep_telemetry)
 
     # -- monitoring ---------------------------------------------------------------------------
 

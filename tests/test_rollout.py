@@ -613,3 +613,43 @@ def test_hooks_fire_for_every_rollout_event(fleet_store, tmp_path, monkeypatch):
     assert events[0]["percent"] == 10 and events[3]["percent"] == 50
     assert events[4]["version"] == "v1.1.0" and events[4]["from"] == "v1.0.0"
     assert len(events[6]["evidence"]["measurements"]) == 2 and "error_rate rose" in events[6]["reason"]
+
+
+# -- retention ------------------------------------------------------------------------------------
+
+def metrics_keys(store) -> list[str]:
+    return sorted(store.backend.list(f"metrics/{MODEL}"))
+
+
+def test_gc_expires_telemetry_older_than_its_retention_except_what_a_running_rollout_may_measure(
+        fleet_store, monkeypatch):
+    def window(hour: float, version: str = "v1.0.0") -> dict:
+        return {"node": "srv-1", "start": hours(hour).isoformat(), "end": hours(hour + 1).isoformat(),
+                "version": version, "requests": 100, "errors": 0}
+
+    fleet_store.start_rollout(f"{MODEL}@v1.1.0", actor="jane")  # at hour 0
+    fleet_store.record_metrics(MODEL, [window(0), window(0, "v1.1.0")])
+    fleet_store.record_metrics(MODEL, [window(24 * 40)])
+    for node, silent_days in (("srv-gone", 40), ("srv-1", 0)):
+        key = f"fleet/{MODEL}/{node}.json"
+        fleet_store.backend.write(key, b"{}")  # what a heartbeat holds does not matter: when it was written does
+        written = time.time() - silent_days * 86400
+        os.utime(fleet_store.path / key, (written, written))
+    set_now(monkeypatch, hours(24 * 41))
+    with pytest.raises(InvalidParameter, match="too short: a canary analysis reads up to a day back"):
+        fleet_store.gc(keep_telemetry="1d")
+    kept = fleet_store.gc(keep_telemetry="30d")
+    assert kept.expired_metrics_batches == 0, "the rollout started at hour 0 may still measure its first windows"
+    assert kept.forgotten_nodes == [f"{MODEL} srv-gone"]
+    assert not fleet_store.backend.exists(f"fleet/{MODEL}/srv-gone.json")
+    assert fleet_store.backend.exists(f"fleet/{MODEL}/srv-1.json")
+
+    fleet_store.abort_rollout(MODEL, actor="jane", reason="superseded")
+    before = metrics_keys(fleet_store)
+    dry = fleet_store.gc(keep_telemetry="30d", dry_run=True)
+    assert dry.expired_metrics_batches == 1 and metrics_keys(fleet_store) == before
+    cli = run_cli("gc", "--keep-telemetry", "30d", "--store", fleet_store.path,
+                  env={"ARTIFACTSTORE_NOW": hours(24 * 41).isoformat()})
+    assert cli.returncode == 0 and "expire: 1 metrics batches older than 30d; forget 0 nodes" in cli.stdout
+    assert [k.split("/")[3] for k in metrics_keys(fleet_store)] == [hours(24 * 40 + 1).strftime("%Y-%m-%dT%H")]
+    assert fleet_store.verify().ok

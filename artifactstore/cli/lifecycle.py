@@ -57,12 +57,15 @@ def pull(ref: str, store_path: str, as_json: bool) -> None:
 @click.option("--grace", default="1h", show_default=True, metavar="DURATION",
               help="Never touch objects younger than this, and delete only what was condemned this long ago "
                    "(30s, 15m, 6h, 7d). Must exceed the longest push.")
+@click.option("--keep-telemetry", metavar="DURATION",
+              help="Also delete servers' metrics batches older than this, and the heartbeats of nodes silent "
+                   "for longer (at least 2d, e.g. 30d; default: keep them)")
 @store_option
 @json_option
-def gc(dry_run: bool, grace: str, store_path: str, as_json: bool) -> None:
+def gc(dry_run: bool, grace: str, keep_telemetry: str | None, store_path: str, as_json: bool) -> None:
     """Collect garbage in two phases: condemn unused packs and manifests, delete them a grace period later."""
     with progress_bar(None, "gc", as_json) as progress:
-        report = Store(store_path).gc(dry_run=dry_run, grace=grace, progress=progress)
+        report = Store(store_path).gc(dry_run=dry_run, grace=grace, progress=progress, keep_telemetry=keep_telemetry)
     if as_json:
         emit_json(asdict(report))
         return
@@ -78,3 +81,7 @@ def gc(dry_run: bool, grace: str, store_path: str, as_json: bool) -> None:
         click.echo(f"spared: {len(report.spared)} condemned objects are in use again")
     if report.deleted_monitoring:
         click.echo(f"{verb}delete monitoring data: {', '.join(report.deleted_monitoring)}")
+    if keep_telemetry is not None:
+        click.echo(f"{verb}expire: {report.expired_metrics_batches} metrics batches older than {keep_telemetry}; "
+                   f"forget {len(report.forgotten_nodes)} nodes silent for longer"
+                   + (f" ({', '.join(report.forgotten_nodes)})" if report.forgotten_nodes else ""))

@@ -14,9 +14,10 @@ run spares it). Objects younger than the grace period are never touched.
 
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from ..backends import written_since
-from ..clock import parse_duration
+from ..clock import now, parse_duration, parse_time
 from ..content.condemned import condemned_records, condemned_times, write_condemned
 from ..content.guard import guard_key
 from ..content.index import ChunkIndex, IndexFiles
@@ -24,14 +25,20 @@ from ..content.lease import LEASE_SECONDS, Lease, lease_holder
 from ..content.manifest import manifest_key
 from ..content.pack import pack_id_from_key, pack_key
 from ..content.store import ContentStore
-from ..errors import CorruptObject, StoreError
+from ..errors import CorruptObject, InvalidParameter, StoreError
 from ..ids import digest, format_id, parse_id
 from ..monitoring.arrays import MonitoringArrays
 from ..progress import Progress, no_progress
+from ..registry.fleet import remove_heartbeat, silent_nodes
+from ..registry.metrics import MAX_WINDOW, batches_before
 from ..registry.registry import Registry
+from ..registry.rollout import rollout_of
 from .roots import ContentGraph, live_model, live_monitoring, live_objects, read_roots
 
 MARK_ATTEMPTS = 20
+# A canary analysis reads records whose windows span up to a day (metrics.MAX_WINDOW), filed by the
+# hour they end: a shorter retention could take a window's records while it is measured.
+MIN_TELEMETRY_RETENTION = timedelta(days=2)
 
 
 @dataclass
@@ -57,12 +64,19 @@ class GcReport:
     repacked_bytes: int = 0
     mark_passes: int = 0
     deleted_monitoring: list[str] = field(default_factory=list)  # "<place> <client>/<model>[/<version>]"
+    expired_metrics_batches: int = 0  # with a telemetry retention period: metrics batches older than it
+    forgotten_nodes: list[str] = field(default_factory=list)  # "<client>/<model> <node>" silent for longer
 
 
 def collect_garbage(content: ContentStore, registry: Registry, *, dry_run: bool = False, grace: str = "1h",
-                    progress: Progress = no_progress) -> GcReport:
-    """Condemn what nothing uses; delete what was condemned more than ``grace`` ago and is still unused."""
+                    progress: Progress = no_progress, keep_telemetry: str | None = None) -> GcReport:
+    """Condemn what nothing uses; delete what was condemned more than ``grace`` ago and is still unused.
+    With ``keep_telemetry``, also delete the serving telemetry older than that (``_expire_telemetry``)."""
     grace_seconds = parse_duration(grace)
+    retention = None if keep_telemetry is None else parse_duration(keep_telemetry)
+    if retention is not None and retention < MIN_TELEMETRY_RETENTION.total_seconds():
+        raise InvalidParameter(f"--keep-telemetry {keep_telemetry} is too short: a canary analysis reads up to a "
+                               f"day back; keep at least {MIN_TELEMETRY_RETENTION.days}d")
     report = GcReport(dry_run, grace_seconds)
     with content.maintenance_lock() as lease:
         if lease is None:
@@ -89,7 +103,30 @@ def collect_garbage(content: ContentStore, registry: Registry, *, dry_run: bool 
         report.live_chunks = len(live_chunks)
         _sweep(content, report, homes, live_keys, live_chunks, manifests, progress, lease)
         _collect_monitoring(content, registry, report)
+        if retention is not None:
+            _expire_telemetry(registry, report, timedelta(seconds=retention))
     return report
+
+
+def _expire_telemetry(registry: Registry, report: GcReport, retention: timedelta) -> None:
+    """Delete metrics batches of hours that ended more than ``retention`` ago, except those of a
+    model whose rollout is still running and may measure them, and the heartbeats of nodes silent
+    for longer (a rollout's measurement records keep what it judged; a node that comes back writes
+    its heartbeat again)."""
+    for model in registry.models():
+        before = now() - retention
+        rollout = rollout_of(registry.state(model))
+        if rollout is not None:
+            before = min(before, parse_time(rollout.started, "rollout start") - MAX_WINDOW)
+        expired = batches_before(registry, model, before)
+        silent = silent_nodes(registry, model, time.time() - retention.total_seconds())
+        if not report.dry_run:
+            for key in expired:
+                registry.backend.delete(key)
+            for node in silent:
+                remove_heartbeat(registry, model, node)
+        report.expired_metrics_batches += len(expired)
+        report.forgotten_nodes += [f"{model} {node}" for node in silent]
 
 
 def _collect_monitoring(content: ContentStore, registry: Registry, report: GcReport) -> None:

@@ -101,6 +101,21 @@ def write_heartbeat(registry: Registry, heartbeat: Heartbeat) -> None:
     registry.backend.write(heartbeat_key(ModelName.parse(heartbeat.model), heartbeat.node), heartbeat.encode())
 
 
+def silent_nodes(registry: Registry, model: ModelName, since: float) -> list[str]:
+    """The nodes of ``model`` whose last heartbeat was written before ``since`` (seconds since the
+    epoch), by its object's modification time: the store's clock, not the node's own."""
+    prefix = f"{FLEET}/{model.client}/{model.model}/"
+    silent = []
+    for key in registry.backend.list(prefix.rstrip("/")):
+        node = key.removeprefix(prefix).removesuffix(".json")
+        try:
+            if key.endswith(".json") and NODE.fullmatch(node) and registry.backend.modified(key) < since:
+                silent.append(node)
+        except NotFound:  # removed by its node meanwhile
+            continue
+    return silent
+
+
 def remove_heartbeat(registry: Registry, model: ModelName, node: str) -> None:
     """A node that stops on purpose leaves the fleet (one that dies stays, and turns stale)."""
     try:

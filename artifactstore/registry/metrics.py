@@ -15,7 +15,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import blake3
@@ -154,6 +154,20 @@ def record_metrics(registry: Registry, model: ModelName | str, records: Iterable
             registry.backend.write(key, encoded)
         batches.append(f"b3:{digest}")
     return {"records": len(parsed), "batches": batches}
+
+
+def batches_before(registry: Registry, model: ModelName, before: datetime) -> list[str]:
+    """The keys of the model's batches filed under hours that ended by ``before`` (what a
+    retention period lets gc delete)."""
+    expired = []
+    for key in registry.backend.list(_prefix(model)):
+        try:
+            hour = datetime.strptime(key.split("/")[3], "%Y-%m-%dT%H").replace(tzinfo=UTC)
+        except (IndexError, ValueError):  # not a batch's name: not ours to delete
+            continue
+        if hour + timedelta(hours=1) <= before:
+            expired.append(key)
+    return expired
 
 
 def records_in_window(registry: Registry, model: ModelName, start: datetime, end: datetime
