@@ -281,6 +281,25 @@ def test_a_post_without_the_form_token_is_refused(site, page):
     assert audit_length(site) == before
 
 
+def test_a_form_from_an_allowed_name_is_taken_through_a_proxy_that_rewrites_the_host(site, page):
+    """Behind a proxy that sends the upstream's address as the Host, the browser's Origin is the
+    proxy's name: accepted when the server was told it (--allowed-host)."""
+    with dashboard(site, "--allowed-host", "*.example.com", token=TOKEN) as url:
+        open_model(page, url)
+        sign_in(page)
+        before = audit_length(site)
+        csrf = page.locator("#form-rollback input[name=csrf]").get_attribute("value")
+        target = f"{url}/m/{MODEL}/actions/rollback"
+        for origin in ("https://dash.example.org", "http://localhost:1", "http://127.0.0.1:9"):
+            answer = page.request.post(target, form={"reason": "elsewhere", "csrf": csrf}, headers={"Origin": origin})
+            assert answer.status == 403 and "from another site" in answer.text(), origin
+        assert audit_length(site) == before
+        answer = page.request.post(target, form={"reason": "through the proxy", "csrf": csrf}, max_redirects=0,
+                                   headers={"Origin": "https://dash.example.com"})
+        assert answer.status == 303
+    assert audit_length(site) > before
+
+
 def test_a_live_refresh_leaves_an_actions_message_to_the_page_it_redirects_to(site, page):
     """An action changes the registry, which wakes live.js in the page that sent the form: its
     refresh, racing the browser's redirect, must not take the message meant for the next page."""

@@ -22,7 +22,7 @@ from .base import cli, store_option
 @click.option("--allowed-host", "allowed_hosts", metavar="NAME", multiple=True,
               help="A name browsers reach the server by besides --host and the loopback's (a proxy's, this machine's "
                    "on the network; *.example.com for its subdomains); repeatable. A request naming any other host "
-                   "is refused (DNS rebinding).")
+                   "is refused (DNS rebinding); a form may come from a page of these names.")
 @click.option("--poll", type=click.FloatRange(min=0.1), metavar="SECONDS",
               help="How often to look for registry changes [default: 1 for a local store, 5 for a shared one].")
 @store_option

@@ -118,12 +118,15 @@ def _when(moment: str | datetime | None) -> str:
 
 
 def create_app(store: Store, tokens: list[Token], *, require_sign_in: bool = False, poll: float = 1.0,
-               release_status: ReleaseStatus = fleet_status, allowed_hosts: Iterable[str] = ()) -> Starlette:
+               release_status: ReleaseStatus = fleet_status, bound_host: str | None = None,
+               allowed_hosts: Iterable[str] = ()) -> Starlette:
     """The dashboard over ``store``. Actions are on only with ``tokens``; ``require_sign_in``
     closes the read-only pages too (a server bound beyond the loopback). A request is served only
-    when its Host names the loopback or one of ``allowed_hosts`` (the bound address, a proxy's
-    name): a site that points its own name at 127.0.0.1 (DNS rebinding) must not read the pages."""
-    trusted_hosts = [*LOOPBACK_HOSTS, *map(_host_header_name, allowed_hosts)]
+    when its Host names the loopback, ``bound_host`` or one of ``allowed_hosts`` (a proxy's name,
+    say): a site that points its own name at 127.0.0.1 (DNS rebinding) must not read the pages.
+    A form may also come from a page of ``allowed_hosts`` (a proxy may rewrite the Host)."""
+    named_hosts = [_host_header_name(host) for host in allowed_hosts]
+    trusted_hosts = [*LOOPBACK_HOSTS, *([_host_header_name(bound_host)] if bound_host else []), *named_hosts]
     dashboard = Dashboard(store, release_status)
     sessions = Sessions(tokens)
     watcher = Watcher(dashboard, poll)
@@ -195,11 +198,14 @@ def create_app(store: Store, tokens: list[Token], *, require_sign_in: bool = Fal
         return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
 
     def foreign_origin(request: Request) -> bool:
-        """A POST whose Origin names another site (browsers send it with every POST)."""
+        """A POST whose Origin names another site (browsers send it with every POST): neither the
+        Host it was sent to nor a name the server was told it is reached by (a proxy that rewrites
+        the Host sends the upstream's)."""
         origin = request.headers.get("origin")
         if origin is None or origin == "null":
             return origin == "null"
-        return urlsplit(origin).netloc != request.headers.get("host")
+        parts = urlsplit(origin)
+        return parts.netloc != request.headers.get("host") and not _names_host(named_hosts, parts.hostname)
 
     async def posted_form(request: Request) -> dict[str, str] | Response:
         """The form of a POST sent from this site, or the refusal of one that was not or cannot be read."""
@@ -333,6 +339,17 @@ def _host_header_name(host: str) -> str:
     return name
 
 
+def _names_host(names: list[str], host: str | None) -> bool:
+    """Whether one of ``names`` (as ``_host_header_name`` gives them) is ``host`` (a URL's
+    hostname: lowercase, an IPv6 address without brackets), or a wildcard over it."""
+    if not host:
+        return False
+    for name in (n.lower().strip("[]") for n in names):
+        if host == name or (name.startswith("*.") and host.endswith(name[1:])):
+            return True
+    return False
+
+
 def _random() -> str:
     return secrets.token_urlsafe(24)
 
@@ -370,7 +387,7 @@ def serve(store: Store, host: str, port: int, tokens: list[Token], on_listening:
                                "(ARTIFACTSTORE_UI_TOKEN or --token-file), or bind 127.0.0.1")
     app = create_app(store, tokens, require_sign_in=not loopback,
                      poll=poll if poll is not None else (5.0 if store.shared else 1.0), release_status=release_status,
-                     allowed_hosts=[host, *allowed_hosts])
+                     bound_host=host, allowed_hosts=allowed_hosts)
     listener, address = listen(host, port)
     on_listening(address)
     # open /events streams end at once on shutdown instead of holding it up
