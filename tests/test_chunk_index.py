@@ -5,7 +5,7 @@ import random
 import threading
 
 from artifactstore.backends.memory import MemoryBackend
-from artifactstore.content.index import ChunkIndex, write_index
+from artifactstore.content.index import ChunkIndex, Location, write_index
 from artifactstore.content.pack import PackEntry
 
 
@@ -50,15 +50,36 @@ def test_lookups_before_and_after_the_records_are_sorted_in_agree():
     assert searched.pack_entries == decoded.pack_entries
 
 
+def batch_lookup(index: ChunkIndex, chunks: list[bytes]) -> list[list[Location]]:
+    """``all_locations_of`` as lists, each answer from the arrays holding a chunk's one location."""
+    found, others = index.all_locations_of(chunks)
+    assert len(found.pack) == len(found.offset) == len(found.length) == len(chunks)
+    answers = []
+    for k, chunk in enumerate(chunks):
+        if k in others:
+            assert found.pack[k] == -1 and found.length[k] == -1
+            answers.append(others[k])
+        else:
+            answers.append([found.location(k)])
+            assert found.packs.count(found.location(k).pack) == 1
+    return answers
+
+
 def test_a_batch_of_lookups_answers_what_one_lookup_each_answers():
     backend, chunks = published(3)
     decoded = ChunkIndex.load(backend)
     decoded.pack_entries  # noqa: B018
     batch = chunks * 2 + chunks[::-1]  # repeats, in any order, known or not
     lazy = ChunkIndex.load(backend)
-    assert lazy.all_locations_of(batch) == [decoded.all_locations(c) for c in batch]
-    assert lazy.all_locations_of(batch) == decoded.all_locations_of(batch)
-    assert lazy.all_locations_of([]) == []
+    assert batch_lookup(lazy, batch) == [decoded.all_locations(c) for c in batch]
+    assert batch_lookup(lazy, batch) == batch_lookup(decoded, batch)
+    found, others = lazy.all_locations_of(batch)
+    single = {k for k, chunk in enumerate(batch) if len(decoded.all_locations(chunk)) == 1}
+    assert len(single - set(others)) > len(single) * 3 // 4, "the arrays answer chunks with one location"
+    assert set(decoded.all_locations_of(batch)[1]) == set(range(len(batch))) - single, \
+        "with every record in the dicts, the arrays answer every chunk with one location"
+    assert set(found.packs) < lazy.packs, "the arrays number only the packs their chunks lie in"
+    assert batch_lookup(lazy, []) == []
     assert lazy._unsorted is not None, "a batch searches the records: it does not sort them in"
     later = MemoryBackend()  # dicts holding the first files, records of a file read since: both answer
     write_index(later, [(random.Random(4).randbytes(32), [PackEntry(c, 5, 6) for c in chunks[:30]])])
@@ -67,11 +88,11 @@ def test_a_batch_of_lookups_answers_what_one_lookup_each_answers():
         index.read_files(later)
     assert lazy._unsorted is not None
     decoded.pack_entries  # noqa: B018
-    assert lazy.all_locations_of(batch) == [decoded.all_locations(c) for c in batch]
-    assert ChunkIndex().all_locations_of(chunks[:3]) == [[], [], []]
+    assert batch_lookup(lazy, batch) == [decoded.all_locations(c) for c in batch]
+    assert batch_lookup(ChunkIndex(), chunks[:3]) == [[], [], []]
     twice = MemoryBackend()  # a damaged index listing one record twice: both are answered, as one by one
     write_index(twice, [(bytes(32), [PackEntry(chunks[0], 1, 2), PackEntry(chunks[0], 1, 2)])])
-    assert ChunkIndex.load(twice).all_locations_of(chunks[:1]) == [ChunkIndex.load(twice).all_locations(chunks[0])]
+    assert batch_lookup(ChunkIndex.load(twice), chunks[:1]) == [ChunkIndex.load(twice).all_locations(chunks[0])]
     assert len(ChunkIndex.load(twice).all_locations(chunks[0])) == 2
 
 

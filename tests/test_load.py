@@ -19,13 +19,14 @@ from test_tensorfile import INVALID, VALID, build, entry, random_tensors
 
 import artifactstore.content.put
 import artifactstore.serving.load
-from artifactstore import CorruptObject, InvalidInput, InvalidParameter, NotFound
+from artifactstore import CorruptObject, InvalidInput, InvalidParameter, NotFound, Store
 from artifactstore._mapping import HUGE_PAGE_SIZE, FileMapping
 from artifactstore.content.guard import checksum, decode_guard, encode_guard, guard_key
+from artifactstore.content.manifest import FileManifest, manifest_key
 from artifactstore.content.pack import TARGET_SIZE, pack_key
 from artifactstore.content.put import PACK_ALIGNMENT
-from artifactstore.demo import Version, lora_tensors, write_bundle
-from artifactstore.ids import format_id
+from artifactstore.demo import Version, adapter_history, lora_tensors, write_bundle
+from artifactstore.ids import format_id, parse_id
 from artifactstore.serving.load import NUMPY_DTYPES, usable_cpus
 
 
@@ -256,6 +257,59 @@ def test_truncated_or_missing_pack(store, tmp_path):
     path.unlink()
     with pytest.raises(NotFound, match="is missing from the store"):  # as Store.get says it
         store.load(file_id)
+
+
+def test_a_new_store_locates_a_files_chunks_in_the_index_records(store, tmp_path):
+    rng = np.random.default_rng(8)
+    tensors = {f"t{i}": rng.standard_normal((128, 1024), dtype=np.float32) for i in range(8)}
+    file_id = put_bytes(store, tmp_path / "w.safetensors", safetensors.numpy.save(tensors))
+    fresh = Store(store.path)
+    assert_same_arrays(fresh.load(file_id), tensors)
+    assert fresh.content.index._unsorted is not None, "searched as read, not sorted into the dicts"
+
+
+@pytest.mark.parametrize("damage", ["length", "unknown chunk"])
+def test_a_chunk_the_index_contradicts_is_named(store, tmp_path, damage):
+    rng = np.random.default_rng(9)
+    tensors = {f"t{i}": rng.standard_normal((128, 1024), dtype=np.float32) for i in range(8)}
+    file_id = put_bytes(store, tmp_path / "w.safetensors", safetensors.numpy.save(tensors))
+    manifest = store.read_manifest(file_id)
+    chunks = list(manifest.chunks)
+    middle = len(chunks) // 2  # not a header chunk: located with the others, all at once
+    (chunk, length), (after, after_length) = chunks[middle:middle + 2]
+    if damage == "length":  # two lengths changed, the file's size kept
+        chunks[middle:middle + 2] = [(chunk, length + 1), (after, after_length - 1)]
+        message = f"chunk {format_id(chunk)}: index length {length}, manifest {length + 1}"
+    else:
+        unknown = bytes(reversed(chunk))
+        chunks[middle] = (unknown, length)
+        message = f"chunk {format_id(unknown)} is missing from the store"
+    path = store.backend.path(manifest_key(parse_id(file_id)))
+    path.chmod(0o644)
+    path.write_bytes(FileManifest(manifest.size, chunks).encode())
+    for loader in (Store(store.path), store):  # chunks searched for in the index records, or in the dicts
+        with pytest.raises(CorruptObject, match=re.escape(message)):
+            loader.load(file_id)
+
+
+def test_a_chunk_with_a_copy_in_each_tier_is_loaded_from_the_hot_one(tmp_path):
+    """tier evicts a pack after copying its hot chunks into a new hot pack: the index lists such a
+    chunk's cold copy first."""
+    history = {version.name: version for version in adapter_history(layers=4, scale=8)}
+    store = Store.init(tmp_path / "store", cold=str(tmp_path / "cold"), keep_hot=1)
+    for name in ("v1.0.0", "v1.1.0", "v1.2.0"):
+        store.push(write_bundle(history[name], tmp_path / name), f"acme/support@{name}")
+    store.promote("acme/support@v1.0.0")
+    assert "acme/support@v1.2.0" in store.tier().hot_versions
+    looked_at = Store(store.path).content
+    weights = next(entry.file for entry in looked_at.read_manifest(store.resolve("acme/support@v1.2.0")).entries
+                   if entry.path.endswith(".safetensors"))
+    copies = [looked_at.index.all_locations(chunk) for chunk, _ in looked_at.read_manifest(format_id(weights)).chunks]
+    assert any(len(found) > 1 and found[0].pack not in looked_at.hot_packs for found in copies)
+    for pack in (tmp_path / "cold" / "packs").rglob("*.pack"):  # a load that took a cold copy would fail
+        pack.unlink()
+    for loader in (Store(store.path), store):
+        assert_same_arrays(loader.load("acme/support@v1.2.0"), history["v1.2.0"].tensors)
 
 
 def test_packs_that_are_not_local_files_are_read_through_the_store(store, tmp_path, monkeypatch):

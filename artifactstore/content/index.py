@@ -9,7 +9,7 @@ import struct
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..backends import Backend, written_since
 from ..errors import CorruptObject, NotFound
@@ -25,10 +25,52 @@ RECORD = struct.Struct("<32sQI")
 _RECORD_ARRAY = [("chunk", "V32"), ("offset", "<u8"), ("length", "<u4")]
 
 
+if TYPE_CHECKING:
+    import numpy as np
+
+
 class Location(NamedTuple):
     pack: bytes
     offset: int
     length: int
+
+
+@dataclass
+class LocationArrays:
+    """One location of each of some chunks, as arrays (int64): its pack (a number in ``packs``; -1
+    for a chunk given none), the offset in the pack, and the length (-1 for a chunk given none)."""
+
+    packs: list[bytes]
+    pack: "np.ndarray"
+    offset: "np.ndarray"
+    length: "np.ndarray"
+
+    @classmethod
+    def none(cls, count: int) -> "LocationArrays":
+        """``count`` chunks, none given a location yet."""
+        import numpy as np
+
+        return cls([], np.full(count, -1, np.int64), np.zeros(count, np.int64), np.full(count, -1, np.int64))
+
+    @classmethod
+    def of(cls, count: int, given: dict[int, Location]) -> "LocationArrays":
+        """``count`` chunks, the location of some ``given`` by number."""
+        found = cls.none(count)
+        numbers: dict[bytes, int] = {}
+        at = list(given)
+        found.pack[at] = [numbers.setdefault(location.pack, len(numbers)) for location in given.values()]
+        found.offset[at] = [location.offset for location in given.values()]
+        found.length[at] = [location.length for location in given.values()]
+        found.packs = list(numbers)
+        return found
+
+    def location(self, k: int) -> Location:
+        return Location(self.packs[self.pack[k]], int(self.offset[k]), int(self.length[k]))
+
+    def put(self, k: int, location: Location) -> None:
+        if location.pack not in self.packs:
+            self.packs.append(location.pack)
+        self.pack[k], self.offset[k], self.length[k] = self.packs.index(location.pack), location.offset, location.length
 
 
 def index_key(index_id: bytes) -> str:
@@ -129,14 +171,25 @@ class ChunkIndex:
         unsorted = self._searched()
         return self._in_dicts(chunk, unsorted.locations(chunk) if unsorted is not None else [])
 
-    def all_locations_of(self, chunks: list[bytes]) -> list[list[Location]]:
+    def all_locations_of(self, chunks: list[bytes]) -> tuple[LocationArrays, dict[int, list[Location]]]:
         """``all_locations`` of each chunk, the records not sorted in searched for all of them at
-        once (a load locates every chunk of a file: thousands)."""
-        unsorted = self._unsorted
-        listed = unsorted.locations_of(chunks) if unsorted is not None else [[] for _ in chunks]
-        if not self._locations:  # nothing sorted in (a store just opened): the records are all there is
-            return listed
-        return [self._in_dicts(chunk, records) for chunk, records in zip(chunks, listed)]
+        once (a load locates every chunk of a file: thousands). A chunk with one location has it
+        in the arrays: a ``Location`` made for each would cost a fresh load more than the search.
+        Every other chunk (several copies, one in the dicts while records are not sorted in yet,
+        or one not known) has none there, and all its locations (perhaps none) by its number."""
+        unsorted, sorted_in = self._unsorted, self._locations
+        if unsorted is None:  # every record in the dicts (a long-lived store)
+            alone = {k: first for k, chunk in enumerate(chunks)
+                     if (first := sorted_in.get(chunk)) is not None and chunk not in self._alternates}
+            found = LocationArrays.of(len(chunks), alone)
+        else:
+            rows = unsorted.rows_of(chunks)
+            if sorted_in:  # the dicts list a chunk's locations first
+                rows[[k for k, chunk in enumerate(chunks) if chunk in sorted_in]] = -1
+            found = unsorted.location_arrays(rows)
+        rest = (found.pack < 0).nonzero()[0].tolist()
+        return found, {k: self._in_dicts(chunks[k], unsorted.locations(chunks[k]) if unsorted is not None else [])
+                       for k in rest}
 
     def _in_dicts(self, chunk: bytes, records: list[Location]) -> list[Location]:
         """The chunk's locations in the dicts, then those of ``records`` (from the records not
@@ -266,23 +319,33 @@ class _Records:
             at += 1
         return found
 
-    def locations_of(self, chunks: list[bytes]) -> list[list[Location]]:
-        """``locations`` of each chunk, searched for together: a chunk that is the one record
-        with its first 8 bytes is answered from arrays; the rest (rare) one by one."""
+    def rows_of(self, chunks: list[bytes]) -> "np.ndarray":
+        """The row of each chunk's record where it is the one record with its first 8 bytes (a
+        chunk stored once: the usual case), else -1; searched for all of them at once."""
         import numpy as np
 
         if not len(self._keys):
-            return [[] for _ in chunks]
-        keys = np.frombuffer(b"".join(chunk[:8] for chunk in chunks), "<u8")
+            return np.full(len(chunks), -1, np.int64)
+        wanted = np.frombuffer(b"".join(chunks), np.uint8).reshape(-1, DIGEST_SIZE)
+        keys = np.ascontiguousarray(wanted[:, :8]).view("<u8").ravel()
         first = self._keys.searchsorted(keys, "left")
         single = self._keys.searchsorted(keys, "right") - first == 1
         rows = self._key_order[np.minimum(first, len(self._keys) - 1)]
-        records = self._records[rows]
-        matches = single & (records["chunk"] == np.frombuffer(b"".join(chunks), f"V{DIGEST_SIZE}"))
-        pack_of = self._pack_of[rows].tolist()
-        offsets, lengths = records["offset"].tolist(), records["length"].tolist()
-        return [[Location(self.packs[pack_of[k]], offsets[k], lengths[k])] if matched else self.locations(chunks[k])
-                for k, matched in enumerate(matches.tolist())]
+        matches = single & (self._records["chunk"][rows] == wanted.view(f"V{DIGEST_SIZE}").ravel())
+        return np.where(matches, rows, -1)
+
+    def location_arrays(self, rows: "np.ndarray") -> LocationArrays:
+        """The location of the record at each of ``rows`` (none for -1), its packs numbered anew:
+        a load opens each of ``packs``."""
+        import numpy as np
+
+        found = LocationArrays.none(len(rows))
+        listed = rows >= 0
+        numbers, found.pack[listed] = np.unique(self._pack_of[rows[listed]], return_inverse=True)
+        records = self._records[rows[listed]]
+        found.offset[listed], found.length[listed] = records["offset"], records["length"]
+        found.packs = [self.packs[number] for number in numbers.tolist()]
+        return found
 
     def pack_entries(self) -> Iterable[tuple[bytes, list[PackEntry]]]:
         """Each pack's entries, in the order read."""

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import blake3
 
@@ -29,7 +29,7 @@ from ..progress import Progress, no_progress
 from .chunking import DEFAULT_PARAMS, ChunkerParams
 from .condemned import condemned_packs, condemned_times
 from .config import CONFIG_KEY, DEFAULT_KEEP_HOT, FORMAT_VERSION, SETTINGS, StoreConfig
-from .index import ChunkIndex, IndexFiles, Location, write_index
+from .index import ChunkIndex, IndexFiles, Location, LocationArrays, write_index
 from .lease import Lease, StoreLease
 from .manifest import FileManifest, TreeEntry, TreeManifest, decode_manifest, manifest_key
 from .pack import pack_id_from_key, pack_key, read_trailer
@@ -43,6 +43,9 @@ from .put import (
     put_workers,
     root_object,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
 
 READ_SEGMENT = 16 << 20
 # A put that finds this many index files in a place merges them into one (under the maintenance
@@ -566,11 +569,14 @@ class ContentStore:
             locations = self.index.all_locations(chunk)
         return self._preferred(chunk, length, locations)
 
-    def locate_all(self, chunks: list[tuple[bytes, int]]) -> list[Location]:
-        """``locate`` of each (chunk, length), the index searched for all of them at once."""
-        found = self.index.all_locations_of([chunk for chunk, _ in chunks])
-        return [self._preferred(chunk, length, locations) if locations else self.locate(chunk, length)
-                for (chunk, length), locations in zip(chunks, found)]
+    def locate_all(self, chunks: list[bytes], lengths: "np.ndarray") -> LocationArrays:
+        """``locate`` of each chunk (of ``lengths``), as arrays, the index searched for all of them at once."""
+        found, others = self.index.all_locations_of(chunks)
+        for k in (found.length != lengths).nonzero()[0].tolist():  # not one location of the right length (rare)
+            chunk, length = chunks[k], int(lengths[k])
+            locations = others[k] if k in others else [found.location(k)]
+            found.put(k, self._preferred(chunk, length, locations) if locations else self.locate(chunk, length))
+        return found
 
     def _preferred(self, chunk: bytes, length: int, locations: list[Location]) -> Location:
         if not locations:

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import accumulate
@@ -40,7 +41,11 @@ _MAX_JSON_DEPTH = 127
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_JSON_BRACKET = re.compile(r"[\[\]{}]")
+# Every digit as 0 (the only byte that becomes one): a run of 19 digits becomes 19 zeros.
+_DIGITS_AS_ZEROS = bytes.maketrans(b"123456789", b"000000000")
+# As bytes: an opening bracket +1, a closing one -1 (signed), every other byte deleted.
+_BRACKET_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[{]}")))
 _MAX_SHOWN_TEXT = 80
 
 # Bits per element of every dtype of the format (crate `Dtype::bitsize`). Sub-byte
@@ -161,7 +166,8 @@ def _decode_json(text: str) -> Any:
         value = json.loads(
             text,
             object_pairs_hook=_JsonObject,
-            parse_int=_parse_json_int,
+            # int itself is parsed in C, where the hook costs a call per number (thousands in a header)
+            parse_int=_parse_json_int if _may_need_int_hook(text) else int,
             parse_float=_parse_json_float,
             parse_constant=_reject_json_constant,
         )
@@ -171,6 +177,13 @@ def _decode_json(text: str) -> Any:
         raise InvalidInput(f"safetensors: header is not valid JSON: {error}") from None
     _check_serde_json_limits(text, value)
     return value
+
+
+def _may_need_int_hook(text: str) -> bool:
+    """Whether an integer literal of ``text`` may be one that _parse_json_int does not read as int
+    does: "-0", or one of 19 digits or more (all of 18 digits are within i64). Seen in a string,
+    it only costs the hook."""
+    return "-0" in text or b"0" * 19 in text.encode().translate(_DIGITS_AS_ZEROS)
 
 
 def _parse_json_int(literal: str) -> int | float:
@@ -203,8 +216,10 @@ def _check_serde_json_limits(text: str, root: Any) -> None:
         for value in _strings(root):
             if _LONE_SURROGATE.search(value):
                 raise InvalidInput("safetensors: header is not valid JSON: unpaired surrogate escape in a string")
-    brackets = _JSON_BRACKET.findall(_JSON_STRING.sub("", text))
-    if max(accumulate(1 if b in "[{" else -1 for b in brackets), default=0) > _MAX_JSON_DEPTH:
+    # without a backslash there is no escape, and every quote begins or ends a string
+    outside_strings = "".join(text.split('"')[::2]) if "\\" not in text else _JSON_STRING.sub("", text)
+    steps = array("b", outside_strings.encode().translate(_BRACKET_STEPS, _NOT_BRACKETS))
+    if max(accumulate(steps), default=0) > _MAX_JSON_DEPTH:
         raise InvalidInput(f"safetensors: header JSON nests deeper than {_MAX_JSON_DEPTH} levels")
 
 
@@ -253,56 +268,65 @@ def _parse_metadata(value: Any) -> dict[str, str] | None:
     return dict(value)
 
 
+_FIELDS = ("dtype", "shape", "data_offsets")
+
+
 def _parse_tensor_entry(name: str, value: Any) -> _Entry:
-    where = f"safetensors: tensor {_show(name)}"
-    fields = ("dtype", "shape", "data_offsets")
     if isinstance(value, _JsonObject):
         found: dict[str, Any] = {}
         for key, item in value:
-            if key in fields:  # serde ignores unknown fields but refuses repeated ones
+            if key in _FIELDS:  # serde ignores unknown fields but refuses repeated ones
                 if key in found:
-                    raise InvalidInput(f"{where}: duplicate field {key!r}")
+                    raise InvalidInput(f"{_tensor(name)}: duplicate field {key!r}")
                 found[key] = item
-        missing = [field for field in fields if field not in found]
-        if missing:
-            raise InvalidInput(f"{where}: missing field {missing[0]!r}")
-        dtype, shape, offsets = (found[field] for field in fields)
-    elif isinstance(value, list) and len(value) == len(fields):
+        if len(found) < len(_FIELDS):
+            missing = next(field for field in _FIELDS if field not in found)
+            raise InvalidInput(f"{_tensor(name)}: missing field {missing!r}")
+        dtype, shape, offsets = found["dtype"], found["shape"], found["data_offsets"]
+    elif isinstance(value, list) and len(value) == len(_FIELDS):
         # serde derives a sequence form for structs: [dtype, shape, data_offsets]
         dtype, shape, offsets = value
     else:
-        raise InvalidInput(f"{where}: entry is a JSON {_json_kind(value)}, not an object with {', '.join(fields)}")
-    begin, end = _parse_offsets(where, offsets)
-    return _parse_dtype(where, dtype), _parse_shape(where, shape), begin, end
+        raise InvalidInput(f"{_tensor(name)}: entry is a JSON {_json_kind(value)}, "
+                           f"not an object with {', '.join(_FIELDS)}")
+    begin, end = _parse_offsets(name, offsets)
+    return _parse_dtype(name, dtype), _parse_shape(name, shape), begin, end
 
 
-def _parse_dtype(where: str, value: Any) -> str:
+def _tensor(name: str) -> str:
+    """How messages name a tensor; made only for a message (a header has thousands of tensors)."""
+    return f"safetensors: tensor {_show(name)}"
+
+
+def _parse_dtype(name: str, value: Any) -> str:
     # serde also reads an enum's unit variant written as a one-key object: {"F32": null}
     if isinstance(value, _JsonObject):
         if len(value) != 1 or value[0][1] is not None:
-            raise InvalidInput(f"{where}: dtype object must be a single dtype name mapped to null")
+            raise InvalidInput(f"{_tensor(name)}: dtype object must be a single dtype name mapped to null")
         value = value[0][0]
     if not isinstance(value, str):
-        raise InvalidInput(f"{where}: dtype is a JSON {_json_kind(value)}, not a string")
+        raise InvalidInput(f"{_tensor(name)}: dtype is a JSON {_json_kind(value)}, not a string")
     if value not in DTYPE_BITS:
-        raise InvalidInput(f"{where}: unknown dtype {_show(value)}")
+        raise InvalidInput(f"{_tensor(name)}: unknown dtype {_show(value)}")
     return value
 
 
-def _parse_shape(where: str, value: Any) -> tuple[int, ...]:
+def _parse_shape(name: str, value: Any) -> tuple[int, ...]:
     if not isinstance(value, list) or isinstance(value, _JsonObject):
-        raise InvalidInput(f"{where}: shape is a JSON {_json_kind(value)}, not an array")
-    if not all(_is_u64(dim) for dim in value):
-        raise InvalidInput(f"{where}: shape {_show_json(value)} has a dimension that is not an integer in [0, 2**64)")
+        raise InvalidInput(f"{_tensor(name)}: shape is a JSON {_json_kind(value)}, not an array")
+    for dim in value:
+        if not _is_u64(dim):
+            raise InvalidInput(f"{_tensor(name)}: shape {_show_json(value)} has a dimension that is not an integer "
+                               "in [0, 2**64)")
     return tuple(value)
 
 
-def _parse_offsets(where: str, value: Any) -> tuple[int, int]:
+def _parse_offsets(name: str, value: Any) -> tuple[int, int]:
     if not isinstance(value, list) or isinstance(value, _JsonObject) or len(value) != 2:
-        raise InvalidInput(f"{where}: data_offsets {_show_json(value)} is not a [begin, end] pair")
+        raise InvalidInput(f"{_tensor(name)}: data_offsets {_show_json(value)} is not a [begin, end] pair")
     begin, end = value
     if not (_is_u64(begin) and _is_u64(end)):
-        raise InvalidInput(f"{where}: data_offsets {_show_json(value)} are not integers in [0, 2**64)")
+        raise InvalidInput(f"{_tensor(name)}: data_offsets {_show_json(value)} are not integers in [0, 2**64)")
     return begin, end
 
 
@@ -318,15 +342,14 @@ def _validate_layout(entries: dict[str, _Entry], data_start: int, data_size: int
     tensors: dict[str, TensorInfo] = {}
     covered = 0
     for name, (dtype, shape, begin, end) in ordered:
-        where = f"safetensors: tensor {_show(name)}"
         if begin != covered or end < begin:
-            raise InvalidInput(f"{where}: data_offsets [{begin}, {end}] {_offset_problem(begin, end, covered)}")
+            raise InvalidInput(f"{_tensor(name)}: data_offsets [{begin}, {end}] "
+                               f"{_offset_problem(begin, end, covered)}")
         covered = end
-        nbytes = _tensor_nbytes(where, dtype, shape)
+        nbytes = _tensor_nbytes(name, dtype, shape)
         if end - begin != nbytes:
-            raise InvalidInput(
-                f"{where}: data_offsets [{begin}, {end}] do not match shape {list(shape)} of {dtype} ({nbytes} bytes)"
-            )
+            raise InvalidInput(f"{_tensor(name)}: data_offsets [{begin}, {end}] do not match shape {list(shape)} "
+                               f"of {dtype} ({nbytes} bytes)")
         tensors[name] = TensorInfo(name, dtype, shape, data_start + begin, data_start + end)
     if covered != data_size:
         raise InvalidInput(f"safetensors: tensors cover {covered} bytes but the data buffer holds {data_size}")
@@ -341,19 +364,20 @@ def _offset_problem(begin: int, end: int, covered: int) -> str:
     return f"overlap the bytes before {covered} of the data buffer"
 
 
-def _tensor_nbytes(where: str, dtype: str, shape: tuple[int, ...]) -> int:
+def _tensor_nbytes(name: str, dtype: str, shape: tuple[int, ...]) -> int:
     # The crate multiplies with overflow checks in u64, one dimension at a time,
     # so [2**32, 2**32, 0] overflows before the 0 is reached.
     count = 1
     for dim in shape:
         count *= dim
         if count > _U64_MAX:
-            raise InvalidInput(f"{where}: element count of shape {list(shape)} overflows 64 bits")
+            raise InvalidInput(f"{_tensor(name)}: element count of shape {list(shape)} overflows 64 bits")
     nbits = count * DTYPE_BITS[dtype]
     if nbits > _U64_MAX:
-        raise InvalidInput(f"{where}: bit size of shape {list(shape)} of {dtype} overflows 64 bits")
+        raise InvalidInput(f"{_tensor(name)}: bit size of shape {list(shape)} of {dtype} overflows 64 bits")
     if nbits % 8:
-        raise InvalidInput(f"{where}: shape {list(shape)} of {dtype} is {nbits} bits, not a whole number of bytes")
+        raise InvalidInput(f"{_tensor(name)}: shape {list(shape)} of {dtype} is {nbits} bits, "
+                           "not a whole number of bytes")
     return nbits // 8
 
 

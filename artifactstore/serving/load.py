@@ -105,22 +105,33 @@ class _StoredFile:
     chunk_starts: list[int]  # file offset of each chunk, then the file size
     header: SafetensorsHeader
     starts: np.ndarray = field(init=False)  # chunk_starts as an array, for the planner
+    digests: list[bytes] = field(init=False)  # each chunk's id, in file order
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "starts", np.array(self.chunk_starts, np.int64))
+        object.__setattr__(self, "digests", [chunk for chunk, _ in self.manifest.chunks])
 
 
 @dataclass(frozen=True)
 class _Checks:
     """Chunks to check once their bytes are in a buffer. Those their pack's guard vouches for are
-    arrays (offset in the buffer, length, xxh3) for one native call, with each one's (digest,
-    pack); the others, (digest, pack, offset, length), are re-hashed with BLAKE3."""
+    arrays (offset in the buffer, length, xxh3) for one native call, named by arrays too (the
+    chunk's number in ``digests``, its pack's in ``pack_ids``: a tuple for each chunk of a file
+    costs a fresh load more than its arrays); the others, (digest, pack, offset, length), are
+    re-hashed with BLAKE3."""
 
     offsets: np.ndarray
     lengths: np.ndarray
     expected: np.ndarray
-    vouched: list[tuple[bytes, bytes]]
+    chunk: np.ndarray
+    pack: np.ndarray
+    digests: list[bytes]
+    pack_ids: list[bytes]
     unvouched: list[tuple[bytes, bytes, int, int]]
+
+    def vouched(self, k: int) -> tuple[bytes, bytes]:
+        """(digest, pack) of the ``k``th chunk the guards vouch for."""
+        return self.digests[self.chunk[k]], self.pack_ids[self.pack[k]]
 
 
 @dataclass(frozen=True)
@@ -269,8 +280,9 @@ class Loader:
                     chunk, size = manifest.chunks[i]
                     location = self.content.locate(chunk, size)
                     data = packs.read(location.pack, location.offset, size)
-                    checks = _checks_of([chunk], [location.pack], np.zeros(1, np.int64), np.array([location.offset]),
-                                        np.zeros(1, np.int64), np.array([size]), packs)
+                    only = np.zeros(1, np.int64)
+                    checks, = _checks_of([chunk], only, [location.pack], only, np.array([location.offset]), only,
+                                         np.array([size]), packs, np.array([0, 1]))
                     if _first_damaged(data, checks):
                         raise CorruptObject(_damage(chunk, location.pack))
                     leading[i] = data
@@ -311,21 +323,24 @@ class Loader:
         layout = self.content.layout
         located = _locate(self.content, file, tensors, packs, maps)
         by_phase: dict[int | None, list[TensorInfo]] = {}
-        for tensor in tensors:
-            by_phase.setdefault(_phase(file, tensor, located), []).append(tensor)
+        for tensor, phase in zip(tensors, _phases(file, tensors, located)):
+            by_phase.setdefault(phase, []).append(tensor)
         if not by_phase:
             by_phase[None] = []
-        buffers = [_plan_buffer(file, phase, members, located, packs) for phase, members in by_phase.items()]
+        buffers = [_plan_buffer(file, phase, members, located.needed if len(by_phase) == 1 else _needed(file, members),
+                                located, packs) for phase, members in by_phase.items()]
         reusable = all(not run.checks.unvouched for buffer in buffers for run in buffer.runs)
         return _FilePlan(buffers, layout, reusable)
 
 
 @dataclass(frozen=True)
 class _Located:
-    """Where the chunks some tensors need lie, by chunk number in the file: the pack (a number
-    in ``packs``; -1 for a chunk not needed), the offset in it, and the chunk's phase (file offset
-    minus pack offset, modulo the page size) where it can be mapped from there, else -1."""
+    """Where the chunks some tensors need (``needed``: their numbers, in file order) lie, by chunk
+    number in the file: the pack (a number in ``packs``; -1 for a chunk not needed), the offset in
+    it, and the chunk's phase (file offset minus pack offset, modulo the page size) where it can be
+    mapped from there, else -1."""
 
+    needed: np.ndarray
     pack: np.ndarray
     pack_offset: np.ndarray
     phase: np.ndarray
@@ -336,27 +351,44 @@ def _locate(content: ContentStore, file: _StoredFile, tensors: list[TensorInfo],
             maps: bool) -> _Located:
     count = len(file.manifest.chunks)
     pack, pack_offset, phase = np.full(count, -1, np.int64), np.zeros(count, np.int64), np.full(count, -1, np.int64)
-    numbers: dict[bytes, int] = {}
     needed = _needed(file, tensors)
-    locations = content.locate_all([file.manifest.chunks[i] for i in needed.tolist()])
-    pack[needed] = [numbers.setdefault(location.pack, len(numbers)) for location in locations]
-    pack_offset[needed] = [location.offset for location in locations]
+    lengths = file.starts[needed + 1] - file.starts[needed]
+    found = content.locate_all([file.digests[i] for i in needed.tolist()], lengths)
+    pack[needed], pack_offset[needed] = found.pack, found.offset
     if maps and len(needed):
         # a chunk maps where its pack is a local file that holds all of it
-        sizes = np.array([packs.local_size(pack_id) for pack_id in numbers], np.int64)
-        ends = pack_offset[needed] + file.starts[needed + 1] - file.starts[needed]
-        mappable = needed[ends <= sizes[pack[needed]]]
+        sizes = np.array([packs.local_size(pack_id) for pack_id in found.packs], np.int64)
+        mappable = needed[found.offset + lengths <= sizes[found.pack]]
         phase[mappable] = (file.starts[mappable] - pack_offset[mappable]) % PAGE_SIZE
-    return _Located(pack, pack_offset, phase, list(numbers))
+    return _Located(needed, pack, pack_offset, phase, found.packs)
 
 
 def _needed(file: _StoredFile, tensors: list[TensorInfo]) -> np.ndarray:
     """The numbers of the chunks holding any byte of ``tensors``, in file order."""
-    wanted = np.zeros(len(file.manifest.chunks), np.bool_)
-    for tensor in tensors:
-        covering = _chunks_covering(file.chunk_starts, tensor.begin, tensor.end)
-        wanted[covering.start:covering.stop] = True
-    return np.flatnonzero(wanted)
+    first, stop = _covering(file, tensors)
+    count = len(file.manifest.chunks)
+    covered_by = np.cumsum(np.bincount(first, minlength=count + 1) - np.bincount(stop, minlength=count + 1))
+    return np.flatnonzero(covered_by[:count])
+
+
+def _covering(file: _StoredFile, tensors: list[TensorInfo]) -> tuple[np.ndarray, np.ndarray]:
+    """``_chunks_covering`` of each tensor, as arrays of the first chunk and the one after the last."""
+    begins = np.fromiter((tensor.begin for tensor in tensors), np.int64, len(tensors))
+    ends = np.fromiter((tensor.end for tensor in tensors), np.int64, len(tensors))
+    first = file.starts.searchsorted(begins, "right") - 1
+    return first, np.where(begins < ends, file.starts.searchsorted(ends, "left"), first)
+
+
+def _phases(file: _StoredFile, tensors: list[TensorInfo], located: _Located) -> list[int | None]:
+    """``_phase`` of each tensor; for all of them at once where the chunks they need map in one
+    phase at most (the usual case: one phase for the whole file)."""
+    found = set(np.unique(located.phase[located.needed]).tolist()) - {-1}
+    if len(found) > 1:
+        return [_phase(file, tensor, located) for tensor in tensors]
+    only = next(iter(found), None)
+    first, stop = _covering(file, tensors)
+    mappable_before = np.append(0, np.cumsum(located.phase != -1))
+    return [only if mappable else None for mappable in (mappable_before[stop] > mappable_before[first]).tolist()]
 
 
 def _phase(file: _StoredFile, tensor: TensorInfo, located: _Located) -> int | None:
@@ -374,14 +406,14 @@ def _phase(file: _StoredFile, tensor: TensorInfo, located: _Located) -> int | No
     return max(votes, key=votes.__getitem__)
 
 
-def _plan_buffer(file: _StoredFile, phase: int | None, tensors: list[TensorInfo], located: _Located,
-                 packs: _PackFiles) -> _BufferPlan:
-    """The buffer of ``tensors``: where it starts (at ``phase`` modulo the page size, so that pack
-    pages of that phase can be mapped into it; a buffer that maps nothing starts at phase 0, which
-    keeps the file's alignment), the whole pages mapped from stretches of chunks back to back in
-    one local pack, and the rest of the chunks' bytes to read. Computed on arrays: a file has
-    thousands of chunks, and this runs whenever a loader meets a version for the first time."""
-    needed = _needed(file, tensors)
+def _plan_buffer(file: _StoredFile, phase: int | None, tensors: list[TensorInfo], needed: np.ndarray,
+                 located: _Located, packs: _PackFiles) -> _BufferPlan:
+    """The buffer of ``tensors`` (in the ``needed`` chunks): where it starts (at ``phase`` modulo
+    the page size, so that pack pages of that phase can be mapped into it; a buffer that maps
+    nothing starts at phase 0, which keeps the file's alignment), the whole pages mapped from
+    stretches of chunks back to back in one local pack, and the rest of the chunks' bytes to read.
+    Computed on arrays, for all of its runs at once: a file has thousands of chunks, and this runs
+    whenever a loader meets a version for the first time."""
     if not len(needed):
         return _BufferPlan(file.header.data_start, 0, phase is not None, [], [], tensors, ())
     starts, ends = file.starts[needed], file.starts[needed + 1]
@@ -408,61 +440,61 @@ def _plan_buffer(file: _StoredFile, phase: int | None, tensors: list[TensorInfo]
             mapped = in_phase.copy()
             mapped[in_phase] = whole[stretch[in_phase]]
             low[mapped], high[mapped] = page_low[stretch[mapped]], page_high[stretch[mapped]]
-    chunks = [chunk for chunk, _ in file.manifest.chunks]
-    runs = []
-    bounds = _run_bounds((ends - starts).tolist())
-    for part in (slice(a, b) for a, b in zip(bounds, bounds[1:])):
-        o, e = offsets[part], stops[part]
-        head_end, tail_start = np.clip(low[part], o, e), np.clip(high[part], o, e)
-        reads = _reads(located, pack[part], pack_offset[part] - o, np.stack([o, tail_start], 1).ravel(),
-                       np.stack([head_end, e], 1).ravel())
-        for read_pack in dict.fromkeys(read[0] for read in reads):
-            packs.open(read_pack)
-        runs.append(_Run(reads, _reads(located, pack[part], pack_offset[part] - o, o, e),
-                         _checks_of([chunks[i] for i in needed[part].tolist()], located.packs, pack[part],
-                                    pack_offset[part], o, e - o, packs)))
-    return _BufferPlan(base, int(stops[-1]), phase is not None, pieces, runs, tensors,
+    bounds = _run_bounds(stops - offsets)
+    shift = pack_offset - offsets  # pack offset = buffer offset + shift
+    head_end, tail_start = np.clip(low, offsets, stops), np.clip(high, offsets, stops)
+    reads = _reads(located, pack, shift, np.stack([offsets, tail_start], 1).ravel(),
+                   np.stack([head_end, stops], 1).ravel(), bounds)
+    every = _reads(located, pack, shift, offsets, stops, bounds)
+    checks = _checks_of(file.digests, needed, located.packs, pack, pack_offset, offsets, stops - offsets, packs, bounds)
+    return _BufferPlan(base, int(stops[-1]), phase is not None, pieces,
+                       [_Run(*run) for run in zip(reads, every, checks)], tensors,
                        tuple(located.packs[k] for k in dict.fromkeys(pack.tolist())))
 
 
-def _run_bounds(lengths: list[int]) -> list[int]:
+def _run_bounds(lengths: np.ndarray) -> np.ndarray:
     """Where each run of chunks begins, then the end: runs as long as fit in RUN_LIMIT (a chunk at least)."""
-    bounds, run_bytes = [0], 0
-    for k, length in enumerate(lengths):
-        if k > bounds[-1] and run_bytes + length > RUN_LIMIT:
-            bounds.append(k)
-            run_bytes = 0
-        run_bytes += length
-    bounds.append(len(lengths))
-    return bounds
+    ends = np.cumsum(lengths)  # where each chunk ends, counted from where the first begins
+    bounds = [0]
+    while bounds[-1] < len(lengths):
+        start = bounds[-1]
+        before = int(ends[start - 1]) if start else 0
+        bounds.append(max(start + 1, int(ends.searchsorted(before + RUN_LIMIT, "right"))))
+    return np.array(bounds)
 
 
-def _reads(located: _Located, pack: np.ndarray, shift: np.ndarray, begins: np.ndarray,
-           ends: np.ndarray) -> list[tuple[bytes, int, int, int]]:
-    """(pack, pack offset, offset in the buffer, length) of the buffer's byte ranges [begins,
-    ends), in order, the same number of them for each chunk (in ``pack``, at pack offset = buffer
-    offset + ``shift``); empty ones dropped, adjacent ones merged."""
+def _reads(located: _Located, pack: np.ndarray, shift: np.ndarray, begins: np.ndarray, ends: np.ndarray,
+           bounds: np.ndarray) -> list[list[tuple[bytes, int, int, int]]]:
+    """For each run of chunks [bounds[i], bounds[i + 1]): (pack, pack offset, offset in the buffer,
+    length) of the buffer's byte ranges [begins, ends), in order, the same number of them for each
+    chunk (in ``pack``, at pack offset = buffer offset + ``shift``); empty ones dropped, adjacent
+    ones of a run merged."""
     per_chunk = len(begins) // len(pack)
+    run = np.repeat(np.arange(len(bounds) - 1), np.diff(bounds) * per_chunk)
     pack, position = np.repeat(pack, per_chunk), np.repeat(shift, per_chunk) + begins
     kept = ends > begins
-    pack, position, begins, ends = pack[kept], position[kept], begins[kept], ends[kept]
+    run, pack, position, begins, ends = run[kept], pack[kept], position[kept], begins[kept], ends[kept]
     if not len(begins):
-        return []
+        return [[] for _ in bounds[1:]]
     joins = np.zeros(len(begins), np.bool_)
-    joins[1:] = (pack[1:] == pack[:-1]) & (begins[1:] == ends[:-1]) & (position[1:] - begins[1:] == position[:-1] - begins[:-1])
+    joins[1:] = (run[1:] == run[:-1]) & (pack[1:] == pack[:-1]) & (begins[1:] == ends[:-1]) \
+        & (position[1:] - begins[1:] == position[:-1] - begins[:-1])
     heads = np.flatnonzero(~joins)
     tails = np.append(heads[1:], len(begins)) - 1
-    return [(located.packs[p], o, b, e - b) for p, o, b, e in
-            zip(pack[heads].tolist(), position[heads].tolist(), begins[heads].tolist(), ends[tails].tolist())]
+    reads = [(located.packs[p], o, b, e - b) for p, o, b, e in
+             zip(pack[heads].tolist(), position[heads].tolist(), begins[heads].tolist(), ends[tails].tolist())]
+    firsts = run[heads].searchsorted(np.arange(len(bounds))).tolist()  # each run's first read, then the end
+    return [reads[a:b] for a, b in zip(firsts, firsts[1:])]
 
 
-def _checks_of(chunks: list[bytes], pack_ids: list[bytes], pack: np.ndarray, pack_offset: np.ndarray,
-               offsets: np.ndarray, lengths: np.ndarray, packs: _PackFiles) -> _Checks:
-    """The checks of ``chunks`` (their digests; each in pack ``pack_ids[pack]`` at ``pack_offset``,
-    at ``offsets`` in the buffer): by their pack's guard where it has an entry for the chunk's
-    place and length, else by BLAKE3."""
-    expected = np.zeros(len(chunks), np.uint64)
-    vouched = np.zeros(len(chunks), np.bool_)
+def _checks_of(digests: list[bytes], chunk: np.ndarray, pack_ids: list[bytes], pack: np.ndarray,
+               pack_offset: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, packs: _PackFiles,
+               bounds: np.ndarray) -> list[_Checks]:
+    """The checks of each run of chunks [bounds[i], bounds[i + 1]) (``digests[chunk]``; each in
+    pack ``pack_ids[pack]`` at ``pack_offset``, at ``offsets`` in the buffer): by their pack's
+    guard where it has an entry for the chunk's place and length, else by BLAKE3."""
+    expected = np.zeros(len(chunk), np.uint64)
+    vouched = np.zeros(len(chunk), np.bool_)
     for number in dict.fromkeys(pack.tolist()):
         guard = packs.guard(pack_ids[number])
         if guard is None or not len(guard.offsets):
@@ -472,11 +504,15 @@ def _checks_of(chunks: list[bytes], pack_ids: list[bytes], pack: np.ndarray, pac
         hit = (guard.offsets[at] == pack_offset[mine]) & (guard.lengths[at] == lengths[mine])
         vouched[mine[hit]] = True
         expected[mine[hit]] = guard.checksums[at[hit]]
-    numbers = pack.tolist()
-    return _Checks(offsets[vouched], lengths[vouched], expected[vouched],
-                   [(chunks[k], pack_ids[numbers[k]]) for k in np.flatnonzero(vouched).tolist()],
-                   [(chunks[k], pack_ids[numbers[k]], int(offsets[k]), int(lengths[k]))
-                    for k in np.flatnonzero(~vouched).tolist()])
+    others = np.flatnonzero(~vouched)
+    rest = [(digests[c], pack_ids[p], o, n) for c, p, o, n in
+            zip(chunk[others].tolist(), pack[others].tolist(), offsets[others].tolist(), lengths[others].tolist())]
+    rest_firsts = others.searchsorted(bounds).tolist()  # each run's first chunk in rest, then the end
+    firsts = np.append(0, np.cumsum(vouched))[bounds].tolist()  # the same among the vouched chunks
+    at = np.flatnonzero(vouched)
+    offsets, lengths, expected, chunk, pack = offsets[at], lengths[at], expected[at], chunk[at], pack[at]
+    return [_Checks(offsets[a:b], lengths[a:b], expected[a:b], chunk[a:b], pack[a:b], digests, pack_ids, rest[c:d])
+            for a, b, c, d in zip(firsts, firsts[1:], rest_firsts, rest_firsts[1:])]
 
 
 def _execute(plan: _FilePlan, packs: _PackFiles, checkers: _Checkers,
@@ -595,7 +631,7 @@ def _first_damaged(data, checks: _Checks) -> tuple[bytes, bytes] | None:
     start = 0
     while (missed := _checksum.first_mismatch(data, checks.offsets[start:], checks.lengths[start:],
                                               checks.expected[start:])) >= 0:
-        digest, pack = checks.vouched[start + missed]
+        digest, pack = checks.vouched(start + missed)
         suspects.append((digest, pack, int(checks.offsets[start + missed]), int(checks.lengths[start + missed])))
         start += missed + 1
     for digest, pack, offset, length in suspects:
