@@ -478,6 +478,26 @@ def test_a_deleted_version_s_number_never_names_other_content(pushed, bundles, t
     assert pushed.verify().ok
 
 
+def test_a_deleted_number_is_given_back_only_to_the_tree_it_had_as_stored(pushed, tmp_path, monkeypatch):
+    """A file no check covers (an extra weights file vLLM loads) that changes between the bundle's
+    identification and its storage must not let a restore bring other bytes under the number."""
+    bundle = write_bundle(replace(BY_NAME["v1.1.1"], name="v1.1.2"), tmp_path / "v1.1.2")
+    extra = bundle / "adapter_weights" / "new_embeddings.safetensors"
+    extra.write_bytes(b"A" * 64)
+    pushed.push(bundle, "acme/support@v1.1.2")
+    pushed.delete("acme/support@v1.1.2")
+    put = pushed.content.put
+
+    def put_while_a_file_changes(root, **options):
+        extra.write_bytes(b"B" * 64)
+        return put(root, **options)
+
+    monkeypatch.setattr(pushed.content, "put", put_while_a_file_changes)
+    with pytest.raises(Conflict, match="the tree this push stored is not the one it had"):
+        pushed.push(bundle, "acme/support@v1.1.2")
+    assert "v1.1.2" in pushed.state("acme/support").deleted and pushed.verify().ok
+
+
 def test_bump_auto_and_the_label_check_pass_over_deleted_numbers(store, bundles):
     for name in ("v1.0.0", "v1.1.0"):
         store.push(bundles[name], f"acme/support@{name}")
@@ -485,11 +505,17 @@ def test_bump_auto_and_the_label_check_pass_over_deleted_numbers(store, bundles)
     with pytest.raises(InvalidParameter, match=r"push it as v1\.2\.0 \(a minor bump\)"):
         store.push(bundles["v1.2.0"], "acme/support@v1.0.1")  # retrained weights: v1.1.0 is gone for good
     assert store.push(bundles["v1.2.0"], "acme/support", bump="auto").version == "v1.2.0"
+    with pytest.raises(InvalidParameter, match=r"every number of a minor bump over v1\.0\.0 below v1\.2\.0 is taken "
+                                               r"or was deleted: push it with --bump auto"):
+        store.push(bundles["v1.1.0"], "acme/support@v1.0.1")  # retrained weights, between v1.0.0 and v1.2.0
     for name in ("v1.0.0", "v1.2.0"):
         store.delete(f"acme/support@{name}")
     assert store.push(bundles["v1.2.1"], "acme/support", bump="auto").version == "v2.0.0", \
         "a model whose versions were all deleted starts again past them"
     assert set(store.state("acme/support").deleted) == {"v1.0.0", "v1.1.0", "v1.2.0"}
+    store.delete("acme/support@v2.0.0")
+    assert store.push(bundles["v1.1.1"], "acme/support", bump="auto").version == "v3.0.0", \
+        "above the highest deleted major"
 
 
 def test_bump_auto_numbers_the_version_and_warns_when_metadata_says_another(store, bundles):

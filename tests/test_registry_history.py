@@ -124,6 +124,29 @@ def test_a_store_from_before_deleted_numbers_were_kept_reads_them_from_its_histo
     assert old.verify().ok
 
 
+def test_a_damaged_old_state_of_a_store_from_before_deleted_numbers_stops_no_rollback(pushed, tmp_path):
+    """Only a push or a delete reads the history for the deleted numbers a previous release's state
+    does not keep; a damaged state in it ends what can be known (the numbers found are refused), and
+    the numbers stay unknown in the states written."""
+    pushed.promote("acme/support@v1.0.0")
+    pushed.promote("acme/support@v1.1.0")
+    pushed.delete("acme/support@v1.1.1")
+    head = pushed.state("acme/support")
+    before = pushed.registry.write_object(replace(head, deleted=None).encode(), STATE_CONTEXT)
+    pushed.backend.write(ref_key(head.model), canonical_json({"state": before}))
+    oldest = [state_id for state_id, _ in pushed.registry.states("acme/support")][-1]
+    path = pushed.path / object_key(parse_id(oldest))
+    path.chmod(0o644)
+    path.write_bytes(b"damaged")
+    old = Store(pushed.path)
+    assert old.rollback("acme/support", reason="3am").pointer("production") == "v1.0.0"
+    other = write_bundle(HISTORY[4], tmp_path / "other")
+    with pytest.raises(Conflict, match="v1.1.1 was deleted"):
+        old.push(other, "acme/support@v1.1.1")
+    assert old.push(other, "acme/support", bump="auto").version == "v1.2.1"
+    assert old.state("acme/support").deleted is None, "the history does not read to its start"
+
+
 def test_log_limit_on_the_command_line(pushed):
     from conftest import run_cli
 

@@ -162,6 +162,15 @@ def test_a_ref_naming_another_models_state_is_refused_named_by_verify_and_rebuil
     loads_every_version(store)
 
 
+def test_a_ref_naming_another_models_state_is_named_so_though_that_states_versions_map_is_gone(store, tmp_path):
+    store.push(write_bundle(HISTORY[0], tmp_path / "other"), "acme/other@v1.0.0")
+    other = store.state("acme/other")
+    store.backend.write(REF, store.backend.read(ref_key(other.model)))
+    store.backend.delete(object_key(parse_id(other.versions_id)))
+    with pytest.raises(CorruptObject, match=f"{REF}: names state {other.id}, which is a state of acme/other"):
+        Store(store.path).state(MODEL)
+
+
 def test_a_malformed_ref_is_named_and_verify_checks_the_other_models(tmp_path):
     store = Store.init(tmp_path / "store")
     for model in ("acme/a", "acme/b", "acme/c"):

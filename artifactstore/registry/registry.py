@@ -6,7 +6,7 @@ compute the new state, write it, compare-and-swap the ref (docs/format.md, "Regi
 """
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from .bundle import Bundle
 
 VERSION_MAPS_KEPT = 16  # versions maps kept in memory, by id
+UNREADABLE = "unreadable"  # the bundle of a deleted number whose record does not read: equal to no bundle id
 Move = dict[str, Any]  # one audit entry's fields before it is numbered: action, pointer, from, to, ...
 # A move may carry "state": {field: value} of ModelState to replace (policy, checks, rollout, drill), and
 # "evidence": what an automatic decision rested on (recorded in its audit entry).
@@ -94,8 +95,8 @@ class Registry:
         if head is None:
             return None, None
         state_id, data, token = head
-        state = ModelState.decode(data, state_id, self.read_version_map)
-        _check_owner(model, state_id, state.model)
+        state = ModelState.decode(data, state_id, self.read_version_map,
+                                  lambda owner: _check_owner(model, state_id, owner))
         return replace(state, id=state_id), token
 
     def _read_head(self, model: ModelName) -> tuple[str, bytes, str | None] | None:
@@ -153,7 +154,7 @@ class Registry:
 
     def transact(self, model: ModelName, change: Callable[[ModelState], list[Move]], actor: str | None,
                  reason: str, create: bool = False, force: bool = False,
-                 read: tuple[ModelState, str | None] | None = None) -> ModelState:
+                 read: tuple[ModelState, str | None] | None = None, with_deleted: bool = False) -> ModelState:
         """Apply ``change`` (returning audit fields) to the current state and swap the ref once.
         ``read``: the state and ref token the caller prepared ``change`` from (``resolve_current``);
         the swap then fails if the ref moved since, rather than change a state the caller never saw.
@@ -172,7 +173,8 @@ class Registry:
             current = ModelState(model)
         at, actor = timestamp(), actor or default_actor()
         _check_audit_text(actor, reason)
-        complete = self._completed(current)  # with the deployments the rules judge restorations by
+        # with the deployments the rules judge restorations by; a push or a delete with the deleted numbers
+        complete = self._completed(current, with_deleted)
         moves = change(complete)
         self._offer_to_rules(complete, moves, actor, reason, force)
         updated = _apply(complete, moves, at, actor)
@@ -217,28 +219,62 @@ class Registry:
                             raise
                         move["override"] = "; ".join(filter(None, [move.get("override"), refusal.refusal]))
 
-    def _completed(self, state: ModelState) -> ModelState:
+    def _completed(self, state: ModelState, with_deleted: bool = False) -> ModelState:
         """``state`` with what each state keeps so that nothing reads the history for it, read once
-        from the history where the state was written before it was kept: the bundles of deleted
-        versions and the last deployments (before versions maps), the deleted version numbers
-        (before those were kept). The transaction that writes the model's next state carries them on."""
+        from the history of a state written before versions maps (the bundles of deleted versions,
+        the last deployments, the deleted numbers); the transaction that writes the model's next
+        state carries them on. A state of the map era written before it kept its deleted numbers
+        gets them from its history only ``with_deleted`` (a push or a delete): a pointer move must
+        not wait for the history (a rollback right after an upgrade), nor fail on a damaged state in
+        it; nor does a state whose history does not read to its start get them (they stay unknown)."""
         if state.id is None:  # a model's first state
             return state if state.deleted is not None else replace(state, deleted={})
-        if state.map_era and state.deleted is not None:
-            return state
-        ever: dict[str, str] = {}  # version -> its newest record
-        deployments: dict[str, dict[str, str]] = {}
-        for _, older in self.states(state.model):
-            ever.update({v: r for v, r in older.versions.items() if v not in ever})
-            for entry in older.entries:
-                if entry.pointer == PRODUCTION and entry.to is not None:
-                    deployments.setdefault(entry.to, {"at": entry.at, "by": entry.actor})
-        deleted = {v: self.read_version_record(r)["bundle"] for v, r in ever.items() if v not in state.versions}
         if state.map_era:
-            return replace(state, deleted=deleted)
+            if state.deleted is not None or not with_deleted:
+                return state
+            deleted, whole = self._deleted_in_history(state)
+            return replace(state, deleted=deleted) if whole else state
+        ever, deployments, _ = self._history(state, whole=True)
+        deleted = {v: self.read_version_record(r)["bundle"] for v, r in ever.items() if v not in state.versions}
         current = {self.read_version_record(r)["bundle"] for r in state.versions.values()}
         return replace(state, retired=tuple(sorted(set(deleted.values()) - current)), deleted=deleted,
                        deployments={v: d for v, d in deployments.items() if v in state.versions})
+
+    def deleted_numbers(self, state: ModelState) -> dict[str, str]:
+        """The numbers of ``state``'s deleted versions (not pushed again), with their bundles: those
+        it keeps, else those its history tells, as far as the history reads (a damaged state ends
+        it: what lies beyond it cannot be known, and the numbers found are refused all the same)."""
+        return state.deleted if state.deleted is not None else self._deleted_in_history(state)[0]
+
+    def _deleted_in_history(self, state: ModelState) -> tuple[dict[str, str], bool]:
+        """(the deleted numbers the history tells, with their bundles; whether it read to its start)."""
+        ever, _, whole = self._history(state, whole=False)
+
+        def bundle(record_id: str) -> str:
+            try:
+                return self.read_version_record(record_id)["bundle"]
+            except (CorruptObject, NotFound, KeyError, ValueError):
+                return UNREADABLE  # a number whose bundle cannot be read is given to no content
+        deleted = {v: bundle(r) for v, r in ever.items() if v not in state.versions}
+        return deleted, whole and UNREADABLE not in deleted.values()
+
+    def _history(self, state: ModelState, *, whole: bool) -> tuple[dict[str, str], dict[str, dict[str, str]], bool]:
+        """(every version any state of the history had -> its newest record, the last deployment of
+        each version, whether the history read to its start) from ``state`` back: with ``whole``
+        (a state before versions maps, which must carry them on), a damaged state raises."""
+        ever: dict[str, str] = {}
+        deployed: dict[str, dict[str, str]] = {}
+        try:
+            for _, older in self.states(state.model):
+                ever.update({v: r for v, r in older.versions.items() if v not in ever})
+                for entry in older.entries:
+                    if entry.pointer == PRODUCTION and entry.to is not None:
+                        deployed.setdefault(entry.to, {"at": entry.at, "by": entry.actor})
+        except (CorruptObject, NotFound):
+            if whole:
+                raise
+            return ever, deployed, False
+        return ever, deployed, True
 
     # -- resolving ------------------------------------------------------------------------------
 
@@ -310,15 +346,15 @@ class Registry:
                                f"push a new version")
             return PushResult(f"{model}@{requested}", requested, existing["bundle"], existing["adapter_hash"],
                               existing["change"], False, 0, 0)
-        deleted = state.deleted or {}
+        deleted = self.deleted_numbers(state)
         if requested in deleted and deleted[requested] != bundle_id:
             raise Conflict(f"{model}@{requested} was deleted, and a deleted version's number never names other "
                            f"content (a server that loaded it may still serve its weights under that name): push "
-                           f"it as {self._next_version(state, bundle)}, or with --bump auto")
-        version = requested or self._next_version(state, bundle)
+                           f"it as {self._next_version(state, bundle, deleted)}, or with --bump auto")
+        version = requested or self._next_version(state, bundle, deleted)
         previous = previous_version(state, version)
         change = compare(self.record(state, previous), bundle) if previous else None
-        check_label(version, previous, change, deleted)
+        check_label(version, previous, change, deleted, state.versions)
         following = next_version(state, version)
         if following is not None:  # equal or not, what changed between two versions reads the same both ways
             check_insertion(version, following, compare(self.record(state, following), bundle))
@@ -359,13 +395,15 @@ class Registry:
         def add_version(current: ModelState) -> list[Move]:
             if version in current.versions:
                 raise Conflict(f"{model}@{version} was pushed by someone else while this push ran")
-            if (current.deleted or {}).get(version, bundle_id) != bundle_id:
-                raise Conflict(f"{model}@{version} was deleted by someone else while this push ran; push again")
+            if self.deleted_numbers(current).get(version, stored.id) != stored.id:  # the tree stored, not identified
+                raise Conflict(f"{model}@{version} was deleted, and the tree this push stored is not the one it had "
+                               "(it was deleted meanwhile, or a file changed while the push ran): push again")
             if previous_version(current, version) != previous or next_version(current, version) != following:
                 raise Conflict(f"{model} gained a version next to {version} while this push ran; push again")
             return [{"action": "push", "from": previous, "to": version, "version_record": record_id}]
 
-        self.transact(model, add_version, actor, reason or bundle.metadata.change_description, create=True)
+        self.transact(model, add_version, actor, reason or bundle.metadata.change_description, create=True,
+                      with_deleted=True)
         return PushResult(f"{model}@{version}", version, stored.id, adapter_hash, record["change"], True,
                           stored.logical_bytes, stored.new_bytes, warnings)
 
@@ -376,14 +414,14 @@ class Registry:
         below = previous_version(state, requested) if requested else next(reversed(state.sorted_versions()), None)
         return self.record(state, below) if below else None
 
-    def _next_version(self, state: ModelState, bundle: "Bundle") -> str:
+    def _next_version(self, state: ModelState, bundle: "Bundle", deleted: Collection[str]) -> str:
         """The number ``--bump auto`` gives ``bundle``: the latest version's, bumped as the change
-        says, past the numbers of deleted versions."""
+        says, past the numbers of ``deleted`` versions; for a model without versions, the first
+        major number above every deleted one."""
         if not state.versions:
-            return str(free_bump(SemVer(0, 0, 0), "major", state.deleted or {}))
+            return str(SemVer(max((parse_version(v).major for v in deleted), default=0), 0, 0).bump("major"))
         latest = state.sorted_versions()[-1]
-        return str(free_bump(parse_version(latest), compare(self.record(state, latest), bundle).kind,
-                             state.deleted or {}))
+        return str(free_bump(parse_version(latest), compare(self.record(state, latest), bundle).kind, deleted))
 
     def _check_stored_as_validated(self, tree_id: str, bundle: "Bundle") -> None:
         """Refuse the push (before any record names the tree, which gc then collects) if a file of the
@@ -542,7 +580,7 @@ class Registry:
             return [{"action": "delete", "pointer": None, "from": version, "to": None,
                      "bundle": self.record(current, version)["bundle"]}]
 
-        return self.transact(parsed.model, remove, actor, reason)
+        return self.transact(parsed.model, remove, actor, reason, with_deleted=True)
 
     # -- history --------------------------------------------------------------------------------
 
@@ -671,16 +709,19 @@ def registry_object_id(encoded: bytes, context: str) -> str:
 def _apply(state: ModelState, moves: list[Move], at: str, actor: str) -> ModelState:
     versions, pointers = dict(state.versions), dict(state.pointers)
     canary, pins, predecessors = state.canary, set(state.pins), dict(state.predecessors)
-    retired, deployments, deleted = set(state.retired), dict(state.deployments), dict(state.deleted or {})
+    retired, deployments = set(state.retired), dict(state.deployments)
+    deleted = None if state.deleted is None else dict(state.deleted)  # None: not known (kept unknown)
     fields: dict[str, Any] = {}
     for m in moves:
         fields.update(m.get("state", {}))
         if m["action"] == "push":
             versions[m["to"]] = m["version_record"]
-            deleted.pop(m["to"], None)  # its own bundle pushed again
+            if deleted is not None:
+                deleted.pop(m["to"], None)  # its own bundle pushed again
         elif m["action"] == "delete":
             del versions[m["from"]]
-            deleted[m["from"]] = m["bundle"]
+            if deleted is not None:
+                deleted[m["from"]] = m["bundle"]
             predecessors = _without(predecessors, m["from"])
             deployments.pop(m["from"], None)
             retired.add(m["bundle"])

@@ -144,8 +144,10 @@ class ModelState:
         return self.versions_id is not None
 
     @classmethod
-    def decode(cls, data: bytes, where: str, version_map: Callable[[str], dict[str, str]]) -> "ModelState":
-        """``version_map(id)`` reads the versions map a state of the map era names."""
+    def decode(cls, data: bytes, where: str, version_map: Callable[[str], dict[str, str]],
+               check_owner: Callable[[ModelName], None] = lambda _: None) -> "ModelState":
+        """``version_map(id)`` reads the versions map a state of the map era names, once
+        ``check_owner`` (which raises) has passed the model the state says it belongs to."""
         try:
             obj = json.loads(data)
             if obj["kind"] != "model-state":
@@ -162,6 +164,7 @@ class ModelState:
                         deleted=_strings_by_version(obj["deleted"]) if "deleted" in obj else None)
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptObject(f"{where}: malformed model state ({exc})") from None
+        check_owner(state.model)
         if versions_id is None:
             return state
         try:

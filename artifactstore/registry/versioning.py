@@ -92,14 +92,18 @@ def free_bump(version: SemVer, kind: str, deleted: Collection[str]) -> SemVer:
     return bumped
 
 
-def check_label(version: str, previous: str | None, change: Change | None, deleted: Collection[str] = ()) -> None:
-    """Refuse a version number that does not say what changed since ``previous`` (the number it
-    suggests instead is none of ``deleted``)."""
+def check_label(version: str, previous: str | None, change: Change | None, deleted: Collection[str] = (),
+                existing: Collection[str] = ()) -> None:
+    """Refuse a version number that does not say what changed since ``previous``, suggesting the
+    first one that does and is none of ``deleted``, if it comes before the next of ``existing``."""
     if previous is None or change is None:
         return
     label = parse_version(version).kind_of_bump_from(parse_version(previous))
     if label != change.kind:
+        said = f"{version} is " + (f"a {label} bump over {previous}" if label else f"not a valid bump over {previous}")
         expected = free_bump(parse_version(previous), change.kind, deleted)
-        said = f"a {label} bump over {previous}" if label else f"not a valid bump over {previous}"
-        raise InvalidParameter(f"{version} is {said}, but {change.describe()}: push it as {expected} "
-                               f"(a {change.kind} bump)")
+        above = [parse_version(v) for v in existing if parse_version(v) > parse_version(previous)]
+        if above and expected >= min(above):
+            raise InvalidParameter(f"{said}, but {change.describe()}, and every number of a {change.kind} bump over "
+                                   f"{previous} below {min(above)} is taken or was deleted: push it with --bump auto")
+        raise InvalidParameter(f"{said}, but {change.describe()}: push it as {expected} (a {change.kind} bump)")
