@@ -14,12 +14,13 @@ import yaml
 from conftest import guards_match_hot_packs, make_tree, random_bytes, snapshot
 
 import artifactstore.lifecycle.gc
-from artifactstore import Conflict, CorruptObject, InvalidParameter, Store, StoreError
+from artifactstore import Conflict, CorruptObject, InvalidParameter, NotFound, Store, StoreError
 from artifactstore.backends.local import LocalBackend
 from artifactstore.content.condemned import CONDEMNED_KEY, condemned_times
 from artifactstore.content.manifest import manifest_key
 from artifactstore.demo import adapter_history, write_bundle
 from artifactstore.ids import digest
+from artifactstore.lifecycle.roots import ContentGraph, hot_chunks
 
 HISTORY = adapter_history(layers=4, scale=8)
 
@@ -98,6 +99,35 @@ def test_a_plain_put_of_a_deleted_version_s_bundle_or_weights_is_kept(history_st
     assert (tmp_path / "weights-out").read_bytes() == weights.read_bytes()
     os.remove(reopened.path / manifest_key(bytes.fromhex(deleted[3:])))
     assert f"kept/{deleted[3:]}: " in " ".join(Store(history_store.path).verify().problems)
+
+
+def test_a_delete_takes_back_a_put_of_the_same_bytes_made_before_it(history_store, tmp_path):
+    """The later of a put and a delete wins: a version deleted (a data removal request) is
+    reclaimed even if its bundle or weights were put outside the registry before."""
+    bundle = tmp_path / "bundles" / "v1.2.0"
+    put_before = [history_store.put(bundle).id, history_store.put(bundle / "adapter_weights" /
+                                                                   "adapter_model.safetensors").id]
+    history_store.delete("acme/support@v1.2.0")
+    for _ in range(2):
+        Store(history_store.path).gc(grace="0s")
+    reopened = Store(history_store.path)
+    assert reopened.verify().ok
+    for object_id in put_before:
+        with pytest.raises(NotFound):
+            reopened.read_manifest(object_id)
+
+
+def test_a_put_bundle_pushed_as_a_version_is_hot_only_while_its_version_is(tmp_path):
+    history = {v.name: write_bundle(v, tmp_path / v.name) for v in HISTORY[:3]}
+    store = Store.init(tmp_path / "store", cold=str(tmp_path / "cold"), keep_hot=1)
+    store.put(history["v1.0.0"])
+    for name, bundle in history.items():
+        store.push(bundle, f"acme/support@{name}")
+    store.promote("acme/support@v1.1.1")
+    graph = ContentGraph.read(store.content)
+    own = graph.chunks_of(graph.files_of({store.resolve("acme/support@v1.0.0")})) - graph.chunks_of(
+        graph.files_of({store.resolve(f"acme/support@{name}") for name in ("v1.1.0", "v1.1.1")}))
+    assert own and not own & hot_chunks(store.roots(), graph)
 
 
 def test_a_young_object_is_never_touched(history_store):

@@ -630,6 +630,8 @@ def test_gc_expires_telemetry_older_than_its_retention_except_what_a_running_rol
     fleet_store.start_rollout(f"{MODEL}@v1.1.0", actor="jane")  # at hour 0
     fleet_store.record_metrics(MODEL, [window(0), window(0, "v1.1.0")])
     fleet_store.record_metrics(MODEL, [window(24 * 40)])
+    fleet_store.record_metrics(MODEL, [{"node": "srv-1", "start": "9999-12-30T23:30:00Z", "end": "9999-12-31T23:30:00Z",
+                                        "version": "v1.0.0", "requests": 1, "errors": 0}])  # a wrong clock's
     for node, silent_days in (("srv-gone", 40), ("srv-1", 0)):
         key = f"fleet/{MODEL}/{node}.json"
         fleet_store.backend.write(key, b"{}")  # what a heartbeat holds does not matter: when it was written does
@@ -651,5 +653,6 @@ def test_gc_expires_telemetry_older_than_its_retention_except_what_a_running_rol
     cli = run_cli("gc", "--keep-telemetry", "30d", "--store", fleet_store.path,
                   env={"ARTIFACTSTORE_NOW": hours(24 * 41).isoformat()})
     assert cli.returncode == 0 and "expire: 1 metrics batches older than 30d; forget 0 nodes" in cli.stdout
-    assert [k.split("/")[3] for k in metrics_keys(fleet_store)] == [hours(24 * 40 + 1).strftime("%Y-%m-%dT%H")]
+    assert [k.split("/")[3] for k in metrics_keys(fleet_store)] == [hours(24 * 40 + 1).strftime("%Y-%m-%dT%H"),
+                                                                    "9999-12-31T23"]
     assert fleet_store.verify().ok

@@ -5,11 +5,15 @@ A tree that a deleted version named is garbage to it, though, and so are the fil
 tree lists: a plain ``put`` of the same bytes (a deleted version's bundle kept after all) would
 otherwise be collected. So a plain put records the id it returned in an empty object named by that
 id, written after the object's manifests; gc keeps every object so named, and verify checks that
-each is there. A put inside a push records nothing: its version names it.
+each is there. A put inside a push records nothing: its version names it. The later of a put and
+a delete wins: deleting a version takes back the records of its bundle and of its files (a put
+made before it of the same bytes), and a put after the delete records them again.
 """
 
+from collections.abc import Iterable
+
 from ..backends import Backend
-from ..errors import InvalidParameter
+from ..errors import InvalidParameter, NotFound
 from ..ids import PREFIX, parse_id
 
 KEPT_PREFIX = "kept"
@@ -22,6 +26,15 @@ def kept_key(object_id: str) -> str:
 def keep(backend: Backend, object_id: str) -> None:
     """Record that ``object_id`` was put outside the registry (again: a fresh write is harmless)."""
     backend.write(kept_key(object_id), b"")
+
+
+def forget(backend: Backend, object_ids: Iterable[str]) -> None:
+    """Take back the records of ``object_ids`` where there are any."""
+    for object_id in object_ids:
+        try:
+            backend.delete(kept_key(object_id))
+        except NotFound:
+            pass
 
 
 def kept_objects(backend: Backend) -> list[tuple[str, str | None]]:

@@ -29,7 +29,7 @@ from ..errors import CorruptObject, InvalidParameter, StoreError
 from ..ids import digest, format_id, parse_id
 from ..monitoring.arrays import MonitoringArrays
 from ..progress import Progress, no_progress
-from ..registry.fleet import remove_heartbeat, silent_nodes
+from ..registry.fleet import forget_silent_nodes
 from ..registry.metrics import MAX_WINDOW, batches_before
 from ..registry.registry import Registry
 from ..registry.rollout import rollout_of
@@ -118,15 +118,14 @@ def _expire_telemetry(registry: Registry, report: GcReport, retention: timedelta
         rollout = rollout_of(registry.state(model))
         if rollout is not None:
             before = min(before, parse_time(rollout.started, "rollout start") - MAX_WINDOW)
+        # the heartbeats first: a node that comes back while thousands of batches go keeps its own
+        silent = forget_silent_nodes(registry, model, time.time() - retention.total_seconds(), report.dry_run)
+        report.forgotten_nodes += [f"{model} {node}" for node in silent]
         expired = batches_before(registry, model, before)
-        silent = silent_nodes(registry, model, time.time() - retention.total_seconds())
         if not report.dry_run:
             for key in expired:
                 registry.backend.delete(key)
-            for node in silent:
-                remove_heartbeat(registry, model, node)
         report.expired_metrics_batches += len(expired)
-        report.forgotten_nodes += [f"{model} {node}" for node in silent]
 
 
 def _collect_monitoring(content: ContentStore, registry: Registry, report: GcReport) -> None:

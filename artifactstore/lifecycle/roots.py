@@ -103,11 +103,14 @@ class ContentGraph:
 
 def stored_without_registry(roots: Roots, graph: ContentGraph,
                             abandoned: Callable[[str], bool] = lambda _: False) -> tuple[set[str], set[str]]:
-    """(trees, files) put without the registry: those a plain put kept, trees no version ever named,
-    and files no tree lists unless ``abandoned`` (gc's judgement of a file whose tree it deleted)."""
-    trees = (set(graph.trees) - set(roots.bundles.values()) - roots.retired) | (graph.kept & graph.trees.keys())
+    """(trees, files) put without the registry: those a plain put kept that no current version names
+    (those are its own: hot only if it is), trees no version ever named, and files no tree lists
+    unless ``abandoned`` (gc's judgement of a file whose tree it deleted)."""
+    versioned = set(roots.bundles.values())
+    trees = (set(graph.trees) - versioned - roots.retired) | (graph.kept & graph.trees.keys() - versioned)
     listed = graph.files_of(set(graph.trees))
-    return trees, {f for f in set(graph.files) - listed if not abandoned(f)} | (graph.kept & graph.files.keys())
+    kept_files = graph.kept & graph.files.keys() - graph.files_of(versioned)
+    return trees, {f for f in set(graph.files) - listed if not abandoned(f)} | kept_files
 
 
 def live_objects(roots: Roots, graph: ContentGraph,

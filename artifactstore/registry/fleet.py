@@ -101,19 +101,24 @@ def write_heartbeat(registry: Registry, heartbeat: Heartbeat) -> None:
     registry.backend.write(heartbeat_key(ModelName.parse(heartbeat.model), heartbeat.node), heartbeat.encode())
 
 
-def silent_nodes(registry: Registry, model: ModelName, since: float) -> list[str]:
-    """The nodes of ``model`` whose last heartbeat was written before ``since`` (seconds since the
-    epoch), by its object's modification time: the store's clock, not the node's own."""
+def forget_silent_nodes(registry: Registry, model: ModelName, since: float, dry_run: bool = False) -> list[str]:
+    """Remove the heartbeats of ``model``'s nodes that wrote none since ``since`` (seconds since the
+    epoch), by the modification time of their objects: the store's clock, not the nodes' own. Each
+    is looked at right before it goes, so a node that came back meanwhile keeps its own."""
     prefix = f"{FLEET}/{model.client}/{model.model}/"
-    silent = []
-    for key in registry.backend.list(prefix.rstrip("/")):
-        node = key.removeprefix(prefix).removesuffix(".json")
+    nodes = [key.removeprefix(prefix).removesuffix(".json") for key in registry.backend.list(prefix.rstrip("/"))
+             if key.endswith(".json")]
+    forgotten = []
+    for node in filter(NODE.fullmatch, nodes):
         try:
-            if key.endswith(".json") and NODE.fullmatch(node) and registry.backend.modified(key) < since:
-                silent.append(node)
+            if registry.backend.modified(heartbeat_key(model, node)) >= since:
+                continue
         except NotFound:  # removed by its node meanwhile
             continue
-    return silent
+        if not dry_run:
+            remove_heartbeat(registry, model, node)
+        forgotten.append(node)
+    return forgotten
 
 
 def remove_heartbeat(registry: Registry, model: ModelName, node: str) -> None:

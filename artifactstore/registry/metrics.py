@@ -165,7 +165,7 @@ def batches_before(registry: Registry, model: ModelName, before: datetime) -> li
             hour = datetime.strptime(key.split("/")[3], "%Y-%m-%dT%H").replace(tzinfo=UTC)
         except (IndexError, ValueError):  # not a batch's name: not ours to delete
             continue
-        if hour + timedelta(hours=1) <= before:
+        if hour <= before - timedelta(hours=1):  # not hour + 1 h: a batch of the year 9999 must not overflow
             expired.append(key)
     return expired
 

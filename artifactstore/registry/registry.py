@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import blake3
 
 from ..clock import timestamp
+from ..content.kept import forget
 from ..content.manifest import canonical_json
 from ..content.pack import INPUT_CHANGED
 from ..content.store import ContentStore
@@ -577,10 +578,18 @@ class Registry:
             if version in (rollout.get("version"), rollout.get("production")):
                 raise Conflict(f"{ref} is in {current.model}'s running rollout: abort the rollout first "
                                f"(`artifactstore rollout abort {current.model}`)")
-            return [{"action": "delete", "pointer": None, "from": version, "to": None,
-                     "bundle": self.record(current, version)["bundle"]}]
+            bundles[:] = [self.record(current, version)["bundle"]]
+            return [{"action": "delete", "pointer": None, "from": version, "to": None, "bundle": bundles[0]}]
 
-        return self.transact(parsed.model, remove, actor, reason, with_deleted=True)
+        bundles: list[str] = []
+        state = self.transact(parsed.model, remove, actor, reason, with_deleted=True)
+        # after the commit: a failed delete changes nothing; a delete killed here leaves them kept
+        try:
+            files = [format_id(e.file) for e in getattr(self.content.read_manifest(bundles[0]), "entries", ())]
+        except (CorruptObject, NotFound):  # verify names a missing bundle; its own record goes all the same
+            files = []
+        forget(self.content.home, [bundles[0], *files])
+        return state
 
     # -- history --------------------------------------------------------------------------------
 
