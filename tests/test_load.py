@@ -452,6 +452,20 @@ def test_a_new_files_tensors_agree_with_it_modulo_a_huge_page(store, tmp_path):
     assert all(array.ctypes.data % HUGE_PAGE_SIZE == offsets[name] % HUGE_PAGE_SIZE for name, array in loaded.items())
 
 
+def test_threads_loading_at_once_from_a_new_store_find_every_chunk(store, tmp_path):
+    """The first lookups of a new Store read its index: a thread must not search an index another
+    thread is still reading (every chunk of the files not read yet was called missing)."""
+    files = {}
+    for k in range(4):
+        tensors = {f"t{i}": np.random.default_rng(k).standard_normal((256, 1024), dtype=np.float32) for i in range(8)}
+        files[put_bytes(store, tmp_path / f"f{k}.safetensors", safetensors.numpy.save(tensors))] = tensors
+    for _ in range(20):
+        fresh = Store(store.path)
+        with ThreadPoolExecutor(len(files)) as pool:
+            for loaded, tensors in zip(pool.map(fresh.load, files), files.values()):
+                assert_same_arrays(loaded, tensors)
+
+
 def test_loads_in_several_threads_at_once_and_in_a_forked_child(store, tmp_path):
     """A loader's checker threads serve one load at a time: a load that finds them busy checks
     its runs itself. A forked child inherits no thread, and makes its own."""

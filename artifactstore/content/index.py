@@ -119,6 +119,9 @@ class ChunkIndex:
         self._pack_entries: dict[bytes, list[PackEntry]] = {}
         self._unsorted: _Records | None = None  # records read but not put into the dicts yet
         self._sorting = threading.RLock()
+        # one reader of index files at a time: a file another thread has listed as read but not
+        # added yet would otherwise be skipped, and its chunks called missing
+        self._reading = threading.Lock()
         self.skipped: list[str] = []  # index files that failed their check when loaded
         self.generation = 0  # counts the packs added: a location may have changed when it does
         self._read: dict[int, set[str]] = {}  # id of a backend -> the keys of its index files read
@@ -238,6 +241,10 @@ class ChunkIndex:
 
         A damaged file is skipped (``verify`` names it): its packs then count as unindexed, and the
         next put indexes them again from their trailers."""
+        with self._reading:
+            return self._read_files(backend)
+
+    def _read_files(self, backend: Backend) -> tuple[int, bool]:
         keys = list(backend.list("index"))
         seen = self._read.setdefault(id(backend), set())
         vanished = not seen.issubset(keys)

@@ -215,10 +215,13 @@ class ContentStore:
         return self._layout_changes, self.index.generation
 
     def _load_index(self) -> None:
-        self._layout_changes += 1
-        self._index = ChunkIndex()
+        # read whole, then published: another thread must never search an index still being read
+        # (it would call a chunk missing); two threads that both load keep one
+        index = ChunkIndex()
         for home in self._index_homes():
-            self._index.read_files(home)
+            index.read_files(home)
+        self._layout_changes += 1
+        self._index = index
 
     def refresh_index(self) -> bool:
         """Read the index files other processes published since; True if the index changed.
