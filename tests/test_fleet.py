@@ -3,6 +3,7 @@ failure (three real follower processes), drills and status."""
 
 import dataclasses
 import json
+import threading
 from datetime import timedelta
 
 import pytest
@@ -120,6 +121,20 @@ def test_a_failing_smoke_test_keeps_the_old_version_and_without_a_node_changes_n
         assert follower.current.version == "v1.0.0" and not follower.smoke["v1.1.1"].ok
         assert "v1.1.1 failed the smoke check (" in errors[0] and "tests failed" in errors[0]
     assert live.state(MODEL).pointer("production") == "v1.1.1", "a follower without a node name reports nothing"
+
+
+def test_a_look_another_thread_takes_after_stop_does_not_bring_the_node_back(live):
+    """stop() waits for a look another thread is taking (an admin endpoint's refresh, say), and a
+    look after it writes no heartbeat: a node stopped on purpose stays out of the fleet."""
+    follower = Follower(live, f"{MODEL}@production", node="srv-1").start()
+    wait_until(lambda: live.fleet(MODEL).heartbeats, what="the heartbeat")
+    live.promote(f"{MODEL}@v1.1.0", actor="jane", reason="retrain")
+    looking = threading.Thread(target=follower.refresh, kwargs={"force": True})
+    looking.start()
+    follower.stop()
+    looking.join()
+    follower.refresh(force=True)
+    assert live.fleet(MODEL).heartbeats == []
 
 
 def test_a_node_that_fails_the_new_production_rolls_the_registry_back_with_its_evidence(live, tmp_path,

@@ -6,6 +6,7 @@ compute the new state, write it, compare-and-swap the ref (docs/format.md, "Regi
 """
 
 import json
+import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -72,6 +73,7 @@ class Registry:
         self.backend = content.home
         self.rules = list(rules)
         self._version_maps: dict[str, dict[str, str]] = {}
+        self._version_maps_lock = threading.Lock()  # a serving process reads states from many threads
 
     # -- objects and refs ---------------------------------------------------------------------
 
@@ -122,9 +124,10 @@ class Registry:
         versions = self._version_maps.get(map_id)
         if versions is None:
             versions = decode_version_map(self.read_object(map_id, VERSION_MAP_CONTEXT), map_id)
-            if len(self._version_maps) >= VERSION_MAPS_KEPT:
-                self._version_maps.pop(next(iter(self._version_maps)))
-            self._version_maps[map_id] = versions
+            with self._version_maps_lock:  # two threads evicting at once would pop one key twice
+                if len(self._version_maps) >= VERSION_MAPS_KEPT:
+                    self._version_maps.pop(next(iter(self._version_maps)))
+                self._version_maps[map_id] = versions
         return dict(versions)
 
     def state(self, model: ModelName | str) -> ModelState:

@@ -341,8 +341,9 @@ class Follower:
         return self._policy[1]
 
     def _report(self) -> None:
-        """Write this node's heartbeat (with a node name only); a failed write is reported, never raised."""
-        if self.node is None:
+        """Write this node's heartbeat (with a node name only, until ``stop``); a failed write is
+        reported, never raised."""
+        if self.node is None or self._stop.is_set():  # a look on another thread after stop() must not bring it back
             return
         self._heartbeat_due = time.monotonic() + self.heartbeat_interval
         state = self._state
@@ -413,11 +414,12 @@ class Follower:
             self._thread.join()
             self._thread = None
         if self.node is not None:
-            try:
-                self.flush_metrics()
-                remove_heartbeat(self.store.registry, self.model, self.node)
-            except (ArtifactStoreError, OSError) as exc:
-                self._fail(f"{self.ref}: node {self.node} could not leave the fleet cleanly ({exc})")
+            with self._lock:  # after a look another thread is taking, which writes its heartbeat
+                try:
+                    self.flush_metrics()
+                    remove_heartbeat(self.store.registry, self.model, self.node)
+                except (ArtifactStoreError, OSError) as exc:
+                    self._fail(f"{self.ref}: node {self.node} could not leave the fleet cleanly ({exc})")
 
     def _run(self) -> None:
         self._metrics_due = time.monotonic() + self.metrics_interval
