@@ -202,10 +202,8 @@ class ContentStore:
     @property
     def index(self) -> ChunkIndex:
         """Where every chunk lies: the store's index files, plus this machine's cache's for a shared store."""
-        if self._index is None:
-            self._load_index()
-        assert self._index is not None
-        return self._index
+        index = self._index  # read once: another thread may drop it meanwhile (forget_index)
+        return index if index is not None else self._load_index()
 
     @property
     def layout(self) -> tuple[int, int]:
@@ -214,7 +212,7 @@ class ContentStore:
         where chunks lie compares."""
         return self._layout_changes, self.index.generation
 
-    def _load_index(self) -> None:
+    def _load_index(self) -> ChunkIndex:
         # read whole, then published: another thread must never search an index still being read
         # (it would call a chunk missing); two threads that both load keep one
         index = ChunkIndex()
@@ -222,6 +220,7 @@ class ContentStore:
             index.read_files(home)
         self._layout_changes += 1
         self._index = index
+        return index
 
     def refresh_index(self) -> bool:
         """Read the index files other processes published since; True if the index changed.
@@ -229,12 +228,13 @@ class ContentStore:
         When gc has replaced index files this index was read from, it is read afresh: the packs
         those files listed may be gone.
         """
-        if self._index is None:
+        index = self._index
+        if index is None:
             self._load_index()
             return True
         changed = False
         for home in self._index_homes():
-            new, vanished = self._index.read_files(home)
+            new, vanished = index.read_files(home)
             if vanished:
                 self._load_index()
                 return True
@@ -263,9 +263,10 @@ class ContentStore:
     @property
     def hot_packs(self) -> set[bytes]:
         """Ids of the packs present in the hot tier (cached: ``rescan_hot_tier`` after changing it)."""
-        if self._hot_packs is None:
-            self._hot_packs = {p for p in map(pack_id_from_key, self.hot.list("packs")) if p}
-        return self._hot_packs
+        packs = self._hot_packs  # read once: another thread may drop it meanwhile (rescan_hot_tier)
+        if packs is None:
+            packs = self._hot_packs = {p for p in map(pack_id_from_key, self.hot.list("packs")) if p}
+        return packs
 
     def rescan_hot_tier(self) -> None:
         self._layout_changes += 1
