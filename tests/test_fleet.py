@@ -137,6 +137,24 @@ def test_a_look_another_thread_takes_after_stop_does_not_bring_the_node_back(liv
     assert live.fleet(MODEL).heartbeats == []
 
 
+def test_stop_from_a_callback_of_a_look_returns(live):
+    """An alert handler that takes the node out of the fleet when a smoke check fails calls stop()
+    from inside the look: it must return, and leave no heartbeat."""
+    stopped = []
+
+    def on_error(message: str) -> None:
+        follower.stop()
+        stopped.append(message)
+
+    follower = Follower(live, f"{MODEL}@production", node="srv-1", on_error=on_error,
+                        smoke_check=lambda candidate: candidate.version != "v1.1.0")
+    live.promote(f"{MODEL}@v1.1.0", actor="jane", reason="retrain")
+    looking = threading.Thread(target=follower.refresh, daemon=True)
+    looking.start()
+    looking.join(30)
+    assert not looking.is_alive() and stopped and live.fleet(MODEL).heartbeats == []
+
+
 def test_a_node_that_fails_the_new_production_rolls_the_registry_back_with_its_evidence(live, tmp_path,
                                                                                        monkeypatch):
     monkeypatch.setenv("SMOKE_BROKEN_FOR", "v1.1.0")

@@ -22,9 +22,10 @@ import artifactstore.serving.load
 from artifactstore import CorruptObject, InvalidInput, InvalidParameter, NotFound, Store
 from artifactstore._mapping import HUGE_PAGE_SIZE, FileMapping
 from artifactstore.content.guard import checksum, decode_guard, encode_guard, guard_key
+from artifactstore.content.index import ChunkIndex
 from artifactstore.content.manifest import FileManifest, manifest_key
 from artifactstore.content.pack import TARGET_SIZE, pack_key
-from artifactstore.content.put import PACK_ALIGNMENT
+from artifactstore.content.put import PACK_ALIGNMENT, PackSession
 from artifactstore.demo import Version, adapter_history, lora_tensors, write_bundle
 from artifactstore.ids import format_id, parse_id
 from artifactstore.serving.load import NUMPY_DTYPES, usable_cpus
@@ -464,6 +465,37 @@ def test_threads_loading_at_once_from_a_new_store_find_every_chunk(store, tmp_pa
         with ThreadPoolExecutor(len(files)) as pool:
             for loaded, tensors in zip(pool.map(fresh.load, files), files.values()):
                 assert_same_arrays(loaded, tensors)
+
+
+def test_a_put_beside_a_thread_reading_a_new_stores_index_is_read_back(store, tmp_path, monkeypatch):
+    """Another thread publishes its index while a put runs on the one it had: the put's index file
+    must be read by the index it was not added to (the waits below only order the threads)."""
+    put_bytes(store, tmp_path / "a.bin", os.urandom(1 << 20))
+    fresh = Store(store.path)
+    listed, go = threading.Event(), threading.Event()
+    read_files, commit = ChunkIndex.read_files, PackSession.commit
+
+    def read_then_wait(index, backend):
+        found = read_files(index, backend)
+        if threading.current_thread().name == "loader":
+            listed.set()
+            go.wait(30)  # it has read the index files; it publishes its index once the put's packs are in
+        return found
+
+    def commit_then_let_it_publish(session):
+        commit(session)
+        go.set()
+        loader.join(30)
+
+    monkeypatch.setattr(ChunkIndex, "read_files", read_then_wait)
+    monkeypatch.setattr(PackSession, "commit", commit_then_let_it_publish)
+    loader = threading.Thread(target=lambda: fresh.content.index, name="loader")
+    loader.start()
+    listed.wait(30)
+    data = os.urandom(1 << 20)
+    object_id = put_bytes(fresh, tmp_path / "b.bin", data)
+    fresh.get(object_id, tmp_path / "b.out")
+    assert (tmp_path / "b.out").read_bytes() == data
 
 
 def test_loads_in_several_threads_at_once_and_in_a_forked_child(store, tmp_path):

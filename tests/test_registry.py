@@ -498,6 +498,16 @@ def test_a_deleted_number_is_given_back_only_to_the_tree_it_had_as_stored(pushed
     assert "v1.1.2" in pushed.state("acme/support").deleted and pushed.verify().ok
 
 
+def test_the_label_check_suggests_only_a_number_the_push_would_take(store, tmp_path):
+    store.push(write_bundle(HISTORY[0], tmp_path / "a"), "acme/support@v1.0.0")
+    store.push(write_bundle(replace(HISTORY[1], name="v1.2.0"), tmp_path / "b"), "acme/support@v1.2.0")
+    patched = write_bundle(replace(HISTORY[2], name="v1.1.0"), tmp_path / "c")  # v1.2.0's weights, a new temperature
+    # v1.1.0, the minor bump over v1.0.0, would make v1.2.0 a minor bump over the same weights
+    with pytest.raises(InvalidParameter, match="no free number of a minor bump over v1.0.0 fits before the next "
+                                               "version: push it with --bump auto"):
+        store.push(patched, "acme/support@v1.0.1")
+
+
 def test_bump_auto_and_the_label_check_pass_over_deleted_numbers(store, bundles):
     for name in ("v1.0.0", "v1.1.0"):
         store.push(bundles[name], f"acme/support@{name}")
@@ -505,8 +515,8 @@ def test_bump_auto_and_the_label_check_pass_over_deleted_numbers(store, bundles)
     with pytest.raises(InvalidParameter, match=r"push it as v1\.2\.0 \(a minor bump\)"):
         store.push(bundles["v1.2.0"], "acme/support@v1.0.1")  # retrained weights: v1.1.0 is gone for good
     assert store.push(bundles["v1.2.0"], "acme/support", bump="auto").version == "v1.2.0"
-    with pytest.raises(InvalidParameter, match=r"every number of a minor bump over v1\.0\.0 below v1\.2\.0 is taken "
-                                               r"or was deleted: push it with --bump auto"):
+    with pytest.raises(InvalidParameter, match=r"and no free number of a minor bump over v1\.0\.0 fits before the "
+                                               r"next version: push it with --bump auto"):
         store.push(bundles["v1.1.0"], "acme/support@v1.0.1")  # retrained weights, between v1.0.0 and v1.2.0
     for name in ("v1.0.0", "v1.2.0"):
         store.delete(f"acme/support@{name}")

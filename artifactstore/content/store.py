@@ -289,7 +289,10 @@ class ContentStore:
         target = target or (self.hot if restore else self.home)
         if not restore:
             self.upgrade_format()  # a put pads packs, which version-1 readers would take for damage
-        session = PackSession(target, self.index, condemned=condemned_packs(self.home), restore=restore,
+        # the index the packs go into is the one their index file is marked read in: another
+        # thread may publish a new index meanwhile, which then reads that file itself
+        index = self.index
+        session = PackSession(target, index, condemned=condemned_packs(self.home), restore=restore,
                               marker=SessionMarker(target) if target is self.home else None)
         try:
             yield session
@@ -301,7 +304,7 @@ class ContentStore:
         finally:
             self.rescan_hot_tier()
         if session.index_file is not None:
-            self.index.mark_read(target, session.index_file)
+            index.mark_read(target, session.index_file)
 
     def put(self, path: str | os.PathLike, *, progress: Progress = no_progress,
             hashed: Mapping[str, bytes] | None = None) -> PutResult:
@@ -385,15 +388,16 @@ class ContentStore:
         index file, or listed by a damaged one), so that a retry reuses them and gc spares them.
         Only where a session's marker is there (pending.py) or an index file failed its check:
         listing every pack is the cost."""
+        index = self.index  # one index takes the packs and the file that lists them (as pack_session)
         markers = pending_markers(self.home)
-        if not markers and not self.index.skipped:
+        if not markers and not index.skipped:
             return
         finished = finished_markers(self.home, markers)  # before the list: they published all they will
         orphans = []
         condemned = condemned_packs(self.home)
         for key in self.home.list("packs"):
             pack_id = pack_id_from_key(key)
-            if pack_id is None or pack_id in self.index.pack_entries or pack_id in condemned:
+            if pack_id is None or pack_id in index.pack_entries or pack_id in condemned:
                 continue
             try:
                 trailer_id, entries = read_trailer(self.home, key)
@@ -401,9 +405,9 @@ class ContentStore:
                 continue  # verify reports it; never index a damaged pack
             if trailer_id == pack_id:
                 orphans.append((pack_id, entries))
-                self.index.add_pack(pack_id, entries)
+                index.add_pack(pack_id, entries)
         if orphans:
-            self.index.mark_read(self.home, write_index(self.home, orphans))
+            index.mark_read(self.home, write_index(self.home, orphans))
         for key in finished:
             remove_marker(self.home, key)
 

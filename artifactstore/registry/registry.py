@@ -358,10 +358,24 @@ class Registry:
         version = requested or self._next_version(state, bundle, deleted)
         previous = previous_version(state, version)
         change = compare(self.record(state, previous), bundle) if previous else None
-        check_label(version, previous, change, deleted, state.versions)
+        def fits(number: str) -> bool:
+            """Whether a push of ``number`` would come right after ``previous`` and leave the next number true."""
+            if number in state.versions or previous_version(state, number) != previous:
+                return False
+            try:
+                insert(number)
+            except InvalidParameter:
+                return False
+            return True
+
+        def insert(number: str) -> None:
+            following = next_version(state, number)
+            if following is not None:  # equal or not, what changed between two versions reads the same both ways
+                check_insertion(number, following, compare(self.record(state, following), bundle))
+
+        check_label(version, previous, change, deleted, fits)
+        insert(version)
         following = next_version(state, version)
-        if following is not None:  # equal or not, what changed between two versions reads the same both ways
-            check_insertion(version, following, compare(self.record(state, following), bundle))
         warnings = []
         if bundle.metadata.version not in (None, version):
             said = f"metadata.yaml says version {bundle.metadata.version}"

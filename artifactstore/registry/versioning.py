@@ -4,7 +4,7 @@ major = a different base model; minor = retrained adapter weights (any tensor, o
 settings); patch = nothing in the weights (inference config, prompt, eval, changelog).
 """
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -93,17 +93,16 @@ def free_bump(version: SemVer, kind: str, deleted: Collection[str]) -> SemVer:
 
 
 def check_label(version: str, previous: str | None, change: Change | None, deleted: Collection[str] = (),
-                existing: Collection[str] = ()) -> None:
+                fits: Callable[[str], bool] = lambda _: True) -> None:
     """Refuse a version number that does not say what changed since ``previous``, suggesting the
-    first one that does and is none of ``deleted``, if it comes before the next of ``existing``."""
+    first one that does and is none of ``deleted``, if ``fits`` says a push of it would pass."""
     if previous is None or change is None:
         return
     label = parse_version(version).kind_of_bump_from(parse_version(previous))
     if label != change.kind:
         said = f"{version} is " + (f"a {label} bump over {previous}" if label else f"not a valid bump over {previous}")
-        expected = free_bump(parse_version(previous), change.kind, deleted)
-        above = [parse_version(v) for v in existing if parse_version(v) > parse_version(previous)]
-        if above and expected >= min(above):
-            raise InvalidParameter(f"{said}, but {change.describe()}, and every number of a {change.kind} bump over "
-                                   f"{previous} below {min(above)} is taken or was deleted: push it with --bump auto")
+        expected = str(free_bump(parse_version(previous), change.kind, deleted))
+        if not fits(expected):
+            raise InvalidParameter(f"{said}, but {change.describe()}, and no free number of a {change.kind} bump "
+                                   f"over {previous} fits before the next version: push it with --bump auto")
         raise InvalidParameter(f"{said}, but {change.describe()}: push it as {expected} (a {change.kind} bump)")

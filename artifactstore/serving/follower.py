@@ -147,7 +147,7 @@ class Follower:
         self._tests: dict[str, tuple[SmokeTest, ...]] = {}  # bundle -> its smoke tests
         self._heartbeat_due = self._metrics_due = 0.0
         self._seen_ref: tuple | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a callback of a look (on_error, say) may call stop()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._watch: _RefWatch | None = None
