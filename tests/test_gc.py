@@ -98,7 +98,9 @@ def test_a_plain_put_of_a_deleted_version_s_bundle_or_weights_is_kept(history_st
     reopened.get(kept_weights, tmp_path / "weights-out")
     assert (tmp_path / "weights-out").read_bytes() == weights.read_bytes()
     os.remove(reopened.path / manifest_key(bytes.fromhex(deleted[3:])))
-    assert f"kept/{deleted[3:]}: " in " ".join(Store(history_store.path).verify().problems)
+    (reopened.path / "kept" / "notes.txt").write_bytes(b"")
+    problems = " | ".join(Store(history_store.path).verify().problems)
+    assert f"kept/{deleted[3:]}: " in problems and "kept/notes.txt: not a kept object's name" in problems
 
 
 def test_a_delete_takes_back_a_put_of_the_same_bytes_made_before_it(history_store, tmp_path):

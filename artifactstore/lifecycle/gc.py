@@ -113,13 +113,14 @@ def _expire_telemetry(registry: Registry, report: GcReport, retention: timedelta
     model whose rollout is still running and may measure them, and the heartbeats of nodes silent
     for longer (a rollout's measurement records keep what it judged; a node that comes back writes
     its heartbeat again)."""
+    expired_before, silent_since = now() - retention, time.time() - retention.total_seconds()
     for model in registry.models():
-        before = now() - retention
+        before = expired_before
         rollout = rollout_of(registry.state(model))
         if rollout is not None:
             before = min(before, parse_time(rollout.started, "rollout start") - MAX_WINDOW)
         # the heartbeats first: a node that comes back while thousands of batches go keeps its own
-        silent = forget_silent_nodes(registry, model, time.time() - retention.total_seconds(), report.dry_run)
+        silent = forget_silent_nodes(registry, model, silent_since, report.dry_run)
         report.forgotten_nodes += [f"{model} {node}" for node in silent]
         expired = batches_before(registry, model, before)
         if not report.dry_run:

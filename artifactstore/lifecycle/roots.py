@@ -2,9 +2,9 @@
 
 Roots are what the registry names (every current version's bundle; the hot set of versions that
 pointers, pins and recency keep on local disk) and what was stored without the registry (what a
-plain put recorded as kept, trees no version ever named, files no tree lists). gc keeps what is live, ``tier`` keeps what is hot in the
-hot tier, and verify checks that every root is present. A new kind of registry-owned object
-becomes live by being named here.
+plain put recorded as kept, trees no version ever named, files no tree lists). gc keeps what is
+live, ``tier`` keeps what is hot in the hot tier, and verify checks that every root is present. A
+new kind of registry-owned object becomes live by being named here.
 
 Monitoring data (drift counts, eval runs) belongs to its version: it is live while that version
 exists with the bundle it was recorded for, and hot while that version is; a model's labelled-data
@@ -109,7 +109,7 @@ def stored_without_registry(roots: Roots, graph: ContentGraph,
     versioned = set(roots.bundles.values())
     trees = (set(graph.trees) - versioned - roots.retired) | (graph.kept & graph.trees.keys() - versioned)
     listed = graph.files_of(set(graph.trees))
-    kept_files = graph.kept & graph.files.keys() - graph.files_of(versioned)
+    kept_files = graph.kept & graph.files.keys() - graph.files_of(versioned) if graph.kept else set()
     return trees, {f for f in set(graph.files) - listed if not abandoned(f)} | kept_files
 
 

@@ -358,23 +358,19 @@ class Registry:
         version = requested or self._next_version(state, bundle, deleted)
         previous = previous_version(state, version)
         change = compare(self.record(state, previous), bundle) if previous else None
+
         def fits(number: str) -> bool:
             """Whether a push of ``number`` would come right after ``previous`` and leave the next number true."""
             if number in state.versions or previous_version(state, number) != previous:
                 return False
             try:
-                insert(number)
+                self._check_insertion(state, number, bundle)
             except InvalidParameter:
                 return False
             return True
 
-        def insert(number: str) -> None:
-            following = next_version(state, number)
-            if following is not None:  # equal or not, what changed between two versions reads the same both ways
-                check_insertion(number, following, compare(self.record(state, following), bundle))
-
         check_label(version, previous, change, deleted, fits)
-        insert(version)
+        self._check_insertion(state, version, bundle)
         following = next_version(state, version)
         warnings = []
         if bundle.metadata.version not in (None, version):
@@ -440,6 +436,12 @@ class Registry:
             return str(SemVer(max((parse_version(v).major for v in deleted), default=0), 0, 0).bump("major"))
         latest = state.sorted_versions()[-1]
         return str(free_bump(parse_version(latest), compare(self.record(state, latest), bundle).kind, deleted))
+
+    def _check_insertion(self, state: ModelState, version: str, bundle: "Bundle") -> None:
+        """Refuse ``bundle`` as ``version`` where it would make the next version's number wrong."""
+        following = next_version(state, version)
+        if following is not None:  # equal or not, what changed between two versions reads the same both ways
+            check_insertion(version, following, compare(self.record(state, following), bundle))
 
     def _check_stored_as_validated(self, tree_id: str, bundle: "Bundle") -> None:
         """Refuse the push (before any record names the tree, which gc then collects) if a file of the
