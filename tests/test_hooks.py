@@ -2,8 +2,10 @@
 endpoint never blocks or fails a promote, and what was not delivered waits in the outbox."""
 
 import json
+import os
 import socket
 import sys
+import time
 
 import pytest
 from conftest import Receiver, run_cli
@@ -210,3 +212,32 @@ def test_a_delivery_whose_id_is_not_one_key_component_is_refused_before_it_is_se
     with pytest.raises(CorruptObject, match="is not a plain key component"):
         deliver_pending(store.registry, sleep=lambda _: None)
     assert receiver.received == [] and list(tmp_path.rglob("escaped*")) == []
+
+
+def test_gc_with_a_retention_expires_old_delivery_records_and_keeps_pending_ones(store, tmp_path, receiver):
+    with_hooks(store, tmp_path, f"  - {{name: relay, url: '{receiver.url}'}}\n"
+                                f"  - {{name: dead, url: 'http://127.0.0.1:{dead_port()}/hook', retries: 0}}\n")
+    store.promote("acme/support@v1.1.0", actor="jane", reason="retrain")
+    store.rollback("acme/support", actor="oncall", reason="3am")
+    delivered = sorted(d["id"] for d in store.hook_log() if d["status"] == "delivered")
+    pending = sorted(d["id"] for d in store.hook_log() if d["status"] == "pending")
+    assert len(delivered) == len(pending) == 2
+    old, recent = delivered
+    for delivery_id in [old, *pending]:  # delivered or not 40 days ago
+        for place in (DELIVERED, OUTBOX):
+            path = store.path / f"{place}/{delivery_id}.json"
+            if path.exists():
+                os.utime(path, (time.time() - 40 * 86400,) * 2)
+    # a crash between the record and the outbox copy's removal left a copy of the old delivery
+    store.backend.write(f"{OUTBOX}/{old}.json", store.backend.read(f"{DELIVERED}/{old}.json"))
+
+    dry = store.gc(keep_telemetry="30d", dry_run=True)
+    assert dry.expired_hook_deliveries == 1 and store.backend.exists(f"{DELIVERED}/{old}.json")
+    report = run_cli("gc", "--keep-telemetry", "30d", "--json", "--store", store.path)
+    assert report.returncode == 0 and json.loads(report.stdout)["expired_hook_deliveries"] == 1
+    assert sorted(d["id"] for d in store.hook_log()) == sorted([recent, *pending])
+    assert not store.backend.exists(f"{OUTBOX}/{old}.json"), "else the next deliver would send it again"
+    assert deliver_pending(store.registry, sleep=lambda _: None) == {"delivered": 0, "pending": 2}
+    assert receiver.events() == ["promoted", "rolled_back"]
+    assert store.gc().expired_hook_deliveries == 0, "without a retention period the log is kept"
+    assert store.verify().ok

@@ -58,8 +58,8 @@ def pull(ref: str, store_path: str, as_json: bool) -> None:
               help="Never touch objects younger than this, and delete only what was condemned this long ago "
                    "(30s, 15m, 6h, 7d). Must exceed the longest push.")
 @click.option("--keep-telemetry", metavar="DURATION",
-              help="Also delete servers' metrics batches older than this, and the heartbeats of nodes silent "
-                   "for longer (at least 2d, e.g. 30d; default: keep them)")
+              help="Also delete servers' metrics batches older than this, the heartbeats of nodes silent "
+                   "for longer and hook deliveries made before (at least 2d, e.g. 30d; default: keep them)")
 @store_option
 @json_option
 def gc(dry_run: bool, grace: str, keep_telemetry: str | None, store_path: str, as_json: bool) -> None:
@@ -84,4 +84,5 @@ def gc(dry_run: bool, grace: str, keep_telemetry: str | None, store_path: str, a
     if keep_telemetry is not None:
         click.echo(f"{verb}expire: {report.expired_metrics_batches} metrics batches older than {keep_telemetry}; "
                    f"forget {len(report.forgotten_nodes)} nodes silent for longer"
-                   + (f" ({', '.join(report.forgotten_nodes)})" if report.forgotten_nodes else ""))
+                   + (f" ({', '.join(report.forgotten_nodes)})" if report.forgotten_nodes else "")
+                   + f"; expire {report.expired_hook_deliveries} hook delivery records as old")

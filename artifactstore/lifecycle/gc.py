@@ -30,6 +30,7 @@ from ..ids import digest, format_id, parse_id
 from ..monitoring.arrays import MonitoringArrays
 from ..progress import Progress, no_progress
 from ..registry.fleet import forget_silent_nodes
+from ..registry.hooks import expire_delivered
 from ..registry.metrics import MAX_WINDOW, batches_before
 from ..registry.registry import Registry
 from ..registry.rollout import rollout_of
@@ -66,6 +67,7 @@ class GcReport:
     deleted_monitoring: list[str] = field(default_factory=list)  # "<place> <client>/<model>[/<version>]"
     expired_metrics_batches: int = 0  # with a telemetry retention period: metrics batches older than it
     forgotten_nodes: list[str] = field(default_factory=list)  # "<client>/<model> <node>" silent for longer
+    expired_hook_deliveries: int = 0  # with a telemetry retention period: delivery log records older than it
 
 
 def collect_garbage(content: ContentStore, registry: Registry, *, dry_run: bool = False, grace: str = "1h",
@@ -110,9 +112,9 @@ def collect_garbage(content: ContentStore, registry: Registry, *, dry_run: bool 
 
 def _expire_telemetry(registry: Registry, report: GcReport, retention: timedelta) -> None:
     """Delete metrics batches of hours that ended more than ``retention`` ago, except those of a
-    model whose rollout is still running and may measure them, and the heartbeats of nodes silent
-    for longer (a rollout's measurement records keep what it judged; a node that comes back writes
-    its heartbeat again)."""
+    model whose rollout is still running and may measure them, the heartbeats of nodes silent for
+    longer, and the hook delivery log's records as old (a rollout's measurement records keep what
+    it judged; a node that comes back writes its heartbeat again; the audit log keeps every event)."""
     expired_before, silent_since = now() - retention, time.time() - retention.total_seconds()
     for model in registry.models():
         before = expired_before
@@ -127,6 +129,7 @@ def _expire_telemetry(registry: Registry, report: GcReport, retention: timedelta
             for key in expired:
                 registry.backend.delete(key)
         report.expired_metrics_batches += len(expired)
+    report.expired_hook_deliveries = len(expire_delivered(registry, silent_since, report.dry_run))
 
 
 def _collect_monitoring(content: ContentStore, registry: Registry, report: GcReport) -> None:

@@ -255,6 +255,31 @@ def deliver_pending(registry: Registry, *, sleep: Callable[[float], None] = time
     return {"delivered": sum(outcomes), "pending": len(outcomes) - sum(outcomes)}
 
 
+def expire_delivered(registry: Registry, before: float, dry_run: bool = False) -> list[str]:
+    """Delete the delivery log's records written before ``before`` (seconds since the epoch), by
+    the modification time of their objects: the store's clock. An outbox copy a crash left behind
+    goes first: without its record, the next ``hooks deliver`` would deliver it again. Pending
+    deliveries stay, however old. Returns the delivery ids."""
+    expired = []
+    for key in registry.backend.list(DELIVERED):
+        delivery_id = key.removeprefix(f"{DELIVERED}/").removesuffix(".json")
+        if not key.endswith(".json") or _KEY_COMPONENT.fullmatch(delivery_id) is None:
+            continue  # not a record this module wrote
+        try:
+            if registry.backend.modified(key) >= before:
+                continue
+        except NotFound:  # expired meanwhile by another gc
+            continue
+        if not dry_run:
+            for place in (OUTBOX, DELIVERED):
+                try:
+                    registry.backend.delete(_key(place, delivery_id))
+                except NotFound:
+                    pass
+        expired.append(delivery_id)
+    return expired
+
+
 def hook_log(registry: Registry, *, limit: int | None = None) -> list[dict[str, Any]]:
     """Deliveries, newest first: pending ones from the outbox, delivered ones with their attempts."""
     found: dict[str, dict[str, Any]] = {}
