@@ -192,12 +192,49 @@ def test_a_pack_whose_append_failed_halfway_takes_nothing_more_and_is_never_seal
 
     writer = PackWriter(LocalBackend(tmp_path), guarded=True)
     good, bad = random_bytes(1000, 1), random_bytes(1000, 2)
-    with pytest.raises(InvalidInput, match="input changed"):  # the second chunk's bytes are not the ones hashed
-        writer.add_run(good + bad, [(digest(good), 1000, checksum(good)), (digest(bad), 1000, checksum(bad) ^ 1)])
+    # the second chunk's bytes are not the ones hashed: seen once the write ended, at the latest by settle
+    writer.add_run(good + bad, [(digest(good), 1000, checksum(good)), (digest(bad), 1000, checksum(bad) ^ 1)])
+    with pytest.raises(InvalidInput, match="input changed"):
+        writer.settle()
     for more in (lambda: writer.add(digest(good), good), lambda: writer.pad(10), writer.seal):
         with pytest.raises(StoreError, match="last append failed"):
             more()
     writer.discard()
+
+
+def test_a_run_is_checked_after_its_write_ends_not_while_the_disk_writes_it(tmp_path, monkeypatch):
+    """A pack's long writes run on a thread of their own while the put prepares the next run; the
+    check that the bytes written are those hashed waits for the write. Here the input changes
+    while its write is under way (the write sees the new bytes): the pack is refused, not sealed."""
+    import mmap
+    import threading
+
+    from artifactstore.content.guard import checksum
+    from artifactstore.content.pack import PackWriter
+    from artifactstore.ids import digest
+
+    source = mmap.mmap(-1, 1 << 20)  # page-aligned memory: written straight, as a put's mapped file
+    source[:] = random_bytes(1 << 20, 3)
+    hashed = (digest(source), 1 << 20, checksum(source))
+    writing, changed = threading.Event(), threading.Event()
+    real_pwrite = os.pwrite
+
+    def slow_pwrite(fd, view, offset):
+        if threading.current_thread() is not threading.main_thread():
+            writing.set()
+            changed.wait(5)
+        return real_pwrite(fd, view, offset)
+
+    monkeypatch.setattr(os, "pwrite", slow_pwrite)
+    writer = PackWriter(LocalBackend(tmp_path), guarded=True, cached=False)
+    writer.add_run(source, [hashed])
+    assert writing.wait(5), "the write runs on the writer's thread"
+    source[100:108] = b"changed!"
+    changed.set()
+    with pytest.raises(InvalidInput, match="input changed"):
+        writer.seal()
+    writer.discard()
+    assert list(LocalBackend(tmp_path).list("tmp")) == []
 
 
 def recorded_keys(monkeypatch, method: str) -> list[str]:

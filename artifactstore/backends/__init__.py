@@ -39,9 +39,16 @@ class Capabilities:
 
 
 class ObjectWriter(Protocol):
-    """A new object written in pieces, published under a key known only at the end."""
+    """A new object written in pieces, published under a key known only at the end.
+
+    ``write`` may return before it has read all of ``data``: the caller keeps ``data`` until
+    ``settle`` waited for that write (``publish`` and ``discard`` wait for every write).
+    """
 
     def write(self, data) -> None: ...
+    def settle(self, keep: int = 0) -> None:
+        """Wait until at most the ``keep`` newest writes may still read their data; raises the
+        first error of those that ended."""
     def publish(self, key: str) -> None: ...
     def discard(self) -> None: ...
 
@@ -56,6 +63,9 @@ class BufferedWriter:
 
     def write(self, data) -> None:
         self._buffer.write(data)
+
+    def settle(self, keep: int = 0) -> None:
+        pass  # ``write`` copied the data
 
     def publish(self, key: str) -> None:
         self._backend.write(key, self._buffer.getvalue())

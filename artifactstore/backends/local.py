@@ -5,7 +5,9 @@ import fcntl
 import mmap
 import os
 import sys
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
@@ -29,7 +31,9 @@ _SYNC_FILE_RANGE_WRITE = 2
 # offset, from memory aligned to a block: a put's mapped input file is, where its chunks keep their
 # file offset modulo a page in the pack (content/put.py); other bytes, and short writes, are
 # gathered in aligned memory first. The last partial block is written through the page cache at
-# publish, as is everything where direct I/O is refused.
+# publish, as is everything where direct I/O is refused. The long writes from the caller's memory
+# run on a thread of the writer's, one after the other, so that the disk is never idle while the
+# caller prepares the next: it is the caller's to keep that memory until ``settle`` says they are done.
 DIRECT_BLOCK = 4096
 STAGING_BYTES = 1 << 20
 O_DIRECT = getattr(os, "O_DIRECT", 0)  # Linux (and some BSDs) only
@@ -78,14 +82,17 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
 
 class _DirectAppends:
     """Appends to a file opened with O_DIRECT (DIRECT_BLOCK): the caller's memory written straight
-    where it is aligned and long enough, the rest gathered in an aligned staging buffer of
-    STAGING_BYTES and written a buffer at a time (small writes do not each wait on the disk)."""
+    where it is aligned and long enough, by a thread of its own (``settle`` waits for those
+    writes), the rest gathered in an aligned staging buffer of STAGING_BYTES and written a buffer
+    at a time (small writes do not each wait on the disk)."""
 
     def __init__(self, fd: int):
         self._fd = fd
-        self._written = 0  # bytes in the file: whole blocks
+        self._written = 0  # bytes in the file or being written there: whole blocks
         self._staging: mmap.mmap | None = None  # the bytes after them, at its start
         self._staged = 0
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: deque[Future] = deque()  # its writes, oldest first
 
     def write(self, view: memoryview) -> None:
         while view:
@@ -94,13 +101,22 @@ class _DirectAppends:
                 self._stage(view[:to_block])
                 self._write_staged()
                 whole = (len(view) - to_block) // DIRECT_BLOCK * DIRECT_BLOCK
-                self._write_at(view[to_block:to_block + whole], self._written)
+                if self._writer is None:
+                    self._writer = ThreadPoolExecutor(1, thread_name_prefix="direct-write")
+                self._pending.append(self._writer.submit(self._write_at, view[to_block:to_block + whole],
+                                                         self._written))
                 self._written += whole
                 view = view[to_block + whole:]
             else:
                 view = view[self._stage(view):]
                 if self._staged == STAGING_BYTES:
                     self._write_staged()
+
+    def settle(self, keep: int = 0) -> None:
+        """Wait until at most the ``keep`` newest writes from the caller's memory are still going on;
+        raises the first error of those that ended."""
+        while len(self._pending) > keep:
+            self._pending.popleft().result()
 
     def _stage(self, view: memoryview) -> int:
         """Copy what fits of ``view`` into the staging buffer; returns how much did."""
@@ -142,6 +158,7 @@ class _DirectAppends:
     def finish(self) -> None:
         """Write what is staged, the last partial block through the page cache (its length is not
         a block's)."""
+        self.settle()
         self._write_staged()
         self._through_page_cache()
         if self._staging is not None:
@@ -150,6 +167,11 @@ class _DirectAppends:
         self.close()
 
     def close(self) -> None:
+        for write in self._pending:  # they read the caller's memory and write to the descriptor
+            write.exception()
+        self._pending.clear()
+        if self._writer is not None:
+            self._writer.shutdown()
         if self._staging is not None:
             try:
                 self._staging.close()
@@ -180,6 +202,10 @@ class LocalWriter:
         self._size += length
         if length >= WRITEBACK_MIN_BYTES and (start_writeback := _writeback_starter()) is not None:
             start_writeback(self._file.fileno(), start, length, _SYNC_FILE_RANGE_WRITE)  # a hint: errors ignored
+
+    def settle(self, keep: int = 0) -> None:
+        if self._direct is not None:
+            self._direct.settle(keep)
 
     def publish(self, key: str) -> None:
         with self._file:

@@ -96,6 +96,7 @@ class PackWriter:
         self._writer: ObjectWriter = backend.open_writer(cached=cached)
         self._layout: list[tuple[bytes, int]] = []  # the trailer's entries, padding included
         self._checksums: list[int] | None = [] if guarded else None
+        self._unchecked: list[tuple[memoryview, list[tuple[bytes, int, int | None]]]] = []  # runs being written
         self.entries: list[PackEntry] = []
         self.size = 0
         self._broken = False  # an append failed halfway: the bytes written and the layout disagree
@@ -110,26 +111,50 @@ class PackWriter:
         took it before it computed the digest from the same bytes (data that may change under us,
         such as a mapped input file): the guard vouches for the bytes that were hashed, not for a
         later read, and bytes written that differ from them are refused (InvalidInput) instead of
-        stored damaged. None: bytes just checked against the digest, whose xxh3 is taken here."""
+        stored damaged. None: bytes just checked against the digest, whose xxh3 is taken here.
+
+        The write may still be going on when this returns, and those checks wait for it: ``data``
+        must stay until ``settle``, which ``seal`` calls. This returns once the runs before it are
+        written and checked, so that the disk writes one run while this checks the one before."""
         view = memoryview(data).cast("B")
+        if sum(length for _, length, _ in chunks) != len(view):
+            raise ValueError(f"chunks of {sum(length for _, length, _ in chunks)} bytes in a run of {len(view)}")
         start = self.size
         self._start_append()
         self._writer.write(view)
         self.size += len(view)
         offset = 0
-        for chunk, length, data_checksum in chunks:
-            if data_checksum is not None or self._checksums is not None:
-                written = checksum(view[offset:offset + length])  # read after the write
-                if data_checksum is not None and written != data_checksum:
-                    raise InvalidInput(INPUT_CHANGED)
-                if self._checksums is not None:
-                    self._checksums.append(written if data_checksum is None else data_checksum)
+        for chunk, length, _ in chunks:
             self._layout.append((chunk, length))
             self.entries.append(PackEntry(chunk, start + offset, length))
             offset += length
-        if offset != len(view):
-            raise ValueError(f"chunks of {offset} bytes in a run of {len(view)}")
+        self._unchecked.append((view, chunks))
+        self._check_written(keep=1)
         self._broken = False
+
+    def settle(self) -> None:
+        """Wait for every write so far, then check what each read (see ``add_run``)."""
+        self._check_written(keep=0)
+
+    def _check_written(self, keep: int) -> None:
+        """Check the runs written, all but the ``keep`` newest, once their writes ended; a write
+        or a check that fails leaves the pack unfit for anything but ``discard``."""
+        try:
+            self._writer.settle(keep)
+            while len(self._unchecked) > keep:
+                view, chunks = self._unchecked.pop(0)
+                offset = 0
+                for _, length, data_checksum in chunks:
+                    if data_checksum is not None or self._checksums is not None:
+                        written = checksum(view[offset:offset + length])  # read after the write
+                        if data_checksum is not None and written != data_checksum:
+                            raise InvalidInput(INPUT_CHANGED)
+                        if self._checksums is not None:
+                            self._checksums.append(written if data_checksum is None else data_checksum)
+                    offset += length
+        except BaseException:
+            self._broken = True
+            raise
 
     def pad(self, length: int) -> None:
         """Append ``length`` zero bytes that are no chunk."""
@@ -151,6 +176,7 @@ class PackWriter:
         """Append the trailer; returns the pack id. Nothing is visible before ``publish``."""
         if self._broken:
             raise StoreError("a pack whose last append failed cannot be sealed")
+        self.settle()
         trailer = encode_trailer(self._layout)
         self.pack_id = digest(trailer)
         self._writer.write(trailer)

@@ -182,6 +182,12 @@ class PackSession:
             self._write_run(data, run)
         return skipped
 
+    def settle(self) -> None:
+        """Wait for the writes from the caller's memory and check them (``PackWriter.add_run``):
+        a put calls it before it lets go of the file it mapped."""
+        if self._writer is not None:
+            self._writer.settle()
+
     def _wanted(self, chunk: bytes) -> bool:
         return not (self.stored(chunk) and not self._restore) and chunk not in self._in_open_pack
 
@@ -399,6 +405,7 @@ def _ingest_buffer(data: memoryview, chunker: chunking.ChunkerParams, session: P
                 chunk_ids += blocks.popleft()[0].result()
         while blocks:
             chunk_ids += blocks.popleft()[0].result()
+        session.settle()
     except BaseException:
         for tasks in blocks:  # they read ``data``: let them finish before it is released
             for task in tasks:
