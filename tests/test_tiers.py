@@ -146,3 +146,33 @@ def test_sampled_verify_and_config(tmp_path, cold_url, bundles, monkeypatch):
 def test_tier_without_a_cold_tier_is_a_clear_error(store):
     result = run_cli("tier", "--store", store.path)
     assert result.returncode == 1 and "has no cold tier" in result.stderr
+
+
+def test_a_cold_tier_is_a_place_of_its_own(tmp_path, cold_url, bundles):
+    """A cold tier that is the store, inside it, another store, or another store's cold tier would
+    see its packs deleted by the other's gc, or by this one's tier: each is refused, with nothing
+    written; a cold tier given up loses its mark and can serve another store."""
+    for cold in (tmp_path / "s", tmp_path / "s" / "cold", tmp_path, ""):
+        result = run_cli("init", str(tmp_path / "s"), "--cold", str(cold))
+        assert result.returncode == 1 and result.stderr.count("\n") == 1 and "error: the cold tier" in result.stderr
+        assert not (tmp_path / "s").exists()
+    other = Store.init(tmp_path / "other")
+    result = run_cli("init", str(tmp_path / "s"), "--cold", str(other.path))
+    assert result.returncode == 1 and "is a store: a cold tier must be a place of its own" in result.stderr
+
+    store = tiered_store(tmp_path, cold_url, bundles)
+    store.tier()
+    result = run_cli("init", str(tmp_path / "second"), "--cold", cold_url)
+    assert result.returncode == 1 and "is the cold tier of the store at" in result.stderr
+    assert not (tmp_path / "second").exists()
+    second = Store.init(tmp_path / "second")
+    before = snapshot(tmp_path / "second")
+    result = run_cli("config", "set", "cold", cold_url, "--store", str(second.path))
+    assert result.returncode == 1 and snapshot(tmp_path / "second") == before
+    for cold in ("", str(second.path / "packs")):
+        assert run_cli("config", "set", "cold", cold, "--store", str(second.path)).returncode == 1
+
+    empty = Store.init(tmp_path / "third", cold=str(tmp_path / "spare"))
+    empty.content.change_setting("cold", None, actor="ops", reason="not needed", at="2026-11-27T00:00:00Z")
+    Store.init(tmp_path / "fourth", cold=str(tmp_path / "spare"))  # given up: free again
+    assert Store(store.path).verify().ok

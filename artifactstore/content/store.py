@@ -27,6 +27,7 @@ from ..errors import Conflict, CorruptObject, InvalidInput, InvalidParameter, No
 from ..ids import digest, format_id, parse_id
 from ..progress import Progress, no_progress
 from .chunking import DEFAULT_PARAMS, ChunkerParams
+from .cold import claim_cold_tier, release_cold_tier
 from .condemned import condemned_packs, condemned_times
 from .config import CONFIG_KEY, DEFAULT_KEEP_HOT, FORMAT_VERSION, SETTINGS, StoreConfig
 from .index import ChunkIndex, IndexFiles, Location, LocationArrays, write_index
@@ -138,8 +139,7 @@ class ContentStore:
             if root.exists() and (not root.is_dir() or any(root.iterdir())):
                 raise StoreError(f"{root} exists and is not an empty directory")
             if cold is not None:
-                cold = cold if is_url(cold) else str(Path(cold).resolve())
-                probe(open_backend(cold))  # before the first byte of the store is written
+                cold = claim_cold_tier(cold, root)  # before the first byte of the store is written
             for sub in LAYOUT:
                 (root / sub).mkdir(parents=True, exist_ok=True)
             home = LocalBackend(root)
@@ -168,8 +168,8 @@ class ContentStore:
             if current.cold is not None and current.cold != cold and any(open_backend(current.cold).list("packs")):
                 raise InvalidParameter(f"the cold tier {mask_url(current.cold)} holds packs: run `artifactstore "
                                        "pull` for what must stay, or keep it; replacing it would lose them")
-            if cold is not None:
-                probe(open_backend(cold))
+            if value is not None and cold != current.cold:
+                cold = claim_cold_tier(str(value), Path(self.location))
             updated = replace(current, cold=cold)
         before, after = getattr(current, setting), getattr(updated, setting)
         if before == after:
@@ -184,6 +184,8 @@ class ContentStore:
             raise Conflict(f"{CONFIG_KEY} changed while this command ran: nothing was changed; retry") from None
         self.config = updated
         if setting == "cold":
+            if current.cold is not None:
+                release_cold_tier(current.cold, Path(self.location))
             self.cold_url = updated.cold
             self.cold = open_backend(updated.cold) if updated.cold else None
         return updated
