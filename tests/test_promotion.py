@@ -176,6 +176,37 @@ def test_target_set_names_the_rollback_target(gated):
     assert gated.rollback("acme/support", actor="oncall").pointers["production"] == "v1.0.0"
 
 
+def test_a_policy_is_refused_while_the_rollback_target_lacks_its_checks(store, tmp_path):
+    """A rollback to the target is never checked, because the target passed the rules when it was
+    named: one named before the policy (or under a looser one) would reach production unchecked."""
+    push(store, tmp_path, "v1.0.0", SEED_PRODUCTION)
+    store.promote("acme/support@v1.0.0", actor="jane", reason="launch")
+    push(store, tmp_path, "v1.1.0", SEED_REGRESSION)
+    push(store, tmp_path, "v1.2.0", GOOD)
+    store.set_rollback_target("acme/support@v1.1.0", actor="intern", reason="just in case")  # no rules yet
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("review: {min_samples: 20}\n")
+    before = snapshot(store.path)
+    result = run_cli("policy", "set", "acme/support", str(policy), "--by", "lead", "--store", store.path)
+    assert result.returncode == 1 and result.stderr == (
+        "error: acme/support's rollback target v1.1.0 never served production, and under this policy it lacks: no "
+        "gate result (run `artifactstore gate`); no review (approve after at least 20 outputs: `artifactstore "
+        "review`). Name a version that has its checks or served before (`artifactstore target set`), then set the "
+        "policy\n")
+    assert snapshot(store.path) == before
+    store.gate("acme/support@v1.2.0")
+    store.review("acme/support@v1.2.0", approve=True, actor="rev", samples=20)
+    store.set_rollback_target("acme/support@v1.2.0", actor="lead", reason="checked")
+    store.set_policy("acme/support", policy, actor="lead")
+    tighter = tmp_path / "tighter.yaml"
+    tighter.write_text("review: {min_samples: 50}\n")
+    with pytest.raises(InvalidParameter, match="rollback target v1.2.0 never served production, and under this policy it "
+                                      "lacks: approved after 20 outputs; the policy asks for 50"):
+        store.set_policy("acme/support", tighter, actor="lead")
+    store.set_rollback_target("acme/support@v1.1.0", actor="intern", reason="yolo", force=True)  # an override
+    assert store.rollback("acme/support", actor="oncall").pointers["production"] == "v1.1.0"
+
+
 def test_notices_for_clients(gated):
     with pytest.raises(InvalidParameter, match="replaces no production version"):
         gated.notice("acme/support@v1.0.0", "update")

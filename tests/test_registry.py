@@ -381,6 +381,51 @@ def test_a_drill_leaves_the_production_chain_as_it_was(five):
     assert targets(five) == ("v1.0.0", None)
 
 
+def test_a_drill_killed_between_its_swaps_is_flagged_until_production_is_restored_and_holds_rollouts(five):
+    """The drill's stand-in production is no base for a rollout (it would be compared with, and
+    replaced by, the rollout), and status keeps saying so whatever changes in between."""
+    from artifactstore.registry.drills import record_drill, swap_for_drill
+    from artifactstore.registry.refs import ModelName
+
+    for version in ("v1.0.0", "v1.1.0"):
+        five.promote(f"acme/support@{version}")
+    model = ModelName.parse("acme/support")
+
+    def unfinished() -> list[str]:
+        return [a for a in five.status("acme/support")["alerts"] if "has not finished" in a]
+
+    swap_for_drill(five.registry, model, production="v1.1.0", target="v1.0.0", actor="drill", reason="monthly")
+    five.registry.pin("acme/support@v1.1.0", actor="ops", reason="keep hot")  # an unrelated change
+    [alert] = unfinished()
+    assert alert.startswith("a drill moved production to v1.0.0 at ")
+    before = snapshot(five.path)
+    with pytest.raises(InvalidParameter, match="a drill moved acme/support's production to v1.0.0 at .* has not "
+                                               "finished: start the rollout after it"):
+        five.start_rollout("acme/support@v1.2.0", actor="jane")
+    assert snapshot(five.path) == before
+    swap_for_drill(five.registry, model, production="v1.0.0", target="v1.1.0", actor="drill", reason="monthly")
+    assert unfinished(), "rolled forward, but not recorded: still running, or killed"
+    record_drill(five.registry, model, {"model": "acme/support", "at": "2026-11-27T00:00:00Z", "from": "v1.1.0",
+                                        "to": "v1.0.0", "passed": True, "seconds": 0.1, "max_seconds": 60,
+                                        "nodes": {}, "unconfirmed": [], "note": "ok"}, actor="drill", reason="done")
+    assert unfinished() == []
+    swap_for_drill(five.registry, model, production="v1.1.0", target="v1.0.0", actor="drill", reason="again")
+    five.rollback("acme/support", to="v1.1.0", actor="oncall", reason="restored by hand")
+    assert unfinished() == [] and five.start_rollout("acme/support@v1.2.0", actor="jane").rollout is not None
+
+
+@pytest.mark.parametrize("limit", [float("nan"), float("inf"), 0, -1, 3600.5])
+def test_a_drill_limit_must_be_a_finite_time_of_at_most_an_hour(five, limit):
+    """Production stays at the rollback target until the drill ends: a limit it never reaches
+    (NaN compares false with everything) would keep it there."""
+    for version in ("v1.0.0", "v1.1.0"):
+        five.promote(f"acme/support@{version}")
+    before = snapshot(five.path)
+    with pytest.raises(InvalidParameter, match="--max-seconds must be more than 0 and at most 3600"):
+        five.drill("acme/support", max_seconds=limit)
+    assert snapshot(five.path) == before
+
+
 def test_a_rollback_ends_the_canary_and_the_staging_of_the_version_it_restores(five):
     for version in ("v1.0.0", "v1.1.0"):
         five.promote(f"acme/support@{version}")

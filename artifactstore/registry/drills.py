@@ -16,7 +16,7 @@ from ..errors import Conflict, CorruptObject, InvalidParameter
 from .pointers import PRODUCTION, ROLLBACK_TARGET
 from .refs import ModelName
 from .registry import Move, Registry
-from .state import ModelState
+from .state import AuditEntry, ModelState
 
 DRILL_CONTEXT = "artifactstore 2026-11 rollback drill v1"
 
@@ -49,6 +49,19 @@ def record_drill(registry: Registry, model: ModelName, record: dict[str, Any], *
                  "state": {"drill": drill_id}}]
 
     return registry.transact(model, change, actor, reason)
+
+
+def unfinished_drill(registry: Registry, state: ModelState) -> AuditEntry | None:
+    """The swap of a drill that has not recorded its result (running, or killed between its moves):
+    production's latest move, when a drill made it and no drill record came after it. A person's
+    move of production ends it."""
+    for _, made in registry.trail(state.model, state.id):
+        for entry in reversed(made):
+            if entry.action == "drill" and entry.pointer is None:
+                return None
+            if entry.pointer == PRODUCTION:
+                return entry if entry.action == "drill" else None
+    return None
 
 
 def read_drill(registry: Registry, drill_id: str) -> dict[str, Any]:

@@ -29,12 +29,14 @@ from ..backends.remote import mask_url
 from ..clock import parse_duration
 from ..content.manifest import canonical_json
 from ..errors import Conflict, CorruptObject, InvalidParameter
+from .pointers import ROLLBACK_TARGET
 from .refs import ModelName
 from .registry import Move, Registry
 from .state import ModelState
 
 POLICY_CONTEXT = "artifactstore 2026-11 release policy v1"
 NO_POLICY = "none"  # what --expect says for a model without a policy
+MAX_DRILL_SECONDS = 3600  # a drill's limit: production stays at the rollback target until it ends
 
 # The events a hook may ask for.
 EVENTS = ("gate_passed", "gate_failed", "review_recorded", "promoted", "rolled_back",
@@ -226,7 +228,7 @@ class DrillSection(_Section):
     """Rollback rehearsals (the seeds: monthly, confirmed within 60 s)."""
 
     every: Duration = "30d"  # a drill older than this is overdue
-    max_seconds: float = Field(default=60, gt=0, le=3600)  # from the decision to every node's confirmation
+    max_seconds: float = Field(default=60, gt=0, le=MAX_DRILL_SECONDS)  # from the decision to every node's confirmation
 
 
 class Policy(_Section):
@@ -290,11 +292,28 @@ def set_policy(registry: Registry, model: ModelName | str, path: str | os.PathLi
                            "nothing changed")
         if current.policy is not None and registry.read_object(current.policy, POLICY_CONTEXT) == encoded:
             raise InvalidParameter(f"{name}'s policy is already {current.policy}")
+        _check_rollback_target(registry, current, policy)
         policy_id = registry.write_object(encoded, POLICY_CONTEXT)  # only a lost race leaves it unnamed
         return [{"action": "policy", "pointer": None, "from": current.policy, "to": policy_id,
                  "state": {"policy": policy_id}}]
 
     return registry.transact(name, change, actor, reason, create=True)
+
+
+def _check_rollback_target(registry: Registry, state: ModelState, policy: "Policy") -> None:
+    """Refuse a policy under which the rollback target could not be named: a rollback to the target
+    is never checked (release.md), so a target that never served production must have passed the
+    rules now in force, not those of an earlier policy, or none."""
+    target = state.pointer(ROLLBACK_TARGET)
+    if target is None or target in state.deployments:
+        return
+    from .checks import missing_checks  # checks reads policies: imported when a target needs it
+
+    missing = missing_checks(registry, state, target, policy)
+    if missing:
+        raise InvalidParameter(f"{state.model}'s rollback target {target} never served production, and under this "
+                               f"policy it lacks: {'; '.join(missing)}. Name a version that has its checks or "
+                               f"served before (`artifactstore target set`), then set the policy")
 
 
 def show_policy(registry: Registry, model: ModelName | str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from ..content.manifest import canonical_json
 from ..errors import Conflict, CorruptObject, InvalidParameter, NotFound
 from .analysis import Decision, Outcome, Psi, Rollout, Window, decide, due_windows, interference, judge
 from .analysis import population_stability_index as default_psi
+from .drills import unfinished_drill
 from .metrics import aggregate, records_in_window
 from .pointers import CANARY, PRODUCTION, ROLLBACK_TARGET
 from .policy import Policy, policy_of, read_policy
@@ -82,6 +83,11 @@ def start_rollout(registry: Registry, ref: str, *, actor: str | None = None, rea
         if canary not in (None, version):
             raise InvalidParameter(f"{current.model} has a canary of {canary}: end it first "
                                    f"(`artifactstore canary {current.model}@{canary} --percent 0`)")
+        drill = unfinished_drill(registry, current)
+        if drill is not None:  # production is the drill's stand-in: the rollout would measure against it
+            raise InvalidParameter(f"a drill moved {current.model}'s production to {drill.to} at {drill.at} and has "
+                                   f"not finished: start the rollout after it (or, if it was interrupted, once "
+                                   f"production is restored by hand)")
         at = timestamp()
         rollout = Rollout(version, production, current.policy, 0, at, at)
         return [{"action": "rollout-start", "pointer": CANARY, "from": canary, "to": version,

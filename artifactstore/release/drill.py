@@ -19,7 +19,7 @@ from ..errors import InvalidParameter, NotFound
 from ..registry.drills import record_drill, swap_for_drill
 from ..registry.fleet import read_fleet
 from ..registry.pointers import PRODUCTION, ROLLBACK_TARGET
-from ..registry.policy import Policy, policy_of
+from ..registry.policy import MAX_DRILL_SECONDS, Policy, policy_of
 from ..registry.refs import ModelName
 from ..registry.registry import Registry
 from ..registry.state import ModelState
@@ -57,8 +57,8 @@ def drill(registry: Registry, model: ModelName | str, *, max_seconds: float | No
     state = registry.state(name)
     policy = policy_of(registry, state) or Policy()
     limit = max_seconds if max_seconds is not None else policy.drill.max_seconds
-    if limit <= 0:
-        raise InvalidParameter(f"--max-seconds must be positive, not {limit:g}")
+    if not 0 < limit <= MAX_DRILL_SECONDS:  # NaN too: a drill that never gives up holds production back
+        raise InvalidParameter(f"--max-seconds must be more than 0 and at most {MAX_DRILL_SECONDS}, not {limit:g}")
     production, target = state.pointer(PRODUCTION), state.pointer(ROLLBACK_TARGET)
     if production is None or target is None:
         raise InvalidParameter(f"{name} needs a production version and a rollback target to drill "

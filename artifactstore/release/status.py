@@ -4,7 +4,7 @@ drill, and the alerts that need a person (``artifactstore status``)."""
 from typing import Any
 
 from ..clock import duration, now, parse_time, timestamp
-from ..registry.drills import drill_summary
+from ..registry.drills import drill_summary, unfinished_drill
 from ..registry.fleet import Heartbeat, read_fleet
 from ..registry.pointers import CANARY, PRODUCTION, ROLLBACK_TARGET
 from ..registry.policy import Policy, policy_of
@@ -64,8 +64,9 @@ def model_status(registry: Registry, model: ModelName | str, *, last_rollout: bo
                           f"drill again (`artifactstore drill {name}`)")
         elif not drill["passed"]:
             alerts.append(f"the last drill, at {drill['at']}, failed: {drill['note']}")
-    if any(e.action == "drill" and e.pointer == PRODUCTION for e in state.entries):
-        alerts.append(f"a drill moved production to {production} at {state.entries[0].at} and has not finished "
+    swap = unfinished_drill(registry, state)
+    if swap is not None:
+        alerts.append(f"a drill moved production to {swap.to} at {swap.at} and has not finished "
                       f"(running, or interrupted: then restore production by hand)")
     return {"model": str(name), "at": timestamp(moment), "policy": state.policy, "pointers": state.pointer_fields(),
             "rollout": running, "last_rollout": rollout["last"], "nodes": nodes,
