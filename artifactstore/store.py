@@ -22,7 +22,6 @@ from .content.kept import keep
 from .content.store import ContentStore, PutResult, StoreStats
 from .progress import Progress, no_progress
 from .registry import queries
-from .registry.pointers import PRODUCTION
 from .registry.refs import ModelName
 from .registry.registry import PushResult, Registry
 from .registry.rules import release_rule, rollout_rule
@@ -35,7 +34,7 @@ if TYPE_CHECKING:
     from .lifecycle.tier import PullReport, TierReport
     from .monitoring.alerts import Alert, Deliver
     from .monitoring.arrays import MonitoringArrays
-    from .monitoring.observe import BaselineReport, Monitor, RecordReport
+    from .monitoring.observe import BaselineReport, Monitor, PendingBaseline, RecordReport
     from .monitoring.psi import Thresholds
     from .monitoring.report import DriftReport
     from .monitoring.signals import EvalTrend, LabelledData, RetrainCheck, RetrainPolicy
@@ -208,17 +207,23 @@ class Store:
     def promote(self, ref: str, *, actor: str | None = None, reason: str = "", expect: str | None = None,
                 force: bool = False) -> ModelState:
         """Move production (``registry.promote``); a version without a drift baseline gets one from
-        its bundle's eval_samples.jsonl, when it carries one."""
-        state = self._announced(self.registry.promote(ref, actor=actor, reason=reason, expect=expect, force=force))
-        version = state.pointer(PRODUCTION)
-        assert version is not None
-        bundle = self.content.read_manifest(self.registry.record(state, version)["bundle"])
-        if not any(entry.path == SAMPLES_FILE for entry in getattr(bundle, "entries", ())):
-            return state  # nothing to take a baseline from: the monitoring wing (numpy, zarr) is not loaded
-        from .monitoring.observe import promotion_baseline
+        its bundle's eval_samples.jsonl, when it carries one. The baseline is taken before the move,
+        so that a file it cannot be taken from refuses the promote with nothing changed, and
+        written after it."""
+        baselines: list[PendingBaseline] = []
 
-        baseline = promotion_baseline(self.registry, self.monitoring, f"{state.model}@{version}")
-        if baseline is not None:
+        def take_baseline(state: ModelState, version: str) -> None:
+            bundle = self.content.read_manifest(self.registry.record(state, version)["bundle"])
+            if not any(entry.path == SAMPLES_FILE for entry in getattr(bundle, "entries", ())):
+                return  # nothing to take a baseline from: the monitoring wing (numpy, zarr) is not loaded
+            from .monitoring.observe import promotion_baseline
+
+            baselines[:] = [b for b in [promotion_baseline(self.registry, self.monitoring,
+                                                            f"{state.model}@{version}")] if b is not None]
+
+        state = self._announced(self.registry.promote(ref, actor=actor, reason=reason, expect=expect, force=force,
+                                                      prepare=take_baseline))
+        for baseline in baselines:
             baseline.write(self.monitoring)
         return state
 

@@ -2,12 +2,14 @@
 unless forced with a reason (recorded as an override); review, rollback targets, client notices."""
 
 import json
+from dataclasses import replace
 
 import pytest
 from conftest import run_cli, snapshot
-from test_gate import SEED_PRODUCTION, SEED_REGRESSION, push
+from test_gate import BY_NAME, SEED_PRODUCTION, SEED_REGRESSION, push
 
 from artifactstore import InvalidParameter, Refused
+from artifactstore.demo import write_bundle
 
 GOOD = {"accuracy": 0.962, "hallucination_rate": 0.012}
 
@@ -205,6 +207,25 @@ def test_a_policy_is_refused_while_the_rollback_target_lacks_its_checks(store, t
         store.set_policy("acme/support", tighter, actor="lead")
     store.set_rollback_target("acme/support@v1.1.0", actor="intern", reason="yolo", force=True)  # an override
     assert store.rollback("acme/support", actor="oncall").pointers["production"] == "v1.1.0"
+
+
+def test_a_promote_whose_baseline_cannot_be_taken_changes_nothing(store, tmp_path, monkeypatch):
+    """The drift baseline is taken before production moves: a bundle an older release let through
+    (here, 300 features where a baseline holds 256) refuses the promote instead of failing after it."""
+    import artifactstore.registry.bundle
+
+    push(store, tmp_path, "v1.0.0", SEED_PRODUCTION)
+    samples = "".join(json.dumps({"inputs": {f"f{i}": i for i in range(300)}}) + "\n" for _ in range(3))
+    bundle = write_bundle(replace(BY_NAME["v1.1.0"], eval_results=GOOD), tmp_path / "wide", eval_samples=samples)
+    with monkeypatch.context() as older_release:
+        older_release.setattr(artifactstore.registry.bundle, "_check_eval_samples", lambda *args: None)
+        store.push(bundle, "acme/support@v1.1.0")
+    before = snapshot(store.path)
+    result = run_cli("promote", "acme/support@v1.1.0", "--by", "jane", "--store", store.path)
+    assert result.returncode == 1 and result.stderr == (
+        "error: acme/support@v1.1.0 eval_samples.jsonl: 300 features, more than the limit of 256\n")
+    assert snapshot(store.path) == before and store.state("acme/support").pointer("production") is None
+    assert store.promote("acme/support@v1.0.0").pointer("production") == "v1.0.0"
 
 
 def test_notices_for_clients(gated):

@@ -7,6 +7,7 @@ compute the new state, write it, compare-and-swap the ref (docs/format.md, "Regi
 
 import json
 import threading
+import unicodedata
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -459,16 +460,17 @@ class Registry:
         return self._move(ref, "stage", STAGING, actor, reason, expect)
 
     def promote(self, ref: str, *, actor: str | None = None, reason: str = "", expect: str | None = None,
-                force: bool = False) -> ModelState:
+                force: bool = False, prepare: Callable[[ModelState, str], None] | None = None) -> ModelState:
         """Point ``production`` at a version (``client/model`` alone: the staged one); the previous
         production becomes the rollback target, and staging is cleared if it named this version.
-        ``force`` overrides a rule's refusal (see ``transact``)."""
+        ``force`` overrides a rule's refusal (see ``transact``). ``prepare(state, version)`` runs in
+        the transaction before anything is written: what it raises refuses the promote."""
         if "@" not in ref:
             model = ModelName.parse(ref)
             if self.state(model).pointer(STAGING) is None:
                 raise InvalidParameter(f"{model} has nothing staged: promote {model}@VERSION")
             ref = f"{model}@{STAGING}"
-        return self._move(ref, "promote", PRODUCTION, actor, reason, expect, force)
+        return self._move(ref, "promote", PRODUCTION, actor, reason, expect, force, prepare)
 
     def set_rollback_target(self, ref: str, *, actor: str | None = None, reason: str = "",
                             expect: str | None = None, force: bool = False) -> ModelState:
@@ -476,7 +478,8 @@ class Registry:
         ``force``: see ``transact`` (a version that never served needs production's checks)."""
         return self._move(ref, "target", ROLLBACK_TARGET, actor, reason, expect, force)
 
-    def _move(self, ref: str, action: str, pointer: str, actor, reason, expect, force: bool = False) -> ModelState:
+    def _move(self, ref: str, action: str, pointer: str, actor, reason, expect, force: bool = False,
+              prepare: Callable[[ModelState, str], None] | None = None) -> ModelState:
         version, read = self.resolve_current(ref)
 
         def move(current: ModelState) -> list[Move]:
@@ -494,6 +497,8 @@ class Registry:
                     moves.append({"action": action, "pointer": ROLLBACK_TARGET,
                                   "from": current.pointer(ROLLBACK_TARGET), "to": old})
                 moves += _candidacies_ended(current, version, action)
+            if prepare is not None:
+                prepare(current, version)
             return moves
 
         return self.transact(read[0].model, move, actor, reason, force=force, read=read)
@@ -796,12 +801,22 @@ def _check_expected(state: ModelState, pointer: str, expect: str | None) -> None
 
 def _check_audit_text(actor: str, reason: str) -> None:
     """Refuse who and why that the audit log (UTF-8 JSON) cannot hold, before anything is written:
-    an environment variable or argument with bytes that are not UTF-8 arrives with surrogates."""
+    an environment variable or argument with bytes that are not UTF-8 arrives with surrogates; and
+    those that would forge its lines where people read it: a line break starts a fake entry, a
+    carriage return or an escape sequence overwrites the name on a terminal, a bidirectional
+    override reverses what follows."""
     for option, text in (("--by", actor), ("--reason", reason)):
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
             raise InvalidParameter(f"{option} {text!r} is not valid UTF-8 text") from None
+        forging = next((ch for ch in text if unicodedata.category(ch) == "Cc" or ch in _BIDI_CONTROLS), None)
+        if forging is not None:
+            raise InvalidParameter(f"{option} holds the control character {forging!r}: the audit log keeps one line "
+                                   f"of text")
+
+
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def _check_known(state: ModelState, version: str) -> None:
