@@ -43,11 +43,14 @@ def history_store(store, tmp_path):
 
 def test_delete_is_refused_while_named_and_logged(history_store):
     history_store.promote("acme/support@v1.1.0")
-    with pytest.raises(Conflict, match="still production"):
+    with pytest.raises(Conflict, match="still production: move the pointer first$"):
         history_store.delete("acme/support@v1.1.0")
     history_store.pin("acme/support@v1.0.0")
-    with pytest.raises(Conflict, match="still pinned"):
+    with pytest.raises(Conflict, match="still pinned: unpin it first$"):
         history_store.delete("acme/support@v1.0.0")
+    history_store.pin("acme/support@v1.1.0")
+    with pytest.raises(Conflict, match="still production, pinned: move the pointer first and unpin it$"):
+        history_store.delete("acme/support@v1.1.0")
     with pytest.raises(InvalidParameter):
         history_store.delete("acme/support@production")
     state = history_store.delete("acme/support@v1.2.0", actor="dpo@agency", reason="GDPR request 42")

@@ -85,6 +85,10 @@ def test_a_bad_policy_file_is_refused_in_one_line_and_changes_nothing(store, tmp
 def test_a_missing_policy_file_is_named(store, tmp_path):
     result = run_cli("policy", "set", "acme/support", tmp_path / "nope.yaml", "--store", store.path)
     assert result.returncode == 1 and result.stderr == "error: nope.yaml: missing\n"
+    (tmp_path / "a-directory").mkdir()
+    for path, said in ((tmp_path / "a-directory", "a-directory"), ("/dev/null", "null")):
+        result = run_cli("policy", "set", "acme/support", path, "--store", store.path)
+        assert result.returncode == 1 and result.stderr == f"error: {said}: not a regular file\n"
 
 
 def test_set_and_show_a_policy(store, tmp_path, policy_file):

@@ -217,7 +217,8 @@ def _read_text(root: Path, name: str, problems: list[str], file_ids: dict[str, b
     """A text file's content, its id noted in ``file_ids``; None after noting the problem."""
     path = root / name
     if not path.is_file() or path.is_symlink():
-        problems.append(f"{name}: missing")
+        problems.append(f"{name}: " + ("missing" if not path.exists() and not path.is_symlink() else
+                                       "a symlink, not a file" if path.is_symlink() else "not a regular file"))
         return None
     data = _read_bounded(path, name, MAX_FILE_BYTES, problems, file_ids)
     try:
