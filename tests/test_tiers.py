@@ -156,6 +156,11 @@ def test_a_cold_tier_is_a_place_of_its_own(tmp_path, cold_url, bundles):
         result = run_cli("init", str(tmp_path / "s"), "--cold", str(cold))
         assert result.returncode == 1 and result.stderr.count("\n") == 1 and "error: the cold tier" in result.stderr
         assert not (tmp_path / "s").exists()
+    (tmp_path / "a-file").touch()
+    result = run_cli("init", str(tmp_path / "a-file" / "s"), "--cold", str(tmp_path / "cold-for-nothing"))
+    assert result.returncode == 1 and result.stderr == (f"error: cannot make the store's directory "
+                                                        f"{tmp_path}/a-file/s: {tmp_path}/a-file is not a directory\n")
+    assert not (tmp_path / "cold-for-nothing").exists()
     other = Store.init(tmp_path / "other")
     result = run_cli("init", str(tmp_path / "s"), "--cold", str(other.path))
     assert result.returncode == 1 and "is a store: a cold tier must be a place of its own" in result.stderr

@@ -138,10 +138,16 @@ class ContentStore:
                 raise StoreError(f"{root} is already a store")
             if root.exists() and (not root.is_dir() or any(root.iterdir())):
                 raise StoreError(f"{root} exists and is not an empty directory")
+            nearest = next(p for p in (root, *root.absolute().parents) if p.exists())
+            if not nearest.is_dir():
+                raise StoreError(f"cannot make the store's directory {root}: {nearest} is not a directory")
             if cold is not None:
                 cold = claim_cold_tier(cold, root)  # before the first byte of the store is written
-            for sub in LAYOUT:
-                (root / sub).mkdir(parents=True, exist_ok=True)
+            try:
+                for sub in LAYOUT:
+                    (root / sub).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot make the store's directory {root}: {exc.strerror or exc}") from None
             home = LocalBackend(root)
         home.write(CONFIG_KEY, StoreConfig(FORMAT_VERSION, chunker, cold, keep_hot).encode())
         return cls.open(location, cache=cache)
