@@ -29,7 +29,10 @@ def parse_time(text: str, what: str) -> datetime:
         parsed = datetime.fromisoformat(text)
     except ValueError:
         raise InvalidParameter(f"{what}: not an ISO 8601 time: {text!r} (e.g. 2026-11-26T10:00:00Z)") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    try:
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError:  # valid with its offset, but in UTC before year 1 or after year 9999
+        raise InvalidParameter(f"{what}: {text!r} is outside the years 1 to 9999 in UTC") from None
 
 
 def timestamp(moment: datetime | None = None) -> str:

@@ -579,3 +579,36 @@ def test_verify_names_a_missing_measurement(live, monkeypatch):
     live.backend.delete(f"registry/objects/{measurement[3:5]}/{measurement[3:]}.json")
     problems = live.verify().problems
     assert len(problems) == 1 and measurement in problems[0]
+
+
+@pytest.mark.parametrize("bad", [{"at": "yesterday"}, {"at": 5}, {"interval": "5"}, {"interval": float("nan")},
+                                 {"smoke": {"v1.0.0": None}}, {"smoke": {"v1.0.0": {"detail": "no ok"}}},
+                                 {"resident": "v1.0.0"}, {"serving": 1}])
+def test_a_heartbeat_with_a_bad_field_is_unreadable_and_status_shows_the_rest(live, bad):
+    from artifactstore.registry.fleet import Heartbeat, heartbeat_key, read_fleet, write_heartbeat
+
+    good = Heartbeat("srv-1", MODEL, "production", now().isoformat(), 5.0, "v1.0.0", None, None, ["v1.0.0"],
+                     {"v1.0.0": {"ok": True, "at": "x", "tests": 0, "failed": [], "detail": "no tests"}}, None, None,
+                     None)
+    write_heartbeat(live.registry, good)
+    broken = dataclasses.asdict(good) | {"kind": "heartbeat", "node": "srv-2"} | bad
+    key = heartbeat_key(ModelName.parse(MODEL), "srv-2")
+    live.registry.backend.write(key, json.dumps(broken, allow_nan=True).encode())
+    fleet = read_fleet(live.registry, MODEL)
+    assert [h.node for h in fleet.heartbeats] == ["srv-1"] and fleet.unreadable == [key]
+    status = live.status(MODEL)
+    assert f"{key}: heartbeat unreadable" in status["alerts"] and [n["node"] for n in status["nodes"]] == ["srv-1"]
+
+
+def test_a_metrics_record_at_either_end_of_the_calendar_is_judged_not_a_traceback():
+    from pydantic import ValidationError
+
+    from artifactstore.registry.metrics import MetricsRecord
+
+    fields = {"version": "v1.0.0", "node": "srv-1", "requests": 1}
+    last = MetricsRecord.model_validate(fields | {"start": "9999-12-31T22:00:00Z", "end": "9999-12-31T23:30:00Z"})
+    assert last.end_time == parse_time("9999-12-31T23:30:00Z", "end")
+    with pytest.raises(ValidationError, match="end must follow start by at most a day"):
+        MetricsRecord.model_validate(fields | {"start": "9999-12-29T22:00:00Z", "end": "9999-12-31T23:30:00Z"})
+    with pytest.raises(ValidationError, match="outside the years 1 to 9999 in UTC"):
+        MetricsRecord.model_validate(fields | {"start": "0001-01-01T00:00:00+01:00", "end": "0001-01-01T00:30:00Z"})

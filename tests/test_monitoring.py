@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from conftest import Receiver
 
 from artifactstore import Conflict, InvalidInput, InvalidParameter, NotFound, Store
 from artifactstore.demo import adapter_history, write_bundle
-from artifactstore.monitoring.alerts import parse_alert_key, raised_alerts
+from artifactstore.monitoring.alerts import alerts_key, parse_alert_key, raised_alerts
 from artifactstore.monitoring.arrays import PREFIX
 from artifactstore.monitoring.psi import DECILES, Thresholds
 from artifactstore.monitoring.report import read_baseline
@@ -326,6 +327,79 @@ def test_an_alert_is_delivered_once_per_crossing(tmp_path, store):
     assert [(a.feature, a.window) for a in retried] == [(a.feature, a.window) for a in failing]
 
 
+def lengths(values, when: str | None = None) -> list[dict]:
+    return [{"inputs": {"length": float(v)}} | ({"at": when} if when else {}) for v in values]
+
+
+def test_counts_a_node_flushes_late_make_no_second_alert_for_an_excursion_already_alerted(tmp_path, store):
+    rng = np.random.default_rng(0)
+    store.take_baseline("acme/support@v1.0.0", write_jsonl(tmp_path / "ref.jsonl", lengths(rng.normal(100, 10, 2000))))
+    delivered = []
+    calm_then_shifted = lengths(rng.normal(100, 10, 500), at(0, 10)) + lengths(rng.normal(130, 10, 500), at(1, 10))
+    store.record("acme/support@v1.0.0", write_jsonl(tmp_path / "a.jsonl", calm_then_shifted), node="web-1",
+                 deliver=delivered.append)
+    assert [(a.window, a.status) for a in delivered] == [(at(1), "investigate")]
+    late = lengths(rng.normal(130, 10, 2000), at(0, 20))
+    store.record("acme/support@v1.0.0", write_jsonl(tmp_path / "b.jsonl", late), node="web-2",
+                 deliver=delivered.append)
+    assert store.drift("acme/support@v1.0.0").statuses()[:, 0].tolist() == ["investigate", "investigate"]
+    assert len(delivered) == 1  # one stay in investigate, one alert
+    # a later excursion, after a fine window, is alerted again
+    fine_then_shifted = lengths(rng.normal(100, 10, 3000), at(2, 10)) + lengths(rng.normal(130, 10, 500), at(3, 10))
+    store.record("acme/support@v1.0.0", write_jsonl(tmp_path / "c.jsonl", fine_then_shifted), node="web-1",
+                 deliver=delivered.append)
+    assert [(a.window, a.status) for a in delivered] == [(at(1), "investigate"), (at(3), "investigate")]
+
+
+def test_an_idle_flush_raises_the_alerts_of_the_windows_that_ended_since(tmp_path, store, monkeypatch):
+    rng = np.random.default_rng(0)
+    store.take_baseline("acme/support@v1.0.0", write_jsonl(tmp_path / "ref.jsonl", lengths(rng.normal(100, 10, 1000))))
+    delivered = []
+    monitor = store.monitor("acme/support@v1.0.0", node="web-1", deliver=delivered.append)
+    monitor.observe_batch({"inputs.length": rng.normal(160, 10, 200)}, at=T0 + 600)
+    monkeypatch.setenv("ARTIFACTSTORE_NOW", at(1, 0))  # the window just ended: flushed, not over yet
+    assert monitor.flush() == [] and delivered == []
+    monkeypatch.setenv("ARTIFACTSTORE_NOW", at(1, 6))  # over: no new request, and its alert comes all the same
+    assert [(a.window, a.status) for a in monitor.flush()] == [(at(0), "investigate")] and len(delivered) == 1
+
+
+def test_a_record_whose_alert_check_fails_keeps_its_rows_and_succeeds(tmp_path, store, caplog):
+    rng = np.random.default_rng(0)
+    store.take_baseline("acme/support@v1.0.0", write_jsonl(tmp_path / "ref.jsonl", traffic(rng, 500)))
+    model = ModelName.parse("acme/support")
+    store.monitoring.store.backend.swap_ref(alerts_key(model), b"{not json", None)  # damaged
+    shifted = write_jsonl(tmp_path / "cur.jsonl", traffic(rng, 100, shift=1.0, when=at(0)))
+    delivered = []
+    report = store.record("acme/support@v1.0.0", shifted, node="n1", deliver=delivered.append)
+    assert report.alerts == [] and delivered == []
+    assert "alerts not checked, the next check raises them" in caplog.text and "alerts.json: malformed" in caplog.text
+    assert store.drift("acme/support@v1.0.0").only("inputs.length").counts.tolist() == [[100]]
+    # the command too: exit 0, the warning on stderr, the rows counted once
+    command = cli("monitor", "record", "acme/support@v1.0.0", "--from", shifted, "--node", "n2", "--store", store.path)
+    assert command.returncode == 0 and "alerts.json: malformed" in command.stderr
+    assert store.drift("acme/support@v1.0.0").only("inputs.length").counts.tolist() == [[200]]
+    backend = store.monitoring.store.backend
+    backend.swap_ref(alerts_key(model), b'{"raised": {}}', backend.read_ref(alerts_key(model))[1])  # repaired
+    assert at(0) in [a.window for a in store.raise_alerts("acme/support@v1.0.0", delivered.append)]
+
+
+def test_a_naive_time_is_utc_as_in_json_lines_not_the_machines_time(tmp_path, store, monkeypatch):
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        store.take_baseline("acme/support@v1.0.0", write_jsonl(tmp_path / "ref.jsonl",
+                                                               [{"inputs": {"x": float(i)}} for i in range(10)]))
+        with store.monitor("acme/support@v1.0.0", node="api") as monitor:
+            monitor.observe({"x": 1.0}, at=datetime(2026, 11, 26, 10, 30))
+            monitor.observe_batch({"inputs.x": np.array([1.0])}, at=datetime(2026, 11, 26, 11, 30))
+        store.record("acme/support@v1.0.0", write_jsonl(tmp_path / "a.jsonl",
+                                                        [{"inputs": {"x": 1.0}, "at": "2026-11-26T10:30:00"}]))
+        assert store.drift("acme/support@v1.0.0").starts.tolist() == [T0, T0 + 3600]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
 def test_the_dashboard_summarises_the_alerts_of_a_feature_whose_name_holds_spaces(tmp_path, store):
     from artifactstore.web.dashboard import drift_summary  # here: the dashboard needs the serve extra
 
@@ -423,6 +497,22 @@ def test_retrain_check_names_every_trigger_and_fires_on_the_evidence(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"f1": 0.5}))
     with pytest.raises(InvalidInput, match="f1 is not a metric of the launch baseline"):
         store.record_eval("acme/support@production", tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize(("accuracy", "examples", "fired"), [
+    (0.855, 14_400, {"labelled data"}),  # exactly 5% below (not more), exactly +20% (at least)
+    (0.854, 14_399, {"eval accuracy"}),
+])
+def test_the_retrain_triggers_judge_values_exactly_at_their_limits_as_the_doc_says(tmp_path, accuracy, examples,
+                                                                                  fired):
+    store = Store.init(tmp_path / "store")
+    version = replace(HISTORY[0], eval_results={"accuracy": 0.9})
+    store.push(write_bundle(version, tmp_path / "bundle", training_examples=12_000), "acme/support@v1.0.0")
+    store.promote("acme/support@v1.0.0")
+    (tmp_path / "run.json").write_text(json.dumps({"accuracy": accuracy}))
+    store.record_eval("acme/support@v1.0.0", tmp_path / "run.json")
+    store.record_labelled("acme/support", examples)
+    assert {t.name for t in store.retrain_check("acme/support").triggers if t.fired} == fired
 
 
 def test_canary_outputs_compare_with_production_in_the_same_windows(tmp_path, store):
@@ -652,6 +742,11 @@ def test_command_errors_are_one_line_and_change_nothing(tmp_path, store):
     (tmp_path / "bad.jsonl").write_text(f"{good}\n{good}\n{{\"inputs\": {{\"length\": [1, 2]}}}}\n")
     (tmp_path / "kind.jsonl").write_text('{"inputs": {"length": 5}}\n{"inputs": {"category": 3}}\n')
     (tmp_path / "eval.json").write_text(json.dumps({"accuracy": "high"}))
+    (tmp_path / "huge.json").write_text('{"accuracy": ' + "9" * 400 + "}")  # no float holds it
+    write_jsonl(tmp_path / "nulls.jsonl", [{"inputs": {"length": None}, "outputs": {}}])
+    write_jsonl(tmp_path / "vast.jsonl", [{"inputs": {"x": x}} for x in (-9e307, -9e307, 9e307, 9e307)])
+    write_jsonl(tmp_path / "part.jsonl", [{"inputs": {"category": "billing"}}])
+    write_jsonl(tmp_path / "year1.jsonl", [{"inputs": {"length": 3.0}, "at": "0001-01-01T00:30:00+01:00"}])
     no_matplotlib = tmp_path / "shim"
     (no_matplotlib / "matplotlib").mkdir(parents=True)
     (no_matplotlib / "matplotlib" / "__init__.py").write_text("raise ImportError('no matplotlib here')\n")
@@ -674,6 +769,19 @@ def test_command_errors_are_one_line_and_change_nothing(tmp_path, store):
         (("eval", "record", "acme/support@v1.0.0", tmp_path / "eval.json"), "accuracy: 'high' is not a finite"),
         (("data", "record", "acme/nobody", "--examples", "5"), "no model acme/nobody"),
         (("data", "record", "acme/support", "--examples", "-5"), "--examples must be a whole number >= 0"),
+        (("data", "record", "acme/support", "--examples", "9" * 20), "at most 9,223,372,036,854,775,807"),
+        (("eval", "record", "acme/support@v1.0.0", tmp_path / "huge.json"), "is not a finite number"),
+        (("monitor", "baseline", "acme/support@v1.1.0", "--from", tmp_path / "nulls.jsonl"),
+         "no request has a feature value"),
+        (("monitor", "baseline", "acme/support@v1.1.0", "--from", tmp_path / "vast.jsonl"),
+         "inputs.x: the reference's values span more than a float can hold"),
+        (("monitor", "baseline", "acme/support@v1.1.0", "--from", tmp_path / "ref.jsonl", "--window", "367d"),
+         "at most 366 days"),
+        (("monitor", "baseline", "acme/support@v1.1.0", "--like", "acme/support@v1.0.0", "--from",
+          tmp_path / "part.jsonl"), "no value of inputs.length, outputs.length, outputs.refused, which the "
+                                    "baseline of acme/support@v1.0.0 counts"),
+        (("monitor", "record", "acme/support@v1.0.0", "--from", tmp_path / "year1.jsonl"),
+         "year1.jsonl line 1: \"at\": '0001-01-01T00:30:00+01:00' is outside the years 1 to 9999 in UTC"),
     ]
     for args, message in cases:
         result = cli(*args, *s)

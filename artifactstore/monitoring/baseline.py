@@ -90,6 +90,9 @@ def take_baseline(samples: Samples, taken_at: str, source: str) -> Baseline:
     """Freeze the bins of every feature of ``samples`` and count the reference in them."""
     if not len(samples):
         raise InvalidInput(f"{samples.where}: holds no request, so there is nothing to take a baseline from")
+    if not samples.columns:
+        raise InvalidInput(f"{samples.where}: no request has a feature value (every one is null or absent), "
+                           "so there is nothing to take a baseline from")
     if len(samples.columns) > MAX_FEATURES:
         raise InvalidInput(f"{samples.where}: {len(samples.columns)} features, more than the limit of {MAX_FEATURES}")
     features: list[Feature] = []
@@ -98,7 +101,13 @@ def take_baseline(samples: Samples, taken_at: str, source: str) -> Baseline:
         column = samples.columns[name]
         if column.kind == NUMERIC:
             numbers = np.array(column.values, dtype=np.float64)
-            feature = Feature(name, NUMERIC, edges=numeric_edges(numbers))
+            with np.errstate(over="ignore", invalid="ignore"):  # refused below, with the feature's name
+                edges = numeric_edges(numbers)
+            if not np.isfinite(edges).all():
+                raise InvalidInput(f"{samples.where}: {name}: the reference's values span more than a float can "
+                                   f"hold (from {numbers.min():g} to {numbers.max():g}), so its deciles are not "
+                                   "finite")
+            feature = Feature(name, NUMERIC, edges=edges)
             bins = feature.bin(numbers)
         else:
             feature = Feature(name, CATEGORICAL, categories=_categories(column.values))

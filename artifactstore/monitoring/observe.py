@@ -6,6 +6,7 @@ node's array (docs/monitoring.md, "Observation"). Batches of feature values are 
 a binary search per value and one ``bincount`` per feature and batch.
 """
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..clock import now, parse_duration, timestamp
-from ..errors import Conflict, InvalidInput, InvalidParameter, NotFound
+from ..errors import ArtifactStoreError, Conflict, InvalidInput, InvalidParameter, NotFound
 from ..registry.registry import Registry
 from ..registry.samples import NUMERIC, SAMPLES_FILE, Column, Samples, SamplesBuilder, parse_samples, read_samples
 from .alerts import Alert, Deliver, raise_alerts
@@ -30,6 +31,9 @@ BUFFERED_REQUESTS = 4096  # single requests are binned in batches of this many
 # a window must start at a time a report can print (a datetime): from year 1 to year 9999
 FIRST_WINDOW_START = datetime.min.replace(tzinfo=UTC).timestamp()
 LAST_WINDOW_START = datetime.max.replace(tzinfo=UTC).timestamp()
+MIN_WINDOW, MAX_WINDOW = 60, 366 * 86400  # a minute; a year, leap day included
+
+_log = logging.getLogger(__name__)
 
 
 # -- baselines ------------------------------------------------------------------------------------
@@ -52,8 +56,8 @@ def take_file_baseline(registry: Registry, arrays: MonitoringArrays, ref: str, p
     baseline, so that the two versions' counts compare window by window)."""
     version = served(registry, ref)
     seconds = int(parse_duration(window))
-    if seconds < 60:
-        raise InvalidParameter(f"--window {window}: a window lasts at least a minute")
+    if not MIN_WINDOW <= seconds <= MAX_WINDOW:
+        raise InvalidParameter(f"--window {window}: a window lasts at least a minute and at most 366 days")
     if like is None:
         if path is None:
             raise InvalidParameter("a baseline needs --from FILE.jsonl, --like REF, or both")
@@ -62,14 +66,20 @@ def take_file_baseline(registry: Registry, arrays: MonitoringArrays, ref: str, p
         other = served(registry, like)
         _, frozen, seconds = read_baseline(arrays, other.model, other.version)
         baseline = replace(frozen, source=f"like {other.ref}: {frozen.source}", taken_at=timestamp()) \
-            if path is None else _count_in(frozen, read_samples(path), f"{path.name} in the bins of {other.ref}")
+            if path is None else _count_in(frozen, read_samples(path), other.ref, path.name)
     _write(arrays, version, baseline, seconds)
     return BaselineReport(version.ref, baseline.names, baseline.samples, seconds, baseline.source,
                           baseline.taken_at)
 
 
-def _count_in(frozen: Baseline, samples: Samples, source: str) -> Baseline:
-    """``samples`` counted in ``frozen``'s bins: a reference for another version with the same bins."""
+def _count_in(frozen: Baseline, samples: Samples, other: str, file: str) -> Baseline:
+    """``samples`` (from ``file``) counted in the bins of ``other``'s baseline ``frozen``: a
+    reference for another version with the same bins."""
+    # a feature without reference values would have no PSI in any window: its drift would go unseen
+    lacking = [feature for feature in frozen.names if feature not in samples.columns]
+    if lacking:
+        raise InvalidInput(f"{samples.where}: no value of {', '.join(lacking)}, which the baseline of {other} "
+                           "counts: every feature of a baseline needs reference values")
     reference = np.zeros(frozen.width, dtype=np.int64)
     for name, column in samples.columns.items():
         i = frozen.find(name)
@@ -80,7 +90,7 @@ def _count_in(frozen: Baseline, samples: Samples, source: str) -> Baseline:
         values = np.array(column.values, dtype=np.float64) if feature.kind == NUMERIC else column.values
         reference[frozen.offsets[i]:frozen.offsets[i] + feature.bins] += np.bincount(feature.bin(values),
                                                                                        minlength=feature.bins)
-    return Baseline(frozen.features, reference, len(samples), timestamp(), source)
+    return Baseline(frozen.features, reference, len(samples), timestamp(), f"{file} in the bins of {other}")
 
 
 def _write(arrays: MonitoringArrays, version: Served, baseline: Baseline, window: int) -> None:
@@ -193,7 +203,9 @@ def _categorical_column(name: str, values) -> tuple[Any, np.ndarray | None]:
 def _seconds(at: datetime | float | None) -> float:
     if at is None:
         return now().timestamp()
-    return at.timestamp() if isinstance(at, datetime) else float(at)
+    if isinstance(at, datetime):  # without a zone it is UTC, as "at" in JSON Lines is, not the machine's time
+        return (at.replace(tzinfo=UTC) if at.tzinfo is None else at).timestamp()
+    return float(at)
 
 
 class Monitor:
@@ -304,7 +316,9 @@ class Monitor:
                 self._add(i, feature.bin(values), windows, np.array(column.rows, dtype=np.intp))
 
     def flush(self) -> list[Alert]:
-        """Append the counted windows to this node's array (one row each); returns the alerts delivered."""
+        """Append the counted windows to this node's array (one row each), then, given ``deliver``, raise
+        the alerts of the windows that are over, with nothing counted too (a window is over minutes after
+        it ends); returns the alerts delivered. An error while raising them is logged, not raised."""
         self._count_requests()
         rows = [[start, *counts] for start, counts in sorted(self._pending.items()) if counts.any()]
         if rows:
@@ -316,10 +330,14 @@ class Monitor:
                 self.arrays.append(place, f"{version_path(version.model, version.version)}/nodes/{self.node}/counts",
                                    np.array(rows, dtype=np.int64), 0)
         self._pending.clear()
-        if self.deliver is None or not rows:
+        if self.deliver is None:
             return []
-        return raise_alerts(self.arrays, self.version.model, self.version.version, self.deliver,
-                            now().timestamp(), self.thresholds)
+        try:
+            return raise_alerts(self.arrays, self.version.model, self.version.version, self.deliver,
+                                now().timestamp(), self.thresholds)
+        except ArtifactStoreError as exc:  # the rows are appended: failing would have a retry count them twice
+            _log.warning("%s: alerts not checked, the next check raises them: %s", self.version.ref, exc)
+            return []
 
     def _windows(self, times) -> tuple[np.ndarray, np.ndarray] | int:
         """The window start of scalar ``times``, or (window starts, each request's index into them).

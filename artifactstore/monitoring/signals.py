@@ -26,6 +26,10 @@ from .versions import Served, check_stamp, served
 
 MAX_EVAL_BYTES = 1 << 20
 INPUTS = "inputs."
+MAX_EXAMPLES = np.iinfo(np.int64).max  # the labelled array holds int64
+# a drop or a growth exactly at its limit must neither fire nor miss by float rounding
+# (14,400 / 12,000 - 1 < 0.2; (0.9 - 0.855) / 0.9 > 0.05)
+TOLERANCE = 1e-9
 
 
 # -- eval runs ------------------------------------------------------------------------------------
@@ -75,12 +79,24 @@ def read_scores(path: Path, launch: dict[str, float]) -> dict[str, float]:
     if not isinstance(scores, dict) or not scores:
         raise InvalidInput(f'{path}: expected a JSON object of metrics, e.g. {{"accuracy": 0.93}}')
     for metric, value in scores.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise InvalidInput(f"{path}: {metric}: {value!r} is not a finite number")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
+            raise InvalidInput(f"{path}: {metric}: {_shown(value)} is not a finite number")
         if metric not in launch:
             raise InvalidInput(f"{path}: {metric} is not a metric of the launch baseline "
                                f"({', '.join(sorted(launch)) or 'it has none'})")
     return {k: float(v) for k, v in scores.items()}
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond every float
+        return False
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
 
 
 def record_eval(registry: Registry, arrays: MonitoringArrays, ref: str, path: Path, *,
@@ -151,8 +167,8 @@ def record_labelled(registry: Registry, arrays: MonitoringArrays, model: str, ex
     name = ModelName.parse(model)
     registry.state(name)  # the model must exist
     node = check_node(node or default_node())
-    if type(examples) is not int or examples < 0:
-        raise InvalidParameter(f"--examples must be a whole number >= 0, not {examples!r}")
+    if type(examples) is not int or not 0 <= examples <= MAX_EXAMPLES:
+        raise InvalidParameter(f"--examples must be a whole number >= 0 (at most {MAX_EXAMPLES:,}), not {examples!r}")
     row = np.array([[int(now().timestamp()), examples]], dtype=np.int64)
     with arrays.writing():
         arrays.append(arrays.store, f"{labelled_path(name)}/nodes/{node}/examples", row, 0)
@@ -273,7 +289,7 @@ def _eval_drop(registry: Registry, arrays: MonitoringArrays, version: Served, po
         return Trigger(name, False, False, f"no eval run of {version.ref} recorded (artifactstore eval record)",
                        limit=limit)
     drop = (launch - latest[1]) / launch if launch else 0.0
-    fired = drop > limit
+    fired = drop > limit + TOLERANCE
     return Trigger(name, fired, True, f"{metric} {latest[1]:g} on {latest[0][:19]}Z: {drop:.1%} below the launch "
                    f"baseline {launch:g} (limit {limit:.0%})", round(drop, 6), limit)
 
@@ -288,7 +304,7 @@ def _data_growth(registry: Registry, arrays: MonitoringArrays, model: str, polic
         return Trigger(name, False, False, "no labelled-data count recorded (artifactstore data record)", limit=limit)
     growth = data.growth
     assert growth is not None
-    fired = growth >= limit
+    fired = growth >= limit - TOLERANCE
     return Trigger(name, fired, True, f"{data.examples:,} labelled examples on {data.recorded_at}: {growth:+.0%} "
                    f"over the {data.training_examples:,} at training (limit +{limit:.0%})",
                    None if math.isinf(growth) else round(growth, 6), limit)

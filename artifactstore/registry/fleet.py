@@ -20,6 +20,7 @@ through the whole history, one failed look at a time.
 
 import json
 import logging
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -85,9 +86,35 @@ class Heartbeat:
             obj = json.loads(data)
             if obj.pop("kind") != "heartbeat":
                 raise ValueError("not a heartbeat")
-            return cls(**obj)
+            heartbeat = cls(**obj)
+            heartbeat._check()
+            return heartbeat
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptObject(f"{where}: malformed heartbeat ({exc})") from None
+
+    def _check(self) -> None:
+        """Refuse (ValueError) field values that would break a reader later: ``status`` of the whole
+        model reads every node's heartbeat, and one bad node must show as unreadable, not fail it."""
+        def text(value, optional: bool = False) -> bool:
+            return isinstance(value, str) or optional and value is None
+
+        wrong = [name for name in ("node", "model", "pointer", "at", "host") if not text(getattr(self, name))]
+        wrong += [name for name in ("serving", "bundle", "canary", "last_swap", "state", "error")
+                  if not text(getattr(self, name), optional=True)]
+        if isinstance(self.interval, bool) or not isinstance(self.interval, int | float) or \
+                not math.isfinite(self.interval) or self.interval < 0:
+            wrong.append("interval")
+        if not isinstance(self.resident, list) or not all(map(text, self.resident)):
+            wrong.append("resident")
+        if not isinstance(self.smoke, dict) or not all(
+                isinstance(result, dict) and isinstance(result.get("ok"), bool)
+                and text(result.get("detail")) for result in self.smoke.values()):
+            wrong.append("smoke")
+        if isinstance(self.pid, bool) or not isinstance(self.pid, int):
+            wrong.append("pid")
+        if wrong:
+            raise ValueError(f"bad {', '.join(wrong)}")
+        parse_time(self.at, "at")
 
     def stale(self, now: datetime) -> bool:
         return now - parse_time(self.at, "at") > max(MIN_STALE, timedelta(seconds=STALE_INTERVALS * self.interval))

@@ -98,7 +98,7 @@ class MetricsRecord(_Strict):
     @model_validator(mode="after")
     def _consistent(self):
         start, end = parse_time(self.start, "start"), parse_time(self.end, "end")
-        if not start < end <= start + MAX_WINDOW:
+        if not start < end or end - start > MAX_WINDOW:  # not start + MAX_WINDOW: past year 9999 it overflows
             raise ValueError(f"end must follow start by at most a day ({self.start} .. {self.end})")
         if self.errors > self.requests:
             raise ValueError(f"{self.errors} errors in {self.requests} requests")
