@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 
 import blake3
 import numpy as np
@@ -362,6 +363,27 @@ def test_a_canary_percent_changed_outside_the_rollout_ends_it():
     at_its_step = ModelState(ModelName.parse(MODEL), pointers={"production": "v1.0.0"},
                              canary={"version": "v1.1.0", "percent": 10})
     assert interference(STARTED, at_its_step, PLAN) is None
+
+
+def test_production_moved_away_and_back_outside_the_rollout_ends_it():
+    """A promote then a rollback between two ticks leave production's version as it was; the
+    windows since were measured beside another production, so the rollout ends all the same."""
+    at_its_step = {"version": "v1.1.0", "percent": 10}
+    deployed_before = ModelState(ModelName.parse(MODEL), pointers={"production": "v1.0.0"}, canary=at_its_step,
+                                 deployments={"v1.0.0": {"at": timestamp(hours(-1)), "by": "jane"}})
+    assert interference(STARTED, deployed_before, PLAN) is None
+    back_since = replace(deployed_before, deployments={"v1.0.0": {"at": timestamp(hours(0.5)), "by": "ops"}})
+    assert interference(STARTED, back_since, PLAN) == (
+        "abort", f"production moved away from v1.0.0 and back outside the rollout, at {timestamp(hours(0.5))}: "
+                 "the windows measured since it started compared another production")
+
+
+def test_an_empty_output_histogram_has_no_psi_and_the_window_does_not_report_it():
+    analysis = CanaryAnalysis.model_validate({"min_requests": 1, "metrics": {"output_psi": {"ceiling": 0.2}}})
+    canary = Traffic(requests=100, outputs={"short": 90, "long": 10})
+    for production in (Traffic(requests=100, outputs={"short": 0, "long": 0}), Traffic(requests=100)):
+        judged = judge(analysis, canary, production)
+        assert "output_psi" not in [m.metric for m in judged.metrics]
 
 
 class PowerCut(BaseException):

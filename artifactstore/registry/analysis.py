@@ -65,7 +65,7 @@ def judge(analysis: CanaryAnalysis, canary: Traffic | None, production: Traffic 
         return Judgement("inconclusive", f"too little traffic to judge: {' and '.join(short)} "
                                          f"(at least {analysis.min_requests} each)", [])
     candidate, baseline = canary.values(), production.values()
-    if canary.outputs and production.outputs:
+    if sum(canary.outputs.values()) and sum(production.outputs.values()):  # an empty histogram has no PSI
         candidate["output_psi"] = psi(production.outputs, canary.outputs)
     rules, failing_unreported, unjudged = {}, {}, []
     for metric, rule in analysis.metrics.items():
@@ -200,6 +200,10 @@ def interference(rollout: Rollout, state: ModelState, plan: CanarySection
         return "complete", f"{rollout.version} is production already (promoted outside the rollout)"
     if production != rollout.production:
         return "abort", f"production moved from {rollout.production} to {production} outside the rollout"
+    deployed = state.deployments.get(production)
+    if deployed is not None and parse_time(deployed["at"], "deployed at") > parse_time(rollout.started, "started"):
+        return "abort", (f"production moved away from {production} and back outside the rollout, at "
+                         f"{deployed['at']}: the windows measured since it started compared another production")
     if canary is None or canary["version"] != rollout.version:
         now_set = f"is {canary['version']}" if canary else "was ended"
         return "abort", f"the canary {now_set} outside the rollout"
