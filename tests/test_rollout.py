@@ -369,11 +369,13 @@ def test_production_moved_away_and_back_outside_the_rollout_ends_it():
     """A promote then a rollback between two ticks leave production's version as it was; the
     windows since were measured beside another production, so the rollout ends all the same."""
     at_its_step = {"version": "v1.1.0", "percent": 10}
+    started = replace(STARTED, production_deployed=timestamp(hours(-1)))
     deployed_before = ModelState(ModelName.parse(MODEL), pointers={"production": "v1.0.0"}, canary=at_its_step,
                                  deployments={"v1.0.0": {"at": timestamp(hours(-1)), "by": "jane"}})
-    assert interference(STARTED, deployed_before, PLAN) is None
+    assert interference(started, deployed_before, PLAN) is None
     back_since = replace(deployed_before, deployments={"v1.0.0": {"at": timestamp(hours(0.5)), "by": "ops"}})
-    assert interference(STARTED, back_since, PLAN) == (
+    assert interference(STARTED, back_since, PLAN) is None, "a rollout started before it was kept: not known"
+    assert interference(started, back_since, PLAN) == (
         "abort", f"production moved away from v1.0.0 and back outside the rollout, at {timestamp(hours(0.5))}: "
                  "the windows measured since it started compared another production")
 

@@ -120,9 +120,15 @@ class Rollout:
     measurement: str | None = None  # the latest measurement record (each names the one before)
     failed: tuple[str, ...] = ()  # the failed measurements of the whole rollout
     paused: dict[str, str] | None = None  # {"at", "reason"} while paused
+    # when production last went to ``production`` before the start (its deployment): another one since
+    # means production moved away and came back; None in rollouts started before it was kept
+    production_deployed: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self) | {"failed": list(self.failed)}
+        fields = asdict(self) | {"failed": list(self.failed)}
+        if self.production_deployed is None:
+            del fields["production_deployed"]
+        return fields
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> "Rollout":
@@ -200,10 +206,10 @@ def interference(rollout: Rollout, state: ModelState, plan: CanarySection
         return "complete", f"{rollout.version} is production already (promoted outside the rollout)"
     if production != rollout.production:
         return "abort", f"production moved from {rollout.production} to {production} outside the rollout"
-    deployed = state.deployments.get(production)
-    if deployed is not None and parse_time(deployed["at"], "deployed at") > parse_time(rollout.started, "started"):
+    deployed = (state.deployments.get(production) or {}).get("at")
+    if rollout.production_deployed is not None and deployed != rollout.production_deployed:
         return "abort", (f"production moved away from {production} and back outside the rollout, at "
-                         f"{deployed['at']}: the windows measured since it started compared another production")
+                         f"{deployed}: the windows measured since it started compared another production")
     if canary is None or canary["version"] != rollout.version:
         now_set = f"is {canary['version']}" if canary else "was ended"
         return "abort", f"the canary {now_set} outside the rollout"

@@ -89,7 +89,8 @@ def start_rollout(registry: Registry, ref: str, *, actor: str | None = None, rea
                                    f"not finished: start the rollout after it (or, if it was interrupted, once "
                                    f"production is restored by hand)")
         at = timestamp()
-        rollout = Rollout(version, production, current.policy, 0, at, at)
+        deployed = (current.deployments.get(production) or {}).get("at")
+        rollout = Rollout(version, production, current.policy, 0, at, at, production_deployed=deployed)
         return [{"action": "rollout-start", "pointer": CANARY, "from": canary, "to": version,
                  "percent": first.percent, "state": {"rollout": rollout.to_json()}}]
 
