@@ -1,4 +1,5 @@
-"""The ``artifactstore`` command. User errors become one line on stderr and exit status 1.
+"""The ``artifactstore`` command. User errors become one line on stderr and exit status 1 (a usage
+error: 2).
 
 Commands live in one module per wing; importing them adds them to the ``cli`` group.
 """

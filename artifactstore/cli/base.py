@@ -1,10 +1,13 @@
 """What every command module shares: the ``cli`` group, common options and output helpers."""
 
 import json
+import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
+from typing import NoReturn
 
 import click
 
@@ -63,8 +66,39 @@ def progress_bar(total: int | None, description: str, quiet: bool):
         yield bar.update
 
 
+class FiniteFloat(click.FloatRange):
+    """A FloatRange that refuses nan and inf, which every range check lets through (nan compares
+    false with each bound, inf passes an open top) and which then break a sleep or a recorded limit."""
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+# The longest interval an option takes: a longer one is a slip, and a far longer one overflows a sleep.
+DAY = 86_400.0
+
+
+def json_text(obj) -> str:
+    """``obj`` as one line of JSON, a non-finite float as null: the standard has no NaN or Infinity,
+    and a reader that follows it fails on the whole line (a PSI of an empty window is one)."""
+    return json.dumps(_finite(obj), indent=None, sort_keys=True, allow_nan=False)
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _finite(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(value) for value in obj]
+    return obj
+
+
 def emit_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=None, sort_keys=True))
+    click.echo(json_text(obj))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,17 +112,18 @@ def run_reporting_errors(command: Callable[..., None]) -> None:
     try:
         command(standalone_mode=False)
     except ArtifactStoreError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        _fail(str(exc), 1)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
-    except click.UsageError as exc:  # click's own says it in three lines: one, like every other error
-        click.echo(f"error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+    except click.ClickException as exc:  # click says a usage error in three lines, and a choice in more
+        _fail(exc.format_message(), exc.exit_code)
     except OSError as exc:
-        click.echo(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
-        sys.exit(1)
+        _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), 1)
+
+
+def _fail(message: str, status: int) -> NoReturn:
+    """One line on stderr, whatever line breaks the message holds (click's list of choices, a name
+    given with a newline in it), so that a script reading the last line gets the whole error."""
+    click.echo("error: " + re.sub(r"\s*[\r\n]\s*", " ", message.strip()), err=True)
+    sys.exit(status)

@@ -1,15 +1,16 @@
 """Commands on stored content: init, config, put, get, stats, verify."""
 
 import json
+import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import click
 
-from ..errors import InvalidParameter
 from ..store import Store
 from .base import (
+    FiniteFloat,
     audit_options,
     cli,
     emit_json,
@@ -56,7 +57,8 @@ def config(ctx: click.Context, store_path: str | None, as_json: bool) -> None:
                    f"{change['to']}  {change['reason']}")
 
 
-@config.command(name="set")
+# "keep-hot -1" must reach the check below, not stop at "no such option -1"
+@config.command(name="set", context_settings={"ignore_unknown_options": True})
 @click.argument("setting", type=click.Choice(["cold", "keep-hot"]))
 @click.argument("value")
 @audit_options
@@ -65,9 +67,11 @@ def config(ctx: click.Context, store_path: str | None, as_json: bool) -> None:
 def set_config(setting: str, value: str, actor: str | None, reason: str, store_path: str, as_json: bool) -> None:
     """Change a setting: `cold URL|DIRECTORY|none` (a cold tier for a store that has none; it must
     take writes now) or `keep-hot N`. Recorded, with who and why, in the configuration."""
+    if value.startswith("-") and not (setting == "keep-hot" and re.fullmatch(r"-[0-9]+", value)):
+        raise click.NoSuchOption(value)  # what it is without ignore_unknown_options: a mistyped option
     if setting == "keep-hot":
-        if not value.isdigit():
-            raise InvalidParameter(f"keep-hot must be a whole number >= 0, not {value!r}")
+        if not re.fullmatch(r"[0-9]+", value):  # isdigit() takes "²", which int() refuses
+            raise click.UsageError(f"keep-hot takes a whole number >= 0, not {value!r}")
         new_value: str | int | None = int(value)
     else:
         new_value = None if value == "none" else value
@@ -128,7 +132,7 @@ def stats(store_path: str, as_json: bool) -> None:
 @cli.command()
 @click.option("--tier", type=click.Choice(["hot", "cold", "all"]), default="all", show_default=True,
               help="Whose packs to re-hash; file contents are re-hashed with 'all' only.")
-@click.option("--sample", type=click.FloatRange(0, 100, min_open=True), default=100.0, metavar="PERCENT",
+@click.option("--sample", type=FiniteFloat(0, 100, min_open=True), default=100.0, metavar="PERCENT",
               help="Re-hash this percentage of packs and files, picked at random.")
 @click.option("--repair", is_flag=True, help="Restore a damaged pack copy from the other tier.")
 @store_option

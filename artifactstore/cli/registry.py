@@ -8,6 +8,7 @@ import click
 
 from ..errors import HistoryDamaged
 from ..registry.pointers import KINDS
+from ..registry.queries import NoVersionMatches
 from ..store import Store
 from .base import (
     audit_options,
@@ -102,7 +103,8 @@ def rollback(model, to, actor, reason, expect, force, store_path, as_json) -> No
 
 @cli.command()
 @click.argument("ref")
-@click.option("--percent", type=int, required=True, help="Share of traffic for REF; 0 ends the canary.")
+@click.option("--percent", type=click.IntRange(0, 100), required=True,
+              help="Share of traffic for REF; 0 ends the canary.")
 @move_options
 @force_option
 @store_option
@@ -180,6 +182,9 @@ def list_models(model: str | None, store_path: str, as_json: bool) -> None:
         return
     for entry in listing:
         click.echo(entry["model"])
+        if "damaged" in entry:
+            click.echo(f"  damaged: {entry['damaged']} (`artifactstore verify --repair` rebuilds a damaged ref)")
+            continue
         for version in entry["versions"]:
             names = []
             for kind in KINDS:
@@ -249,8 +254,13 @@ def export_registry(store_path: str) -> None:
 def lineage(training_data, adapter, base_model, shares_tensors_with, store_path, as_json) -> None:
     """Versions trained on a dataset, with an adapter hash, on a base model, or sharing tensors with
     a version. Exit status 1 when none matches."""
-    found = Store(store_path).lineage(training_data=training_data, adapter=adapter, base_model=base_model,
-                                      shares_tensors_with=shares_tensors_with)
+    try:
+        found = Store(store_path).lineage(training_data=training_data, adapter=adapter, base_model=base_model,
+                                          shares_tensors_with=shares_tensors_with)
+    except NoVersionMatches:
+        if as_json:  # an answer, if an empty one: --json prints it, and the exit status says it is empty
+            emit_json({"versions": []})
+        raise
     if as_json:
         emit_json({"versions": found})
         return

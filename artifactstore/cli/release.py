@@ -113,7 +113,8 @@ def gate(ref, accept, reason, actor, dry_run, store_path, as_json) -> None:
 @click.option("--approve", is_flag=True, help="The reviewer approves (give this or --reject).")
 @click.option("--reject", is_flag=True, help="The reviewer rejects (give this or --approve).")
 @click.option("--by", "actor", metavar="WHO", required=True, help="The reviewer.")
-@click.option("--samples", type=int, required=True, metavar="N", help="How many outputs were reviewed.")
+@click.option("--samples", type=click.IntRange(min=1), required=True, metavar="N",
+              help="How many outputs were reviewed.")
 @click.option("--notes", default="", help="What the reviewer saw; recorded with the review.")
 @store_option
 @json_option

@@ -9,7 +9,7 @@ import click
 from ..errors import ArtifactStoreError, InvalidInput, InvalidParameter
 from ..registry.refs import ModelName, Ref
 from ..store import Store
-from .base import audit_options, cli, emit_json, json_option, store_option
+from .base import DAY, FiniteFloat, audit_options, cli, emit_json, json_option, store_option
 from .registry import report_state
 
 MAX_METRICS_BYTES = 64 << 20  # one report of metrics records
@@ -114,7 +114,7 @@ def tick(model, actor, store_path, as_json) -> None:
 
 @rollout.command(name="watch")
 @click.argument("models", nargs=-1, metavar="[CLIENT/MODEL]...")
-@click.option("--interval", type=click.FloatRange(min=0.01), default=60.0, show_default=True,
+@click.option("--interval", type=FiniteFloat(min=0.01, max=DAY), default=60.0, show_default=True,
               help="Seconds between ticks.")
 @click.option("--count", type=click.IntRange(min=1), help="Stop after this many rounds (default: never).")
 @click.option("--by", "actor", metavar="WHO", help="Who ticks (default: $ARTIFACTSTORE_ACTOR or user@host).")
@@ -127,11 +127,12 @@ def watch(models, interval, count, actor, store_path, as_json) -> None:
     rounds = 0
     while count is None or rounds < count:
         rounds += 1
-        names = list(models) or [str(m) for m in store.models() if store.state(m).rollout is not None]
-        for name in names:
-            try:
+        for name in models or [str(m) for m in store.models()]:
+            try:  # one model's trouble, a damaged ref included, does not stop the others'
+                if not models and store.state(name).rollout is None:
+                    continue
                 report = store.rollout_tick(name, actor=actor)
-            except ArtifactStoreError as exc:  # one model's trouble does not stop the others'
+            except ArtifactStoreError as exc:
                 click.echo(f"error: {name}: {exc}", err=True)
                 continue
             if as_json:
@@ -229,7 +230,8 @@ def status(model, store_path, as_json) -> None:
 
 @cli.command()
 @click.argument("model")
-@click.option("--max-seconds", type=float, metavar="S",
+# the bounds of the policy's drill.max_seconds: a limit the policy could not hold is no rehearsal of it
+@click.option("--max-seconds", type=FiniteFloat(min=0, min_open=True, max=3600), metavar="S",
               help="The limit from decision to confirmation [default: the policy's drill.max_seconds, 60].")
 @audit_options
 @store_option

@@ -1,7 +1,7 @@
 """Commands for inference servers: checkout, follow, route, gateway."""
 
 import importlib
-import json
+import secrets
 import socket
 import sys
 import time
@@ -12,6 +12,8 @@ import click
 from ..errors import ArtifactStoreError, InvalidParameter
 from ..store import Store
 from .base import (
+    DAY,
+    FiniteFloat,
     cli,
     emit_json,
     json_option,
@@ -37,7 +39,7 @@ def checkout(ref: str, dest: Path, store_path: str) -> None:
 @click.argument("ref")
 @click.option("--framework", type=click.Choice(["numpy", "torch"]), default="numpy", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (torch only).")
-@click.option("--poll-ms", type=click.FloatRange(min=0.1),
+@click.option("--poll-ms", type=FiniteFloat(min=0.1, max=DAY * 1000),
               help="How often to look at the pointer [default: a local store wakes the follower by inotify and "
                    "is looked at every 500 besides (every 2 where it cannot be watched); a shared store's change marker every 500, the ref when it "
                    "changed and every 30 s besides].")
@@ -48,7 +50,7 @@ def checkout(ref: str, dest: Path, store_path: str) -> None:
 @click.option("--smoke", "smoke", metavar="MODULE:FUNCTION",
               help="The server's inference on one known input, function(loaded_version, input) -> output: run on "
                    "each test of a version's smoke_tests.jsonl before it goes live.")
-@click.option("--heartbeat-s", "heartbeat", type=click.FloatRange(min=0.05), default=5.0,
+@click.option("--heartbeat-s", "heartbeat", type=FiniteFloat(min=0.05, max=DAY), default=5.0,
               show_default=True, help="Seconds between heartbeats when nothing changes.")
 @store_option
 def follow(ref, framework, device, poll_ms, probe, node, smoke, heartbeat, store_path) -> None:
@@ -77,15 +79,14 @@ def follow(ref, framework, device, poll_ms, probe, node, smoke, heartbeat, store
             return None
 
     def announce(_, live) -> None:
-        click.echo(json.dumps({"version": live.version, "bundle": live.bundle, "at": time.monotonic(),
-                               "probe": probed(live)}))
+        emit_json({"version": live.version, "bundle": live.bundle, "at": time.monotonic(), "probe": probed(live)})
         sys.stdout.flush()
 
     with Follower(Store(store_path), ref, framework=framework, device=device,
                   poll_interval=poll_ms / 1000 if poll_ms else None, node=node or socket.gethostname(),
                   smoke_function=_function(smoke) if smoke else None, heartbeat_interval=heartbeat,
                   on_swap=announce, on_error=warn) as follower:
-        click.echo(json.dumps({"resident": sorted(follower.resident)}))
+        emit_json({"resident": sorted(follower.resident)})
         sys.stdout.flush()
         if sys.stdin.isatty():
             click.echo("following; Ctrl-D ends it", err=True)
@@ -115,6 +116,8 @@ def _function(spec: str):
 def route(ref, key, store_path, as_json) -> None:
     """Print the immutable name (client/model@vX.Y.Z) that serves a request for REF: the canary's
     share of keys go to the canary, the rest to production."""
+    if key is None:  # drawn here rather than by route(), so that --json can say which key it was
+        key = secrets.token_hex(16)
     routed = Store(store_path).route(ref, key)
     if as_json:
         emit_json({"ref": ref, "key": key, "routed": routed, "version": routed.partition("@")[2]})
@@ -142,7 +145,7 @@ def gateway(upstream, host, port, store_path) -> None:
         raise ArtifactStoreError(f"the gateway needs {missing}: pip install 'artifactstore[serve]'") from None
 
     def announce(url: str) -> None:
-        click.echo(json.dumps({"listening": url, "upstream": upstream}))
+        emit_json({"listening": url, "upstream": upstream})
         sys.stdout.flush()
 
     serve(Store(store_path).registry, upstream, host, port, announce)

@@ -1,6 +1,5 @@
 """``artifactstore serve``: the dashboard (docs/web.md)."""
 
-import json
 import sys
 from pathlib import Path
 
@@ -8,7 +7,7 @@ import click
 
 from ..errors import ArtifactStoreError
 from ..store import Store
-from .base import cli, store_option
+from .base import DAY, FiniteFloat, cli, emit_json, store_option
 
 
 @cli.command()
@@ -23,7 +22,7 @@ from .base import cli, store_option
               help="A name browsers reach the server by besides --host and the loopback's (a proxy's, this machine's "
                    "on the network; *.example.com for its subdomains); repeatable. A request naming any other host "
                    "is refused (DNS rebinding); a form may come from a page of these names.")
-@click.option("--poll", type=click.FloatRange(min=0.1), metavar="SECONDS",
+@click.option("--poll", type=FiniteFloat(min=0.1, max=DAY), metavar="SECONDS",
               help="How often to look for registry changes [default: 1 for a local store, 5 for a shared one].")
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="Print {\"listening\": URL, \"actions\": [names]} once serving.")
@@ -41,7 +40,7 @@ def serve(host, port, token_file, allowed_hosts, poll, store_path, as_json) -> N
 
     def announce(url: str) -> None:
         if as_json:
-            click.echo(json.dumps({"listening": url, "actions": names}))
+            emit_json({"listening": url, "actions": names})
         else:
             click.echo(f"dashboard at {url} ({'actions on for ' + ', '.join(names) if names else 'read-only: no token'})")
         sys.stdout.flush()

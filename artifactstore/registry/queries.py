@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidParameter, NotFound
+from ..errors import CorruptObject, InvalidParameter, NotFound
 from .pointers import PRODUCTION, ROLLBACK_TARGET, STAGING
 from .refs import ModelName, parse_version
 from .registry import Registry
@@ -73,16 +73,29 @@ def show(registry: Registry, ref: str) -> dict[str, Any]:
     }
 
 
+class NoVersionMatches(NotFound):
+    """What ``lineage`` raises when no version matches: an empty answer, which a caller may print as
+    one all the same, unlike the NotFound of a ref that names nothing."""
+
+
 def _summary(check) -> dict[str, Any] | None:
     return None if check is None else check.summary()
 
 
 def ls(registry: Registry, model: str | None = None) -> list[dict[str, Any]]:
-    """Every model (or one), its versions newest first and where each pointer is."""
+    """Every model (or one), its versions newest first and where each pointer is. Listing every
+    model, one whose ref or state is damaged is ``{"model", "damaged": message}``: it must not hide
+    the others (``verify --repair`` rebuilds it); one model asked for by name fails as it is."""
     names = [ModelName.parse(model)] if model else registry.models()
-    listing = []
+    listing: list[dict[str, Any]] = []
     for name in names:
-        state = registry.state(name)
+        try:
+            state = registry.state(name)
+        except CorruptObject as exc:
+            if model:
+                raise
+            listing.append({"model": str(name), "damaged": str(exc)})
+            continue
         listing.append({
             "model": str(name), "versions": state.sorted_versions()[::-1], **state.pointer_fields(),
             "pins": list(state.pins)})
@@ -98,7 +111,11 @@ def export_registry(registry: Registry) -> str:
     clients: dict[str, Any] = {}
     for entry in ls(registry):
         client, model = entry["model"].split("/")
-        exported = clients.setdefault(client, {"models": {}})["models"][model] = {
+        models = clients.setdefault(client, {"models": {}})["models"]
+        if "damaged" in entry:
+            models[model] = {"damaged": entry["damaged"]}
+            continue
+        exported = models[model] = {
             "production": entry[PRODUCTION], "staging": entry[STAGING],
             "available_versions": entry["versions"], "rollback_target": entry[ROLLBACK_TARGET]}
         state = registry.state(entry["model"])
@@ -142,7 +159,7 @@ def lineage(registry: Registry, *, training_data: str | None = None, adapter: st
                   "adapter_hash": record["adapter_hash"], "training_data": datasets(record)}
                  for ref, record in _every_record(registry) if matches(record)]
     if not found:
-        raise NotFound(f"no version matches {option} {value}")
+        raise NoVersionMatches(f"no version matches {option} {value}")
     return found
 
 
