@@ -612,3 +612,24 @@ def test_a_metrics_record_at_either_end_of_the_calendar_is_judged_not_a_tracebac
         MetricsRecord.model_validate(fields | {"start": "9999-12-29T22:00:00Z", "end": "9999-12-31T23:30:00Z"})
     with pytest.raises(ValidationError, match="outside the years 1 to 9999 in UTC"):
         MetricsRecord.model_validate(fields | {"start": "0001-01-01T00:00:00+01:00", "end": "0001-01-01T00:30:00Z"})
+
+
+def test_a_rollout_started_while_a_node_ends_a_failed_canary_is_left_to_its_own_abort(live, tmp_path, monkeypatch):
+    """The node read no rollout, then one took the canary: its move is refused by the rollout's rule,
+    which the node logs (the rollout's next tick or its own smoke check acts), instead of failing."""
+    from artifactstore.registry.fleet import act_on_smoke_failure
+
+    with_policy(live, tmp_path, "gate: {required: false}\nreview: {required: false}\n")
+    live.set_canary(f"{MODEL}@v1.1.0", 10, actor="jane")
+    registry, read = live.registry, live.registry.state
+
+    def rollout_starts_meanwhile(model):
+        state = read(model)
+        monkeypatch.setattr(registry, "state", read)
+        live.start_rollout(f"{MODEL}@v1.1.0", actor="bob")
+        return state
+
+    monkeypatch.setattr(registry, "state", rollout_starts_meanwhile)
+    assert act_on_smoke_failure(registry, ModelName.parse(MODEL), "srv-1", "v1.1.0", "canary", "5 of 5 failed",
+                                serving="v1.0.0") is None
+    assert live.state(MODEL).rollout is not None and live.state(MODEL).canary["version"] == "v1.1.0"

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from ..clock import parse_time
 from ..content.manifest import canonical_json
-from ..errors import Conflict, CorruptObject, InvalidParameter, NotFound
+from ..errors import Conflict, CorruptObject, InvalidParameter, NotFound, Refused
 from .hooks import announce
 from .pointers import PRODUCTION, ROLLBACK_TARGET
 from .policy import Policy, policy_of
@@ -213,7 +213,8 @@ def act_on_smoke_failure(registry: Registry, model: ModelName, node: str, versio
                                                    f"{detail}")
     except Conflict:  # another node (or a person) moved it first: one rollback, not several
         return None
-    except (InvalidParameter, NotFound) as exc:  # no rollback target, no canary any more, not this node's call
+    # no rollback target, no canary any more, not this node's call; a rollout that took the canary meanwhile
+    except (InvalidParameter, NotFound, Refused) as exc:
         _log.warning("%s: node %s's smoke check failed %s, and the registry was not changed: %s",
                      model, node, version, exc)
         return None
