@@ -633,3 +633,28 @@ def test_a_rollout_started_while_a_node_ends_a_failed_canary_is_left_to_its_own_
     assert act_on_smoke_failure(registry, ModelName.parse(MODEL), "srv-1", "v1.1.0", "canary", "5 of 5 failed",
                                 serving="v1.0.0") is None
     assert live.state(MODEL).rollout is not None and live.state(MODEL).canary["version"] == "v1.1.0"
+
+
+def test_a_person_moving_production_just_before_the_drill_rolls_forward_fails_the_drill_and_records_it(
+        live, tmp_path, monkeypatch):
+    """The drill checks production, then swaps it back; a person's move in between makes that swap
+    lose its compare-and-swap. The drill then fails and is recorded, and the person's move stands."""
+    import artifactstore.release.drill as drills
+    from artifactstore.registry.fleet import Heartbeat, write_heartbeat
+
+    with_policy(live, tmp_path, "gate: {required: false}\nreview: {required: false}\n")
+    live.promote(f"{MODEL}@v1.1.0", actor="jane")
+    write_heartbeat(live.registry, Heartbeat("srv-1", MODEL, "production", now().isoformat(), 5.0, "v1.1.0", None,
+                                             None, ["v1.1.0"], {}, None, None, None))
+    swap = drills.swap_for_drill
+
+    def person_moves_first(registry, model, *, production, **kwargs):
+        if production == "v1.0.0":  # the swap back
+            live.rollback(MODEL, to="v1.1.0", actor="oncall", reason="done waiting")
+        return swap(registry, model, production=production, **kwargs)
+
+    monkeypatch.setattr(drills, "swap_for_drill", person_moves_first)
+    drilled = live.drill(MODEL, actor="ops", max_seconds=0.2)
+    assert not drilled.passed and "moved during the drill: not rolled forward" in drilled.note
+    assert live.status(MODEL)["drill"]["passed"] is False
+    assert [e.actor for e in live.log(MODEL) if e.pointer == "production"][-2:] == ["ops", "oncall"]

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..clock import now, timestamp
-from ..errors import InvalidParameter, NotFound
+from ..errors import Conflict, InvalidParameter, NotFound
 from ..registry.drills import record_drill, swap_for_drill
 from ..registry.fleet import read_fleet
 from ..registry.pointers import PRODUCTION, ROLLBACK_TARGET
@@ -79,17 +79,17 @@ def drill(registry: Registry, model: ModelName | str, *, max_seconds: float | No
     notes = [f"{len(back)} of {len(nodes)} nodes confirmed {target}"
              + (f" in {seconds:.3f} s (limit {limit:g} s)" if seconds is not None else f" within {limit:g} s")]
     forward: dict[str, float] = {}
-    current = registry.state(name)
-    if (current.pointer(PRODUCTION), current.pointer(ROLLBACK_TARGET)) == (target, production):
-        moved = time.monotonic()
+    moved = time.monotonic()
+    try:
         swap_for_drill(registry, name, production=target, target=production, actor=actor,
                        reason=f"drill: roll forward to {production}" + (f" ({reason})" if reason else ""))
+    except Conflict:  # a person moved production (or the target) during the drill: theirs stands
+        passed = False
+        notes.append(f"production is {registry.state(name).pointer(PRODUCTION)} now, moved during the drill: "
+                     f"not rolled forward")
+    else:
         forward = _wait_for(registry, name, nodes, production, moved, limit, poll)
         notes.append(f"rolled forward to {production}: {len(forward)} of {len(nodes)} nodes confirmed")
-    else:
-        passed = False
-        notes.append(f"production is {current.pointer(PRODUCTION)} now, moved during the drill: not rolled "
-                     f"forward")
     report = DrillReport(str(name), at, production, target, back, [n for n in nodes if n not in back], seconds,
                          limit, passed, max(forward.values()) if len(forward) == len(nodes) else None,
                          [n for n in nodes if n not in forward], "; ".join(notes))
