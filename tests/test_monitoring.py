@@ -463,6 +463,20 @@ def test_a_bundle_with_malformed_eval_samples_is_refused_naming_the_line(tmp_pat
     assert store.models() == []
 
 
+@pytest.mark.parametrize("samples, said", [
+    ("\n", "holds no request"),
+    ('{"inputs": {"length": null}, "at": "2026-11-26T10:00:00Z"}\n', "no request has a feature value"),
+    ('{"inputs": {' + ", ".join(f'"f{i}": {i}' for i in range(300)) + '}}\n', "300 features, more than the limit of 256"),
+])
+def test_a_bundle_whose_eval_samples_no_baseline_can_be_taken_from_is_refused_at_push(tmp_path, samples, said):
+    """Its promotion would take the baseline from them: refused there, it would hold the promote back."""
+    store = Store.init(tmp_path / "store")
+    bundle = write_bundle(HISTORY[0], tmp_path / "bundle", eval_samples=samples)
+    with pytest.raises(InvalidInput, match=f"eval_samples.jsonl: {said}"):
+        store.push(bundle, "acme/support@v1.0.0")
+    assert store.models() == []
+
+
 def test_retrain_check_names_every_trigger_and_fires_on_the_evidence(tmp_path):
     rng = np.random.default_rng(5)
     store = Store.init(tmp_path / "store")

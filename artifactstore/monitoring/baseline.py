@@ -15,7 +15,6 @@ from ..errors import InvalidInput
 from ..registry.samples import CATEGORICAL, NUMERIC, Samples
 from .psi import numeric_bins, numeric_edges
 
-MAX_FEATURES = 256
 MAX_CATEGORIES = 100  # a categorical feature keeps its most frequent reference categories; the rest are "other"
 FEW_CATEGORIES = 8
 
@@ -88,13 +87,7 @@ class Baseline:
 
 def take_baseline(samples: Samples, taken_at: str, source: str) -> Baseline:
     """Freeze the bins of every feature of ``samples`` and count the reference in them."""
-    if not len(samples):
-        raise InvalidInput(f"{samples.where}: holds no request, so there is nothing to take a baseline from")
-    if not samples.columns:
-        raise InvalidInput(f"{samples.where}: no request has a feature value (every one is null or absent), "
-                           "so there is nothing to take a baseline from")
-    if len(samples.columns) > MAX_FEATURES:
-        raise InvalidInput(f"{samples.where}: {len(samples.columns)} features, more than the limit of {MAX_FEATURES}")
+    samples.check_reference()
     features: list[Feature] = []
     counts: list[np.ndarray] = []
     for name in sorted(samples.columns):

@@ -624,8 +624,7 @@ def _check_eval_samples(root: Path, problems: list[str], file_ids: dict[str, byt
         return
     try:
         # read as a file opened in text mode reads (universal newlines), from the bytes just hashed
-        if not len(parse_samples(io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"), SAMPLES_FILE)):
-            problems.append(f"{SAMPLES_FILE}: holds no request")
+        parse_samples(io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"), SAMPLES_FILE).check_reference()
     except UnicodeDecodeError:
         problems.append(f"{SAMPLES_FILE}: not UTF-8 text")
     except InvalidInput as exc:

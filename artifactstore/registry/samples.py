@@ -26,6 +26,7 @@ MAX_SAMPLES_BYTES = 64 << 20  # in a bundle; a file given to a command may be la
 MAX_DEPTH = 8  # objects nested inside "inputs" or "outputs"
 SECTIONS = ("inputs", "outputs")
 NUMERIC, CATEGORICAL = "numeric", "categorical"
+MAX_FEATURES = 256  # a baseline's
 
 if TYPE_CHECKING:
     import numpy as np
@@ -50,6 +51,17 @@ class Samples:
 
     def __len__(self) -> int:
         return len(self.lines)
+
+    def check_reference(self) -> None:
+        """Refuse samples no drift baseline can be taken from (InvalidInput): a push checks a
+        bundle's eval_samples.jsonl so, so that its promotion's baseline cannot fail."""
+        if not len(self):
+            raise InvalidInput(f"{self.where}: holds no request, so there is nothing to take a baseline from")
+        if not self.columns:
+            raise InvalidInput(f"{self.where}: no request has a feature value (every one is null or absent), "
+                               "so there is nothing to take a baseline from")
+        if len(self.columns) > MAX_FEATURES:
+            raise InvalidInput(f"{self.where}: {len(self.columns)} features, more than the limit of {MAX_FEATURES}")
 
 
 class _Refused(Exception):
