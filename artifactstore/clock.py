@@ -13,6 +13,7 @@ from .errors import InvalidParameter
 NOW_VARIABLE = "ARTIFACTSTORE_NOW"
 DURATION = re.compile(r"(\d+)([smhd])")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION_DAYS = 36_500  # a century: any longer, and a time that far back or ahead leaves the calendar
 
 
 def now() -> datetime:
@@ -45,7 +46,10 @@ def parse_duration(text: str) -> float:
     match = DURATION.fullmatch(text.strip())
     if match is None:
         raise InvalidParameter(f"not a duration: {text!r} (expected a number and s, m, h or d, e.g. 6h)")
-    return int(match.group(1)) * UNITS[match.group(2)]
+    seconds = int(match.group(1)) * UNITS[match.group(2)]
+    if seconds > MAX_DURATION_DAYS * UNITS["d"]:
+        raise InvalidParameter(f"duration {text.strip()} is longer than {MAX_DURATION_DAYS}d")
+    return seconds
 
 
 def duration(text: str) -> timedelta:

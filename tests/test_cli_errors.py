@@ -136,3 +136,12 @@ def test_route_json_says_which_key_it_drew(tmp_path, served, capsys, monkeypatch
         status, out, _ = invoke(capsys, monkeypatch, "route", "acme/support@production", "--key", drawn["key"],
                                 "--json", "--store", tmp_path / "store")
         assert json.loads(out) == drawn
+
+
+@pytest.mark.parametrize("args", [("gc", "--dry-run", "--keep-telemetry", "99999999999999999999d"),
+                                  ("gc", "--grace", "36501d")])
+def test_a_duration_beyond_a_century_is_one_line(store, args):
+    """Taken from now it would leave the calendar (an OverflowError's traceback)."""
+    result = run_cli(*args, "--store", store.path)
+    assert result.returncode == 1 and result.stderr.startswith("error: duration ") and \
+        result.stderr.endswith(" is longer than 36500d\n")
