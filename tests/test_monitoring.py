@@ -810,6 +810,19 @@ def test_command_errors_are_one_line_and_change_nothing(tmp_path, store):
     assert not (tmp_path / "p.png").exists()
 
 
+def test_labelled_data_for_a_model_without_versions_is_refused_not_kept_until_gc(tmp_path, store):
+    """gc deletes the monitoring data of a model without versions: what it would record is lost."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("review: {min_samples: 20}\n")
+    store.set_policy("acme/new", policy, actor="lead")  # the model exists, with no version yet
+    before = monitoring_keys(store.path)
+    result = cli("data", "record", "acme/new", "--examples", "5", "--store", store.path)
+    assert result.returncode == 1 and result.stderr == (
+        "error: acme/new has no version yet: labelled data is compared with a version's training examples "
+        "(push one first)\n")
+    assert monitoring_keys(store.path) == before
+
+
 def test_the_policy_sets_the_thresholds_and_its_hooks_hear_the_alerts(tmp_path, store):
     receiver = Receiver()
     try:

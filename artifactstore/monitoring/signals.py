@@ -165,7 +165,9 @@ def record_labelled(registry: Registry, arrays: MonitoringArrays, model: str, ex
                     node: str | None = None) -> LabelledData:
     """Record how many labelled examples the model's client has now."""
     name = ModelName.parse(model)
-    registry.state(name)  # the model must exist
+    if not registry.state(name).versions:  # gc deletes the monitoring data of a model without versions
+        raise InvalidParameter(f"{name} has no version yet: labelled data is compared with a version's training "
+                               "examples (push one first)")
     node = check_node(node or default_node())
     if type(examples) is not int or not 0 <= examples <= MAX_EXAMPLES:
         raise InvalidParameter(f"--examples must be a whole number >= 0 (at most {MAX_EXAMPLES:,}), not {examples!r}")
