@@ -780,6 +780,8 @@ def test_command_errors_are_one_line_and_change_nothing(tmp_path, store):
         (("drift", "acme/support"), "acme/support@production is not set"),
         (("drift", "acme/support@v1.0.0", "--since", "yesterday"), "--since 'yesterday'"),
         (("drift", "acme/support@v1.0.0", "--thresholds", "0.3,0.1"), "need 0 < WATCH <= INVESTIGATE"),
+        (("drift", "acme/support@v1.0.0", "--prefix", "zzz"), "--prefix 'zzz' matches no feature of "
+                                                            "acme/support@v1.0.0 (it has inputs.category, "),
         (("eval", "record", "acme/support@v1.0.0", tmp_path / "eval.json"), "accuracy: 'high' is not a finite"),
         (("data", "record", "acme/nobody", "--examples", "5"), "no model acme/nobody"),
         (("data", "record", "acme/support", "--examples", "-5"), "--examples must be a whole number >= 0"),

@@ -37,8 +37,11 @@ class DriftReport:
         return self.thresholds.statuses(self.psi)
 
     def only(self, prefix: str) -> "DriftReport":
-        """The features whose names start with ``prefix``."""
+        """The features whose names start with ``prefix``; refused when none does (a typo)."""
         keep = [i for i, f in enumerate(self.features) if f.startswith(prefix)]
+        if not keep:
+            raise InvalidParameter(f"--prefix {prefix!r} matches no feature of {self.model}@{self.version} "
+                                   f"(it has {', '.join(self.features)})")
         return replace(self, features=[self.features[i] for i in keep], counts=self.counts[:, keep],
                        psi=self.psi[:, keep])
 
