@@ -154,12 +154,14 @@ def test_registry_cli_round_trip_and_one_line_errors(tmp_path):
         (("push", str(tmp_path / "bundles" / "v1.1.0"), "acme/support@v1.2"), "not a version"),
         (("show", "Acme/support@v1.0.0"), "invalid client name"),
         (("log", "acme/nothing"), "no model acme/nothing"),
-        (("canary", "acme/support@v1.1.0", "--percent", "150"), "between 0 and 100"),
+        (("canary", "acme/support@v1.1.0", "--percent", "150"), "150 is not in the range 0<=x<=100"),
     ]
     for args, message in cases:
         result = run_cli(*args, env=env)
         lines = result.stderr.strip().splitlines()
-        assert result.returncode == 1 and len(lines) == 1 and message in lines[0], (args, result.stderr)
+        usage = "--percent" in args  # an option's value out of range is a usage error (cli.md)
+        assert result.returncode == (2 if usage else 1) and len(lines) == 1 and message in lines[0], \
+            (args, result.stderr)
     assert snapshot(store.path) == before
 
 

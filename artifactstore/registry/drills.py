@@ -54,13 +54,16 @@ def record_drill(registry: Registry, model: ModelName, record: dict[str, Any], *
 def unfinished_drill(registry: Registry, state: ModelState) -> AuditEntry | None:
     """The swap of a drill that has not recorded its result (running, or killed between its moves):
     production's latest move, when a drill made it and no drill record came after it. A person's
-    move of production ends it."""
-    for _, made in registry.trail(state.model, state.id):
-        for entry in reversed(made):
-            if entry.action == "drill" and entry.pointer is None:
-                return None
-            if entry.pointer == PRODUCTION:
-                return entry if entry.action == "drill" else None
+    move of production ends it. Read as far as the history reads: verify reports a damaged one."""
+    try:
+        for _, made in registry.trail(state.model, state.id):
+            for entry in reversed(made):
+                if entry.action == "drill" and entry.pointer is None:
+                    return None
+                if entry.pointer == PRODUCTION:
+                    return entry if entry.action == "drill" else None
+    except CorruptObject:
+        pass
     return None
 
 

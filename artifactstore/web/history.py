@@ -77,11 +77,13 @@ class Moment:
         except ValueError:
             try:
                 start, length = parse_time(text, "at"), timedelta(microseconds=1)
-            except OverflowError:  # a zone pushed it past year 1 or 9999
-                raise outside from None
             except InvalidParameter:
-                raise InvalidParameter(f"not a date or time: {text!r} (e.g. 2026-11-26 or 2026-11-26T10:00:00Z)") \
-                    from None
+                try:
+                    datetime.fromisoformat(text)
+                except ValueError:
+                    raise InvalidParameter(f"not a date or time: {text!r} (e.g. 2026-11-26 or "
+                                           f"2026-11-26T10:00:00Z)") from None
+                raise outside from None  # a time its zone puts past year 1 or 9999
         if not EARLIEST <= start < LATEST:
             raise outside
         return cls(text, start, start + length)
