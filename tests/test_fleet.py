@@ -658,3 +658,17 @@ def test_a_person_moving_production_just_before_the_drill_rolls_forward_fails_th
     assert not drilled.passed and "moved during the drill: not rolled forward" in drilled.note
     assert live.status(MODEL)["drill"]["passed"] is False
     assert [e.actor for e in live.log(MODEL) if e.pointer == "production"][-2:] == ["ops", "oncall"]
+
+
+def test_an_automatic_rollback_quoting_a_multi_line_error_is_made_with_the_error_on_one_line(live, tmp_path):
+    """A server's inference raised an error whose text spans lines: the rollback it triggers must
+    not fail for it (the audit log keeps it escaped, on one line)."""
+    from artifactstore.registry.fleet import act_on_smoke_failure
+
+    with_policy(live, tmp_path, "gate: {required: false}\nreview: {required: false}\n")
+    live.promote(f"{MODEL}@v1.1.0", actor="jane")
+    detail = "1 of 1 tests failed: probe-0: RuntimeError: CUDA error\nout of memory\x1b[0m"
+    rolled = act_on_smoke_failure(live.registry, ModelName.parse(MODEL), "srv-1", "v1.1.0", "production", detail,
+                                  serving="v1.0.0")
+    assert rolled is not None and rolled.pointer("production") == "v1.0.0"
+    assert live.log(MODEL)[-1].reason.endswith("RuntimeError: CUDA error\\nout of memory\\x1b[0m")

@@ -176,8 +176,8 @@ class Registry:
             if not create:
                 raise NotFound(f"no model {model} in the registry")
             current = ModelState(model)
-        at, actor = timestamp(), actor or default_actor()
-        _check_audit_text(actor, reason)
+        at = timestamp()
+        actor, reason = _audit_texts(actor or default_actor(), reason)
         # with the deployments the rules judge restorations by; a push or a delete with the deleted numbers
         complete = self._completed(current, with_deleted)
         moves = change(complete)
@@ -341,8 +341,7 @@ class Registry:
             return file_id, recorded_tensors(base["tensors"])
 
         bundle = load_bundle(Path(bundle_dir), base_tensors)
-        actor = actor or default_actor()
-        _check_audit_text(actor, reason)
+        actor, reason = _audit_texts(actor or default_actor(), reason)
         bundle_id = self.content.identify(bundle.path, hashed=bundle.file_ids)
         if requested in state.versions:
             existing = self.record(state, requested)
@@ -801,21 +800,27 @@ def _check_expected(state: ModelState, pointer: str, expect: str | None) -> None
                        f"{'unset' if expect == EXPECT_UNSET else expect} as expected; nothing changed")
 
 
-def _check_audit_text(actor: str, reason: str) -> None:
-    """Refuse who and why that the audit log (UTF-8 JSON) cannot hold, before anything is written:
-    an environment variable or argument with bytes that are not UTF-8 arrives with surrogates; and
-    those that would forge its lines where people read it: a line break starts a fake entry, a
-    carriage return or an escape sequence overwrites the name on a terminal, a bidirectional
-    override reverses what follows."""
+def _audit_texts(actor: str, reason: str) -> tuple[str, str]:
+    """Who and why as the audit log keeps them, checked before anything is written. Refused: text
+    the log (UTF-8 JSON) cannot hold (an environment variable or argument with bytes that are not
+    UTF-8 arrives with surrogates). Escaped (``\\n``, ``\\x1b``, ``\\u202e``): what would forge its
+    lines where people read it (a line break starts a fake entry, a carriage return or an escape
+    sequence overwrites the name on a terminal, a bidirectional override reverses what follows).
+    Escaped, not refused: an automatic rollback's reason quotes a server's error text, and must
+    not fail for its line breaks."""
     for option, text in (("--by", actor), ("--reason", reason)):
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
             raise InvalidParameter(f"{option} {text!r} is not valid UTF-8 text") from None
-        forging = next((ch for ch in text if unicodedata.category(ch) == "Cc" or ch in _BIDI_CONTROLS), None)
-        if forging is not None:
-            raise InvalidParameter(f"{option} holds the control character {forging!r}: the audit log keeps one line "
-                                   f"of text")
+    return _one_line(actor), _one_line(reason)
+
+
+def _one_line(text: str) -> str:
+    if text.isprintable():  # the common case: no control character, no override
+        return text
+    return "".join(ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) == "Cc" or
+                   ch in _BIDI_CONTROLS else ch for ch in text)
 
 
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
