@@ -267,6 +267,36 @@ def test_a_local_writer_goes_through_the_page_cache_where_direct_io_is_refused(t
     assert list(backend.list("tmp")) == []
 
 
+def test_direct_io_refused_at_write_time_on_both_threads_falls_back_to_the_page_cache(tmp_path, monkeypatch):
+    """The writer's thread and the caller's staged write may both meet the refusal: whichever
+    clears O_DIRECT second must write through the page cache too, not fail the put."""
+    import fcntl
+    import threading
+
+    from artifactstore import Store
+    from artifactstore.backends import local
+
+    source = tmp_path / "f"
+    source.write_bytes(os.urandom(24 << 20))
+    real_pwrite, both = os.pwrite, threading.Barrier(2, timeout=2)
+
+    def refusing_pwrite(fd, data, offset):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & local.O_DIRECT:
+            try:
+                both.wait()  # the other thread meets it too before either clears O_DIRECT
+            except threading.BrokenBarrierError:
+                pass
+            raise OSError(22, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", refusing_pwrite)
+    store = Store.init(tmp_path / "store")
+    put = store.put(source)
+    monkeypatch.setattr(os, "pwrite", real_pwrite)
+    store.get(put.id, tmp_path / "back")
+    assert (tmp_path / "back").read_bytes() == source.read_bytes() and Store(store.path).verify().ok
+
+
 def test_small_uncached_writes_reach_the_disk_a_staging_buffer_at_a_time(tmp_path, monkeypatch):
     """Writes shorter than a block (a bundle's small files, padding, a trailer) are gathered, not
     written a block at a time, each waiting on the disk."""

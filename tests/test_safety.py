@@ -237,6 +237,39 @@ def test_a_run_is_checked_after_its_write_ends_not_while_the_disk_writes_it(tmp_
     assert list(LocalBackend(tmp_path).list("tmp")) == []
 
 
+def test_a_run_written_straight_is_checked_after_its_write_even_when_the_next_run_is_staged(
+        store, tmp_path, monkeypatch):
+    """A short run (here a file's last chunk) goes through the staging buffer, with nothing left to
+    the writer's thread: the run before it, still being written, must not be checked early. The
+    input changes while that write goes on; the put is refused, not stored damaged."""
+    import threading
+
+    from artifactstore.backends import local
+    from artifactstore.content import chunking
+
+    middle = random_bytes(1 << 20, 41)
+    cuts = chunking.cut(middle, **chunking.DEFAULT_PARAMS.as_kwargs())
+    middle = middle[:sum(cuts[:-2]) + 100]  # ends with a short chunk after a cut point
+    (tmp_path / "middle").write_bytes(middle)
+    store.put(tmp_path / "middle")  # its chunks are stored: the file's runs are its head and its tail
+    source = tmp_path / "weights.bin"
+    source.write_bytes(random_bytes(1 << 20, 42) + middle + random_bytes(300, 43))
+    real_write_at = local._DirectAppends._write_at
+
+    def change_while_writing(self, view, offset):
+        if threading.current_thread().name.startswith("direct-write") and offset == 0:
+            time.sleep(0.2)  # the storer has moved on to the staged tail meanwhile
+            with open(source, "r+b") as f:
+                f.seek(8192)
+                f.write(b"\xff" * 4096)
+        real_write_at(self, view, offset)
+
+    monkeypatch.setattr(local._DirectAppends, "_write_at", change_while_writing)
+    with pytest.raises(InvalidInput, match="the input changed while it was being stored"):
+        store.put(source)
+    assert Store(store.path).verify().ok
+
+
 def recorded_keys(monkeypatch, method: str) -> list[str]:
     """The key (or prefix) of every call of a local backend's ``method`` from now on."""
     keys: list[str] = []

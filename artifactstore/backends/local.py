@@ -39,6 +39,8 @@ STAGING_BYTES = 1 << 20
 O_DIRECT = getattr(os, "O_DIRECT", 0)  # Linux (and some BSDs) only
 
 T = TypeVar("T")
+_READ: Future = Future()  # a write that left nothing to the writer's thread: its data was read at once
+_READ.set_result(None)
 
 
 @lru_cache(maxsize=1)
@@ -95,6 +97,10 @@ class _DirectAppends:
         self._pending: deque[Future] = deque()  # its writes, oldest first
 
     def write(self, view: memoryview) -> None:
+        """Append ``view``: its long aligned part by the writer's thread, the rest staged (read now).
+        Each call adds one entry to what ``settle`` counts, a finished one where nothing was left to
+        the thread, so that ``settle(keep)`` waits for every call but the ``keep`` newest."""
+        submitted: Future = _READ
         while view:
             to_block = -self._staged % DIRECT_BLOCK  # what completes the staged partial block
             if len(view) - to_block >= DIRECT_BLOCK and (_mapping.buffer_address(view) + to_block) % DIRECT_BLOCK == 0:
@@ -103,14 +109,14 @@ class _DirectAppends:
                 whole = (len(view) - to_block) // DIRECT_BLOCK * DIRECT_BLOCK
                 if self._writer is None:
                     self._writer = ThreadPoolExecutor(1, thread_name_prefix="direct-write")
-                self._pending.append(self._writer.submit(self._write_at, view[to_block:to_block + whole],
-                                                         self._written))
+                submitted = self._writer.submit(self._write_at, view[to_block:to_block + whole], self._written)
                 self._written += whole
                 view = view[to_block + whole:]
             else:
                 view = view[self._stage(view):]
                 if self._staged == STAGING_BYTES:
                     self._write_staged()
+        self._pending.append(submitted)
 
     def settle(self, keep: int = 0) -> None:
         """Wait until at most the ``keep`` newest writes from the caller's memory are still going on;
@@ -144,16 +150,16 @@ class _DirectAppends:
             _pwrite_all(self._fd, view, offset)
         except OSError as exc:
             # A file system may refuse direct I/O only when it is used, or a short write (a full
-            # disk) may leave the rest unaligned: write through the page cache from here on.
-            if exc.errno != errno.EINVAL or not self._through_page_cache():
+            # disk) may leave the rest unaligned: write through the page cache from here on. The
+            # writer's thread and the caller's staged writes may both meet it: each retries.
+            if exc.errno != errno.EINVAL:
                 raise
+            self._through_page_cache()
             _pwrite_all(self._fd, view, offset)
 
-    def _through_page_cache(self) -> bool:
-        """Clear O_DIRECT; whether it was set."""
+    def _through_page_cache(self) -> None:
         flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
         fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~O_DIRECT)
-        return bool(flags & O_DIRECT)
 
     def finish(self) -> None:
         """Write what is staged, the last partial block through the page cache (its length is not
