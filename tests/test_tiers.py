@@ -9,7 +9,8 @@ import time
 import pytest
 from conftest import guards_match_hot_packs, run_cli, snapshot
 
-from artifactstore import Store
+from artifactstore import InvalidParameter, Store
+from artifactstore.backends.local import LocalBackend
 from artifactstore.content.pack import pack_id_from_key
 from artifactstore.demo import adapter_history, write_bundle
 
@@ -181,3 +182,35 @@ def test_a_cold_tier_is_a_place_of_its_own(tmp_path, cold_url, bundles):
     empty.content.change_setting("cold", None, actor="ops", reason="not needed", at="2026-11-27T00:00:00Z")
     Store.init(tmp_path / "fourth", cold=str(tmp_path / "spare"))  # given up: free again
     assert Store(store.path).verify().ok
+
+
+def test_a_cold_tier_claim_holds_across_spellings_machines_and_failures(tmp_path):
+    """The store itself named by a local URL; the same place spelled anew (its claim stays); a store
+    at the same path on another machine (a path is no identity); an init that fails after its claim
+    (released)."""
+    for cold in (f"local://{tmp_path / 's'}", f"local://{tmp_path / 's' / 'inside'}"):
+        result = run_cli("init", str(tmp_path / "s"), "--cold", cold)
+        assert result.returncode == 1 and "must be a directory of its own" in result.stderr
+    store = Store.init(tmp_path / "a", cold=str(tmp_path / "cold"))
+    store.content.change_setting("cold", f"local://{tmp_path / 'cold'}", actor="ops", reason="as a URL",
+                                 at="2026-11-27T00:00:00Z")
+    with pytest.raises(InvalidParameter, match="is the cold tier of the store at .*/a on "):
+        Store.init(tmp_path / "b", cold=str(tmp_path / "cold"))
+    (tmp_path / "a").rename(tmp_path / "a-on-the-first-machine")  # the second machine's store at that path
+    with pytest.raises(InvalidParameter, match="is the cold tier of the store at"):
+        Store.init(tmp_path / "a", cold=str(tmp_path / "cold"))
+    assert not (tmp_path / "a").exists()
+
+    real_write = LocalBackend.write
+
+    def config_write_fails(self, key, data):
+        if key == "artifactstore.json":
+            raise OSError(28, "No space left on device")
+        return real_write(self, key, data)
+
+    with pytest.MonkeyPatch.context() as failing:
+        failing.setattr(LocalBackend, "write", config_write_fails)
+        with pytest.raises(OSError, match="No space"):
+            Store.init(tmp_path / "c", cold=str(tmp_path / "cold-c"))
+    assert not (tmp_path / "cold-c" / "cold-tier.json").exists()
+    Store.init(tmp_path / "d", cold=str(tmp_path / "cold-c"))

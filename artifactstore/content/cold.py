@@ -1,8 +1,15 @@
 """A directory store's cold tier is a place of its own: not the store, not another store, and not
 another store's cold tier, whose gc would delete packs this store still needs (format.md, "Cold
-tier marker")."""
+tier marker").
+
+A claim is a marker, ``cold-tier.json``, written in the cold tier with a random nonce, and the same
+bytes kept in the store's directory: a cold tier is this store's when the two agree. A path alone
+would not do: two machines may each have a store at the same path.
+"""
 
 import json
+import os
+import socket
 from pathlib import Path
 
 from ..backends import Backend, is_url, open_backend, probe
@@ -13,46 +20,88 @@ from .config import CONFIG_KEY
 COLD_MARKER = "cold-tier.json"
 
 
-def claim_cold_tier(cold: str, store_root: Path) -> str:
-    """The cold tier ``cold`` (a directory or URL) as the configuration keeps it, once checked to be
-    free for the directory store at ``store_root``, writable, and marked as this store's."""
+def claim_cold_tier(cold: str, store_root: Path) -> tuple[str, bytes]:
+    """(the cold tier ``cold`` as the configuration keeps it, the claim now in its marker), once it
+    is checked to be free for the directory store at ``store_root``, writable, and marked as this
+    store's. A place this store has claimed already keeps its marker. The caller keeps the claim
+    in the store (``keep_claim``) once the setting is written, or gives it up (``release``)."""
     if not cold.strip():
         raise InvalidParameter("the cold tier must be a directory or URL, not an empty value")
-    home = store_root.resolve()
+    home, place = store_root.resolve(), _local_path(cold)
     if not is_url(cold):
-        place = Path(cold).resolve()
-        if place == home or home in place.parents or place in home.parents:
-            raise InvalidParameter(f"the cold tier {place} must be a directory of its own, not the store's "
-                                   f"{home}, one inside it or one that holds it")
         cold = str(place)
+    if place is not None and (place == home or home in place.parents or place in home.parents):
+        raise InvalidParameter(f"the cold tier {place} must be a directory of its own, not the store's "
+                               f"{home}, one inside it or one that holds it")
     backend = open_backend(cold)
     if backend.exists(CONFIG_KEY):
         raise InvalidParameter(f"{mask_url(cold)} is a store: a cold tier must be a place of its own")
-    owner = _owner(backend)
-    if owner is not None and owner != str(home):
-        raise InvalidParameter(f"{mask_url(cold)} is the cold tier of the store at {owner}: two stores' gc would "
-                               "delete each other's packs there")
+    marker, ours = _read(backend), kept_claim(store_root)
+    if marker is not None and marker != ours:
+        raise InvalidParameter(f"{mask_url(cold)} is the cold tier of the store at {_named(marker)}: two stores' "
+                               "gc would delete each other's packs there")
     probe(backend)
-    backend.write(COLD_MARKER, json.dumps({"kind": "cold-tier", "store": str(home)}, sort_keys=True).encode())
-    return cold
+    if marker is None:
+        marker = json.dumps({"kind": "cold-tier", "store": str(home), "host": socket.gethostname(),
+                             "claim": os.urandom(16).hex()}, sort_keys=True).encode()
+        backend.write(COLD_MARKER, marker)
+    return cold, marker
 
 
-def release_cold_tier(cold: str, store_root: Path) -> None:
-    """Remove the marker of a cold tier the store no longer uses (it holds no packs of ours)."""
+def keep_claim(store_root: Path, claim: bytes | None) -> None:
+    """Keep (None: forget) in the store the claim its cold tier's marker holds."""
+    path = store_root / COLD_MARKER
+    if claim is None:
+        path.unlink(missing_ok=True)
+        return
+    temporary = path.with_name(f".{COLD_MARKER}.{os.getpid()}")
+    temporary.write_bytes(claim)
+    os.replace(temporary, path)
+
+
+def kept_claim(store_root: Path) -> bytes | None:
+    try:
+        return (store_root / COLD_MARKER).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def release(cold: str, claim: bytes) -> None:
+    """Remove ``cold``'s marker if it still holds ``claim`` (a place given up, or a failed claim)."""
     backend = open_backend(cold)
-    if _owner(backend) == str(store_root.resolve()):
+    if _read(backend) == claim:
         try:
             backend.delete(COLD_MARKER)
         except NotFound:
             pass
 
 
-def _owner(backend: Backend) -> str | None:
-    """The store a cold tier's marker names; None where it has none (or an unreadable one, which
-    a store that wrote it would not have left)."""
+def _read(backend: Backend) -> bytes | None:
     try:
-        marker = json.loads(backend.read(COLD_MARKER))
-    except (NotFound, ValueError):
+        return backend.read(COLD_MARKER)
+    except NotFound:
         return None
-    store = marker.get("store") if isinstance(marker, dict) else None
-    return store if isinstance(store, str) else None
+
+
+def _named(marker: bytes) -> str:
+    """Whose a marker says it is, for messages (one that does not parse names no store)."""
+    try:
+        claim = json.loads(marker)
+        return f"{claim['store']} on {claim.get('host') or 'a machine'}"
+    except (ValueError, KeyError, TypeError):
+        return "(unreadable marker)"
+
+
+def _local_path(cold: str) -> Path | None:
+    """Where a cold tier on this machine's file system lies (a directory, or a ``local://`` or
+    ``file::`` URL); None for object storage."""
+    if not is_url(cold):
+        return Path(cold.removeprefix("file://")).resolve()
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
+    try:
+        fs, root = fsspec.url_to_fs(cold)
+    except (ImportError, ValueError):
+        return None  # open_backend says what is wrong with it
+    return Path(root).resolve() if isinstance(fs, LocalFileSystem) else None

@@ -27,7 +27,7 @@ from ..errors import Conflict, CorruptObject, InvalidInput, InvalidParameter, No
 from ..ids import digest, format_id, parse_id
 from ..progress import Progress, no_progress
 from .chunking import DEFAULT_PARAMS, ChunkerParams
-from .cold import claim_cold_tier, release_cold_tier
+from .cold import claim_cold_tier, keep_claim, kept_claim, release
 from .condemned import condemned_packs, condemned_times
 from .config import CONFIG_KEY, DEFAULT_KEEP_HOT, FORMAT_VERSION, SETTINGS, StoreConfig
 from .index import ChunkIndex, IndexFiles, Location, LocationArrays, write_index
@@ -132,6 +132,7 @@ class ContentStore:
             if home.exists(CONFIG_KEY):
                 raise StoreError(f"{location} is already a store")
             probe(home)
+            home.write(CONFIG_KEY, StoreConfig(FORMAT_VERSION, chunker, None, keep_hot).encode())
         else:
             root = Path(location)
             if (root / CONFIG_KEY).exists():
@@ -141,15 +142,21 @@ class ContentStore:
             nearest = next(p for p in (root, *root.absolute().parents) if p.exists())
             if not nearest.is_dir():
                 raise StoreError(f"cannot make the store's directory {root}: {nearest} is not a directory")
+            claim = None
             if cold is not None:
-                cold = claim_cold_tier(cold, root)  # before the first byte of the store is written
+                cold, claim = claim_cold_tier(cold, root)  # before the first byte of the store is written
             try:
-                for sub in LAYOUT:
-                    (root / sub).mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(f"cannot make the store's directory {root}: {exc.strerror or exc}") from None
-            home = LocalBackend(root)
-        home.write(CONFIG_KEY, StoreConfig(FORMAT_VERSION, chunker, cold, keep_hot).encode())
+                try:
+                    for sub in LAYOUT:
+                        (root / sub).mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StoreError(f"cannot make the store's directory {root}: {exc.strerror or exc}") from None
+                keep_claim(root, claim)
+                LocalBackend(root).write(CONFIG_KEY, StoreConfig(FORMAT_VERSION, chunker, cold, keep_hot).encode())
+            except BaseException:
+                if cold is not None and claim is not None:
+                    release(cold, claim)  # a failed init leaves no cold tier claimed
+                raise
         return cls.open(location, cache=cache)
 
     def change_setting(self, setting: str, value: str | int | None, *, actor: str, reason: str, at: str) -> StoreConfig:
@@ -163,6 +170,8 @@ class ContentStore:
         if data is None:
             raise StoreError(f"{self.location}/{CONFIG_KEY} is gone")
         current = StoreConfig.decode(data, f"{self.location}/{CONFIG_KEY}")
+        root = Path(self.location)
+        claim = kept = None if self.shared else kept_claim(root)
         if setting == "keep_hot":
             if type(value) is not int or value < 0:
                 raise InvalidParameter(f"keep-hot must be a whole number >= 0, not {value!r}")
@@ -174,8 +183,10 @@ class ContentStore:
             if current.cold is not None and current.cold != cold and any(open_backend(current.cold).list("packs")):
                 raise InvalidParameter(f"the cold tier {mask_url(current.cold)} holds packs: run `artifactstore "
                                        "pull` for what must stay, or keep it; replacing it would lose them")
-            if value is not None and cold != current.cold:
-                cold = claim_cold_tier(str(value), Path(self.location))
+            if value is None:
+                claim = None
+            elif cold != current.cold:
+                cold, claim = claim_cold_tier(str(value), root)
             updated = replace(current, cold=cold)
         before, after = getattr(current, setting), getattr(updated, setting)
         if before == after:
@@ -187,11 +198,14 @@ class ContentStore:
         try:
             self.home.swap_ref(CONFIG_KEY, updated.encode(), token)
         except Conflict:
+            if updated.cold is not None and claim not in (None, kept):
+                release(updated.cold, claim)
             raise Conflict(f"{CONFIG_KEY} changed while this command ran: nothing was changed; retry") from None
         self.config = updated
         if setting == "cold":
-            if current.cold is not None:
-                release_cold_tier(current.cold, Path(self.location))
+            keep_claim(root, claim)
+            if current.cold is not None and kept is not None and kept != claim:  # not the same place respelled
+                release(current.cold, kept)
             self.cold_url = updated.cold
             self.cold = open_backend(updated.cold) if updated.cold else None
         return updated
