@@ -16,6 +16,7 @@ from ..backends import Backend, is_url, open_backend, probe
 from ..backends.remote import mask_url
 from ..errors import InvalidParameter, NotFound
 from .config import CONFIG_KEY
+from .manifest import canonical_json
 
 COLD_MARKER = "cold-tier.json"
 
@@ -42,8 +43,8 @@ def claim_cold_tier(cold: str, store_root: Path) -> tuple[str, bytes]:
                                "gc would delete each other's packs there")
     probe(backend)
     if marker is None:
-        marker = json.dumps({"kind": "cold-tier", "store": str(home), "host": socket.gethostname(),
-                             "claim": os.urandom(16).hex()}, sort_keys=True).encode()
+        marker = canonical_json({"kind": "cold-tier", "store": str(home), "host": socket.gethostname(),
+                                 "claim": os.urandom(16).hex()})
         backend.write(COLD_MARKER, marker)
     return cold, marker
 
