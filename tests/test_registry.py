@@ -404,12 +404,13 @@ def test_a_drill_killed_between_its_swaps_is_flagged_until_production_is_restore
         five.start_rollout("acme/support@v1.2.0", actor="jane")
     assert snapshot(five.path) == before
     swap_for_drill(five.registry, model, production="v1.0.0", target="v1.1.0", actor="drill", reason="monthly")
-    assert unfinished(), "rolled forward, but not recorded: still running, or killed"
+    assert unfinished() == [], "rolled forward, if not recorded yet: production is as it was"
     record_drill(five.registry, model, {"model": "acme/support", "at": "2026-11-27T00:00:00Z", "from": "v1.1.0",
                                         "to": "v1.0.0", "passed": True, "seconds": 0.1, "max_seconds": 60,
                                         "nodes": {}, "unconfirmed": [], "note": "ok"}, actor="drill", reason="done")
     assert unfinished() == []
     swap_for_drill(five.registry, model, production="v1.1.0", target="v1.0.0", actor="drill", reason="again")
+    assert unfinished(), "a second drill's first swap"
     five.rollback("acme/support", to="v1.1.0", actor="oncall", reason="restored by hand")
     assert unfinished() == [] and five.start_rollout("acme/support@v1.2.0", actor="jane").rollout is not None
 
@@ -429,7 +430,7 @@ def test_a_drill_limit_must_be_a_finite_time_of_at_most_an_hour(five, limit):
 @pytest.mark.parametrize("who, why, kept", [
     ("mallory", "routine\n   9  2026-11-27T03:00:00  alice  promote", "routine\\n   9  2026-11-27T03:00:00  alice"),
     ("mallory\rroot", "routine", "mallory\\rroot"), ("\x1b[2Kalice", "routine", "\\x1b[2Kalice"),
-    ("mallory", "approved \u202edeviL", "approved \\u202edeviL")])
+    ("mallory", "approved \u202edeviL", "approved \\u202edeviL"), ("mallory", "one\u2028two", "one\\u2028two")])
 def test_the_audit_log_keeps_text_that_would_forge_its_lines_escaped(five, who, why, kept):
     """A line break would start a fake entry, a carriage return or an escape sequence overwrite the
     name on a terminal, an override reverse what follows: each is kept escaped, one line of text."""

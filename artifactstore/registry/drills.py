@@ -8,6 +8,7 @@ immutable *drill record*, named from the state (``ModelState.drill``) by a third
 ``status`` can say when the last drill was and whether it passed. docs/release.md, "Drills".
 """
 
+import itertools
 import json
 from typing import Any
 
@@ -19,6 +20,7 @@ from .registry import Move, Registry
 from .state import AuditEntry, ModelState
 
 DRILL_CONTEXT = "artifactstore 2026-11 rollback drill v1"
+DRILL_LOOKBACK = 64  # states: a drill's swaps and record follow each other, with little between them
 
 
 def swap_for_drill(registry: Registry, model: ModelName, *, production: str, target: str, actor: str | None,
@@ -52,19 +54,24 @@ def record_drill(registry: Registry, model: ModelName, record: dict[str, Any], *
 
 
 def unfinished_drill(registry: Registry, state: ModelState) -> AuditEntry | None:
-    """The swap of a drill that has not recorded its result (running, or killed between its moves):
-    production's latest move, when a drill made it and no drill record came after it. A person's
-    move of production ends it. Read as far as the history reads: verify reports a damaged one."""
+    """The first swap of a drill that has not swapped back (running, or killed between its moves):
+    production then is the drill's stand-in. Production's latest moves are drill swaps since the
+    last drill record or move by a person, and there is an odd number of them (a drill killed after
+    its swap back left production as it was). A person's move of production ends it. Read within
+    the newest DRILL_LOOKBACK states (a status reads no further, whatever the history's length), and
+    as far as the history reads: verify reports a damaged one."""
+    swaps: list[AuditEntry] = []
     try:
-        for _, made in registry.trail(state.model, state.id):
+        for _, made in itertools.islice(registry.trail(state.model, state.id), DRILL_LOOKBACK):
             for entry in reversed(made):
-                if entry.action == "drill" and entry.pointer is None:
-                    return None
-                if entry.pointer == PRODUCTION:
-                    return entry if entry.action == "drill" else None
+                if entry.pointer == PRODUCTION and entry.action == "drill":
+                    swaps.append(entry)
+                elif entry.pointer == PRODUCTION or (entry.action == "drill" and entry.pointer is None):
+                    # a person's move of production, or a drill's record
+                    return swaps[-1] if len(swaps) % 2 else None
     except CorruptObject:
         pass
-    return None
+    return swaps[-1] if len(swaps) % 2 else None
 
 
 def read_drill(registry: Registry, drill_id: str) -> dict[str, Any]:

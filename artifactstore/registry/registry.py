@@ -819,10 +819,11 @@ def _audit_texts(actor: str, reason: str) -> tuple[str, str]:
 def _one_line(text: str) -> str:
     if text.isprintable():  # the common case: no control character, no override
         return text
-    return "".join(ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) == "Cc" or
+    return "".join(ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) in _LINE_BREAKING or
                    ch in _BIDI_CONTROLS else ch for ch in text)
 
 
+_LINE_BREAKING = ("Cc", "Zl", "Zp")  # controls, and the line and paragraph separators splitlines() splits on
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
