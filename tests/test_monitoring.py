@@ -351,6 +351,23 @@ def test_counts_a_node_flushes_late_make_no_second_alert_for_an_excursion_alread
     assert [(a.window, a.status) for a in delivered] == [(at(1), "investigate"), (at(3), "investigate")]
 
 
+def test_late_counts_that_show_a_higher_status_than_any_alerted_since_raise_it(tmp_path, store):
+    """A later, lower alert does not cover a higher status found late in an earlier window: the
+    excursion reached investigate, and nobody was told."""
+    rng = np.random.default_rng(0)
+    store.take_baseline("acme/support@v1.0.0", write_jsonl(tmp_path / "ref.jsonl", lengths(rng.normal(100, 10, 4000))))
+    delivered = []
+    calm_then_drifting = lengths(rng.normal(100, 10, 4000), at(0, 10)) + lengths(rng.normal(104, 10, 4000), at(1, 10))
+    store.record("acme/support@v1.0.0", write_jsonl(tmp_path / "a.jsonl", calm_then_drifting), node="web-1",
+                 deliver=delivered.append)
+    assert [(a.window, a.status) for a in delivered] == [(at(1), "watch")]
+    late = lengths(rng.normal(140, 10, 20000), at(0, 20))
+    store.record("acme/support@v1.0.0", write_jsonl(tmp_path / "b.jsonl", late), node="web-2",
+                 deliver=delivered.append)
+    assert store.drift("acme/support@v1.0.0").statuses()[:, 0].tolist() == ["investigate", "watch"]
+    assert [(a.window, a.status) for a in delivered] == [(at(1), "watch"), (at(0), "investigate")]
+
+
 def test_an_idle_flush_raises_the_alerts_of_the_windows_that_ended_since(tmp_path, store, monkeypatch):
     rng = np.random.default_rng(0)
     store.take_baseline("acme/support@v1.0.0", write_jsonl(tmp_path / "ref.jsonl", lengths(rng.normal(100, 10, 1000))))

@@ -2,8 +2,8 @@
 
 For each feature, the windows that are over are walked in time order; a window whose status
 ranks above the previous non-empty window's (fine < watch < investigate) raises an alert with its
-status, unless the feature was alerted for a later window (or the same one at a status as high):
-counts a node flushed late then moved a crossing back into an excursion already alerted. A window
+status, unless the feature was alerted at a status as high for that window or a later one: counts
+a node flushed late then moved a crossing back into an excursion already alerted. A window
 is over ``SETTLE_SECONDS`` after its end, so that every node has flushed its counts of it before it
 is judged (a node flushes when its window ends). The alerts raised are recorded in
 ``monitoring/<client>/<model>/alerts.json``, a ref moved by compare-and-swap like the registry's:
@@ -140,25 +140,25 @@ def _swap(arrays: MonitoringArrays, model: ModelName, change: Callable[[dict], l
 
 def _claim(arrays: MonitoringArrays, model: ModelName, pending: list[Alert]) -> list[Alert]:
     def claim(raised: dict) -> list[Alert]:
-        alerted = _newest_alerted(raised)
-        new = [a for a in pending if a.key not in raised and
-               (a.window, RANK[a.status]) > alerted.get((a.version, a.feature), ("", RANK[EMPTY]))]
+        alerted = _alerted(raised)
+        new = [a for a in pending if a.key not in raised and not any(
+            window >= a.window and rank >= RANK[a.status] for window, rank in alerted.get((a.version, a.feature), []))]
         raised.update({a.key: {"raised_at": timestamp(), "psi": a.psi} for a in new})
         return new
 
     return _swap(arrays, model, claim)
 
 
-def _newest_alerted(raised: dict) -> dict[tuple[str, str], tuple[str, int]]:
-    """(window, status rank) of the newest alert raised for each (version, feature). Counts that
-    arrive late can make a crossing in an earlier window of an excursion already alerted: it is not
-    raised again. Windows compare as text: ``iso`` writes them at one width, so text order is time order."""
-    newest: dict[tuple[str, str], tuple[str, int]] = {}
+def _alerted(raised: dict) -> dict[tuple[str, str], list[tuple[str, int]]]:
+    """(window, status rank) of every alert raised, by (version, feature). Counts that arrive late
+    can make a crossing in an earlier window of an excursion already alerted: it is not raised again
+    where an alert as high came for that window or a later one (a later, lower one does not cover
+    it). Windows compare as text: ``iso`` writes them at one width, so text order is time order."""
+    alerted: dict[tuple[str, str], list[tuple[str, int]]] = {}
     for key in raised:
         version, feature, window, status = parse_alert_key(key)
-        mark = (window, RANK.get(status, RANK[EMPTY]))
-        newest[version, feature] = max(newest.get((version, feature), mark), mark)
-    return newest
+        alerted.setdefault((version, feature), []).append((window, RANK.get(status, RANK[EMPTY])))
+    return alerted
 
 
 def _release(arrays: MonitoringArrays, model: ModelName, alerts: list[Alert]) -> None:
