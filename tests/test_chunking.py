@@ -349,3 +349,14 @@ def test_parallel_cut_is_identical_to_one_thread(data):
         one = chunking.cut(data, **params, threads=1)
         for threads in (2, 3, 5, 7):
             assert chunking.cut(data, **params, threads=threads) == one
+
+
+def test_blocks_that_start_small_and_double_cut_as_one_pass():
+    data = np.random.default_rng(8).integers(0, 256, 40 << 20, dtype=np.uint8)
+    params = chunking.DEFAULT_PARAMS.as_kwargs()
+    blocks = list(chunking.cut_blocks(data, **params, block_size=8 << 20, first_block=1 << 20))
+    assert [length for block in blocks for length in block] == chunking.cut(data, **params)
+    spans = [sum(block) for block in blocks]
+    assert [round(s / (1 << 20)) for s in spans[:5]] == [1, 2, 4, 8, 8]
+    with pytest.raises(InvalidParameter, match="first_block must be a positive integer"):
+        chunking.cut_blocks(data, **params, first_block=0)

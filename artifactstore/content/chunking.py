@@ -201,24 +201,28 @@ def _extend(ends: list[int], lengths: list[int]) -> None:
 
 
 def cut_blocks(data: Any, *, min_size: int, avg_size: int, max_size: int, normalization: int = 1, seed: int = 0,
-               block_size: int = 8 << 20) -> Iterator[list[int]]:
+               block_size: int = 8 << 20, first_block: int | None = None) -> Iterator[list[int]]:
     """``cut(data)``, a block of about ``block_size`` bytes at a time: the lengths of the chunks
     that start in each block, in order, so that a caller can hash and store the first chunks
     while the rest are still being cut. Concatenated, the blocks' lengths equal ``cut(data)``:
-    a cut point depends only on the ``max_size`` bytes after the chunk's start."""
+    a cut point depends only on the ``max_size`` bytes after the chunk's start. ``first_block``:
+    the first block is about that long, and each next one twice the one before, up to
+    ``block_size`` (a pipeline's later stages start sooner)."""
     params = ChunkerParams(min_size, avg_size, max_size, normalization, seed)
-    if type(block_size) is not int or block_size < 1:
-        raise InvalidParameter(f"block_size must be a positive integer, got {block_size!r}")
-    return _blocks(_chunker(params, loop()), _bytes_of(data), block_size, max_size)
+    for name, size in (("block_size", block_size), ("first_block", block_size if first_block is None else first_block)):
+        if type(size) is not int or size < 1:
+            raise InvalidParameter(f"{name} must be a positive integer, got {size!r}")
+    return _blocks(_chunker(params, loop()), _bytes_of(data), block_size, first_block or block_size, max_size)
 
 
-def _blocks(chunker: Any, view: memoryview, block_size: int, max_size: int) -> Iterator[list[int]]:
-    position = 0
+def _blocks(chunker: Any, view: memoryview, block_size: int, first_block: int, max_size: int) -> Iterator[list[int]]:
+    position, size = 0, min(first_block, block_size)
     while position < len(view):
-        stop = min(len(view), position + block_size + max_size)
+        stop = min(len(view), position + size + max_size)
         lengths, consumed = chunker.cut(view[position:stop], stop == len(view))
         yield lengths
         position += consumed
+        size = min(2 * size, block_size)
 
 
 def cut_stream(stream: BinaryIO, *, min_size: int, avg_size: int, max_size: int,

@@ -32,6 +32,7 @@ from .pending import SessionMarker
 # A put cuts a file this many bytes at a time (about 128 chunks, one task of the hashing pool):
 # hashing, writing and the disk start after the first block, not after the whole file is cut.
 CUT_BLOCK = 8 << 20
+FIRST_BLOCK = 1 << 20  # then 2, 4, 8 MiB: the first write waits for a MiB's cut and hashes, not 8 MiB's
 LOOKAHEAD = 2  # blocks cut and being hashed beyond the one being stored
 PROBES = 8  # chunks probed (besides the first) to guess whether a file is stored whole
 PROBE_WINDOW_CHUNKS = 4  # each probe cuts this many maximal chunks' worth of bytes
@@ -392,7 +393,7 @@ def _ingest_buffer(data: memoryview, chunker: chunking.ChunkerParams, session: P
     blocks: deque[tuple[Future, Future, Future]] = deque()  # each block's store, hashing and digest
     stored: Future | None = None
     try:
-        for lengths in chunking.cut_blocks(data, **chunker.as_kwargs(), block_size=CUT_BLOCK):
+        for lengths in chunking.cut_blocks(data, **chunker.as_kwargs(), block_size=CUT_BLOCK, first_block=FIRST_BLOCK):
             first = len(offsets) - 1
             for length in lengths:
                 offsets.append(offsets[-1] + length)
