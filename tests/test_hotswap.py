@@ -169,6 +169,32 @@ def test_follower_survives_a_corrupt_store_and_recovers(served):
     assert follower.refresh(force=True) is True and follower.current.version == "v1.1.0"
 
 
+@pytest.mark.parametrize("failing", ["registry.state", "store.load"])
+def test_a_follower_tries_a_failed_look_again_without_waiting_for_another_move(served, failing):
+    """One read the store refused for a moment (an EIO, a 503, too many open files) while the
+    pointer moved: the follower tries again a second later, and reports the failure once."""
+    import errno
+
+    owner, name = (served.registry, "state") if failing == "registry.state" else (served, "load")
+    real, left = getattr(owner, name), [0]
+
+    def flaky(*args, **kwargs):
+        if left[0]:
+            left[0] -= 1
+            raise OSError(errno.EIO, "transient read error")
+        return real(*args, **kwargs)
+
+    setattr(owner, name, flaky)
+    errors: list[str] = []
+    with Follower(served, "acme/support@production", on_error=errors.append) as follower:
+        follower.wait_for("v1.0.0")
+        left[0] = 1
+        served.promote("acme/support@v1.1.0")
+        follower.wait_for("v1.1.0", timeout=5)
+        assert follower.last_error is None
+    assert len(errors) == 1 and "transient read error" in errors[0]
+
+
 def test_follower_needs_a_pointer(served):
     with pytest.raises(InvalidParameter):
         Follower(served, "acme/support@v1.0.0")

@@ -72,6 +72,9 @@ REMOTE_POLL = 0.5
 REF_CHECK_INTERVAL = 30.0
 HEARTBEAT_INTERVAL = 5.0
 METRICS_INTERVAL = 60.0
+# A look that failed (a read the store refused for a moment, a load, a smoke check) is tried again
+# after this, then twice as long each time, up to RETRY_MAX: the pointer may not move again for days.
+RETRY_FIRST, RETRY_MAX = 1.0, 30.0
 
 
 class VersionSource(Protocol):
@@ -147,6 +150,8 @@ class Follower:
         self._tests: dict[str, tuple[SmokeTest, ...]] = {}  # bundle -> its smoke tests
         self._heartbeat_due = self._metrics_due = 0.0
         self._seen_ref: tuple | None = None
+        self._retry_due: float | None = None  # when a failed look is tried again
+        self._retry_delay = RETRY_FIRST
         self._lock = threading.RLock()  # re-entrant: a callback of a look (on_error, say) may call stop()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -390,8 +395,9 @@ class Follower:
         return self.metrics.flush(write)
 
     def _fail(self, message: str) -> None:
+        repeated = message == self.last_error  # a look tried again: said once
         self.last_error = message
-        if self.on_error is not None:
+        if self.on_error is not None and not repeated:
             self.on_error(message)
 
     def start(self) -> "Follower":
@@ -461,11 +467,12 @@ class Follower:
             marker.leave(interval)
 
     def _turn(self, look: bool) -> None:
-        """One turn of the follow loop: look at the pointer (when ``look``), then the heartbeat and
-        the metrics when they are due."""
+        """One turn of the follow loop: look at the pointer (when ``look``, or when a failed look is
+        due to be tried again), then the heartbeat and the metrics when they are due."""
+        retry = self._retry_due is not None and time.monotonic() >= self._retry_due
         try:
-            if look:
-                self.refresh()
+            if look or retry:
+                self._look(retry)
             if self.node is not None and time.monotonic() >= self._heartbeat_due:
                 with self._lock:
                     self._report()
@@ -473,6 +480,21 @@ class Follower:
                 self.flush_metrics()
         except Exception as exc:  # a serving process must outlive any surprise in one look
             self._fail(f"{self.ref}: unexpected {type(exc).__name__}: {exc}")
+
+    def _look(self, retry: bool) -> None:
+        """Look at the pointer (``retry``: even if it did not move). After a look that failed, or
+        left an error standing, the next is scheduled (RETRY_FIRST, doubling each time it fails
+        again), since no move of the pointer may come to trigger it."""
+        failed = True
+        try:
+            self.refresh(force=retry)
+            failed = self.last_error is not None
+        finally:
+            if not failed:
+                self._retry_due, self._retry_delay = None, RETRY_FIRST
+            elif retry or self._retry_due is None:
+                self._retry_due = time.monotonic() + self._retry_delay
+                self._retry_delay = min(2 * self._retry_delay, RETRY_MAX)
 
     def __enter__(self) -> "Follower":
         return self.start()
