@@ -48,9 +48,11 @@ class EchoHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        self.server.requests.append({"path": self.path, "body": body, "key": self.headers.get("x-artifactstore-key")})
+        self.server.requests.append({"path": self.path, "body": body, "key": self.headers.get("x-artifactstore-key"),
+                                     "cookie": self.headers.get("cookie")})
         if not body.get("stream"):
-            self.answer({"object": "text_completion", "model": body["model"], "user": body.get("user")})
+            cookies = ["session=ALICE; Path=/", "lb=node-7; Path=/"] if body.get("user") == "alice" else []
+            self.answer({"object": "text_completion", "model": body["model"], "user": body.get("user")}, cookies)
             return
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
@@ -62,9 +64,11 @@ class EchoHandler(BaseHTTPRequestHandler):
                 self.server.release.wait(TIMEOUT)
         self.wfile.write(b"data: [DONE]\n\n")
 
-    def answer(self, obj: dict) -> None:
+    def answer(self, obj: dict, cookies: list[str] = ()) -> None:
         data = json.dumps(obj).encode()
         self.send_response(200)
+        for cookie in cookies:  # an auth proxy's or a sticky load balancer's, for this caller
+            self.send_header("set-cookie", cookie)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
         self.end_headers()
@@ -242,3 +246,13 @@ def test_gateway_command_errors(served, tmp_path):
         capture_output=True, text=True, timeout=TIMEOUT)
     assert without_web_stack.returncode == 1
     assert without_web_stack.stderr == "error: the gateway needs starlette: pip install 'artifactstore[serve]'\n"
+
+
+def test_a_callers_cookies_reach_that_caller_whole_and_nobody_else(gateway, upstream):
+    """The gateway keeps no state: cookies the upstream sets for one caller are passed to that caller,
+    each Set-Cookie on its own, and never sent upstream with another caller's requests."""
+    alice = complete(gateway, "acme/support@production", user="alice")
+    assert alice.headers.get_list("set-cookie") == ["session=ALICE; Path=/", "lb=node-7; Path=/"]
+    gateway.cookies.clear()  # another caller, who has no cookies
+    complete(gateway, "acme/support@production", user="bob")
+    assert [r["cookie"] for r in upstream.requests] == [None, None]

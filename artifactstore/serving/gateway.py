@@ -14,6 +14,7 @@ import json
 import posixpath
 from collections.abc import Callable
 from contextlib import asynccontextmanager
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 from starlette.applications import Starlette
@@ -72,8 +73,10 @@ def create_app(registry: Registry, upstream: str) -> Starlette:
     """The gateway: POST /v1/completions and /v1/chat/completions routed, vLLM's adapter loading
     refused, everything else passed through."""
     base = upstream.rstrip("/")
-    # No read timeout: a long generation streams for as long as it takes.
-    client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0))
+    # No read timeout: a long generation streams for as long as it takes. A jar that keeps no cookie:
+    # the client serves every caller, and one caller's session must not go out with another's requests.
+    client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0),
+                               cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])))
 
     async def forward(request: Request) -> Response:
         path = normal_path(request.url.path)
@@ -98,12 +101,14 @@ def create_app(registry: Registry, upstream: str) -> Starlette:
         except httpx.HTTPError as exc:
             return error(502, f"the upstream server {base} did not answer: {exc or type(exc).__name__}",
                          "BadGatewayError")
-        reply_headers = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
-        if routed is not None:
-            reply_headers[ROUTED_HEADER] = routed
         # Streamed as it arrives: server-sent events reach the client token by token.
-        return StreamingResponse(answer.aiter_raw(), status_code=answer.status_code, headers=reply_headers,
-                                 background=BackgroundTask(answer.aclose))
+        response = StreamingResponse(answer.aiter_raw(), status_code=answer.status_code,
+                                     background=BackgroundTask(answer.aclose))
+        # raw, as the upstream sent them: a dict would fold several Set-Cookie headers into one
+        response.raw_headers = [(k, v) for k, v in answer.headers.raw if k.decode("latin-1").lower() not in HOP_BY_HOP]
+        if routed is not None:
+            response.raw_headers.append((ROUTED_HEADER.lower().encode(), routed.encode()))
+        return response
 
     @asynccontextmanager
     async def lifespan(_):
