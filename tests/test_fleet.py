@@ -582,6 +582,7 @@ def test_verify_names_a_missing_measurement(live, monkeypatch):
 
 
 @pytest.mark.parametrize("bad", [{"at": "yesterday"}, {"at": 5}, {"interval": "5"}, {"interval": float("nan")},
+                                 {"interval": 1e300},
                                  {"smoke": {"v1.0.0": None}}, {"smoke": {"v1.0.0": {"detail": "no ok"}}},
                                  {"resident": "v1.0.0"}, {"serving": 1}])
 def test_a_heartbeat_with_a_bad_field_is_unreadable_and_status_shows_the_rest(live, bad):
@@ -596,6 +597,10 @@ def test_a_heartbeat_with_a_bad_field_is_unreadable_and_status_shows_the_rest(li
     live.registry.backend.write(key, json.dumps(broken, allow_nan=True).encode())
     fleet = read_fleet(live.registry, MODEL)
     assert [h.node for h in fleet.heartbeats] == ["srv-1"] and fleet.unreadable == [key]
+    for not_an_object in (b"null", b'"x"', b"[]", b"5"):
+        live.registry.backend.write(key, not_an_object)
+        assert read_fleet(live.registry, MODEL).unreadable == [key]
+    live.registry.backend.write(key, json.dumps(broken, allow_nan=True).encode())
     status = live.status(MODEL)
     assert f"{key}: heartbeat unreadable" in status["alerts"] and [n["node"] for n in status["nodes"]] == ["srv-1"]
 

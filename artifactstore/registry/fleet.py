@@ -20,7 +20,6 @@ through the whole history, one failed look at a time.
 
 import json
 import logging
-import math
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -41,6 +40,7 @@ FLEET = "fleet"
 NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 STALE_INTERVALS = 3  # a node is stale once this many of its heartbeat intervals pass without one
 MIN_STALE = timedelta(seconds=3)
+MAX_HEARTBEAT_INTERVAL = 86_400.0  # seconds, as `follow --heartbeat-s` takes them
 RESTORING = ("rollback", "drill")  # the moves of production that bring back a version that served before
 
 _log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class Heartbeat:
     def decode(cls, data: bytes, where: str) -> "Heartbeat":
         try:
             obj = json.loads(data)
-            if obj.pop("kind") != "heartbeat":
+            if not isinstance(obj, dict) or obj.pop("kind") != "heartbeat":
                 raise ValueError("not a heartbeat")
             heartbeat = cls(**obj)
             heartbeat._check()
@@ -102,7 +102,7 @@ class Heartbeat:
         wrong += [name for name in ("serving", "bundle", "canary", "last_swap", "state", "error")
                   if not text(getattr(self, name), optional=True)]
         if isinstance(self.interval, bool) or not isinstance(self.interval, int | float) or \
-                not math.isfinite(self.interval) or self.interval < 0:
+                not 0 <= self.interval <= MAX_HEARTBEAT_INTERVAL:  # NaN too; a longer one overflows stale()
             wrong.append("interval")
         if not isinstance(self.resident, list) or not all(map(text, self.resident)):
             wrong.append("resident")

@@ -33,7 +33,15 @@ from ..clock import duration, now, timestamp
 from ..errors import ArtifactStoreError, InvalidInput, InvalidParameter
 from ..registry.bundle import SmokeTest, smoke_tests_of
 from ..registry.changes import has_marker, marker_token
-from ..registry.fleet import Heartbeat, Role, act_on_smoke_failure, check_node, remove_heartbeat, write_heartbeat
+from ..registry.fleet import (
+    MAX_HEARTBEAT_INTERVAL,
+    Heartbeat,
+    Role,
+    act_on_smoke_failure,
+    check_node,
+    remove_heartbeat,
+    write_heartbeat,
+)
 from ..registry.metrics import MetricsCollector, MetricsRecord, record_metrics
 from ..registry.pointers import CANARY, PRODUCTION, ROLLBACK_TARGET
 from ..registry.policy import Policy, policy_of
@@ -135,6 +143,9 @@ class Follower:
         self.smoke_check, self.on_swap, self.on_error = smoke_check, on_swap, on_error
         self.smoke_function = smoke_function
         self.node = check_node(node) if node is not None else None
+        if not 0 < heartbeat_interval <= MAX_HEARTBEAT_INTERVAL:  # a reader takes a longer one for damage
+            raise InvalidParameter(f"heartbeat_interval must be more than 0 and at most {MAX_HEARTBEAT_INTERVAL:g} "
+                                   f"seconds, not {heartbeat_interval!r}")
         self.heartbeat_interval, self.metrics_interval = heartbeat_interval, metrics_interval
         self.metrics = MetricsCollector(self.node) if self.node is not None else None
         self.resident: dict[str, LoadedVersion] = {}
