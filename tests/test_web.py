@@ -394,6 +394,18 @@ def test_a_damaged_state_in_the_middle_leaves_the_newer_log_on_the_page(site):
     assert answer.status_code == 200 and "data-log-damaged" in answer.text and damaged in answer.text
 
 
+def test_a_model_whose_current_state_is_damaged_shows_its_error_on_the_overview_beside_the_others(site):
+    store = Store(site[0] / "agency-store")
+    models = store.models()
+    damaged = models[-1]
+    store.backend.write(object_key(parse_id(store.state(damaged).id)), b"")
+    with dashboard(site) as url:
+        answer = httpx.get(url)
+    assert answer.status_code == 200 and 'class="verdict-fail"' in answer.text and f"/m/{damaged}" in answer.text
+    for model in models[:-1]:
+        assert f"/m/{model}" in answer.text
+
+
 def test_over_a_shared_bucket_with_its_events(s3_bucket, tmp_path):
     """The same server over a store in a bucket (a real S3-protocol server): pages, and /events
     announcing a rollback made by another process."""
