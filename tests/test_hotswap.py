@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import reuse_deleted_number, run_cli
 
-from artifactstore import InvalidInput, InvalidParameter
+from artifactstore import InvalidInput, InvalidParameter, Store
 from artifactstore.demo import adapter_history, write_bundle
 from artifactstore.serving import Follower
 
@@ -193,6 +193,24 @@ def test_a_follower_tries_a_failed_look_again_without_waiting_for_another_move(s
         follower.wait_for("v1.1.0", timeout=5)
         assert follower.last_error is None
     assert len(errors) == 1 and "transient read error" in errors[0]
+
+
+def test_a_number_pushed_again_by_an_older_release_for_another_base_model_is_refused(tmp_path):
+    """The follower learnt v1.1.0's base model while keeping it hot; that number then names a Mistral
+    adapter (a store an older release wrote): the base model is known by the version's record."""
+    store = Store.init(tmp_path / "store")
+    history = adapter_history(layers=2, scale=16)
+    versions = (dataclasses.replace(history[0], name="v1.0.0"), dataclasses.replace(history[1], name="v1.1.0"),
+                dataclasses.replace(history[3], name="v2.0.0", base_model="mistralai/Mistral-7B-v0.3"))
+    for version in versions:
+        store.push(write_bundle(version, tmp_path / version.name), f"acme/support@{version.name}")
+    store.promote("acme/support@v1.0.0")
+    follower = Follower(store, "acme/support@production", keep_newest=2)
+    store.delete("acme/support@v1.1.0", reason="bad")
+    reuse_deleted_number(store, "acme/support@v2.0.0", "v1.1.0")
+    store.promote("acme/support@v1.1.0", force=True, reason="test")
+    assert follower.refresh() is False and follower.current.version == "v1.0.0"
+    assert "mistralai/Mistral-7B-v0.3" in follower.last_error
 
 
 def test_follower_needs_a_pointer(served):

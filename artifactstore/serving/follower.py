@@ -134,7 +134,9 @@ class Follower:
         shared = has_marker(store.registry.backend)
         self.keep_newest = keep_newest
         self.base_model = base_model
-        self._base_models: dict[str, str] = {}  # version -> its base model (records are immutable)
+        # version record id -> its base model (records are immutable; a number deleted and pushed
+        # again by an older release names another record)
+        self._base_models: dict[str, str] = {}
         ref_file = store.registry.ref_file(self.model)
         self._watched_file = ref_file if ref_file is not None and _RefWatch.available() else None
         self.poll_interval = poll_interval or (
@@ -321,9 +323,10 @@ class Follower:
                                lambda known_input: function(candidate, known_input))
 
     def _base_model_of(self, state: ModelState, version: str) -> str:
-        if version not in self._base_models:
-            self._base_models[version] = self.store.registry.record(state, version)["base_model"]
-        return self._base_models[version]
+        record = state.versions[version]
+        if record not in self._base_models:
+            self._base_models[record] = self.store.registry.read_version_record(record)["base_model"]
+        return self._base_models[record]
 
     def _serves_base_model_of(self, state: ModelState, version: str) -> bool:
         """Whether ``version`` is for this follower's base model; if not, say so."""
