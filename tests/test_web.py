@@ -491,3 +491,19 @@ def test_a_pointer_the_page_showed_unset_is_not_moved_once_someone_set_it(tmp_pa
     assert moved.returncode == 1 and "is v1.1.0, not unset as expected" in moved.stderr
     staged = run_cli("stage", f"{MODEL}@v1.1.1", "--expect", "none", "--store", store.path)
     assert staged.returncode == 0 and store.state(MODEL).pointer("staging") == "v1.1.1"
+
+
+def test_metric_values_whose_range_is_no_float_still_make_a_page(tmp_path):
+    """Finite scores of 1.5e308 and -1.5e308 (a push takes them): their range overflows, and the
+    chart's ticks must not."""
+    from starlette.testclient import TestClient
+
+    from artifactstore.web.app import create_app
+
+    store = Store.init(tmp_path / "store")
+    for version, score in zip(adapter_history(layers=1, scale=16)[:2], (1.5e308, -1.5e308)):
+        bundle = write_bundle(version, tmp_path / version.name)
+        (bundle / "eval_results.json").write_text(json.dumps({"score": score}))
+        store.push(bundle, f"{MODEL}@{version.name}")
+    with TestClient(create_app(store, []), base_url="http://127.0.0.1") as client:
+        assert client.get(f"/m/{MODEL}").status_code == 200

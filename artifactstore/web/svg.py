@@ -41,8 +41,8 @@ def _time_ticks(start: float, end: float, count: int) -> list[tuple[float, str]]
 
 def _value_ticks(low: float, high: float, count: int = 4) -> list[float]:
     step = (high - low) / count
-    if step <= 0:
-        return [low]
+    if not 0 < step < math.inf:  # one value; or values so far apart that their range is no float
+        return [low] if step <= 0 else [low, high]
     magnitude = 10 ** math.floor(math.log10(step))
     step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= step)
     first = math.ceil(low / step) * step
