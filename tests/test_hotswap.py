@@ -265,7 +265,7 @@ def test_a_follower_keeps_to_its_base_model(served, tmp_path):
         served.promote("acme/support@v1.1.0")  # the newest version is now for another base model
         follower.wait_for("v1.1.0")
         assert "v2.0.0" not in follower.resident
-        assert "v2.0.0" in follower.last_error and "base model" in follower.last_error
+        assert follower.last_error is None, "a newer major version for another base is no error of this server's"
         served.promote("acme/support@v2.0.0")
         deadline = time.monotonic() + 10
         while "v2.0.0 is for base model" not in (follower.last_error or "") and time.monotonic() < deadline:

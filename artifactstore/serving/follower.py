@@ -114,7 +114,9 @@ class Follower:
 
     An adapter is only useful on the base model it was trained for: the follower serves one base
     model (``base_model``, by default that of the first version it serves). It never swaps to, or
-    keeps resident, a version for another one, and says so in ``last_error``.
+    keeps resident, a version for another one; a pointer that names one is refused, and
+    ``last_error`` says so (a newer version for another base it only leaves out of what it keeps
+    hot: a new major version on a new base is no error of this server's).
     """
 
     def __init__(self, store: VersionSource, ref: str, *, device: str = "cpu", framework: str = "numpy",
@@ -165,6 +167,7 @@ class Follower:
         self._seen_ref: tuple | None = None
         self._retry_due: float | None = None  # when a failed look is tried again
         self._retry_delay = RETRY_FIRST
+        self._read_failed = False  # in the last look, a read or a load failed (not a verdict, such as a smoke check)
         self._lock = threading.RLock()  # re-entrant: a callback of a look (on_error, say) may call stop()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -206,10 +209,11 @@ class Follower:
             signature = self.store.registry.ref_signature(self.model)
             if signature == self._seen_ref and not force:
                 return False
-            self._seen_ref = signature
+            self._seen_ref, self._read_failed = signature, False
             try:
                 return self._follow(self.store.registry.state(self.model))
             except ArtifactStoreError as exc:
+                self._read_failed = True
                 self._fail(f"{self.ref}: {exc}")
                 return False
             finally:
@@ -224,6 +228,7 @@ class Follower:
         try:
             swapped = self._follow_production(state, target)
         except ArtifactStoreError as exc:  # a failed load (or registry read) refuses production, not the canary
+            self._read_failed = True
             live = self._current.version if self._current else "nothing"
             self._fail(f"{self.ref}: {target} could not be loaded ({exc}); {live} stays live")
             swapped = False
@@ -347,7 +352,9 @@ class Follower:
                 del self._replaced[version]
         likely = [state.pointer(ROLLBACK_TARGET), state.pointer(self.ref.target), *self._replaced,
                   *(state.sorted_versions()[-self.keep_newest:] if self.keep_newest else [])]
-        hot.update(v for v in dict.fromkeys(likely) if v and v not in hot and self._serves_base_model_of(state, v))
+        # silently: a newer major version for another base model is no error of this server's
+        hot.update(v for v in dict.fromkeys(likely)
+                   if v and v not in hot and self._base_model_of(state, v) == self.base_model)
         for version in list(self.resident):
             if version not in hot:
                 del self.resident[version]
@@ -496,13 +503,17 @@ class Follower:
             self._fail(f"{self.ref}: unexpected {type(exc).__name__}: {exc}")
 
     def _look(self, retry: bool) -> None:
-        """Look at the pointer (``retry``: even if it did not move). After a look that failed, or
-        left an error standing, the next is scheduled (RETRY_FIRST, doubling each time it fails
-        again), since no move of the pointer may come to trigger it."""
+        """Look at the pointer (``retry``: even if it did not move). After a look in which a read or
+        a load failed, the next is scheduled (RETRY_FIRST, doubling each time it fails again), since
+        no move of the pointer may come to trigger it. A verdict (a smoke check, a base model) is
+        not tried again before the pointer moves."""
         failed = True
         try:
             self.refresh(force=retry)
-            failed = self.last_error is not None
+            failed = self._read_failed  # a look that did not happen (the pointer did not move) keeps the last one's
+        except BaseException:
+            self._read_failed = True
+            raise
         finally:
             if not failed:
                 self._retry_due, self._retry_delay = None, RETRY_FIRST
