@@ -213,6 +213,51 @@ def test_a_number_pushed_again_by_an_older_release_for_another_base_model_is_ref
     assert "mistralai/Mistral-7B-v0.3" in follower.last_error
 
 
+def test_a_failure_tried_again_is_heard_once_and_a_new_outage_is_heard_again(served, monkeypatch):
+    """A version kept loaded whose bundle cannot be read is tried again and again, and reported
+    once; a heartbeat outage that comes back after heartbeats went well is reported again."""
+    import errno
+
+    import artifactstore.serving.follower as following
+    from artifactstore.errors import CorruptObject
+
+    monkeypatch.setattr(following, "RETRY_FIRST", 0.02)
+    monkeypatch.setattr(following, "RETRY_MAX", 0.05)
+    newest = served.state("acme/support").sorted_versions()[-1]
+    damaged, real_load, loads = served.resolve(f"acme/support@{newest}"), served.load, [0]
+
+    def load(ref, **kwargs):
+        if ref == damaged:
+            loads[0] += 1
+            raise CorruptObject("a chunk is damaged")
+        return real_load(ref, **kwargs)
+
+    monkeypatch.setattr(served, "load", load)
+    real_write, down = following.write_heartbeat, [False]
+
+    def write_heartbeat(registry, heartbeat):
+        if down[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(registry, heartbeat)
+
+    monkeypatch.setattr(following, "write_heartbeat", write_heartbeat)
+    errors: list[str] = []
+    with Follower(served, "acme/support@production", node="srv-1", heartbeat_interval=0.05, poll_interval=0.02,
+                  on_error=errors.append) as follower:
+        deadline = time.monotonic() + 10
+        while loads[0] < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert loads[0] >= 5 and errors == ["acme/support@production: a chunk is damaged"]
+        for _ in range(2):  # two outages, with heartbeats written in between
+            down[0] = True
+            time.sleep(0.3)
+            down[0] = False
+            time.sleep(0.3)
+        assert follower.current.version == "v1.0.0"
+    outages = [e for e in errors if "No space left" in e]
+    assert len(outages) >= 2, errors
+
+
 def test_follower_needs_a_pointer(served):
     with pytest.raises(InvalidParameter):
         Follower(served, "acme/support@v1.0.0")

@@ -168,6 +168,8 @@ class Follower:
         self._retry_due: float | None = None  # when a failed look is tried again
         self._retry_delay = RETRY_FIRST
         self._read_failed = False  # in the last look, a read or a load failed (not a verdict, such as a smoke check)
+        self._retrying = False  # a look tried again is under way
+        self._said: set[str] = set()  # what on_error heard since the looks last went well
         self._lock = threading.RLock()  # re-entrant: a callback of a look (on_error, say) may call stop()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -385,7 +387,7 @@ class Follower:
         try:
             write_heartbeat(self.store.registry, heartbeat)
         except (ArtifactStoreError, OSError) as exc:
-            self._fail(f"{self.ref}: heartbeat of node {self.node} not written ({exc})")
+            self._fail(f"{self.ref}: heartbeat of node {self.node} not written ({exc})", every_time=True)
 
     def observe(self, version: str, latency_ms: float, *, error: bool = False,
                 scores: dict[str, float] | None = None, output: str | None = None) -> None:
@@ -415,10 +417,14 @@ class Follower:
 
         return self.metrics.flush(write)
 
-    def _fail(self, message: str) -> None:
-        repeated = message == self.last_error  # a look tried again: said once
+    def _fail(self, message: str, *, every_time: bool = False) -> None:
+        """Record a failure and tell ``on_error``: once for a look tried again, unless ``every_time``
+        (a heartbeat not written: each is news, the node is dropping out of the fleet)."""
         self.last_error = message
-        if self.on_error is not None and not repeated:
+        if self._retrying and message in self._said and not every_time:
+            return
+        self._said.add(message)
+        if self.on_error is not None:
             self.on_error(message)
 
     def start(self) -> "Follower":
@@ -507,7 +513,7 @@ class Follower:
         a load failed, the next is scheduled (RETRY_FIRST, doubling each time it fails again), since
         no move of the pointer may come to trigger it. A verdict (a smoke check, a base model) is
         not tried again before the pointer moves."""
-        failed = True
+        failed, self._retrying = True, retry
         try:
             self.refresh(force=retry)
             failed = self._read_failed  # a look that did not happen (the pointer did not move) keeps the last one's
@@ -515,8 +521,10 @@ class Follower:
             self._read_failed = True
             raise
         finally:
+            self._retrying = False
             if not failed:
                 self._retry_due, self._retry_delay = None, RETRY_FIRST
+                self._said.clear()
             elif retry or self._retry_due is None:
                 self._retry_due = time.monotonic() + self._retry_delay
                 self._retry_delay = min(2 * self._retry_delay, RETRY_MAX)

@@ -6,6 +6,7 @@ whatever a request file said.
 """
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -70,8 +71,9 @@ class Frame:
         return self.left + (value - self.x_low) / span * (self.width - self.left - RIGHT)
 
     def y(self, value: float) -> float:
-        span = self.y_high - self.y_low or 1.0
-        return self.height - BOTTOM - (value - self.y_low) / span * (self.height - TOP - BOTTOM)
+        # in halves: the difference of two finite floats may be none (1.5e308 - -1.5e308)
+        span = self.y_high / 2 - self.y_low / 2 or 0.5
+        return self.height - BOTTOM - (value / 2 - self.y_low / 2) / span * (self.height - TOP - BOTTOM)
 
     def y_axis(self) -> list[str]:
         parts = []
@@ -139,8 +141,9 @@ def metric_chart(metric: str, versions: Sequence[str], values: Sequence[float | 
     height = 220
     finite = [v for v in values if v is not None]
     low, high = (min(finite), max(finite)) if finite else (0.0, 1.0)
-    pad = (high - low) * 0.1 or abs(high) * 0.05 or 0.5
-    frame = Frame(HALF, height, 48, -0.3, max(len(versions) - 1, 1) + 0.3, low - pad, high + pad)
+    pad = (high / 2 - low / 2) * 0.2 or abs(high) * 0.05 or 0.5
+    frame = Frame(HALF, height, 48, -0.3, max(len(versions) - 1, 1) + 0.3, max(low - pad, -sys.float_info.max),
+                  min(high + pad, sys.float_info.max))
     body = frame.y_axis()
     body += _polylines(frame, range(len(versions)), values, "metric")
     every = max(1, math.ceil(len(versions) / 8))
