@@ -105,7 +105,8 @@ def create_app(registry: Registry, upstream: str) -> Starlette:
         response = StreamingResponse(answer.aiter_raw(), status_code=answer.status_code,
                                      background=BackgroundTask(answer.aclose))
         # raw, as the upstream sent them: a dict would fold several Set-Cookie headers into one
-        response.raw_headers = [(k, v) for k, v in answer.headers.raw if k.decode("latin-1").lower() not in HOP_BY_HOP]
+        dropped = HOP_BY_HOP | ({ROUTED_HEADER.lower()} if routed is not None else set())  # the gateway's says it
+        response.raw_headers = [(k, v) for k, v in answer.headers.raw if k.decode("latin-1").lower() not in dropped]
         if routed is not None:
             response.raw_headers.append((ROUTED_HEADER.lower().encode(), routed.encode()))
         return response
