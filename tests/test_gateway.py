@@ -51,8 +51,9 @@ class EchoHandler(BaseHTTPRequestHandler):
         self.server.requests.append({"path": self.path, "body": body, "key": self.headers.get("x-artifactstore-key"),
                                      "cookie": self.headers.get("cookie")})
         if not body.get("stream"):
-            cookies = ["session=ALICE; Path=/", "lb=node-7; Path=/"] if body.get("user") == "alice" else []
-            self.answer({"object": "text_completion", "model": body["model"], "user": body.get("user")}, cookies)
+            extra = {"alice": [("set-cookie", "session=ALICE; Path=/"), ("set-cookie", "lb=node-7; Path=/")],
+                     "mallory": [("x-artifactstore-routed", "acme/support@v9.9.9")]}.get(body.get("user"), [])
+            self.answer({"object": "text_completion", "model": body["model"], "user": body.get("user")}, extra)
             return
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
@@ -64,11 +65,11 @@ class EchoHandler(BaseHTTPRequestHandler):
                 self.server.release.wait(TIMEOUT)
         self.wfile.write(b"data: [DONE]\n\n")
 
-    def answer(self, obj: dict, cookies: list[str] = ()) -> None:
+    def answer(self, obj: dict, extra: list[tuple[str, str]] = ()) -> None:
         data = json.dumps(obj).encode()
         self.send_response(200)
-        for cookie in cookies:  # an auth proxy's or a sticky load balancer's, for this caller
-            self.send_header("set-cookie", cookie)
+        for name, value in extra:  # an auth proxy's or a sticky load balancer's cookies, say
+            self.send_header(name, value)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
         self.end_headers()
@@ -256,3 +257,8 @@ def test_a_callers_cookies_reach_that_caller_whole_and_nobody_else(gateway, upst
     gateway.cookies.clear()  # another caller, who has no cookies
     complete(gateway, "acme/support@production", user="bob")
     assert [r["cookie"] for r in upstream.requests] == [None, None]
+
+
+def test_the_routed_header_is_the_gateways_own(gateway, upstream):
+    answer = complete(gateway, "acme/support@production", user="mallory")
+    assert answer.headers.get_list("x-artifactstore-routed") == ["acme/support@v1.0.0"]
