@@ -331,19 +331,31 @@ def lengths(values, when: str | None = None) -> list[dict]:
     return [{"inputs": {"length": float(v)}} | ({"at": when} if when else {}) for v in values]
 
 
-def test_counts_a_node_flushes_late_make_no_second_alert_for_an_excursion_already_alerted(tmp_path, store):
+def late_counts(tmp_path, store, reference: int, window_1: tuple[float, int], late: tuple[float, int]) -> list:
+    """A baseline of ``reference`` lengths around 100; node web-1's counts of window 0 (as many
+    around 100) and of window 1 (``window_1``: mean, count); then web-2's counts of window 0, late
+    (``late``: mean, count). The alerts delivered, as each came."""
     rng = np.random.default_rng(0)
-    store.take_baseline("acme/support@v1.0.0", write_jsonl(tmp_path / "ref.jsonl", lengths(rng.normal(100, 10, 2000))))
-    delivered = []
-    calm_then_shifted = lengths(rng.normal(100, 10, 500), at(0, 10)) + lengths(rng.normal(130, 10, 500), at(1, 10))
-    store.record("acme/support@v1.0.0", write_jsonl(tmp_path / "a.jsonl", calm_then_shifted), node="web-1",
-                 deliver=delivered.append)
-    assert [(a.window, a.status) for a in delivered] == [(at(1), "investigate")]
-    late = lengths(rng.normal(130, 10, 2000), at(0, 20))
-    store.record("acme/support@v1.0.0", write_jsonl(tmp_path / "b.jsonl", late), node="web-2",
-                 deliver=delivered.append)
+    store.take_baseline("acme/support@v1.0.0", write_jsonl(tmp_path / "ref.jsonl",
+                                                          lengths(rng.normal(100, 10, reference))))
+    delivered: list = []
+    first = lengths(rng.normal(100, 10, window_1[1]), at(0, 10)) + lengths(rng.normal(window_1[0], 10, window_1[1]),
+                                                                           at(1, 10))
+    store.record("acme/support@v1.0.0", write_jsonl(tmp_path / "a.jsonl", first), node="web-1", deliver=delivered.append)
+    delivered.append("late")
+    store.record("acme/support@v1.0.0", write_jsonl(tmp_path / "b.jsonl", lengths(rng.normal(late[0], 10, late[1]),
+                                                                                   at(0, 20))),
+                 node="web-2", deliver=delivered.append)
+    return delivered
+
+
+def test_counts_a_node_flushes_late_make_no_second_alert_for_an_excursion_already_alerted(tmp_path, store):
+    delivered = late_counts(tmp_path, store, 2000, (130, 500), (130, 2000))
+    assert [(a.window, a.status) for a in delivered if a != "late"] == [(at(1), "investigate")]
+    assert delivered[-1] == "late", "one stay in investigate, one alert"
     assert store.drift("acme/support@v1.0.0").statuses()[:, 0].tolist() == ["investigate", "investigate"]
-    assert len(delivered) == 1  # one stay in investigate, one alert
+    rng = np.random.default_rng(1)
+    delivered = [a for a in delivered if a != "late"]
     # a later excursion, after a fine window, is alerted again
     fine_then_shifted = lengths(rng.normal(100, 10, 3000), at(2, 10)) + lengths(rng.normal(130, 10, 500), at(3, 10))
     store.record("acme/support@v1.0.0", write_jsonl(tmp_path / "c.jsonl", fine_then_shifted), node="web-1",
@@ -354,18 +366,10 @@ def test_counts_a_node_flushes_late_make_no_second_alert_for_an_excursion_alread
 def test_late_counts_that_show_a_higher_status_than_any_alerted_since_raise_it(tmp_path, store):
     """A later, lower alert does not cover a higher status found late in an earlier window: the
     excursion reached investigate, and nobody was told."""
-    rng = np.random.default_rng(0)
-    store.take_baseline("acme/support@v1.0.0", write_jsonl(tmp_path / "ref.jsonl", lengths(rng.normal(100, 10, 4000))))
-    delivered = []
-    calm_then_drifting = lengths(rng.normal(100, 10, 4000), at(0, 10)) + lengths(rng.normal(104, 10, 4000), at(1, 10))
-    store.record("acme/support@v1.0.0", write_jsonl(tmp_path / "a.jsonl", calm_then_drifting), node="web-1",
-                 deliver=delivered.append)
-    assert [(a.window, a.status) for a in delivered] == [(at(1), "watch")]
-    late = lengths(rng.normal(140, 10, 20000), at(0, 20))
-    store.record("acme/support@v1.0.0", write_jsonl(tmp_path / "b.jsonl", late), node="web-2",
-                 deliver=delivered.append)
+    delivered = late_counts(tmp_path, store, 4000, (104, 4000), (140, 20000))
     assert store.drift("acme/support@v1.0.0").statuses()[:, 0].tolist() == ["investigate", "watch"]
-    assert [(a.window, a.status) for a in delivered] == [(at(1), "watch"), (at(0), "investigate")]
+    assert [(a.window, a.status) if a != "late" else a for a in delivered] == [
+        (at(1), "watch"), "late", (at(0), "investigate")]
 
 
 def test_an_idle_flush_raises_the_alerts_of_the_windows_that_ended_since(tmp_path, store, monkeypatch):
