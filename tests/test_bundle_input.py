@@ -332,3 +332,33 @@ def test_push_encodes_the_bundles_data_before_its_first_write(store, bundle, mon
     with pytest.raises(TypeError, match="datetime is not JSON serializable"):
         store.push(bundle, REF)
     assert snapshot(store.path) == before
+
+
+def test_other_weights_files_are_checked_as_a_load_reads_them(store, tmp_path):
+    """A load reads every adapter_weights/*.safetensors: one that does not parse, or that repeats a
+    tensor name, would make the version unloadable on every server; a push refuses it. One that
+    adds other tensors is loaded beside the adapter's."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    version = adapter_history(layers=1, scale=16)[0]
+    source = write_bundle(version, tmp_path / "b")
+    weights = source / "adapter_weights"
+    first = next(iter(load_file(weights / "adapter_model.safetensors")))
+    for name, content in (("repeats.safetensors", {first: np.zeros(4, dtype=np.float32)}),
+                          ("sub/garbage.safetensors", None)):
+        bad = tmp_path / "bad" / name.replace("/", "-")
+        shutil.copytree(source, bad)
+        (bad / "adapter_weights" / name).parent.mkdir(parents=True, exist_ok=True)
+        if content is None:
+            (bad / "adapter_weights" / name).write_bytes(b"not a safetensors file")
+        else:
+            save_file(content, bad / "adapter_weights" / name)
+        before = snapshot(store.path)
+        with pytest.raises(InvalidInput, match=f"adapter_weights/{name}: "):
+            store.push(bad, "acme/support@v1.0.0")
+        assert snapshot(store.path) == before
+    save_file({"extra.scale": np.ones(3, dtype=np.float32)}, weights / "extra.safetensors")
+    store.push(source, "acme/support@v1.0.0")
+    loaded = store.load(store.resolve("acme/support@v1.0.0"))
+    assert "extra.scale" in loaded and first in loaded

@@ -542,17 +542,17 @@ def test_a_deleted_version_s_number_never_names_other_content(pushed, bundles, t
 
 
 def test_a_deleted_number_is_given_back_only_to_the_tree_it_had_as_stored(pushed, tmp_path, monkeypatch):
-    """A file no check covers (an extra weights file vLLM loads) that changes between the bundle's
+    """A file no check covers (a tokenizer file beside the adapter) that changes between the bundle's
     identification and its storage must not let a restore bring other bytes under the number."""
     bundle = write_bundle(replace(BY_NAME["v1.1.1"], name="v1.1.2"), tmp_path / "v1.1.2")
-    extra = bundle / "adapter_weights" / "new_embeddings.safetensors"
-    extra.write_bytes(b"A" * 64)
+    extra = bundle / "adapter_weights" / "special_tokens_map.json"
+    extra.write_bytes(b'{"pad_token": "A"}')
     pushed.push(bundle, "acme/support@v1.1.2")
     pushed.delete("acme/support@v1.1.2")
     put = pushed.content.put
 
     def put_while_a_file_changes(root, **options):
-        extra.write_bytes(b"B" * 64)
+        extra.write_bytes(b'{"pad_token": "B"}')
         return put(root, **options)
 
     monkeypatch.setattr(pushed.content, "put", put_while_a_file_changes)

@@ -610,6 +610,29 @@ def hash_weights(path: Path) -> tuple[bytes, dict[str, TensorDigest]]:
                 data.release()
 
 
+def _check_other_weights(root: Path, tensors: dict[str, TensorDigest], problems: list[str],
+                         file_ids: dict[str, bytes]) -> None:
+    """Other safetensors files under adapter_weights/, which a load reads beside the adapter's
+    (serving/load.py): each must parse, and no tensor name may be in two files, else no server
+    could load the version. Their ids are noted in ``file_ids``."""
+    owner = dict.fromkeys(tensors, WEIGHTS)
+    weights_dir = root / WEIGHTS.rpartition("/")[0]
+    others = sorted(p for p in weights_dir.rglob("*.safetensors") if p.is_file() and p != root / WEIGHTS) \
+        if weights_dir.is_dir() else []
+    for path in others:
+        name = path.relative_to(root).as_posix()
+        try:
+            file_ids[name], found = hash_weights(path)
+        except InvalidInput as exc:
+            problems.append(f"{name}: {exc}")
+            continue
+        for tensor in found:
+            if tensor in owner:
+                problems.append(f"{name}: tensor {tensor!r} is in {owner[tensor]} too (a load refuses a name "
+                                f"in two files)")
+            owner.setdefault(tensor, name)
+
+
 def _check_eval_samples(root: Path, problems: list[str], file_ids: dict[str, bytes]) -> None:
     """The optional eval_samples.jsonl (requests of the eval set, the default drift baseline at
     promotion), its id noted in ``file_ids``."""
@@ -688,6 +711,7 @@ def load_bundle(root: Path, known_tensors: Callable[[Path], tuple[bytes, dict[st
             file_ids[WEIGHTS], tensors = (known_tensors and known_tensors(root / WEIGHTS)) or hash_weights(root / WEIGHTS)
         except InvalidInput as exc:
             problems.append(f"{WEIGHTS}: {exc}")
+    _check_other_weights(root, tensors or {}, problems, file_ids)
     if problems:
         raise InvalidInput(f"bundle {root} is invalid: " + "; ".join(problems))
     # with no problem noted, every part was read
