@@ -258,6 +258,45 @@ def test_a_failure_tried_again_is_heard_once_and_a_new_outage_is_heard_again(ser
     assert len(outages) >= 2, errors
 
 
+def test_on_error_hears_a_refusal_once_until_the_versions_followed_change(served, tmp_path):
+    """One turn of the follow loop at a time: a refusal met again, on a look tried again or on a
+    look an unrelated change caused, is not news; the pointer moving back to it is; so is an
+    unexpected error once, however often it is tried again."""
+    from artifactstore.errors import CorruptObject
+
+    errors: list[str] = []
+    follower = Follower(served, "acme/support@production", on_error=errors.append, keep_newest=0)
+    real_load, refused = served.load, {"v1.1.0", "v1.1.1"}
+
+    def load(ref, **kwargs):
+        if kwargs.get("label", "").split("@")[-1] in refused:
+            raise CorruptObject("a chunk is damaged")
+        return real_load(ref, **kwargs)
+
+    served.load = load
+    served.promote("acme/support@v1.1.0")
+    follower._turn(look=True)
+    follower._retry_due = 0.0  # a look tried again
+    follower._turn(look=True)
+    served.pin("acme/support@v1.0.0")  # an unrelated change: an ordinary look
+    follower._turn(look=True)
+    assert len(errors) == 1 and "v1.1.0 could not be loaded" in errors[0]
+    served.promote("acme/support@v1.1.1")
+    follower._turn(look=True)
+    served.promote("acme/support@v1.1.0")  # back to the version refused before: news again
+    follower._retry_due = 0.0
+    follower._turn(look=True)
+    assert [e.split(": ")[1].split(" ")[0] for e in errors] == ["v1.1.0", "v1.1.1", "v1.1.0"]
+
+    served.load = lambda ref, **kwargs: (_ for _ in ()).throw(RuntimeError("CUDA out of memory"))
+    served.promote("acme/support@v1.1.1")
+    for _ in range(4):
+        follower._retry_due = 0.0
+        follower._turn(look=True)
+    assert sum("unexpected RuntimeError: CUDA out of memory" in e for e in errors) == 1
+    assert follower.current.version == "v1.0.0"
+
+
 def test_follower_needs_a_pointer(served):
     with pytest.raises(InvalidParameter):
         Follower(served, "acme/support@v1.0.0")

@@ -617,8 +617,9 @@ def _check_other_weights(root: Path, tensors: dict[str, TensorDigest], problems:
     could load the version. Their ids are noted in ``file_ids``."""
     owner = dict.fromkeys(tensors, WEIGHTS)
     weights_dir = root / WEIGHTS.rpartition("/")[0]
-    others = sorted(p for p in weights_dir.rglob("*.safetensors") if p.is_file() and p != root / WEIGHTS) \
-        if weights_dir.is_dir() else []
+    # a symlink is refused as any bundle file's is, when the bundle is stored
+    others = sorted(p for p in weights_dir.rglob("*.safetensors")
+                    if p.is_file() and not p.is_symlink() and p != root / WEIGHTS) if weights_dir.is_dir() else []
     for path in others:
         name = path.relative_to(root).as_posix()
         try:
@@ -626,10 +627,11 @@ def _check_other_weights(root: Path, tensors: dict[str, TensorDigest], problems:
         except InvalidInput as exc:
             problems.append(f"{name}: {exc}")
             continue
+        repeated = [tensor for tensor in found if tensor in owner]
+        if repeated:
+            problems.append(f"{name}: {len(repeated)} tensor name(s) another weights file has, such as "
+                            f"{repeated[0]!r} ({owner[repeated[0]]}): a load refuses a name in two files")
         for tensor in found:
-            if tensor in owner:
-                problems.append(f"{name}: tensor {tensor!r} is in {owner[tensor]} too (a load refuses a name "
-                                f"in two files)")
             owner.setdefault(tensor, name)
 
 

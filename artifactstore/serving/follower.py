@@ -83,6 +83,7 @@ METRICS_INTERVAL = 60.0
 # A look that failed (a read the store refused for a moment, a load, a smoke check) is tried again
 # after this, then twice as long each time, up to RETRY_MAX: the pointer may not move again for days.
 RETRY_FIRST, RETRY_MAX = 1.0, 30.0
+SAID_MAX = 64  # distinct failures remembered as heard (``Follower._fail``)
 
 
 class VersionSource(Protocol):
@@ -168,8 +169,11 @@ class Follower:
         self._retry_due: float | None = None  # when a failed look is tried again
         self._retry_delay = RETRY_FIRST
         self._read_failed = False  # in the last look, a read or a load failed (not a verdict, such as a smoke check)
-        self._retrying = False  # a look tried again is under way
-        self._said: set[str] = set()  # what on_error heard since the looks last went well
+        # what on_error heard since a look last went well or the versions followed last changed: a
+        # failure met again (a look tried again, or one an unrelated registry change caused) is news once
+        self._said: set[str] = set()
+        self._failed_in_look = False
+        self._followed: tuple[str | None, str | None] | None = None  # (target, canary) of the last look
         self._lock = threading.RLock()  # re-entrant: a callback of a look (on_error, say) may call stop()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -204,26 +208,33 @@ class Follower:
     def refresh(self, *, force: bool = False) -> bool:
         """Look at the pointer now; swap if it moved. True if a new version went live.
 
-        A failure (load error, smoke check) is reported once per pointer move; ``force``
-        tries again without waiting for the next move.
+        A failure (load error, smoke check) is reported once until the versions followed change or
+        a look goes well; ``force`` tries again without waiting for the next move.
         """
         with self._lock:
             signature = self.store.registry.ref_signature(self.model)
             if signature == self._seen_ref and not force:
                 return False
-            self._seen_ref, self._read_failed = signature, False
+            self._seen_ref, self._read_failed, self._failed_in_look = signature, False, False
             try:
-                return self._follow(self.store.registry.state(self.model))
+                swapped = self._follow(self.store.registry.state(self.model))
             except ArtifactStoreError as exc:
                 self._read_failed = True
                 self._fail(f"{self.ref}: {exc}")
                 return False
             finally:
                 self._report()
+            if not self._failed_in_look:  # a look that went well, to its end
+                self._said.clear()
+            return swapped
 
     def _follow(self, state: ModelState) -> bool:
         self._looked_at = state.id
         target = state.pointer(self.ref.target)
+        followed = (target, state.pointer(CANARY) if self.ref.target == PRODUCTION else None)
+        if followed != self._followed:  # a failure met again after a move is news again
+            self._said.clear()
+            self._followed = followed
         if target is None:
             self._fail(f"{self.ref} is not set")
             return False
@@ -418,12 +429,17 @@ class Follower:
         return self.metrics.flush(write)
 
     def _fail(self, message: str, *, every_time: bool = False) -> None:
-        """Record a failure and tell ``on_error``: once for a look tried again, unless ``every_time``
-        (a heartbeat not written: each is news, the node is dropping out of the fleet)."""
+        """Record a failure and tell ``on_error``, once until a look goes well or the versions
+        followed change (``_said``), unless ``every_time`` (a heartbeat not written: each is news,
+        the node is dropping out of the fleet)."""
         self.last_error = message
-        if self._retrying and message in self._said and not every_time:
-            return
-        self._said.add(message)
+        if not every_time:
+            self._failed_in_look = True
+            if message in self._said:
+                return
+            if len(self._said) >= SAID_MAX:  # messages that name something new each time (a temp file)
+                self._said.clear()
+            self._said.add(message)
         if self.on_error is not None:
             self.on_error(message)
 
@@ -513,7 +529,7 @@ class Follower:
         a load failed, the next is scheduled (RETRY_FIRST, doubling each time it fails again), since
         no move of the pointer may come to trigger it. A verdict (a smoke check, a base model) is
         not tried again before the pointer moves."""
-        failed, self._retrying = True, retry
+        failed = True
         try:
             self.refresh(force=retry)
             failed = self._read_failed  # a look that did not happen (the pointer did not move) keeps the last one's
@@ -521,10 +537,8 @@ class Follower:
             self._read_failed = True
             raise
         finally:
-            self._retrying = False
             if not failed:
                 self._retry_due, self._retry_delay = None, RETRY_FIRST
-                self._said.clear()
             elif retry or self._retry_due is None:
                 self._retry_due = time.monotonic() + self._retry_delay
                 self._retry_delay = min(2 * self._retry_delay, RETRY_MAX)
