@@ -25,7 +25,8 @@ def claim_cold_tier(cold: str, store_root: Path) -> tuple[str, bytes]:
     """(the cold tier ``cold`` as the configuration keeps it, the claim now in its marker), once it
     is checked to be free for the directory store at ``store_root``, writable, and marked as this
     store's. A place this store has claimed already keeps its marker. The caller keeps the claim
-    in the store (``keep_claim``) once the setting is written, or gives it up (``release``)."""
+    in the store (``keep_claim``) with the setting, or gives it up (``release``) if writing the
+    setting fails."""
     if not cold.strip():
         raise InvalidParameter("the cold tier must be a directory or URL, not an empty value")
     home, place = store_root.resolve(), _local_path(cold)

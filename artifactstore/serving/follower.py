@@ -80,8 +80,9 @@ REMOTE_POLL = 0.5
 REF_CHECK_INTERVAL = 30.0
 HEARTBEAT_INTERVAL = 5.0
 METRICS_INTERVAL = 60.0
-# A look that failed (a read the store refused for a moment, a load, a smoke check) is tried again
-# after this, then twice as long each time, up to RETRY_MAX: the pointer may not move again for days.
+# A look whose read or load failed (the store refused it for a moment, a damaged pack) is tried
+# again after this, then twice as long each time, up to RETRY_MAX: the pointer may not move again
+# for days.
 RETRY_FIRST, RETRY_MAX = 1.0, 30.0
 SAID_MAX = 64  # distinct failures remembered as heard (``Follower._fail``)
 
