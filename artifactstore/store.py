@@ -210,7 +210,7 @@ class Store:
         its bundle's eval_samples.jsonl, when it carries one. The baseline is taken before the move,
         so that a file it cannot be taken from refuses the promote with nothing changed, and
         written after it."""
-        baselines: list[PendingBaseline] = []
+        pending: list[PendingBaseline | None] = [None]  # the one the transaction's last try took
 
         def take_baseline(state: ModelState, version: str) -> None:
             bundle = self.content.read_manifest(self.registry.record(state, version)["bundle"])
@@ -218,13 +218,12 @@ class Store:
                 return  # nothing to take a baseline from: the monitoring wing (numpy, zarr) is not loaded
             from .monitoring.observe import promotion_baseline
 
-            baselines[:] = [b for b in [promotion_baseline(self.registry, self.monitoring,
-                                                            f"{state.model}@{version}")] if b is not None]
+            pending[0] = promotion_baseline(self.registry, self.monitoring, f"{state.model}@{version}")
 
         state = self._announced(self.registry.promote(ref, actor=actor, reason=reason, expect=expect, force=force,
                                                       prepare=take_baseline))
-        for baseline in baselines:
-            baseline.write(self.monitoring)
+        if pending[0] is not None:
+            pending[0].write(self.monitoring)
         return state
 
     def rollback(self, model: str, *, to: str | None = None, actor: str | None = None, reason: str = "",

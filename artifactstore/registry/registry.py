@@ -595,9 +595,9 @@ class Registry:
                 raise InvalidParameter(f"{current.model} has no version {version}")
             named = current.where(version)
             if named:
-                raise Conflict(f"{ref} is still {', '.join(named)}: "
-                               + ("move the pointer first" if named != ["pinned"] else "unpin it first")
-                               + (" and unpin it" if "pinned" in named and named != ["pinned"] else ""))
+                advice = "unpin it first" if named == ["pinned"] else \
+                    "move the pointer first" + (" and unpin it" if "pinned" in named else "")
+                raise Conflict(f"{ref} is still {', '.join(named)}: {advice}")
             # a rollout reads both versions at every tick, even after a forced move took a pointer off one
             rollout = current.rollout or {}
             if version in (rollout.get("version"), rollout.get("production")):
